@@ -1,0 +1,205 @@
+//! Loading and validating configuration.
+//!
+//! `meridian.toml` holds server settings; each `*.toml` file in the zones
+//! directory holds one zone. Both are parsed into the serde mirror in `raw`,
+//! then checked and converted into the domain types of [`crate::model`]:
+//! names are resolved to indices, unknown keys are rejected, and every error
+//! names the file, the key path and the reason.
+//!
+//! This module opens files but never sockets or GeoIP databases.
+
+mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+
+use crate::model::ZoneConfig;
+
+/// Default listen addresses: loopback on an unprivileged port that does not
+/// collide with mDNS (5353).
+pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:5300", "[::1]:5300"];
+/// Default zones directory, relative to the config file.
+pub const DEFAULT_ZONES_DIR: &str = "zones";
+/// Default GeoIP database, relative to the config file.
+pub const DEFAULT_GEOIP: &str = "geoip/dbip-country.mmdb";
+/// Largest UDP response we send by default (DNS Flag Day 2020).
+pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1232;
+/// Idle time after which a TCP connection is closed.
+pub const DEFAULT_TCP_IDLE_TIMEOUT_SECS: u64 = 10;
+/// Concurrent TCP connections accepted per listen address.
+pub const DEFAULT_TCP_MAX_CONNECTIONS: u32 = 1024;
+/// Default TTL of static records.
+pub const DEFAULT_RECORD_TTL: u32 = 3600;
+/// Default TTL of service answers.
+pub const DEFAULT_SERVICE_TTL: u32 = 30;
+/// Largest TTL accepted anywhere (RFC 2181 §8: 2^31 - 1).
+pub const MAX_TTL: u32 = 2_147_483_647;
+
+/// A configuration problem: which file, which key, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file at fault.
+    pub file: PathBuf,
+    /// Dotted key path inside the file (empty for whole-file problems).
+    pub key: String,
+    /// What is wrong, and where possible what would be right.
+    pub reason: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            file: file.to_path_buf(),
+            key: key.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.file.display(), self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Validated server settings from `meridian.toml`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    /// The file these settings came from.
+    pub path: PathBuf,
+    /// UDP and TCP listen addresses.
+    pub listen: Vec<SocketAddr>,
+    /// Directory of zone files.
+    pub zones_dir: PathBuf,
+    /// GeoIP database (MaxMind DB format).
+    pub geoip: PathBuf,
+    /// Country coordinate table; `None` uses the built-in one.
+    pub countries: Option<PathBuf>,
+    /// Largest UDP response, bytes (512 to 4096).
+    pub max_udp_payload: u16,
+    /// TCP idle timeout.
+    pub tcp_idle_timeout: Duration,
+    /// Concurrent TCP connections per listen address.
+    pub tcp_max_connections: u32,
+}
+
+/// Everything the server needs from disk, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Server settings.
+    pub server: ServerConfig,
+    /// Zones, sorted by origin.
+    pub zones: Vec<ZoneConfig>,
+}
+
+/// Parses TOML into `T`, turning errors into a [`ConfigError`] with the key
+/// path and line.
+fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+    let line_of = |span: Option<std::ops::Range<usize>>| {
+        span.map(|s| {
+            let line = text[..s.start.min(text.len())].matches('\n').count() + 1;
+            format!(" (line {line})")
+        })
+        .unwrap_or_default()
+    };
+    let de = toml::Deserializer::parse(text)
+        .map_err(|e| ConfigError::new(file, "", format!("{}{}", e.message(), line_of(e.span()))))?;
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let key = if key == "." { String::new() } else { key };
+        let inner = e.into_inner();
+        ConfigError::new(
+            file,
+            key,
+            format!("{}{}", inner.message(), line_of(inner.span())),
+        )
+    })
+}
+
+fn read_file(path: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))
+}
+
+/// Loads and validates `meridian.toml` alone. Relative paths in it are
+/// resolved against the file's directory.
+pub fn load_server(path: &Path) -> Result<ServerConfig, ConfigError> {
+    let text = read_file(path)?;
+    let raw: raw::RawServer = parse_toml(path, &text)?;
+    validate::validate_server(path, raw)
+}
+
+/// Loads the server config and every zone file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let server = load_server(path)?;
+    let zones = load_zones(&server.zones_dir)?;
+    Ok(Config { server, zones })
+}
+
+/// Loads every `*.toml` file in `dir` as a zone; origins must be unique.
+pub fn load_zones(dir: &Path) -> Result<Vec<ZoneConfig>, ConfigError> {
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| ConfigError::new(dir, "", format!("cannot read zones directory: {e}")))?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml") && p.is_file())
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(ConfigError::new(
+            dir,
+            "",
+            "no zone files (*.toml) in the zones directory",
+        ));
+    }
+    let mut zones: Vec<ZoneConfig> = Vec::with_capacity(files.len());
+    for file in files {
+        let zone = load_zone(&file)?;
+        if let Some(other) = zones.iter().find(|z| z.origin == zone.origin) {
+            return Err(ConfigError::new(
+                &file,
+                "origin",
+                format!(
+                    "zone {} is already defined in {}",
+                    zone.origin, other.source
+                ),
+            ));
+        }
+        zones.push(zone);
+    }
+    zones.sort_by(|a, b| a.origin.cmp(&b.origin));
+    Ok(zones)
+}
+
+/// Loads one zone file.
+pub fn load_zone(file: &Path) -> Result<ZoneConfig, ConfigError> {
+    let text = read_file(file)?;
+    parse_zone(file, &text)
+}
+
+/// Parses and validates zone text; `file` is used in messages only.
+pub fn parse_zone(file: &Path, text: &str) -> Result<ZoneConfig, ConfigError> {
+    let raw: raw::RawZone = parse_toml(file, text)?;
+    validate::validate_zone(file, raw)
+}
+
+/// Parses server-config text; `file` locates relative paths and names errors.
+pub fn parse_server(file: &Path, text: &str) -> Result<ServerConfig, ConfigError> {
+    let raw: raw::RawServer = parse_toml(file, text)?;
+    validate::validate_server(file, raw)
+}
+
+#[cfg(test)]
+mod tests;

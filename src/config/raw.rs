@@ -1,0 +1,83 @@
+//! Serde mirror of the TOML files. Private to `config/`: everything here is
+//! checked and converted by `validate` before the rest of the program sees it.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+/// `meridian.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawServer {
+    pub(super) listen: Option<Vec<String>>,
+    pub(super) zones: Option<String>,
+    pub(super) geoip: Option<String>,
+    pub(super) countries: Option<String>,
+    pub(super) max_udp_payload: Option<u16>,
+    pub(super) tcp_idle_timeout: Option<u64>,
+    pub(super) tcp_max_connections: Option<u32>,
+}
+
+/// One file in the zones directory.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawZone {
+    pub(super) origin: String,
+    pub(super) ttl: Option<u32>,
+    pub(super) soa: RawSoa,
+    #[serde(default)]
+    pub(super) ns: Vec<String>,
+    pub(super) ns_ttl: Option<u32>,
+    #[serde(default)]
+    pub(super) records: BTreeMap<String, Vec<RawRecord>>,
+    #[serde(default)]
+    pub(super) datacenters: BTreeMap<String, RawDatacenter>,
+    #[serde(default)]
+    pub(super) services: BTreeMap<String, RawService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSoa {
+    pub(super) mname: Option<String>,
+    pub(super) rname: String,
+    pub(super) serial: u32,
+    pub(super) refresh: Option<u32>,
+    pub(super) retry: Option<u32>,
+    pub(super) expire: Option<u32>,
+    pub(super) minimum: Option<u32>,
+    pub(super) ttl: Option<u32>,
+    /// Not a SOA field: caught to explain TOML's table scoping.
+    pub(super) ns: Option<toml::Value>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRecord {
+    #[serde(rename = "type")]
+    pub(super) rtype: String,
+    pub(super) value: String,
+    pub(super) ttl: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawDatacenter {
+    pub(super) location: Option<[f64; 2]>,
+    pub(super) addresses: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawService {
+    pub(super) policy: String,
+    pub(super) datacenters: Vec<String>,
+    pub(super) ttl: Option<u32>,
+    pub(super) default: Option<Vec<String>>,
+    #[serde(default)]
+    pub(super) countries: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub(super) continents: BTreeMap<String, Vec<String>>,
+    #[serde(default)]
+    pub(super) networks: BTreeMap<String, Vec<String>>,
+}

@@ -1,0 +1,128 @@
+use std::path::Path;
+
+use super::*;
+
+fn zone(text: &str) -> Result<ZoneConfig, ConfigError> {
+    parse_zone(Path::new("zones/t.toml"), text)
+}
+
+const BASE: &str = r#"
+origin = "t.example."
+ns = ["ns1.t.example."]
+[soa]
+rname = "hostmaster.t.example."
+serial = 1
+[records]
+ns1 = [{ type = "A", value = "192.0.2.53" }]
+[datacenters.a]
+location = [0.0, 0.0]
+addresses = ["192.0.2.1"]
+[datacenters.b]
+location = [10.0, 10.0]
+addresses = ["2001:db8::1"]
+[services.www]
+policy = "geo"
+datacenters = ["a", "b"]
+"#;
+
+#[test]
+fn base_zone_loads_with_defaults() {
+    let z = zone(BASE).unwrap();
+    assert_eq!(z.origin.to_ascii(), "t.example.");
+    assert_eq!(z.soa.minimum, 60);
+    assert_eq!(z.services[0].ttl, DEFAULT_SERVICE_TTL);
+    assert_eq!(z.datacenters.len(), 2);
+}
+
+fn err(text: &str) -> ConfigError {
+    zone(text).expect_err("must be rejected")
+}
+
+#[test]
+fn errors_name_file_key_and_reason() {
+    let e = err(&BASE.replace("location = [0.0, 0.0]", "lcation = [0.0, 0.0]"));
+    assert_eq!(e.file, Path::new("zones/t.toml"));
+    assert_eq!(e.key, "datacenters.a");
+    assert!(e.reason.contains("unknown field `lcation`"), "{e}");
+    assert!(
+        e.to_string().starts_with("zones/t.toml: datacenters.a: "),
+        "{e}"
+    );
+
+    let e = err(&BASE.replace(r#"datacenters = ["a", "b"]"#, r#"datacenters = ["a", "c"]"#));
+    assert_eq!(e.key, "services.www.datacenters[1]");
+    assert!(e.reason.contains("unknown datacenter \"c\""), "{e}");
+
+    let e = err(&BASE.replace("serial = 1", "serial = -1"));
+    assert_eq!(e.key, "soa.serial");
+
+    let e = err(&format!("{BASE}\n[services.www.countries]\nJp = [\"a\"]\n"));
+    assert_eq!(e.key, "services.www.countries.Jp");
+
+    let e = err(&format!(
+        "{BASE}\n[services.www.networks]\n\"10.0.0.1/8\" = [\"a\"]\n"
+    ));
+    assert!(e.reason.contains("10.0.0.0/8"), "{e}");
+
+    let e = err(&BASE.replace("[0.0, 0.0]", "[91.0, 0.0]"));
+    assert_eq!(e.key, "datacenters.a.location");
+
+    let e = err(&BASE.replace("192.0.2.53", "192.0.2.300"));
+    assert_eq!(e.key, "records.ns1[0]");
+
+    let e = err(&BASE.replace(r#"policy = "geo""#, r#"policy = "nearest""#));
+    assert_eq!(e.key, "services.www.policy");
+
+    let e = err(&BASE.replace("hostmaster.t.example.", "hostmaster@t.example"));
+    assert!(e.reason.contains("hostmaster.t.example."), "{e}");
+
+    let e = err(&format!("{BASE}\nbogus = 1\n"));
+    assert!(e.reason.contains("unknown field `bogus`"), "{e}");
+}
+
+#[test]
+fn cross_record_rules() {
+    let with = |records: &str| format!("{BASE}\n{records}\n");
+    // Service name colliding with a static address.
+    let e = err(&with("[records.www]\n0 = 1").replace("[records.www]\n0 = 1", ""));
+    let _ = e;
+    let text = BASE.replace(
+        "ns1 = [{ type = \"A\", value = \"192.0.2.53\" }]",
+        "ns1 = [{ type = \"A\", value = \"192.0.2.53\" }]\nwww = [{ type = \"A\", value = \"192.0.2.9\" }]",
+    );
+    assert_eq!(err(&text).key, "services.www");
+    // CNAME plus other data.
+    let text = BASE.replace(
+        "ns1 = [{ type = \"A\", value = \"192.0.2.53\" }]",
+        "ns1 = [{ type = \"A\", value = \"192.0.2.53\" }, { type = \"CNAME\", value = \"x\" }]",
+    );
+    assert!(err(&text).reason.contains("CNAME"));
+    // Out-of-zone owner.
+    let text = BASE.replace(
+        "ns1 = [",
+        "\"x.other.\" = [{ type = \"A\", value = \"192.0.2.1\" }]\nns1 = [",
+    );
+    assert!(err(&text).reason.contains("not inside the zone"));
+    // Data below a delegation.
+    let text = BASE.replace(
+        "ns1 = [",
+        "sub = [{ type = \"NS\", value = \"ns.sub\" }]\n\"x.sub\" = [{ type = \"TXT\", value = \"hidden\" }]\nns1 = [",
+    );
+    assert!(err(&text).reason.contains("delegation"), "{}", err(&text));
+}
+
+#[test]
+fn server_config_defaults_and_ranges() {
+    let s = parse_server(Path::new("/etc/meridian/meridian.toml"), "").unwrap();
+    assert_eq!(s.listen.len(), 2);
+    assert_eq!(s.zones_dir, Path::new("/etc/meridian/zones"));
+    assert_eq!(s.geoip, Path::new("/etc/meridian/geoip/dbip-country.mmdb"));
+    assert_eq!(s.max_udp_payload, 1232);
+    let e = parse_server(Path::new("m.toml"), "max_udp_payload = 100").unwrap_err();
+    assert_eq!(e.key, "max_udp_payload");
+    assert!(e.reason.contains("512 to 4096"));
+    let e = parse_server(Path::new("m.toml"), "listen = [\"localhost:53\"]").unwrap_err();
+    assert_eq!(e.key, "listen[0]");
+    let e = parse_server(Path::new("m.toml"), "zone = \"z\"").unwrap_err();
+    assert!(e.reason.contains("unknown field `zone`"));
+}

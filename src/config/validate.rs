@@ -1,0 +1,579 @@
+//! Cross-reference and range checks; raw TOML → domain types.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use super::raw::{RawServer, RawService, RawZone};
+use super::{
+    ConfigError, DEFAULT_GEOIP, DEFAULT_LISTEN, DEFAULT_MAX_UDP_PAYLOAD, DEFAULT_RECORD_TTL,
+    DEFAULT_SERVICE_TTL, DEFAULT_TCP_IDLE_TIMEOUT_SECS, DEFAULT_TCP_MAX_CONNECTIONS,
+    DEFAULT_ZONES_DIR, MAX_TTL, ServerConfig,
+};
+use crate::dns::records::{DomainName, StaticRecord, parse_name, parse_record};
+use crate::model::{
+    Continent, Coord, CountryCode, Datacenter, DcId, GeoSpec, PolicySpec, Service, Soa, ZoneConfig,
+};
+
+/// Most datacenters in one zone (indices are u16; far beyond any real use).
+const MAX_DATACENTERS: usize = 1024;
+
+fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+    file: &Path,
+    key: &str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        Err(ConfigError::new(
+            file,
+            key,
+            format!("{value} is out of range ({min} to {max})"),
+        ))
+    } else {
+        Ok(value)
+    }
+}
+
+pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfig, ConfigError> {
+    let base = file.parent().unwrap_or(Path::new("."));
+    let listen_text: Vec<String> = raw
+        .listen
+        .unwrap_or_else(|| DEFAULT_LISTEN.iter().map(|s| s.to_string()).collect());
+    if listen_text.is_empty() {
+        return Err(ConfigError::new(
+            file,
+            "listen",
+            "needs at least one address",
+        ));
+    }
+    let mut listen = Vec::with_capacity(listen_text.len());
+    for (i, text) in listen_text.iter().enumerate() {
+        let addr: SocketAddr = text.parse().map_err(|_| {
+            ConfigError::new(
+                file,
+                format!("listen[{i}]"),
+                format!("{text:?} is not ADDRESS:PORT (IPv6 as [::1]:5300)"),
+            )
+        })?;
+        if listen.contains(&addr) {
+            return Err(ConfigError::new(
+                file,
+                format!("listen[{i}]"),
+                format!("{addr} is listed twice"),
+            ));
+        }
+        listen.push(addr);
+    }
+    let path_key = |key: &str, value: Option<String>, default: &str| {
+        let value = value.unwrap_or_else(|| default.to_string());
+        if value.trim().is_empty() {
+            Err(ConfigError::new(file, key, "empty path"))
+        } else {
+            Ok(base.join(value))
+        }
+    };
+    let zones_dir = path_key("zones", raw.zones, DEFAULT_ZONES_DIR)?;
+    let geoip = path_key("geoip", raw.geoip, DEFAULT_GEOIP)?;
+    let countries = match raw.countries {
+        Some(p) => Some(path_key("countries", Some(p), "")?),
+        None => None,
+    };
+    let max_udp_payload = check_range(
+        file,
+        "max_udp_payload",
+        raw.max_udp_payload.unwrap_or(DEFAULT_MAX_UDP_PAYLOAD),
+        512,
+        4096,
+    )?;
+    let idle = check_range(
+        file,
+        "tcp_idle_timeout",
+        raw.tcp_idle_timeout
+            .unwrap_or(DEFAULT_TCP_IDLE_TIMEOUT_SECS),
+        1,
+        3600,
+    )?;
+    let tcp_max_connections = check_range(
+        file,
+        "tcp_max_connections",
+        raw.tcp_max_connections
+            .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS),
+        1,
+        65_535,
+    )?;
+    Ok(ServerConfig {
+        path: file.to_path_buf(),
+        listen,
+        zones_dir,
+        geoip,
+        countries,
+        max_udp_payload,
+        tcp_idle_timeout: Duration::from_secs(idle),
+        tcp_max_connections,
+    })
+}
+
+fn ttl(file: &Path, key: &str, value: Option<u32>, default: u32) -> Result<u32, ConfigError> {
+    check_range(file, key, value.unwrap_or(default), 0, MAX_TTL)
+}
+
+/// Renders a key for a TOML table entry, quoting it when it is not bare.
+fn key_part(k: &str) -> String {
+    if !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        k.to_string()
+    } else {
+        format!("{k:?}")
+    }
+}
+
+pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, ConfigError> {
+    let origin = parse_name(&raw.origin, None)
+        .map_err(|e| ConfigError::new(file, "origin", e))?
+        .to_lowercase();
+    if origin.is_root() {
+        return Err(ConfigError::new(
+            file,
+            "origin",
+            "Meridian serves delegated subdomains, not the root",
+        ));
+    }
+    let in_zone = |key: &str, name: DomainName| {
+        if origin.zone_of(&name) {
+            Ok(name)
+        } else {
+            Err(ConfigError::new(
+                file,
+                key,
+                format!("{name} is not inside the zone {origin}"),
+            ))
+        }
+    };
+    let default_ttl = ttl(file, "ttl", raw.ttl, DEFAULT_RECORD_TTL)?;
+
+    // SOA.
+    if raw.soa.ns.is_some() {
+        return Err(ConfigError::new(
+            file,
+            "soa.ns",
+            "`ns` belongs to the zone, not the SOA: in TOML every key after `[soa]` \
+             is part of that table, so move `ns = [...]` above the `[soa]` line",
+        ));
+    }
+    if raw.ns.is_empty() {
+        return Err(ConfigError::new(
+            file,
+            "ns",
+            "a zone needs at least one name server",
+        ));
+    }
+    let mut ns = Vec::with_capacity(raw.ns.len());
+    for (i, n) in raw.ns.iter().enumerate() {
+        let name = parse_name(n, Some(&origin))
+            .map_err(|e| ConfigError::new(file, format!("ns[{i}]"), e))?;
+        if ns.contains(&name) {
+            return Err(ConfigError::new(file, format!("ns[{i}]"), "listed twice"));
+        }
+        ns.push(name);
+    }
+    let ns_ttl = ttl(file, "ns_ttl", raw.ns_ttl, default_ttl)?;
+    let mname = match &raw.soa.mname {
+        Some(m) => {
+            parse_name(m, Some(&origin)).map_err(|e| ConfigError::new(file, "soa.mname", e))?
+        }
+        None => ns[0].clone(),
+    };
+    let rname_text = raw.soa.rname.trim();
+    if rname_text.contains('@') {
+        return Err(ConfigError::new(
+            file,
+            "soa.rname",
+            format!(
+                "write the mailbox as a domain name: {:?}",
+                rname_text.replacen('@', ".", 1) + if rname_text.ends_with('.') { "" } else { "." }
+            ),
+        ));
+    }
+    let rname = parse_name(rname_text, Some(&origin))
+        .map_err(|e| ConfigError::new(file, "soa.rname", e))?;
+    let soa = Soa {
+        mname,
+        rname,
+        serial: raw.soa.serial,
+        refresh: check_range(
+            file,
+            "soa.refresh",
+            raw.soa.refresh.unwrap_or(3600),
+            1,
+            MAX_TTL,
+        )?,
+        retry: check_range(file, "soa.retry", raw.soa.retry.unwrap_or(600), 1, MAX_TTL)?,
+        expire: check_range(
+            file,
+            "soa.expire",
+            raw.soa.expire.unwrap_or(1_209_600),
+            1,
+            MAX_TTL,
+        )?,
+        minimum: check_range(
+            file,
+            "soa.minimum",
+            raw.soa.minimum.unwrap_or(60),
+            0,
+            86_400,
+        )?,
+        ttl: ttl(file, "soa.ttl", raw.soa.ttl, default_ttl)?,
+    };
+
+    // Static records.
+    let mut records: Vec<StaticRecord> = Vec::new();
+    let mut owners: HashMap<DomainName, String> = HashMap::new();
+    for (owner_text, list) in &raw.records {
+        let okey = format!("records.{}", key_part(owner_text));
+        let owner = parse_name(owner_text, Some(&origin))
+            .map_err(|e| ConfigError::new(file, okey.clone(), e))?;
+        let owner = in_zone(&okey, owner)?;
+        if let Some(prev) = owners.insert(owner.clone(), okey.clone()) {
+            return Err(ConfigError::new(
+                file,
+                okey,
+                format!("same name as {prev}; put all records of a name in one list"),
+            ));
+        }
+        if list.is_empty() {
+            return Err(ConfigError::new(file, okey, "empty record list"));
+        }
+        let first_index = records.len();
+        for (i, r) in list.iter().enumerate() {
+            let rkey = format!("{okey}[{i}]");
+            let rttl = ttl(file, &format!("{rkey}.ttl"), r.ttl, default_ttl)?;
+            let rec = parse_record(&owner, &r.rtype, &r.value, rttl, &origin)
+                .map_err(|e| ConfigError::new(file, rkey.clone(), e))?;
+            if rec.is_ns() && owner == origin {
+                return Err(ConfigError::new(
+                    file,
+                    rkey,
+                    "apex NS records are set by the top-level `ns` key",
+                ));
+            }
+            records.push(rec);
+        }
+        let these = &records[first_index..];
+        if these.iter().any(StaticRecord::is_cname) && these.len() > 1 {
+            return Err(ConfigError::new(
+                file,
+                okey,
+                "a CNAME cannot coexist with other records at the same name (RFC 1034 §3.6.2)",
+            ));
+        }
+        if these.iter().any(StaticRecord::is_cname) && owner == origin {
+            return Err(ConfigError::new(
+                file,
+                okey,
+                "a CNAME cannot sit at the zone apex (it would hide SOA and NS)",
+            ));
+        }
+    }
+    // Delegations hide everything below them.
+    let cuts: Vec<DomainName> = records
+        .iter()
+        .filter(|r| r.is_ns())
+        .map(|r| r.owner().clone())
+        .collect();
+    for r in &records {
+        let owner = r.owner();
+        if let Some(cut) = cuts.iter().find(|c| c.zone_of(owner) && *c != owner) {
+            if !r.is_address() {
+                return Err(ConfigError::new(
+                    file,
+                    format!("records.{}", key_part(&owner.to_string())),
+                    format!("below the delegation at {cut}; only glue (A/AAAA) may be here"),
+                ));
+            }
+        }
+        if cuts.contains(owner) && !r.is_ns() && !r.is_address() && r.type_name() != "DS" {
+            return Err(ConfigError::new(
+                file,
+                format!("records.{}", key_part(&owner.to_string())),
+                format!(
+                    "{} at a delegation point; only NS, DS and glue belong here",
+                    r.type_name()
+                ),
+            ));
+        }
+    }
+
+    // Datacenters.
+    if raw.datacenters.len() > MAX_DATACENTERS {
+        return Err(ConfigError::new(
+            file,
+            "datacenters",
+            format!("at most {MAX_DATACENTERS} datacenters per zone"),
+        ));
+    }
+    let mut datacenters = Vec::with_capacity(raw.datacenters.len());
+    for (name, dc) in &raw.datacenters {
+        let key = format!("datacenters.{}", key_part(name));
+        let location = match dc.location {
+            Some([lat, lon]) => {
+                if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("{key}.location"),
+                        format!(
+                            "[{lat}, {lon}] is not [latitude (-90 to 90), longitude (-180 to 180)]"
+                        ),
+                    ));
+                }
+                Some(Coord { lat, lon })
+            }
+            None => None,
+        };
+        let (mut v4, mut v6) = (Vec::new(), Vec::new());
+        for (i, a) in dc.addresses.iter().enumerate() {
+            let akey = format!("{key}.addresses[{i}]");
+            match a.trim().parse::<IpAddr>() {
+                Ok(IpAddr::V4(x)) if !v4.contains(&x) => v4.push(x),
+                Ok(IpAddr::V6(x)) if !v6.contains(&x) => v6.push(x),
+                Ok(_) => return Err(ConfigError::new(file, akey, "listed twice")),
+                Err(_) => {
+                    return Err(ConfigError::new(
+                        file,
+                        akey,
+                        format!("{a:?} is not an IPv4 or IPv6 address"),
+                    ));
+                }
+            }
+        }
+        if v4.is_empty() && v6.is_empty() {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.addresses"),
+                "a datacenter needs at least one address",
+            ));
+        }
+        datacenters.push(Datacenter {
+            name: name.clone(),
+            location,
+            v4,
+            v6,
+        });
+    }
+
+    let mut zone = ZoneConfig {
+        source: file.display().to_string(),
+        origin: origin.clone(),
+        soa,
+        ns,
+        ns_ttl,
+        records,
+        datacenters,
+        services: Vec::new(),
+    };
+
+    // Services.
+    for (name, svc) in &raw.services {
+        let key = format!("services.{}", key_part(name));
+        let fqdn =
+            parse_name(name, Some(&origin)).map_err(|e| ConfigError::new(file, key.clone(), e))?;
+        let fqdn = in_zone(&key, fqdn)?;
+        if let Some(prev) = zone
+            .records
+            .iter()
+            .find(|r| r.owner() == &fqdn && (r.is_cname() || r.is_address() || r.is_ns()))
+        {
+            return Err(ConfigError::new(
+                file,
+                key,
+                format!(
+                    "the name {fqdn} also has a static {} record; a service owns its A/AAAA answers",
+                    prev.type_name()
+                ),
+            ));
+        }
+        if let Some(cut) = cuts.iter().find(|c| c.zone_of(&fqdn)) {
+            return Err(ConfigError::new(
+                file,
+                key,
+                format!("{fqdn} is at or below the delegation at {cut}"),
+            ));
+        }
+        let service = validate_service(file, &key, &zone, name, fqdn, svc)?;
+        zone.services.push(service);
+    }
+    Ok(zone)
+}
+
+fn resolve_dcs(
+    file: &Path,
+    key: &str,
+    zone: &ZoneConfig,
+    names: &[String],
+    allowed: Option<&[DcId]>,
+) -> Result<Vec<DcId>, ConfigError> {
+    if names.is_empty() {
+        return Err(ConfigError::new(file, key, "empty datacenter list"));
+    }
+    let mut ids = Vec::with_capacity(names.len());
+    for (i, n) in names.iter().enumerate() {
+        let ikey = format!("{key}[{i}]");
+        let id = zone.dc_by_name(n).ok_or_else(|| {
+            let known: Vec<&str> = zone.datacenters.iter().map(|d| d.name.as_str()).collect();
+            ConfigError::new(
+                file,
+                ikey.clone(),
+                format!(
+                    "unknown datacenter {n:?} (defined: {})",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                ),
+            )
+        })?;
+        if ids.contains(&id) {
+            return Err(ConfigError::new(
+                file,
+                ikey,
+                format!("{n:?} is listed twice"),
+            ));
+        }
+        if let Some(allowed) = allowed {
+            if !allowed.contains(&id) {
+                return Err(ConfigError::new(
+                    file,
+                    ikey,
+                    format!("{n:?} is not one of this service's datacenters"),
+                ));
+            }
+        }
+        ids.push(id);
+    }
+    Ok(ids)
+}
+
+fn validate_service(
+    file: &Path,
+    key: &str,
+    zone: &ZoneConfig,
+    name: &str,
+    fqdn: DomainName,
+    raw: &RawService,
+) -> Result<Service, ConfigError> {
+    let datacenters = resolve_dcs(
+        file,
+        &format!("{key}.datacenters"),
+        zone,
+        &raw.datacenters,
+        None,
+    )?;
+    let ttl = ttl(file, &format!("{key}.ttl"), raw.ttl, DEFAULT_SERVICE_TTL)?;
+    let policy = match raw.policy.as_str() {
+        "geo" => {
+            for &id in &datacenters {
+                if zone.dc(id).location.is_none() {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("datacenters.{}.location", key_part(&zone.dc(id).name)),
+                        format!("missing; the geo service {name:?} ranks by distance to it"),
+                    ));
+                }
+            }
+            let allowed = Some(datacenters.as_slice());
+            let default = match &raw.default {
+                Some(list) => resolve_dcs(file, &format!("{key}.default"), zone, list, allowed)?,
+                None => datacenters.clone(),
+            };
+            let mut countries = Vec::new();
+            for (cc, list) in &raw.countries {
+                let ckey = format!("{key}.countries.{}", key_part(cc));
+                let code = CountryCode::parse(cc)
+                    .filter(|c| c.to_string() == *cc)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            file,
+                            ckey.clone(),
+                            "not an upper-case ISO 3166-1 alpha-2 country code such as \"JP\"",
+                        )
+                    })?;
+                countries.push((code, resolve_dcs(file, &ckey, zone, list, allowed)?));
+            }
+            let mut continents = Vec::new();
+            for (cc, list) in &raw.continents {
+                let ckey = format!("{key}.continents.{}", key_part(cc));
+                let code = Continent::parse(cc)
+                    .filter(|c| c.code() == cc)
+                    .ok_or_else(|| {
+                        ConfigError::new(
+                            file,
+                            ckey.clone(),
+                            "not a continent code (AF, AN, AS, EU, NA, OC, SA)",
+                        )
+                    })?;
+                continents.push((code, resolve_dcs(file, &ckey, zone, list, allowed)?));
+            }
+            let networks = validate_networks(file, key, zone, &raw.networks, allowed)?;
+            PolicySpec::Geo(GeoSpec {
+                countries,
+                continents,
+                networks,
+                default,
+            })
+        }
+        other => {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.policy"),
+                format!("unknown policy {other:?} (available: \"geo\")"),
+            ));
+        }
+    };
+    Ok(Service {
+        name: name.to_string(),
+        fqdn,
+        datacenters,
+        ttl,
+        policy,
+    })
+}
+
+fn validate_networks(
+    file: &Path,
+    key: &str,
+    zone: &ZoneConfig,
+    raw: &BTreeMap<String, Vec<String>>,
+    allowed: Option<&[DcId]>,
+) -> Result<Vec<(IpNet, Vec<DcId>)>, ConfigError> {
+    let mut seen = HashSet::new();
+    let mut out = Vec::with_capacity(raw.len());
+    for (cidr, list) in raw {
+        let nkey = format!("{key}.networks.{}", key_part(cidr));
+        let net: IpNet = cidr.parse().map_err(|_| {
+            ConfigError::new(
+                file,
+                nkey.clone(),
+                "not a network in CIDR notation such as \"192.0.2.0/24\"",
+            )
+        })?;
+        if net.trunc() != net {
+            return Err(ConfigError::new(
+                file,
+                nkey,
+                format!("host bits set; did you mean \"{}\"?", net.trunc()),
+            ));
+        }
+        if !seen.insert(net) {
+            return Err(ConfigError::new(file, nkey, "listed twice"));
+        }
+        out.push((net, resolve_dcs(file, &nkey, zone, list, allowed)?));
+    }
+    Ok(out)
+}

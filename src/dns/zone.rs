@@ -1,0 +1,344 @@
+//! The zone store: one zone's records and services in wire form, and the
+//! lookup that turns a question into answer, authority and additional
+//! sections.
+//!
+//! Built from a validated [`ZoneConfig`] whenever config changes; read-only
+//! afterwards, so queries share it without locks.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use hickory_proto::op::ResponseCode;
+use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+
+use crate::model::{DcId, ZoneConfig};
+use crate::policy::{Client, Policy};
+
+/// Longest CNAME chain followed inside a zone before giving up.
+const MAX_CNAME_CHAIN: usize = 8;
+
+/// A service ready to answer: its policy and precomputed records per
+/// datacenter.
+#[derive(Debug)]
+pub(crate) struct ServiceAnswers {
+    pub(crate) policy: Arc<dyn Policy>,
+    ttl: u32,
+    /// A records per datacenter (indexed by `DcId`), owner = service name.
+    a: Vec<Vec<Record>>,
+    /// AAAA records per datacenter.
+    aaaa: Vec<Vec<Record>>,
+}
+
+#[derive(Debug, Default)]
+struct Node {
+    /// RRsets in config order, each non-empty and of one type.
+    rrsets: Vec<Vec<Record>>,
+    /// Index into `Zone::services`.
+    service: Option<usize>,
+    /// NS records here delegate a child zone.
+    cut: bool,
+}
+
+impl Node {
+    fn rrset(&self, t: RecordType) -> Option<&[Record]> {
+        self.rrsets
+            .iter()
+            .find(|s| s[0].record_type() == t)
+            .map(Vec::as_slice)
+    }
+}
+
+/// One zone, ready for queries.
+#[derive(Debug)]
+pub struct Zone {
+    origin: Name,
+    origin_labels: u8,
+    /// SOA with the negative-caching TTL, for authority sections.
+    negative_soa: Record,
+    negative_ttl: u32,
+    nodes: HashMap<LowerName, Node>,
+    services: Vec<ServiceAnswers>,
+    /// The validated config this was built from (for `explain`).
+    pub config: Arc<ZoneConfig>,
+}
+
+/// What a lookup produced; the handler turns it into a message.
+#[derive(Debug, Default)]
+pub(crate) struct Resolution {
+    pub(crate) rcode: ResponseCode,
+    pub(crate) authoritative: bool,
+    pub(crate) answers: Vec<Record>,
+    pub(crate) authorities: Vec<Record>,
+    pub(crate) additionals: Vec<Record>,
+    /// ECS scope when a policy decided the answer; `None` means the answer
+    /// is the same for every client (scope 0).
+    pub(crate) scope: Option<u8>,
+}
+
+fn with_owner(r: &Record, owner: &Name) -> Record {
+    let mut r = r.clone();
+    r.name = owner.clone();
+    r
+}
+
+impl Zone {
+    /// Builds the store. `policies[i]` answers `config.services[i]`.
+    pub fn build(config: Arc<ZoneConfig>, policies: Vec<Arc<dyn Policy>>) -> Self {
+        let z = &*config;
+        let origin = z.origin.clone();
+        let soa_rdata = SOA::new(
+            z.soa.mname.clone(),
+            z.soa.rname.clone(),
+            z.soa.serial,
+            z.soa.refresh as i32,
+            z.soa.retry as i32,
+            z.soa.expire as i32,
+            z.soa.minimum,
+        );
+        let soa = Record::from_rdata(origin.clone(), z.soa.ttl, RData::SOA(soa_rdata));
+        // RFC 2308 §5: the negative TTL is the minimum of the SOA's TTL and
+        // its MINIMUM field.
+        let negative_ttl = z.soa.ttl.min(z.soa.minimum);
+        let mut negative_soa = soa.clone();
+        negative_soa.ttl = negative_ttl;
+
+        let mut nodes: HashMap<LowerName, Node> = HashMap::new();
+        let mut touch = |name: &Name| -> LowerName {
+            // Create the node and every empty non-terminal above it, so that
+            // names between the apex and a record answer NODATA, not
+            // NXDOMAIN (RFC 8020).
+            let mut n = name.clone();
+            while n.num_labels() > origin.num_labels() {
+                nodes.entry(LowerName::from(&n)).or_default();
+                n = n.base_name();
+            }
+            nodes.entry(LowerName::from(&origin)).or_default();
+            LowerName::from(name)
+        };
+        let apex = touch(&origin);
+        let ns: Vec<Record> =
+            z.ns.iter()
+                .map(|n| Record::from_rdata(origin.clone(), z.ns_ttl, RData::NS(NS(n.clone()))))
+                .collect();
+        let mut pending: Vec<(LowerName, Record)> = vec![(apex.clone(), soa)];
+        pending.extend(ns.into_iter().map(|r| (apex.clone(), r)));
+        for r in &z.records {
+            let key = touch(&r.0.name);
+            pending.push((key, r.0.clone()));
+        }
+        let mut service_keys = Vec::new();
+        for s in &z.services {
+            service_keys.push(touch(&s.fqdn));
+        }
+        for (key, record) in pending {
+            let node = nodes.get_mut(&key).expect("touched above");
+            let t = record.record_type();
+            if t == RecordType::NS && key != apex {
+                node.cut = true;
+            }
+            match node.rrsets.iter_mut().find(|s| s[0].record_type() == t) {
+                Some(set) => set.push(record),
+                None => node.rrsets.push(vec![record]),
+            }
+        }
+        let mut services = Vec::with_capacity(z.services.len());
+        for (i, (s, policy)) in z.services.iter().zip(policies).enumerate() {
+            nodes.get_mut(&service_keys[i]).expect("touched").service = Some(i);
+            let a = z
+                .datacenters
+                .iter()
+                .map(|dc| {
+                    dc.v4
+                        .iter()
+                        .map(|&ip| Record::from_rdata(s.fqdn.clone(), s.ttl, RData::A(A(ip))))
+                        .collect()
+                })
+                .collect();
+            let aaaa = z
+                .datacenters
+                .iter()
+                .map(|dc| {
+                    dc.v6
+                        .iter()
+                        .map(|&ip| Record::from_rdata(s.fqdn.clone(), s.ttl, RData::AAAA(AAAA(ip))))
+                        .collect()
+                })
+                .collect();
+            services.push(ServiceAnswers {
+                policy,
+                ttl: s.ttl,
+                a,
+                aaaa,
+            });
+        }
+        Self {
+            origin_labels: origin.num_labels(),
+            origin,
+            negative_soa,
+            negative_ttl,
+            nodes,
+            services,
+            config,
+        }
+    }
+
+    /// The zone apex.
+    pub fn origin(&self) -> &Name {
+        &self.origin
+    }
+
+    /// Number of labels in the apex (longest-match zone selection).
+    pub(crate) fn origin_labels(&self) -> u8 {
+        self.origin_labels
+    }
+
+    /// The highest delegation point at or above `name` (below the apex).
+    fn find_cut(&self, name: &Name) -> Option<(Name, &Node)> {
+        let labels = name.num_labels();
+        (self.origin_labels + 1..=labels).find_map(|n| {
+            let candidate = name.trim_to(usize::from(n));
+            let node = self.nodes.get(&LowerName::from(&candidate))?;
+            node.cut.then_some((candidate, node))
+        })
+    }
+
+    fn add_glue(&self, targets: impl Iterator<Item = Name>, out: &mut Vec<Record>) {
+        for target in targets {
+            if !self.origin.zone_of(&target) {
+                continue;
+            }
+            if let Some(node) = self.nodes.get(&LowerName::from(&target)) {
+                for t in [RecordType::A, RecordType::AAAA] {
+                    if let Some(set) = node.rrset(t) {
+                        out.extend(set.iter().cloned());
+                    }
+                }
+            }
+        }
+    }
+
+    fn negative(&self, res: &mut Resolution, ttl_cap: Option<u32>) {
+        let mut soa = self.negative_soa.clone();
+        if let Some(cap) = ttl_cap {
+            soa.ttl = soa.ttl.min(cap);
+        }
+        res.authorities.push(soa);
+    }
+
+    /// Answers `qname`/`qtype` for `client`. `qname` is in the zone.
+    pub(crate) fn resolve(&self, qname: &Name, qtype: RecordType, client: &Client) -> Resolution {
+        let mut res = Resolution {
+            authoritative: true,
+            ..Resolution::default()
+        };
+        let mut name = qname.clone();
+        for _ in 0..MAX_CNAME_CHAIN {
+            if let Some((cut, node)) = self.find_cut(&name) {
+                // DS for the cut itself is the parent's (our) data.
+                let ds_at_cut = qtype == RecordType::DS && cut == name;
+                if !ds_at_cut {
+                    self.referral(&cut, node, &mut res);
+                    return res;
+                }
+            }
+            let Some(node) = self.nodes.get(&LowerName::from(&name)) else {
+                // RFC 6604: after a CNAME, the rcode describes the last name.
+                res.rcode = ResponseCode::NXDomain;
+                self.negative(&mut res, None);
+                return res;
+            };
+            if qtype != RecordType::CNAME {
+                if let Some(cname) = node.rrset(RecordType::CNAME) {
+                    let rec = &cname[0];
+                    res.answers.push(with_owner(rec, &name));
+                    let RData::CNAME(target) = &rec.data else {
+                        return res;
+                    };
+                    if !self.origin.zone_of(&target.0) {
+                        // Out of zone: the resolver follows it.
+                        return res;
+                    }
+                    name = target.0.clone();
+                    continue;
+                }
+            }
+            self.answer_node(node, &name, qtype, client, &mut res);
+            return res;
+        }
+        // Chain too long (or a loop): return what we have; the resolver
+        // will give up on it the same way.
+        res
+    }
+
+    fn referral(&self, cut: &Name, node: &Node, res: &mut Resolution) {
+        res.authoritative = false;
+        let Some(ns) = node.rrset(RecordType::NS) else {
+            return;
+        };
+        res.authorities
+            .extend(ns.iter().map(|r| with_owner(r, cut)));
+        let targets = ns.iter().filter_map(|r| match &r.data {
+            RData::NS(n) => Some(n.0.clone()),
+            _ => None,
+        });
+        self.add_glue(targets, &mut res.additionals);
+    }
+
+    fn answer_node(
+        &self,
+        node: &Node,
+        name: &Name,
+        qtype: RecordType,
+        client: &Client,
+        res: &mut Resolution,
+    ) {
+        let service = node.service.map(|i| &self.services[i]);
+        // RFC 8482: answer ANY with one RRset rather than all of them.
+        let qtype = if qtype == RecordType::ANY {
+            match (service, node.rrsets.first()) {
+                (Some(_), _) => RecordType::A,
+                (None, Some(set)) => set[0].record_type(),
+                (None, None) => RecordType::ANY,
+            }
+        } else {
+            qtype
+        };
+        if let Some(set) = node.rrset(qtype) {
+            res.answers.extend(set.iter().map(|r| with_owner(r, name)));
+            let targets = set.iter().filter_map(|r| match &r.data {
+                RData::NS(n) => Some(n.0.clone()),
+                RData::MX(mx) => Some(mx.exchange.clone()),
+                RData::SRV(srv) => Some(srv.target.clone()),
+                _ => None,
+            });
+            self.add_glue(targets, &mut res.additionals);
+            return;
+        }
+        if let (Some(svc), RecordType::A | RecordType::AAAA) = (service, qtype) {
+            let ranked = svc.policy.rank(client);
+            res.scope = Some(ranked.scope);
+            let chosen: Option<DcId> = ranked.order.first().copied();
+            let per_dc = if qtype == RecordType::A {
+                &svc.a
+            } else {
+                &svc.aaaa
+            };
+            match chosen.and_then(|dc| per_dc.get(dc.index())) {
+                Some(records) if !records.is_empty() => {
+                    res.answers
+                        .extend(records.iter().map(|r| with_owner(r, name)));
+                }
+                _ => {
+                    // The chosen datacenter has no address of this family:
+                    // NODATA, cached no longer than the service's answers.
+                    self.negative(res, Some(svc.ttl));
+                }
+            }
+            return;
+        }
+        // NODATA. For a service name the answer to other types does not
+        // depend on the client, so no scope.
+        self.negative(res, service.map(|s| s.ttl.min(self.negative_ttl)));
+    }
+}

@@ -1,0 +1,302 @@
+//! A prefix table: the whole address space of one family cut into CIDR
+//! blocks, each carrying a value (a ranking id).
+//!
+//! Built once per config/GeoIP load; looked up per query with one binary
+//! search. Adjacent ranges with equal values are merged before the cut into
+//! blocks, so the block that holds an address is the widest aligned prefix
+//! around it whose every address has the same value. That prefix is the
+//! EDNS Client Subnet scope Meridian returns (RFC 7871 §7.2.1), which lets
+//! resolvers cache one answer for as many clients as possible.
+
+use std::net::IpAddr;
+
+/// Builds a [`PrefixTable`] from ranges fed in address order.
+#[derive(Debug)]
+pub struct TableBuilder {
+    bits: u8,
+    fill: u32,
+    /// Non-overlapping, sorted, inclusive ranges.
+    ranges: Vec<(u128, u128, u32)>,
+}
+
+/// Address width of a family.
+pub const fn family_bits(v6: bool) -> u8 {
+    if v6 { 128 } else { 32 }
+}
+
+fn space_end(bits: u8) -> u128 {
+    if bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    }
+}
+
+/// The inclusive range of `addr/prefix` in a `bits`-wide space.
+pub fn prefix_range(bits: u8, addr: u128, prefix: u8) -> (u128, u128) {
+    let host = u32::from(bits - prefix.min(bits));
+    let size_minus_1 = if host == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host) - 1
+    };
+    let start = addr & !size_minus_1 & space_end(bits);
+    (start, start | size_minus_1)
+}
+
+/// An address as an integer in its family's space.
+pub fn addr_bits(addr: IpAddr) -> u128 {
+    match addr {
+        IpAddr::V4(a) => u128::from(u32::from(a)),
+        IpAddr::V6(a) => u128::from(a),
+    }
+}
+
+impl TableBuilder {
+    /// A builder for a space of `bits` (32 or 128); gaps get `fill`.
+    pub fn new(bits: u8, fill: u32) -> Self {
+        Self {
+            bits,
+            fill,
+            ranges: Vec::new(),
+        }
+    }
+
+    /// Appends a range; ranges must come in increasing, non-overlapping
+    /// order (as a MaxMind DB walk yields them).
+    pub fn push(&mut self, start: u128, end: u128, value: u32) {
+        if let Some(last) = self.ranges.last_mut() {
+            debug_assert!(start > last.1, "ranges out of order");
+            if last.2 == value && last.1.checked_add(1) == Some(start) {
+                last.1 = end;
+                return;
+            }
+        }
+        self.ranges.push((start, end, value));
+    }
+
+    /// Fills the gaps between pushed ranges with the fill value.
+    fn complete(&mut self) {
+        let mut out = Vec::with_capacity(self.ranges.len() * 2 + 1);
+        let mut next = 0u128;
+        let mut at_end = false;
+        for &(s, e, v) in &self.ranges {
+            if s > next {
+                out.push((next, s - 1, self.fill));
+            }
+            out.push((s, e, v));
+            match e.checked_add(1) {
+                Some(n) => next = n,
+                None => at_end = true,
+            }
+        }
+        if !at_end && next <= space_end(self.bits) {
+            out.push((next, space_end(self.bits), self.fill));
+        }
+        self.ranges = out;
+    }
+
+    /// Overwrites `[start, end]` with `value`. Call after all pushes, from
+    /// the least to the most specific override.
+    fn paint(&mut self, start: u128, end: u128, value: u32) {
+        let first = self.ranges.partition_point(|r| r.1 < start);
+        let last = self.ranges.partition_point(|r| r.0 <= end);
+        let mut middle = Vec::with_capacity(3);
+        if let Some(&(s, _, v)) = self.ranges.get(first) {
+            if s < start {
+                middle.push((s, start - 1, v));
+            }
+        }
+        middle.push((start, end, value));
+        if last > 0 {
+            if let Some(&(_, e, v)) = self.ranges.get(last - 1) {
+                if e > end {
+                    middle.push((end + 1, e, v));
+                }
+            }
+        }
+        self.ranges.splice(first..last, middle);
+    }
+
+    /// Finishes the table: fills gaps, applies `overrides` (`(addr, prefix,
+    /// value)`, any order; longer prefixes win), merges equal neighbours and
+    /// cuts the result into CIDR blocks.
+    pub fn finish(mut self, overrides: &[(u128, u8, u32)]) -> PrefixTable {
+        self.complete();
+        let mut ov = overrides.to_vec();
+        ov.sort_by_key(|o| o.1);
+        for (addr, prefix, value) in ov {
+            let (s, e) = prefix_range(self.bits, addr, prefix);
+            self.paint(s, e, value);
+        }
+        let mut merged: Vec<(u128, u128, u32)> = Vec::with_capacity(self.ranges.len());
+        for r in self.ranges {
+            match merged.last_mut() {
+                Some(last) if last.2 == r.2 => last.1 = r.1,
+                _ => merged.push(r),
+            }
+        }
+        let mut starts = Vec::with_capacity(merged.len());
+        let mut entries = Vec::with_capacity(merged.len());
+        for (s, e, v) in merged {
+            let mut s = s;
+            loop {
+                // Largest aligned block starting at s that ends at or before e.
+                let align = if s == 0 {
+                    u32::from(self.bits)
+                } else {
+                    s.trailing_zeros().min(u32::from(self.bits))
+                };
+                let mut host = align;
+                while host > 0 {
+                    let end = if host == 128 {
+                        u128::MAX
+                    } else {
+                        s + ((1u128 << host) - 1)
+                    };
+                    if end <= e {
+                        break;
+                    }
+                    host -= 1;
+                }
+                starts.push(s);
+                entries.push(Entry {
+                    prefix: self.bits - host as u8,
+                    value: v,
+                });
+                let block_end = if host == 128 {
+                    u128::MAX
+                } else {
+                    s + ((1u128 << host) - 1)
+                };
+                if block_end >= e {
+                    break;
+                }
+                s = block_end + 1;
+            }
+        }
+        PrefixTable {
+            bits: self.bits,
+            starts,
+            entries,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Entry {
+    prefix: u8,
+    value: u32,
+}
+
+/// The finished table; see the module docs.
+#[derive(Clone, Debug)]
+pub struct PrefixTable {
+    bits: u8,
+    starts: Vec<u128>,
+    entries: Vec<Entry>,
+}
+
+impl PrefixTable {
+    /// The value for `addr` and the prefix length of its block.
+    pub fn lookup(&self, addr: u128) -> (u32, u8) {
+        let i = self
+            .starts
+            .partition_point(|&s| s <= addr)
+            .saturating_sub(1);
+        let e = self.entries[i];
+        (e.value, e.prefix)
+    }
+
+    /// Number of blocks (for logs and memory estimates).
+    pub fn len(&self) -> usize {
+        self.starts.len()
+    }
+
+    /// Whether the table is empty (never, once finished).
+    pub fn is_empty(&self) -> bool {
+        self.starts.is_empty()
+    }
+
+    /// Address width.
+    pub fn bits(&self) -> u8 {
+        self.bits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(s: &str) -> u128 {
+        u128::from(u32::from(s.parse::<std::net::Ipv4Addr>().unwrap()))
+    }
+
+    #[test]
+    fn gaps_get_fill_and_blocks_are_widest_aligned() {
+        let mut b = TableBuilder::new(32, 0);
+        let (s, e) = prefix_range(32, v4("10.0.0.0"), 8);
+        b.push(s, e, 1);
+        let t = b.finish(&[]);
+        assert_eq!(t.lookup(v4("10.1.2.3")), (1, 8));
+        assert_eq!(t.lookup(v4("0.0.0.1")), (0, 5)); // 0.0.0.0/5
+        assert_eq!(t.lookup(v4("9.255.255.255")), (0, 7)); // 8.0.0.0/7
+        assert_eq!(t.lookup(v4("11.0.0.0")), (0, 8));
+        assert_eq!(t.lookup(v4("128.0.0.0")), (0, 1));
+        assert_eq!(t.lookup(v4("255.255.255.255")), (0, 1));
+    }
+
+    #[test]
+    fn adjacent_equal_ranges_merge_into_supernets() {
+        let mut b = TableBuilder::new(32, 9);
+        for (net, v) in [
+            ("10.0.0.0", 1),
+            ("10.0.1.0", 1),
+            ("10.0.2.0", 2),
+            ("10.0.3.0", 1),
+        ] {
+            let (s, e) = prefix_range(32, v4(net), 24);
+            b.push(s, e, v);
+        }
+        let t = b.finish(&[]);
+        assert_eq!(t.lookup(v4("10.0.0.7")), (1, 23));
+        assert_eq!(t.lookup(v4("10.0.1.7")), (1, 23));
+        assert_eq!(t.lookup(v4("10.0.2.7")), (2, 24));
+        assert_eq!(t.lookup(v4("10.0.3.7")), (1, 24));
+    }
+
+    #[test]
+    fn overrides_win_and_narrow_the_surrounding_blocks() {
+        let mut b = TableBuilder::new(32, 0);
+        let (s, e) = prefix_range(32, v4("10.0.0.0"), 8);
+        b.push(s, e, 1);
+        let t = b.finish(&[
+            (v4("10.1.0.0"), 16, 2),
+            (v4("10.1.2.0"), 24, 3),
+            (v4("0.0.0.0"), 0, 4),
+        ]);
+        assert_eq!(t.lookup(v4("10.1.2.3")), (3, 24));
+        assert_eq!(t.lookup(v4("10.1.3.3")), (2, 23)); // 10.1.2/24 splits the /16
+        assert_eq!(t.lookup(v4("10.1.0.1")), (2, 23));
+        assert_eq!(t.lookup(v4("10.0.0.1")), (1, 16));
+        assert_eq!(t.lookup(v4("10.128.0.1")), (1, 9));
+        assert_eq!(t.lookup(v4("192.0.2.1")), (4, 1));
+    }
+
+    #[test]
+    fn ipv6_full_space() {
+        let b = TableBuilder::new(128, 7);
+        let t = b.finish(&[]);
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.lookup(u128::MAX), (7, 0));
+        let mut b = TableBuilder::new(128, 7);
+        b.push(0, u128::MAX, 3);
+        assert_eq!(b.finish(&[]).lookup(5), (3, 0));
+        let mut b = TableBuilder::new(128, 7);
+        let (s, e) = prefix_range(128, 0x2001_0db8u128 << 96, 32);
+        b.push(s, e, 1);
+        let t = b.finish(&[]);
+        assert_eq!(t.lookup(s + 99), (1, 32));
+        assert_eq!(t.lookup(e + 1).0, 7);
+    }
+}

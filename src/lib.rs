@@ -1,0 +1,234 @@
+//! Meridian: an authoritative DNS server that answers each client with the
+//! records of the datacenter that suits it best.
+//!
+//! # Layout
+//!
+//! ```text
+//!  meridian.toml + zones/*.toml ──► config ──► model (validated, indexed)
+//!                                                 │
+//!  geoip/*.mmdb ──► geo (GeoDb, distance, tables) │
+//!                         │                       ▼
+//!                         └──────────► policy (rank: pure, precomputed)
+//!                                                 │
+//!                                                 ▼
+//!                          snapshot (zones + policies, behind ArcSwap)
+//!                                                 │ one load per query
+//!  UDP/TCP sockets ──► dns::server loops ──► dns::handler ──► bytes out
+//! ```
+//!
+//! * `config` reads TOML into `model` types; errors name file, key, reason.
+//! * `geo` wraps the GeoIP database; `policy::geo` walks it once per
+//!   service to build a prefix table of rankings, so a query does a binary
+//!   search instead of a database lookup, and the block found is the
+//!   widest correct EDNS Client Subnet scope.
+//! * `snapshot` freezes zones and policies; `dns` is the only module that
+//!   speaks the wire format (hickory-proto).
+//! * [`Server`] binds sockets, runs the loops, and reloads on request: a
+//!   bad config is reported and the old snapshot stays in service.
+
+pub mod config;
+pub mod dns;
+pub mod explain;
+pub mod geo;
+pub mod model;
+pub mod policy;
+pub mod snapshot;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, ConfigError};
+use crate::dns::server::{TcpSettings, serve_tcp, serve_udp};
+use crate::geo::{GeoDb, GeoError};
+use crate::snapshot::Snapshot;
+
+/// Attribution required by the shipped GeoIP data's licence (CC BY 4.0).
+pub const GEOIP_ATTRIBUTION: &str = "IP Geolocation by DB-IP (https://db-ip.com), CC BY 4.0";
+
+/// Why the server could not start or reload.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// Bad configuration.
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    /// The GeoIP database could not be opened.
+    #[error("{0}")]
+    Geo(#[from] GeoError),
+    /// The country table could not be loaded.
+    #[error("{0}")]
+    Countries(String),
+    /// A listen address could not be bound.
+    #[error("cannot listen on {addr} ({proto}): {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// "udp" or "tcp".
+        proto: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// Loads config, country table and GeoIP database, and builds a snapshot.
+/// This is all of `meridian check`, and what a reload does before swapping.
+pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
+    let config = config::load(config_path)?;
+    let countries = match &config.server.countries {
+        Some(path) => geo::countries::load(path).map_err(Error::Countries)?,
+        None => geo::countries::builtin(),
+    };
+    let geo = Arc::new(GeoDb::open(&config.server.geoip, countries)?);
+    let snapshot = Snapshot::build(&config, geo);
+    Ok((config, snapshot))
+}
+
+fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // Keep [::]:53 from also claiming IPv4, so 0.0.0.0:53 can coexist.
+        socket.set_only_v6(true)?;
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.set_reuse_address(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// Binds UDP and TCP on `addr`. With port 0, both get the same free port.
+fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+    let udp_err = |source| Error::Bind {
+        addr,
+        proto: "udp",
+        source,
+    };
+    let mut attempts = 0;
+    loop {
+        let udp = bind_udp(addr).map_err(udp_err)?;
+        let bound = udp.local_addr().map_err(udp_err)?;
+        match bind_tcp(bound) {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(e) if addr.port() == 0 && attempts < 20 => {
+                tracing::debug!(error = %e, "tcp port taken; trying another");
+                attempts += 1;
+            }
+            Err(source) => {
+                return Err(Error::Bind {
+                    addr,
+                    proto: "tcp",
+                    source,
+                });
+            }
+        }
+    }
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct Server {
+    state: Arc<ArcSwap<Snapshot>>,
+    config_path: PathBuf,
+    config: std::sync::Mutex<Config>,
+    addrs: Vec<SocketAddr>,
+    token: CancellationToken,
+    tasks: TaskTracker,
+}
+
+impl Server {
+    /// Loads `config_path`, binds every listen address (or `listen`, when
+    /// given, instead) for UDP and TCP, and starts serving.
+    pub async fn start(config_path: &Path, listen: Option<Vec<SocketAddr>>) -> Result<Self, Error> {
+        let path = config_path.to_path_buf();
+        let (config, snapshot) = tokio::task::spawn_blocking(move || load(&path))
+            .await
+            .expect("load does not panic")?;
+        let listen = listen.unwrap_or_else(|| config.server.listen.clone());
+        let mut sockets = Vec::with_capacity(listen.len());
+        for addr in &listen {
+            sockets.push(bind_pair(*addr)?);
+        }
+        let state = Arc::new(ArcSwap::from_pointee(snapshot));
+        let token = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let tcp = TcpSettings {
+            idle_timeout: config.server.tcp_idle_timeout,
+            max_connections: config.server.tcp_max_connections,
+        };
+        let mut addrs = Vec::with_capacity(sockets.len());
+        for (udp, listener) in sockets {
+            let local = udp.local_addr().map_err(|source| Error::Bind {
+                addr: listen[addrs.len()],
+                proto: "udp",
+                source,
+            })?;
+            tracing::info!(%local, "listening on UDP and TCP");
+            addrs.push(local);
+            tasks.spawn(serve_udp(udp, Arc::clone(&state), token.clone()));
+            tasks.spawn(serve_tcp(listener, Arc::clone(&state), tcp, token.clone()));
+        }
+        tasks.close();
+        Ok(Self {
+            state,
+            config_path: config_path.to_path_buf(),
+            config: std::sync::Mutex::new(config),
+            addrs,
+            token,
+            tasks,
+        })
+    }
+
+    /// The bound addresses (UDP and TCP share each one).
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+
+    /// The snapshot queries are answered from right now.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.state.load_full()
+    }
+
+    /// Re-reads the config, zones and GeoIP database and swaps in a new
+    /// snapshot. On any error the running snapshot stays in service and
+    /// the error is returned. Listen addresses and TCP limits take effect
+    /// only at restart. Blocking (walks the GeoIP database): call it from
+    /// `spawn_blocking`.
+    pub fn reload(&self) -> Result<(), Error> {
+        let (config, snapshot) = load(&self.config_path)?;
+        let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
+        if config.server.listen != current.server.listen
+            || config.server.tcp_idle_timeout != current.server.tcp_idle_timeout
+            || config.server.tcp_max_connections != current.server.tcp_max_connections
+        {
+            tracing::warn!("listen addresses and TCP limits change only on restart");
+        }
+        self.state.store(Arc::new(snapshot));
+        *current = config;
+        tracing::info!(zones = current.zones.len(), "configuration reloaded");
+        Ok(())
+    }
+
+    /// Stops serving and waits for every loop and connection to end.
+    pub async fn shutdown(self) {
+        self.token.cancel();
+        self.tasks.wait().await;
+    }
+}

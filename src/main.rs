@@ -1,0 +1,179 @@
+//! The `meridian` command: parse arguments, set up logging, hand over to
+//! the library. Owns no logic.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+const LONG_VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    "\nShipped GeoIP data: IP Geolocation by DB-IP (https://db-ip.com), CC BY 4.0"
+);
+
+/// Meridian: an authoritative DNS global load balancer. Answers each client
+/// with the records of its nearest datacenter (GeoIP + EDNS Client Subnet).
+#[derive(Parser, Debug)]
+#[command(name = "meridian", version, long_version = LONG_VERSION)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Serve DNS on the configured addresses until SIGINT/SIGTERM.
+    /// SIGHUP reloads the config, zones and GeoIP database; a bad config
+    /// is logged and the running one kept.
+    Run {
+        /// Server config file; zones and geoip paths in it are relative to it.
+        #[arg(long, short, default_value = "meridian.toml")]
+        config: PathBuf,
+        /// Listen on ADDR:PORT (UDP and TCP) instead of the configured
+        /// addresses; repeat for several. IPv6 as [::1]:5300.
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: Vec<SocketAddr>,
+    },
+    /// Load and validate everything (config, zones, GeoIP database, policy
+    /// tables), print a summary and exit 0, or print the first error and
+    /// exit 1.
+    Check {
+        /// Server config file.
+        #[arg(long, short, default_value = "meridian.toml")]
+        config: PathBuf,
+    },
+    /// Show how a client is answered: its GeoIP location, the ranked
+    /// datacenters with distances, the answer and the ECS scope, computed
+    /// by the same handler as a real query.
+    Explain {
+        /// Server config file.
+        #[arg(long, short, default_value = "meridian.toml")]
+        config: PathBuf,
+        /// Name to ask for, e.g. www.gslb.example.com
+        name: String,
+        /// Record type.
+        #[arg(default_value = "A")]
+        qtype: String,
+        /// Client address, as IP or IP/PREFIX (bare IPv4 means /24, bare
+        /// IPv6 /56), sent as EDNS Client Subnet.
+        #[arg(long, value_name = "IP[/PREFIX]")]
+        client: String,
+    },
+}
+
+fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run { config, listen } => {
+            init_tracing();
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            runtime.block_on(run(config, listen))
+        }
+        Command::Check { config } => match meridian::load(&config) {
+            Ok((cfg, snap)) => {
+                eprintln!(
+                    "{}: OK: {} zone(s), {} service(s), {} datacenter(s); GeoIP {}",
+                    config.display(),
+                    cfg.zones.len(),
+                    cfg.zones.iter().map(|z| z.services.len()).sum::<usize>(),
+                    cfg.zones.iter().map(|z| z.datacenters.len()).sum::<usize>(),
+                    snap.geo.describe()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Explain {
+            config,
+            name,
+            qtype,
+            client,
+        } => {
+            let client = match meridian::explain::parse_client(&client) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("error: --client: {e}");
+                    return ExitCode::from(2);
+                }
+            };
+            let snap = match meridian::load(&config) {
+                Ok((_, s)) => s,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match meridian::explain::explain(&snap, &name, &qtype, client) {
+                Ok(report) => {
+                    #[allow(clippy::print_stdout)]
+                    {
+                        print!("{report}");
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+async fn run(config: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = (!listen.is_empty()).then_some(listen);
+    let server = match meridian::Server::start(&config, listen).await {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (Ok(mut hup), Ok(mut term)) = (
+        signal(SignalKind::hangup()),
+        signal(SignalKind::terminate()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    tracing::info!("ready");
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let s = std::sync::Arc::clone(&server);
+                match tokio::task::spawn_blocking(move || s.reload()).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+                    Err(e) => tracing::error!("reload failed: {e}"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    tracing::info!("shutting down");
+    if let Ok(server) = std::sync::Arc::try_unwrap(server) {
+        server.shutdown().await;
+    }
+    ExitCode::SUCCESS
+}

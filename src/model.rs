@@ -1,0 +1,253 @@
+//! Validated domain types: what a zone file means once every name has been
+//! checked and resolved to an index.
+//!
+//! Nothing here does I/O or knows about TOML or the DNS wire format; the
+//! query path only ever sees these types (through the snapshot).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+use ipnet::IpNet;
+
+use crate::dns::records::{DomainName, StaticRecord};
+
+/// Index of a datacenter within its zone (`ZoneConfig::datacenters`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DcId(pub u16);
+
+impl DcId {
+    /// The index as a `usize`, for slices.
+    pub fn index(self) -> usize {
+        usize::from(self.0)
+    }
+}
+
+/// A point on the globe in degrees.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Coord {
+    /// Latitude, -90 to 90.
+    pub lat: f64,
+    /// Longitude, -180 to 180.
+    pub lon: f64,
+}
+
+/// ISO 3166-1 alpha-2 country code, upper case.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CountryCode(pub [u8; 2]);
+
+impl CountryCode {
+    /// Parses two ASCII letters (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        let b = s.as_bytes();
+        if b.len() == 2 && b.iter().all(u8::is_ascii_alphabetic) {
+            Some(Self([b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()]))
+        } else {
+            None
+        }
+    }
+}
+
+impl fmt::Display for CountryCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", char::from(self.0[0]), char::from(self.0[1]))
+    }
+}
+
+/// The seven continent codes used by GeoIP databases.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Continent {
+    /// Africa.
+    AF,
+    /// Antarctica.
+    AN,
+    /// Asia.
+    AS,
+    /// Europe.
+    EU,
+    /// North America.
+    NA,
+    /// Oceania.
+    OC,
+    /// South America.
+    SA,
+}
+
+impl Continent {
+    /// All continents, in code order.
+    pub const ALL: [Self; 7] = [
+        Self::AF,
+        Self::AN,
+        Self::AS,
+        Self::EU,
+        Self::NA,
+        Self::OC,
+        Self::SA,
+    ];
+
+    /// Parses a two-letter continent code (any case).
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.code().eq_ignore_ascii_case(s))
+    }
+
+    /// The two-letter code.
+    pub fn code(self) -> &'static str {
+        match self {
+            Self::AF => "AF",
+            Self::AN => "AN",
+            Self::AS => "AS",
+            Self::EU => "EU",
+            Self::NA => "NA",
+            Self::OC => "OC",
+            Self::SA => "SA",
+        }
+    }
+}
+
+impl fmt::Display for Continent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+/// A datacenter: where it is and what a client sent there receives.
+#[derive(Clone, Debug)]
+pub struct Datacenter {
+    /// Name as written in the zone file.
+    pub name: String,
+    /// Position, used by distance ranking. Optional for datacenters that
+    /// no geo service uses.
+    pub location: Option<Coord>,
+    /// IPv4 answer addresses (A records), in config order.
+    pub v4: Vec<Ipv4Addr>,
+    /// IPv6 answer addresses (AAAA records), in config order.
+    pub v6: Vec<Ipv6Addr>,
+}
+
+/// How a service ranks its datacenters for a client.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PolicySpec {
+    /// Nearest first by great-circle distance, with explicit overrides.
+    Geo(GeoSpec),
+}
+
+impl PolicySpec {
+    /// The name used in config files.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Geo(_) => "geo",
+        }
+    }
+}
+
+/// Settings of the `geo` policy. Two services with equal `GeoSpec`s and
+/// datacenter lists share one routing table.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GeoSpec {
+    /// Country overrides: clients located in the country get exactly this
+    /// ordered list. Beats continents and distance.
+    pub countries: Vec<(CountryCode, Vec<DcId>)>,
+    /// Continent overrides: beat distance.
+    pub continents: Vec<(Continent, Vec<DcId>)>,
+    /// Client-network overrides; the longest matching prefix wins and beats
+    /// every GeoIP-based rule.
+    pub networks: Vec<(IpNet, Vec<DcId>)>,
+    /// Ranking for clients whose location is unknown. Defaults to the
+    /// service's datacenters in config order.
+    pub default: Vec<DcId>,
+}
+
+/// A name answered by a policy over datacenters.
+#[derive(Clone, Debug)]
+pub struct Service {
+    /// The key under `[services]`, e.g. `www` or `@`.
+    pub name: String,
+    /// The fully qualified owner name.
+    pub fqdn: DomainName,
+    /// Candidate datacenters in config order.
+    pub datacenters: Vec<DcId>,
+    /// TTL of the answers.
+    pub ttl: u32,
+    /// Ranking policy.
+    pub policy: PolicySpec,
+}
+
+/// The SOA fields of a zone.
+#[derive(Clone, Debug)]
+pub struct Soa {
+    /// Primary name server.
+    pub mname: DomainName,
+    /// Responsible mailbox, as a domain name.
+    pub rname: DomainName,
+    /// Serial number.
+    pub serial: u32,
+    /// Refresh interval, seconds.
+    pub refresh: u32,
+    /// Retry interval, seconds.
+    pub retry: u32,
+    /// Expiry, seconds.
+    pub expire: u32,
+    /// Negative-caching TTL cap, seconds.
+    pub minimum: u32,
+    /// TTL of the SOA record itself.
+    pub ttl: u32,
+}
+
+/// One validated zone.
+#[derive(Clone, Debug)]
+pub struct ZoneConfig {
+    /// The file it came from, for messages.
+    pub source: String,
+    /// Zone apex.
+    pub origin: DomainName,
+    /// Start of authority.
+    pub soa: Soa,
+    /// Apex name servers.
+    pub ns: Vec<DomainName>,
+    /// TTL of the apex NS records.
+    pub ns_ttl: u32,
+    /// Static records, apex NS/SOA excluded.
+    pub records: Vec<StaticRecord>,
+    /// Datacenters, indexed by `DcId`.
+    pub datacenters: Vec<Datacenter>,
+    /// Services.
+    pub services: Vec<Service>,
+}
+
+impl ZoneConfig {
+    /// Looks a datacenter up by name.
+    pub fn dc_by_name(&self, name: &str) -> Option<DcId> {
+        self.datacenters
+            .iter()
+            .position(|d| d.name == name)
+            .and_then(|i| u16::try_from(i).ok())
+            .map(DcId)
+    }
+
+    /// The datacenter with this id.
+    pub fn dc(&self, id: DcId) -> &Datacenter {
+        &self.datacenters[id.index()]
+    }
+}
+
+/// Names of datacenters, for messages.
+pub fn dc_names(zone: &ZoneConfig, ids: &[DcId]) -> String {
+    ids.iter()
+        .map(|&id| zone.dc(id).name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Country table entry: where a country's users are, on average.
+#[derive(Clone, Copy, Debug)]
+pub struct CountryInfo {
+    /// Continent of the country.
+    pub continent: Option<Continent>,
+    /// IP-weighted centroid.
+    pub coord: Option<Coord>,
+}
+
+/// Per-country data: continent and coordinates.
+pub type CountryTable = HashMap<CountryCode, CountryInfo>;

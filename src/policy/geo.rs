@@ -1,0 +1,167 @@
+//! The `geo` policy: nearest datacenter first, by great-circle distance
+//! from the client's GeoIP location, with explicit overrides.
+//!
+//! Precedence, highest first:
+//! 1. `networks`: the longest client-network override that contains the
+//!    client address;
+//! 2. `countries`: the client's country;
+//! 3. `continents`: the client's continent;
+//! 4. distance from the client's coordinates (database record, else the
+//!    country centroid), ties broken by config order;
+//! 5. `default`, for clients the database does not place.
+//!
+//! Building walks every network of the GeoIP database once per address
+//! family, ranks each distinct location once, and stores the result as a
+//! [`PrefixTable`] of ranking ids. A query is then one binary search, and
+//! the block found is the ECS scope: the widest prefix over which the
+//! ranking (and so the answer, whatever the health state) is the same.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use crate::geo::distance::distance_km;
+use crate::geo::table::{PrefixTable, TableBuilder, addr_bits, family_bits};
+use crate::geo::{GeoDb, Location};
+use crate::model::{Datacenter, DcId, GeoSpec};
+use crate::policy::{Client, Policy, Ranked, Rankings};
+
+/// Why a client got its ranking (for `explain`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Rule {
+    /// A `networks` override matched.
+    Network(ipnet::IpNet),
+    /// A `countries` override matched.
+    Country(crate::model::CountryCode),
+    /// A `continents` override matched.
+    Continent(crate::model::Continent),
+    /// Ranked by distance.
+    Distance,
+    /// The location is unknown: `default`.
+    Default,
+}
+
+/// A built geo policy.
+#[derive(Debug)]
+pub struct GeoPolicy {
+    spec: GeoSpec,
+    candidates: Vec<(DcId, crate::model::Coord)>,
+    rankings: Rankings,
+    v4: PrefixTable,
+    v6: PrefixTable,
+}
+
+impl GeoPolicy {
+    /// Builds the tables for a service over `candidates` (the service's
+    /// datacenters, which must all have locations).
+    pub fn build(spec: &GeoSpec, candidates: &[DcId], dcs: &[Datacenter], geo: &GeoDb) -> Self {
+        let candidates: Vec<_> = candidates
+            .iter()
+            .filter_map(|&id| dcs[id.index()].location.map(|c| (id, c)))
+            .collect();
+        let mut this = Self {
+            spec: spec.clone(),
+            candidates,
+            rankings: Rankings::default(),
+            v4: TableBuilder::new(32, 0).finish(&[]),
+            v6: TableBuilder::new(128, 0).finish(&[]),
+        };
+        let default_id = this.rankings.intern(&spec.default);
+        let mut tables = [None, None];
+        for v6 in [false, true] {
+            let bits = family_bits(v6);
+            let mut builder = TableBuilder::new(bits, default_id);
+            let mut per_record: HashMap<usize, u32> = HashMap::new();
+            geo.for_each_network(v6, |net, key, decode| {
+                let id = *per_record.entry(key).or_insert_with(|| {
+                    let order = this.rank_location(decode().as_ref()).0;
+                    this.rankings.intern(&order)
+                });
+                let (s, e) =
+                    crate::geo::table::prefix_range(bits, addr_bits(net.addr()), net.prefix_len());
+                builder.push(s, e, id);
+            });
+            let overrides: Vec<(u128, u8, u32)> = spec
+                .networks
+                .iter()
+                .filter(|(net, _)| net.addr().is_ipv6() == v6)
+                .map(|(net, order)| {
+                    (
+                        addr_bits(net.addr()),
+                        net.prefix_len(),
+                        this.rankings.intern(order),
+                    )
+                })
+                .collect();
+            tables[usize::from(v6)] = Some(builder.finish(&overrides));
+        }
+        let [v4, v6] = tables;
+        this.v4 = v4.expect("built");
+        this.v6 = v6.expect("built");
+        this
+    }
+
+    /// The ranking for a location (ignoring network overrides) and why.
+    pub fn rank_location(&self, loc: Option<&Location>) -> (Vec<DcId>, Rule) {
+        let Some(loc) = loc else {
+            return (self.spec.default.clone(), Rule::Default);
+        };
+        if let Some(cc) = loc.country {
+            if let Some((_, order)) = self.spec.countries.iter().find(|(c, _)| *c == cc) {
+                return (order.clone(), Rule::Country(cc));
+            }
+        }
+        if let Some(cont) = loc.continent {
+            if let Some((_, order)) = self.spec.continents.iter().find(|(c, _)| *c == cont) {
+                return (order.clone(), Rule::Continent(cont));
+            }
+        }
+        match loc.coord {
+            Some(at) => {
+                let mut ranked: Vec<(f64, usize, DcId)> = self
+                    .candidates
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(id, c))| (distance_km(at, c), i, id))
+                    .collect();
+                ranked.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                (ranked.into_iter().map(|r| r.2).collect(), Rule::Distance)
+            }
+            None => (self.spec.default.clone(), Rule::Default),
+        }
+    }
+
+    /// The network override that applies to `addr`, if any.
+    pub fn network_override(&self, addr: IpAddr) -> Option<ipnet::IpNet> {
+        self.spec
+            .networks
+            .iter()
+            .filter(|(n, _)| n.contains(&addr))
+            .max_by_key(|(n, _)| n.prefix_len())
+            .map(|(n, _)| *n)
+    }
+
+    /// Distinct rankings in the tables (for logs).
+    pub fn ranking_count(&self) -> usize {
+        self.rankings.len()
+    }
+
+    /// Blocks in the IPv4 and IPv6 tables (for logs).
+    pub fn table_sizes(&self) -> (usize, usize) {
+        (self.v4.len(), self.v6.len())
+    }
+}
+
+impl Policy for GeoPolicy {
+    fn rank(&self, client: &Client) -> Ranked<'_> {
+        let table = if client.addr.is_ipv6() {
+            &self.v6
+        } else {
+            &self.v4
+        };
+        let (id, scope) = table.lookup(addr_bits(client.addr));
+        Ranked {
+            order: self.rankings.get(id),
+            scope,
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! The immutable snapshot every query reads: zones in wire form, their
+//! policies, and the server settings the query path needs.
+//!
+//! Built from a validated [`Config`] and an open [`GeoDb`]; published
+//! through an `ArcSwap` so a reload (or, later, a health change) replaces
+//! it atomically while queries in flight finish on the old one.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::dns::records::DomainName;
+use crate::dns::zone::Zone;
+use crate::geo::GeoDb;
+use crate::model::{DcId, GeoSpec, PolicySpec};
+use crate::policy::Policy;
+use crate::policy::geo::GeoPolicy;
+
+/// Everything a query needs, frozen.
+#[derive(Debug)]
+pub struct Snapshot {
+    /// Zones, most specific origin first (longest match wins).
+    zones: Vec<Zone>,
+    /// Geo policies by zone and service (for `explain`), aligned with
+    /// each zone's `config.services`.
+    geo_policies: Vec<Vec<Arc<GeoPolicy>>>,
+    /// Largest UDP response we send.
+    pub max_udp_payload: u16,
+    /// The GeoIP database the tables were built from.
+    pub geo: Arc<GeoDb>,
+}
+
+impl Snapshot {
+    /// Builds every zone and policy table.
+    pub fn build(config: &Config, geo: Arc<GeoDb>) -> Self {
+        let started = Instant::now();
+        let mut zones = Vec::with_capacity(config.zones.len());
+        let mut geo_policies = Vec::with_capacity(config.zones.len());
+        for zc in &config.zones {
+            // Services with the same datacenters and overrides share one
+            // table: building one walks the whole GeoIP database.
+            let mut cache: Vec<((Vec<DcId>, GeoSpec), Arc<GeoPolicy>)> = Vec::new();
+            let mut policies: Vec<Arc<dyn Policy>> = Vec::with_capacity(zc.services.len());
+            let mut geos = Vec::with_capacity(zc.services.len());
+            for s in &zc.services {
+                let PolicySpec::Geo(spec) = &s.policy;
+                let key = (s.datacenters.clone(), spec.clone());
+                let policy = match cache.iter().find(|(k, _)| *k == key) {
+                    Some((_, p)) => Arc::clone(p),
+                    None => {
+                        let p = Arc::new(GeoPolicy::build(
+                            spec,
+                            &s.datacenters,
+                            &zc.datacenters,
+                            &geo,
+                        ));
+                        let (v4, v6) = p.table_sizes();
+                        tracing::debug!(
+                            zone = %zc.origin, service = %s.name, rankings = p.ranking_count(),
+                            v4_blocks = v4, v6_blocks = v6, "built geo table"
+                        );
+                        cache.push((key, Arc::clone(&p)));
+                        p
+                    }
+                };
+                geos.push(Arc::clone(&policy));
+                policies.push(policy);
+            }
+            zones.push(Zone::build(Arc::new(zc.clone()), policies));
+            geo_policies.push(geos);
+        }
+        // Most labels first, so a child zone served here wins over its parent.
+        let mut order: Vec<usize> = (0..zones.len()).collect();
+        order.sort_by_key(|&i| std::cmp::Reverse(zones[i].origin_labels()));
+        let mut zones: Vec<Option<Zone>> = zones.into_iter().map(Some).collect();
+        let mut geo_policies: Vec<Option<Vec<Arc<GeoPolicy>>>> =
+            geo_policies.into_iter().map(Some).collect();
+        let (zones, geo_policies) = order
+            .into_iter()
+            .map(|i| {
+                (
+                    zones[i].take().expect("once"),
+                    geo_policies[i].take().expect("once"),
+                )
+            })
+            .unzip();
+        tracing::info!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "snapshot built"
+        );
+        Self {
+            zones,
+            geo_policies,
+            max_udp_payload: config.server.max_udp_payload,
+            geo,
+        }
+    }
+
+    /// The most specific zone containing `name`.
+    pub fn find_zone(&self, name: &DomainName) -> Option<&Zone> {
+        self.zones.iter().find(|z| z.origin().zone_of(name))
+    }
+
+    /// Zones, most specific first.
+    pub fn zones(&self) -> &[Zone] {
+        &self.zones
+    }
+
+    /// The geo policy of a service, by zone position in [`Self::zones`] and
+    /// service position in that zone's config.
+    pub fn geo_policy(&self, zone: usize, service: usize) -> Option<&GeoPolicy> {
+        self.geo_policies.get(zone)?.get(service).map(|p| &**p)
+    }
+}
