@@ -116,8 +116,7 @@ fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigE
     let de = toml::Deserializer::parse(text)
         .map_err(|e| ConfigError::new(file, "", format!("{}{}", e.message(), line_of(e.span()))))?;
     serde_path_to_error::deserialize(de).map_err(|e| {
-        let key = e.path().to_string();
-        let key = if key == "." { String::new() } else { key };
+        let key = key_path(e.path());
         let inner = e.into_inner();
         ConfigError::new(
             file,
@@ -125,6 +124,31 @@ fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigE
             format!("{}{}", inner.message(), line_of(inner.span())),
         )
     })
+}
+
+/// Renders a serde path the way TOML writes keys: `records."@"[0].ttl`.
+fn key_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(&validate::key_part(key));
+            }
+            Segment::Enum { variant } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                out.push_str(variant);
+            }
+            Segment::Unknown => {}
+        }
+    }
+    out
 }
 
 fn read_file(path: &Path) -> Result<String, ConfigError> {

@@ -123,7 +123,7 @@ fn ttl(file: &Path, key: &str, value: Option<u32>, default: u32) -> Result<u32, 
 }
 
 /// Renders a key for a TOML table entry, quoting it when it is not bare.
-fn key_part(k: &str) -> String {
+pub(super) fn key_part(k: &str) -> String {
     if !k.is_empty()
         && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')

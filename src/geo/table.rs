@@ -276,10 +276,11 @@ mod tests {
             (v4("0.0.0.0"), 0, 4),
         ]);
         assert_eq!(t.lookup(v4("10.1.2.3")), (3, 24));
-        assert_eq!(t.lookup(v4("10.1.3.3")), (2, 23)); // 10.1.2/24 splits the /16
+        assert_eq!(t.lookup(v4("10.1.3.3")), (2, 24)); // 10.1.2/24 splits the /16
         assert_eq!(t.lookup(v4("10.1.0.1")), (2, 23));
-        assert_eq!(t.lookup(v4("10.0.0.1")), (1, 16));
-        assert_eq!(t.lookup(v4("10.128.0.1")), (1, 9));
+        // The /0 override beats the database everywhere else.
+        assert_eq!(t.lookup(v4("10.0.0.1")), (4, 16));
+        assert_eq!(t.lookup(v4("10.128.0.1")), (4, 9));
         assert_eq!(t.lookup(v4("192.0.2.1")), (4, 1));
     }
 

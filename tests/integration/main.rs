@@ -1,0 +1,10 @@
+#![allow(unreachable_pub, missing_docs)]
+
+//! Integration tests: the real server on 127.0.0.1:0, real DNS packets over
+//! UDP and TCP.
+
+mod config_files;
+mod geo_routing;
+mod harness;
+mod protocol;
+mod robustness;
