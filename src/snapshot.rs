@@ -16,6 +16,9 @@ use crate::model::{DcId, GeoSpec, PolicySpec};
 use crate::policy::Policy;
 use crate::policy::geo::GeoPolicy;
 
+/// What makes two services' geo tables identical.
+type TableKey = (Vec<DcId>, GeoSpec);
+
 /// Everything a query needs, frozen.
 #[derive(Debug)]
 pub struct Snapshot {
@@ -39,7 +42,7 @@ impl Snapshot {
         for zc in &config.zones {
             // Services with the same datacenters and overrides share one
             // table: building one walks the whole GeoIP database.
-            let mut cache: Vec<((Vec<DcId>, GeoSpec), Arc<GeoPolicy>)> = Vec::new();
+            let mut cache: Vec<(TableKey, Arc<GeoPolicy>)> = Vec::new();
             let mut policies: Vec<Arc<dyn Policy>> = Vec::with_capacity(zc.services.len());
             let mut geos = Vec::with_capacity(zc.services.len());
             for s in &zc.services {

@@ -289,14 +289,14 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         .collect();
     for r in &records {
         let owner = r.owner();
-        if let Some(cut) = cuts.iter().find(|c| c.zone_of(owner) && *c != owner) {
-            if !r.is_address() {
-                return Err(ConfigError::new(
-                    file,
-                    format!("records.{}", key_part(&owner.to_string())),
-                    format!("below the delegation at {cut}; only glue (A/AAAA) may be here"),
-                ));
-            }
+        if let Some(cut) = cuts.iter().find(|c| c.zone_of(owner) && *c != owner)
+            && !r.is_address()
+        {
+            return Err(ConfigError::new(
+                file,
+                format!("records.{}", key_part(&owner.to_string())),
+                format!("below the delegation at {cut}; only glue (A/AAAA) may be here"),
+            ));
         }
         if cuts.contains(owner) && !r.is_ns() && !r.is_address() && r.type_name() != "DS" {
             return Err(ConfigError::new(
@@ -446,14 +446,14 @@ fn resolve_dcs(
                 format!("{n:?} is listed twice"),
             ));
         }
-        if let Some(allowed) = allowed {
-            if !allowed.contains(&id) {
-                return Err(ConfigError::new(
-                    file,
-                    ikey,
-                    format!("{n:?} is not one of this service's datacenters"),
-                ));
-            }
+        if let Some(allowed) = allowed
+            && !allowed.contains(&id)
+        {
+            return Err(ConfigError::new(
+                file,
+                ikey,
+                format!("{n:?} is not one of this service's datacenters"),
+            ));
         }
         ids.push(id);
     }

@@ -43,9 +43,8 @@ pub fn handle(
     if packet[2] & 0x80 != 0 {
         return None;
     }
-    let query = match Message::from_vec(packet) {
-        Ok(m) => m,
-        Err(_) => return Some(formerr_from_header(packet)),
+    let Ok(query) = Message::from_vec(packet) else {
+        return Some(formerr_from_header(packet));
     };
     let (response, limit) = respond(snap, &query, src, transport);
     Some(encode(&response, limit))
@@ -134,12 +133,12 @@ fn respond(
     if query.metadata.op_code != OpCode::Query {
         return fail(resp, resp_edns, ResponseCode::NotImp);
     }
-    if let Some(e) = &query.edns {
-        if e.version() > 0 {
-            // RFC 6891 §6.1.3: BADVERS, with our highest version (0).
-            resp.queries.clear();
-            return fail(resp, resp_edns, ResponseCode::BADVERS);
-        }
+    if let Some(e) = &query.edns
+        && e.version() > 0
+    {
+        // RFC 6891 §6.1.3: BADVERS, with our highest version (0).
+        resp.queries.clear();
+        return fail(resp, resp_edns, ResponseCode::BADVERS);
     }
     let ecs = match query.edns.as_ref().map(client_subnet) {
         Some(Ok(ecs)) => ecs,

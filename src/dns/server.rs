@@ -54,10 +54,10 @@ pub async fn serve_udp(socket: UdpSocket, state: Arc<ArcSwap<Snapshot>>, token: 
             let snap = state.load();
             handle(&snap, &buf[..len], src.ip(), Transport::Udp)
         };
-        if let Some(bytes) = response {
-            if let Err(e) = socket.send_to(&bytes, src).await {
-                tracing::debug!(error = %e, %src, "udp send error");
-            }
+        if let Some(bytes) = response
+            && let Err(e) = socket.send_to(&bytes, src).await
+        {
+            tracing::debug!(error = %e, %src, "udp send error");
         }
     }
 }

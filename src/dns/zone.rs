@@ -248,20 +248,20 @@ impl Zone {
                 self.negative(&mut res, None);
                 return res;
             };
-            if qtype != RecordType::CNAME {
-                if let Some(cname) = node.rrset(RecordType::CNAME) {
-                    let rec = &cname[0];
-                    res.answers.push(with_owner(rec, &name));
-                    let RData::CNAME(target) = &rec.data else {
-                        return res;
-                    };
-                    if !self.origin.zone_of(&target.0) {
-                        // Out of zone: the resolver follows it.
-                        return res;
-                    }
-                    name = target.0.clone();
-                    continue;
+            if qtype != RecordType::CNAME
+                && let Some(cname) = node.rrset(RecordType::CNAME)
+            {
+                let rec = &cname[0];
+                res.answers.push(with_owner(rec, &name));
+                let RData::CNAME(target) = &rec.data else {
+                    return res;
+                };
+                if !self.origin.zone_of(&target.0) {
+                    // Out of zone: the resolver follows it.
+                    return res;
                 }
+                name = target.0.clone();
+                continue;
             }
             self.answer_node(node, &name, qtype, client, &mut res);
             return res;

@@ -102,18 +102,17 @@ impl TableBuilder {
         let first = self.ranges.partition_point(|r| r.1 < start);
         let last = self.ranges.partition_point(|r| r.0 <= end);
         let mut middle = Vec::with_capacity(3);
-        if let Some(&(s, _, v)) = self.ranges.get(first) {
-            if s < start {
-                middle.push((s, start - 1, v));
-            }
+        if let Some(&(s, _, v)) = self.ranges.get(first)
+            && s < start
+        {
+            middle.push((s, start - 1, v));
         }
         middle.push((start, end, value));
-        if last > 0 {
-            if let Some(&(_, e, v)) = self.ranges.get(last - 1) {
-                if e > end {
-                    middle.push((end + 1, e, v));
-                }
-            }
+        if last > 0
+            && let Some(&(_, e, v)) = self.ranges.get(last - 1)
+            && e > end
+        {
+            middle.push((end + 1, e, v));
         }
         self.ranges.splice(first..last, middle);
     }

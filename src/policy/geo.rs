@@ -105,15 +105,15 @@ impl GeoPolicy {
         let Some(loc) = loc else {
             return (self.spec.default.clone(), Rule::Default);
         };
-        if let Some(cc) = loc.country {
-            if let Some((_, order)) = self.spec.countries.iter().find(|(c, _)| *c == cc) {
-                return (order.clone(), Rule::Country(cc));
-            }
+        if let Some(cc) = loc.country
+            && let Some((_, order)) = self.spec.countries.iter().find(|(c, _)| *c == cc)
+        {
+            return (order.clone(), Rule::Country(cc));
         }
-        if let Some(cont) = loc.continent {
-            if let Some((_, order)) = self.spec.continents.iter().find(|(c, _)| *c == cont) {
-                return (order.clone(), Rule::Continent(cont));
-            }
+        if let Some(cont) = loc.continent
+            && let Some((_, order)) = self.spec.continents.iter().find(|(c, _)| *c == cont)
+        {
+            return (order.clone(), Rule::Continent(cont));
         }
         match loc.coord {
             Some(at) => {

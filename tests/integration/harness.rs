@@ -42,7 +42,10 @@ struct Flat {
 
 /// The networks of the generated test database (flat schema). Countries
 /// without coordinates are placed by the country table's centroids.
-pub const TEST_NETWORKS: &[(&str, &str, Option<(f32, f32)>)] = &[
+/// (network, country code, coordinates in the record).
+type TestNetwork = (&'static str, &'static str, Option<(f32, f32)>);
+
+pub const TEST_NETWORKS: &[TestNetwork] = &[
     ("10.1.0.0/16", "US", None),
     ("10.2.0.0/16", "DE", None),
     ("10.3.0.0/16", "JP", None),
