@@ -68,6 +68,7 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
 }
 
@@ -85,23 +86,27 @@ fn main() -> ExitCode {
             };
             runtime.block_on(run(config, listen))
         }
-        Command::Check { config } => match meridian::load(&config) {
-            Ok((cfg, snap)) => {
-                eprintln!(
-                    "{}: OK: {} zone(s), {} service(s), {} datacenter(s); GeoIP {}",
-                    config.display(),
-                    cfg.zones.len(),
-                    cfg.zones.iter().map(|z| z.services.len()).sum::<usize>(),
-                    cfg.zones.iter().map(|z| z.datacenters.len()).sum::<usize>(),
-                    snap.geo.describe()
-                );
-                ExitCode::SUCCESS
+        Command::Check { config } => {
+            let started = std::time::Instant::now();
+            match meridian::load(&config) {
+                Ok((cfg, snap)) => {
+                    eprintln!(
+                        "{}: OK: {} zone(s), {} service(s), {} datacenter(s); GeoIP {}; loaded in {} ms",
+                        config.display(),
+                        cfg.zones.len(),
+                        cfg.zones.iter().map(|z| z.services.len()).sum::<usize>(),
+                        cfg.zones.iter().map(|z| z.datacenters.len()).sum::<usize>(),
+                        snap.geo.describe(),
+                        started.elapsed().as_millis()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
             }
-            Err(e) => {
-                eprintln!("error: {e}");
-                ExitCode::FAILURE
-            }
-        },
+        }
         Command::Explain {
             config,
             name,
