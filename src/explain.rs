@@ -15,6 +15,14 @@ use crate::snapshot::Snapshot;
 
 /// Parses `IP` or `IP/PREFIX`. A bare IPv4 address means /24 and a bare
 /// IPv6 address /56, the prefixes resolvers commonly send.
+///
+/// ```
+/// use meridian::explain::parse_client;
+///
+/// assert_eq!(parse_client("192.0.2.7").unwrap(), ("192.0.2.7".parse().unwrap(), 24));
+/// assert_eq!(parse_client("2001:db8::/48").unwrap().1, 48);
+/// assert!(parse_client("192.0.2.0/40").is_err());
+/// ```
 pub fn parse_client(text: &str) -> Result<(IpAddr, u8), String> {
     let (ip, prefix) = match text.split_once('/') {
         Some((ip, p)) => (ip, Some(p)),

@@ -38,6 +38,13 @@ pub struct CountryCode(pub [u8; 2]);
 
 impl CountryCode {
     /// Parses two ASCII letters (any case).
+    ///
+    /// ```
+    /// use meridian::model::CountryCode;
+    ///
+    /// assert_eq!(CountryCode::parse("jp").unwrap().to_string(), "JP");
+    /// assert!(CountryCode::parse("JPN").is_none());
+    /// ```
     pub fn parse(s: &str) -> Option<Self> {
         let b = s.as_bytes();
         if b.len() == 2 && b.iter().all(u8::is_ascii_alphabetic) {

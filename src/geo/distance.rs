@@ -6,6 +6,16 @@ use crate::model::Coord;
 const EARTH_RADIUS_KM: f64 = 6371.0088;
 
 /// Great-circle distance between two points in kilometres (haversine).
+///
+/// ```
+/// use meridian::geo::distance::distance_km;
+/// use meridian::model::Coord;
+///
+/// let ashburn = Coord { lat: 39.04, lon: -77.49 };
+/// let dublin = Coord { lat: 53.35, lon: -6.26 };
+/// let km = distance_km(ashburn, dublin);
+/// assert!((5400.0..5560.0).contains(&km));
+/// ```
 pub fn distance_km(a: Coord, b: Coord) -> f64 {
     let (lat1, lat2) = (a.lat.to_radians(), b.lat.to_radians());
     let dlat = lat2 - lat1;

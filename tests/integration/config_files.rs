@@ -21,82 +21,40 @@ fn every_shipped_config_loads() {
     }
 }
 
-/// Every table and array-of-tables path in a TOML document.
-fn table_paths(v: &toml::Value, path: String, out: &mut Vec<String>) {
+/// Calls `f(path, table)` for every table in a TOML document, with the
+/// path written the way Meridian's errors write keys (`records."@"[0]`).
+fn visit_tables(v: &mut toml::Value, path: &str, f: &mut dyn FnMut(&str, &mut toml::Table)) {
     match v {
         toml::Value::Table(t) => {
-            out.push(path.clone());
-            for (k, child) in t {
-                let key = if k
+            f(path, t);
+            for (k, child) in t.iter_mut() {
+                let bare = k
                     .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                {
-                    k.clone()
-                } else {
-                    format!("{k:?}")
-                };
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+                let key = if bare { k.clone() } else { format!("{k:?}") };
                 let p = if path.is_empty() {
                     key
                 } else {
                     format!("{path}.{key}")
                 };
-                table_paths(child, p, out);
+                visit_tables(child, &p, f);
             }
         }
         toml::Value::Array(a) => {
-            for (i, child) in a.iter().enumerate() {
-                table_paths(child, format!("{path}[{i}]"), out);
+            for (i, child) in a.iter_mut().enumerate() {
+                visit_tables(child, &format!("{path}[{i}]"), f);
             }
         }
         _ => {}
     }
 }
 
-fn insert_at(v: &mut toml::Value, path: &str, target: &str) -> bool {
-    // Walk the same traversal as `table_paths` and insert at `target`.
-    fn walk(v: &mut toml::Value, path: String, target: &str) -> bool {
-        match v {
-            toml::Value::Table(t) => {
-                if path == target {
-                    t.insert("bogus_key".into(), toml::Value::Integer(1));
-                    return true;
-                }
-                for (k, child) in t.iter_mut() {
-                    let key = if k
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-                    {
-                        k.clone()
-                    } else {
-                        format!("{k:?}")
-                    };
-                    let p = if path.is_empty() {
-                        key
-                    } else {
-                        format!("{path}.{key}")
-                    };
-                    if walk(child, p, target) {
-                        return true;
-                    }
-                }
-                false
-            }
-            toml::Value::Array(a) => a
-                .iter_mut()
-                .enumerate()
-                .any(|(i, child)| walk(child, format!("{path}[{i}]"), target)),
-            _ => false,
-        }
-    }
-    walk(v, path.to_string(), target)
-}
-
 #[test]
 fn unknown_keys_are_rejected_everywhere_with_their_path() {
     let text = example_zone();
-    let doc: toml::Value = toml::from_str(&text).unwrap();
+    let mut doc: toml::Value = toml::from_str(&text).unwrap();
     let mut paths = Vec::new();
-    table_paths(&doc, String::new(), &mut paths);
+    visit_tables(&mut doc, "", &mut |p, _| paths.push(p.to_string()));
     assert!(paths.len() > 10, "{paths:?}");
     for target in &paths {
         // Maps whose keys are names (records, datacenters, services,
@@ -106,7 +64,11 @@ fn unknown_keys_are_rejected_everywhere_with_their_path() {
             continue;
         }
         let mut broken = doc.clone();
-        assert!(insert_at(&mut broken, "", target));
+        visit_tables(&mut broken, "", &mut |p, t| {
+            if p == target {
+                t.insert("bogus_key".into(), toml::Value::Integer(1));
+            }
+        });
         let err = meridian::config::parse_zone(
             Path::new("zones/x.toml"),
             &toml::to_string(&broken).unwrap(),
