@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::dns::fast::FastIndex;
 use crate::dns::records::DomainName;
 use crate::dns::zone::Zone;
 use crate::geo::GeoDb;
@@ -27,6 +28,8 @@ pub struct Snapshot {
     /// Geo policies by zone and service (for `explain`), aligned with
     /// each zone's `config.services`.
     geo_policies: Vec<Vec<Arc<GeoPolicy>>>,
+    /// Pre-encoded responses for the fast path.
+    pub(crate) fast: FastIndex,
     /// Largest UDP response we send.
     pub max_udp_payload: u16,
     /// The GeoIP database the tables were built from.
@@ -78,7 +81,7 @@ impl Snapshot {
         let mut zones: Vec<Option<Zone>> = zones.into_iter().map(Some).collect();
         let mut geo_policies: Vec<Option<Vec<Arc<GeoPolicy>>>> =
             geo_policies.into_iter().map(Some).collect();
-        let (zones, geo_policies) = order
+        let (zones, geo_policies): (Vec<Zone>, Vec<_>) = order
             .into_iter()
             .map(|i| {
                 (
@@ -87,11 +90,13 @@ impl Snapshot {
                 )
             })
             .unzip();
+        let fast = FastIndex::build(&zones);
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );
         Self {
+            fast,
             zones,
             geo_policies,
             max_udp_payload: config.server.max_udp_payload,

@@ -35,6 +35,54 @@ pub fn handle(
     src: IpAddr,
     transport: Transport,
 ) -> Option<Vec<u8>> {
+    let mut out = Vec::new();
+    handle_into(snap, packet, src, transport, &mut out).then_some(out)
+}
+
+/// Answers one query packet into `out` (cleared first; reuse it across
+/// queries to avoid allocating). Returns `false` when nothing is to be
+/// sent. Tries the template fast path first, then the general path.
+pub fn handle_into(
+    snap: &Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> bool {
+    if handle_fast(snap, packet, src, transport, out) {
+        return true;
+    }
+    out.clear();
+    match handle_slow(snap, packet, src, transport) {
+        Some(bytes) => {
+            out.extend_from_slice(&bytes);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The fast path alone (for the differential tests): `true` if it answered
+/// into `out`, `false` if it declined the query.
+pub fn handle_fast(
+    snap: &Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> bool {
+    snap.fast
+        .answer(packet, src, transport, snap.max_udp_payload, out)
+}
+
+/// The general path: hickory parses the query and encodes the response.
+/// It is the reference the fast path is tested against.
+pub fn handle_slow(
+    snap: &Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+) -> Option<Vec<u8>> {
     if packet.len() < 12 {
         return None;
     }
@@ -168,16 +216,13 @@ fn respond(
         addr: canonical(routed_on_ecs.map_or(src, |cs| cs.addr())),
     };
     let res = zone.resolve(q.name(), qtype, &client);
-    resp.metadata.authoritative = res.authoritative;
-    resp.metadata.response_code = res.rcode;
-    resp.answers = res.answers;
-    resp.authorities = res.authorities;
-    resp.additionals = res.additionals;
+    let scope = res.scope;
+    fill(&mut resp, res);
 
     if let (Some(e), Some(mut cs)) = (resp_edns.as_mut(), ecs) {
         // RFC 7871 §7.2.1: copy FAMILY, SOURCE PREFIX-LENGTH and ADDRESS;
         // SCOPE says how widely the answer may be reused.
-        let scope = match (routed_on_ecs, res.scope) {
+        let scope = match (routed_on_ecs, scope) {
             (Some(_), Some(scope)) => scope_in_family(cs.addr(), client.addr, scope),
             _ => 0,
         };
@@ -186,6 +231,15 @@ fn respond(
     }
     resp.edns = resp_edns;
     (resp, limit)
+}
+
+/// Copies a resolution into a response message.
+pub(super) fn fill(resp: &mut Message, res: crate::dns::zone::Resolution) {
+    resp.metadata.authoritative = res.authoritative;
+    resp.metadata.response_code = res.rcode;
+    resp.answers = res.answers;
+    resp.authorities = res.authorities;
+    resp.additionals = res.additionals;
 }
 
 /// A scope computed for `routed` (maybe IPv4 from a mapped address),

@@ -7,12 +7,13 @@
 //! and its stock UDP path spawns a task per packet. `handler` is our own
 //! request handler; hickory-proto stays the parser and encoder of record.
 
+pub mod fast;
 pub mod handler;
 pub mod records;
 pub mod server;
 pub mod zone;
 
-pub use handler::{Transport, handle};
+pub use handler::{Transport, handle, handle_fast, handle_into, handle_slow};
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -74,7 +74,14 @@ pub(crate) struct Resolution {
     /// ECS scope when a policy decided the answer; `None` means the answer
     /// is the same for every client (scope 0).
     pub(crate) scope: Option<u8>,
+    /// The service whose choice decided the answer, if any.
+    pub(crate) service: Option<usize>,
 }
+
+/// Picks the datacenter whose records answer a service: `(choice, ECS
+/// scope)`. The query path ranks with the service's policy; the fast-path
+/// builder forces each datacenter in turn.
+pub(crate) type Choose<'a> = dyn FnMut(&ServiceAnswers) -> (Option<DcId>, u8) + 'a;
 
 fn with_owner(r: &Record, owner: &Name) -> Record {
     let mut r = r.clone();
@@ -183,6 +190,53 @@ impl Zone {
         }
     }
 
+    /// Every name with data or below which data exists (empty
+    /// non-terminals), for the fast-path index.
+    pub(crate) fn names(&self) -> impl Iterator<Item = &LowerName> {
+        self.nodes.keys()
+    }
+
+    /// Whether a node exists at `name`.
+    pub(crate) fn has_node(&self, name: &LowerName) -> bool {
+        self.nodes.contains_key(name)
+    }
+
+    /// Record types present at `name` and at the names its in-zone CNAME
+    /// chain leads to; with A and AAAA where a service answers.
+    pub(crate) fn types_along(&self, name: &Name) -> Vec<RecordType> {
+        let mut out = Vec::new();
+        let mut name = name.clone();
+        for _ in 0..MAX_CNAME_CHAIN {
+            let Some(node) = self.nodes.get(&LowerName::from(&name)) else {
+                break;
+            };
+            out.extend(node.rrsets.iter().map(|s| s[0].record_type()));
+            if node.service.is_some() {
+                out.extend([RecordType::A, RecordType::AAAA]);
+            }
+            match node.rrset(RecordType::CNAME) {
+                Some(set) => match &set[0].data {
+                    RData::CNAME(t) if self.origin.zone_of(&t.0) => name = t.0.clone(),
+                    _ => break,
+                },
+                None => break,
+            }
+        }
+        out.sort_unstable_by_key(|t| u16::from(*t));
+        out.dedup();
+        out
+    }
+
+    /// The service at index `i`.
+    pub(crate) fn service(&self, i: usize) -> &ServiceAnswers {
+        &self.services[i]
+    }
+
+    /// Number of datacenters (for per-datacenter templates).
+    pub(crate) fn datacenter_count(&self) -> usize {
+        self.config.datacenters.len()
+    }
+
     /// The zone apex.
     pub fn origin(&self) -> &Name {
         &self.origin
@@ -228,6 +282,19 @@ impl Zone {
 
     /// Answers `qname`/`qtype` for `client`. `qname` is in the zone.
     pub(crate) fn resolve(&self, qname: &Name, qtype: RecordType, client: &Client) -> Resolution {
+        self.resolve_with(qname, qtype, &mut |svc: &ServiceAnswers| {
+            let ranked = svc.policy.rank(client);
+            (ranked.order.first().copied(), ranked.scope)
+        })
+    }
+
+    /// Like [`Self::resolve`], with the service choice made by `choose`.
+    pub(crate) fn resolve_with(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        choose: &mut Choose<'_>,
+    ) -> Resolution {
         let mut res = Resolution {
             authoritative: true,
             ..Resolution::default()
@@ -263,7 +330,7 @@ impl Zone {
                 name = target.0.clone();
                 continue;
             }
-            self.answer_node(node, &name, qtype, client, &mut res);
+            self.answer_node(node, &name, qtype, choose, &mut res);
             return res;
         }
         // Chain too long (or a loop): return what we have; the resolver
@@ -290,7 +357,7 @@ impl Zone {
         node: &Node,
         name: &Name,
         qtype: RecordType,
-        client: &Client,
+        choose: &mut Choose<'_>,
         res: &mut Resolution,
     ) {
         let service = node.service.map(|i| &self.services[i]);
@@ -316,9 +383,9 @@ impl Zone {
             return;
         }
         if let (Some(svc), RecordType::A | RecordType::AAAA) = (service, qtype) {
-            let ranked = svc.policy.rank(client);
-            res.scope = Some(ranked.scope);
-            let chosen: Option<DcId> = ranked.order.first().copied();
+            let (chosen, scope) = choose(svc);
+            res.scope = Some(scope);
+            res.service = node.service;
             let per_dc = if qtype == RecordType::A {
                 &svc.a
             } else {

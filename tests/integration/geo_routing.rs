@@ -171,7 +171,7 @@ async fn malformed_ecs_gets_formerr() {
     assert_eq!(a_answers(&r), [EU_WEST]);
 }
 
-const TUNED: &str = r#"
+pub const TUNED: &str = r#"
 origin = "tuned.test."
 ns = ["ns1.tuned.test."]
 [soa]

@@ -4,6 +4,7 @@
 //! UDP and TCP.
 
 mod config_files;
+mod fast_path;
 mod geo_routing;
 mod harness;
 mod protocol;
