@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -89,16 +89,25 @@ pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
     Ok((config, snapshot))
 }
 
-fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+/// Socket buffer size asked for on UDP sockets (the kernel caps it at
+/// `net.core.rmem_max` / `wmem_max`): room for bursts while a thread is busy.
+const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
         // Keep [::]:53 from also claiming IPv4, so 0.0.0.0:53 can coexist.
         socket.set_only_v6(true)?;
     }
-    socket.set_nonblocking(true)?;
+    if reuse_port {
+        socket.set_reuse_port(true)?;
+    }
+    // Best effort: a smaller buffer only means earlier drops under bursts.
+    let _ = socket.set_recv_buffer_size(UDP_BUFFER_BYTES);
+    let _ = socket.set_send_buffer_size(UDP_BUFFER_BYTES);
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
@@ -114,8 +123,12 @@ fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// Binds UDP and TCP on `addr`. With port 0, both get the same free port.
-fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
+/// Binds `threads` UDP sockets (sharing the port with `SO_REUSEPORT`) and
+/// one TCP listener on `addr`. With port 0, all get the same free port.
+fn bind_set(
+    addr: SocketAddr,
+    threads: usize,
+) -> Result<(Vec<std::net::UdpSocket>, TcpListener), Error> {
     let udp_err = |source| Error::Bind {
         addr,
         proto: "udp",
@@ -123,8 +136,31 @@ fn bind_pair(addr: SocketAddr) -> Result<(UdpSocket, TcpListener), Error> {
     };
     let mut attempts = 0;
     loop {
-        let udp = bind_udp(addr).map_err(udp_err)?;
-        let bound = udp.local_addr().map_err(udp_err)?;
+        // Probe without SO_REUSEPORT first: it fails if anything holds the
+        // port, so a second Meridian (or anything else) on the same port is
+        // an error rather than a silent traffic split. Linux would also
+        // happily hand a port-0 SO_REUSEPORT bind a port that another
+        // SO_REUSEPORT socket of the same user already has.
+        let probe = bind_udp(addr, false).map_err(udp_err)?;
+        let bound = probe.local_addr().map_err(udp_err)?;
+        let udp = if threads == 1 {
+            vec![probe]
+        } else {
+            drop(probe);
+            match (0..threads)
+                .map(|_| bind_udp(bound, true))
+                .collect::<std::io::Result<Vec<_>>>()
+            {
+                Ok(v) => v,
+                // Taken in the instant between probe and group: retry.
+                Err(e) if addr.port() == 0 && attempts < 20 => {
+                    tracing::debug!(error = %e, "udp port taken; trying another");
+                    attempts += 1;
+                    continue;
+                }
+                Err(e) => return Err(udp_err(e)),
+            }
+        };
         match bind_tcp(bound) {
             Ok(tcp) => return Ok((udp, tcp)),
             Err(e) if addr.port() == 0 && attempts < 20 => {
@@ -151,6 +187,14 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
     token: CancellationToken,
     tasks: TaskTracker,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Drop for Server {
+    /// Stops the serving threads and tasks (without waiting for them).
+    fn drop(&mut self) {
+        self.token.cancel();
+    }
 }
 
 impl Server {
@@ -164,7 +208,7 @@ impl Server {
         let listen = listen.unwrap_or_else(|| config.server.listen.clone());
         let mut sockets = Vec::with_capacity(listen.len());
         for addr in &listen {
-            sockets.push(bind_pair(*addr)?);
+            sockets.push(bind_set(*addr, config.server.threads)?);
         }
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let token = CancellationToken::new();
@@ -174,15 +218,27 @@ impl Server {
             max_connections: config.server.tcp_max_connections,
         };
         let mut addrs = Vec::with_capacity(sockets.len());
+        let mut threads = Vec::new();
         for (udp, listener) in sockets {
-            let local = udp.local_addr().map_err(|source| Error::Bind {
+            let local = listener.local_addr().map_err(|source| Error::Bind {
                 addr: listen[addrs.len()],
-                proto: "udp",
+                proto: "tcp",
                 source,
             })?;
-            tracing::info!(%local, "listening on UDP and TCP");
+            tracing::info!(%local, udp_threads = udp.len(), "listening on UDP and TCP");
             addrs.push(local);
-            tasks.spawn(serve_udp(udp, Arc::clone(&state), token.clone()));
+            for socket in udp {
+                let (state, token) = (Arc::clone(&state), token.clone());
+                let handle = std::thread::Builder::new()
+                    .name(format!("udp {local}"))
+                    .spawn(move || serve_udp(socket, state, token))
+                    .map_err(|source| Error::Bind {
+                        addr: local,
+                        proto: "udp",
+                        source,
+                    })?;
+                threads.push(handle);
+            }
             tasks.spawn(serve_tcp(listener, Arc::clone(&state), tcp, token.clone()));
         }
         tasks.close();
@@ -193,6 +249,7 @@ impl Server {
             addrs,
             token,
             tasks,
+            threads: std::sync::Mutex::new(threads),
         })
     }
 
@@ -230,5 +287,12 @@ impl Server {
     pub async fn shutdown(self) {
         self.token.cancel();
         self.tasks.wait().await;
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
     }
 }

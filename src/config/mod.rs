@@ -29,6 +29,8 @@ pub const DEFAULT_ZONES_DIR: &str = "zones";
 pub const DEFAULT_GEOIP: &str = "geoip/dbip-country.mmdb";
 /// Largest UDP response we send by default (DNS Flag Day 2020).
 pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1232;
+/// Most UDP serving threads per listen address.
+pub const MAX_THREADS: u32 = 256;
 /// Idle time after which a TCP connection is closed.
 pub const DEFAULT_TCP_IDLE_TIMEOUT_SECS: u64 = 10;
 /// Concurrent TCP connections accepted per listen address.
@@ -88,6 +90,8 @@ pub struct ServerConfig {
     pub countries: Option<PathBuf>,
     /// Largest UDP response, bytes (512 to 4096).
     pub max_udp_payload: u16,
+    /// UDP serving threads (and sockets) per listen address.
+    pub threads: usize,
     /// TCP idle timeout.
     pub tcp_idle_timeout: Duration,
     /// Concurrent TCP connections per listen address.

@@ -14,6 +14,7 @@ pub(super) struct RawServer {
     pub(super) geoip: Option<String>,
     pub(super) countries: Option<String>,
     pub(super) max_udp_payload: Option<u16>,
+    pub(super) threads: Option<u32>,
     pub(super) tcp_idle_timeout: Option<u64>,
     pub(super) tcp_max_connections: Option<u32>,
 }

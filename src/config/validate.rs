@@ -11,7 +11,7 @@ use super::raw::{RawServer, RawService, RawZone};
 use super::{
     ConfigError, DEFAULT_GEOIP, DEFAULT_LISTEN, DEFAULT_MAX_UDP_PAYLOAD, DEFAULT_RECORD_TTL,
     DEFAULT_SERVICE_TTL, DEFAULT_TCP_IDLE_TIMEOUT_SECS, DEFAULT_TCP_MAX_CONNECTIONS,
-    DEFAULT_ZONES_DIR, MAX_TTL, ServerConfig,
+    DEFAULT_ZONES_DIR, MAX_THREADS, MAX_TTL, ServerConfig,
 };
 use crate::dns::records::{DomainName, StaticRecord, parse_name, parse_record};
 use crate::model::{
@@ -106,8 +106,14 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         1,
         65_535,
     )?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let threads = match raw.threads {
+        Some(n) => check_range(file, "threads", n, 1, MAX_THREADS)? as usize,
+        None => cores.min(MAX_THREADS as usize),
+    };
     Ok(ServerConfig {
         path: file.to_path_buf(),
+        threads,
         listen,
         zones_dir,
         geoip,

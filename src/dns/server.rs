@@ -1,11 +1,13 @@
 //! UDP and TCP serving loops over pre-bound sockets.
 //!
-//! Each UDP socket has one loop that receives, answers and sends without
-//! spawning a task or crossing a channel: answering is synchronous and
-//! cheap, so a task per packet would only add cost. Each TCP connection
-//! gets a task (bounded by a semaphore) that reads length-prefixed queries
-//! (RFC 1035 §4.2.2), answers them in order and closes after an idle
-//! timeout (RFC 7766 §6.2.3).
+//! Each UDP socket has one OS thread that receives, answers and sends
+//! without spawning a task or crossing a channel: answering is synchronous
+//! and cheap, so an async task per packet would only add cost. There is one
+//! socket per serving thread and listen address, all bound with
+//! `SO_REUSEPORT`. Each TCP connection gets a tokio task (bounded by a
+//! semaphore) that reads length-prefixed queries (RFC 1035 §4.2.2),
+//! answers them in order and closes after an idle timeout (RFC 7766
+//! §6.2.3).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,12 +15,13 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::io::{BufReader, BufWriter};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::handler::{Transport, handle};
+use super::handler::{Transport, handle_into};
 use crate::snapshot::Snapshot;
 
 /// TCP limits.
@@ -30,33 +33,50 @@ pub struct TcpSettings {
     pub max_connections: u32,
 }
 
-/// Serves UDP on `socket` until `token` is cancelled.
-pub async fn serve_udp(socket: UdpSocket, state: Arc<ArcSwap<Snapshot>>, token: CancellationToken) {
+/// How often a blocked UDP thread wakes to check for shutdown.
+const UDP_SHUTDOWN_POLL: Duration = Duration::from_millis(200);
+
+/// Serves UDP on `socket` on the calling thread until `token` is
+/// cancelled: receive, answer, send, with one receive buffer and one
+/// response buffer reused for every query. Run one per core, each on its
+/// own `SO_REUSEPORT` socket, so the kernel spreads clients over them.
+pub fn serve_udp(
+    socket: std::net::UdpSocket,
+    state: Arc<ArcSwap<Snapshot>>,
+    token: CancellationToken,
+) {
+    if let Err(e) = socket.set_read_timeout(Some(UDP_SHUTDOWN_POLL)) {
+        tracing::error!(error = %e, "cannot set the UDP read timeout; this thread will not stop on shutdown");
+    }
     // Large enough for any datagram; EDNS clients may send big queries.
     let mut buf = vec![0u8; 65_535];
-    loop {
-        let (len, src) = tokio::select! {
-            () = token.cancelled() => return,
-            r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // E.g. ICMP port unreachable reported on the socket;
-                    // never fatal for a server.
-                    tracing::debug!(error = %e, "udp receive error");
-                    continue;
-                }
-            },
+    let mut out = Vec::with_capacity(4096);
+    while !token.is_cancelled() {
+        let (len, src) = match socket.recv_from(&mut buf) {
+            Ok(x) => x,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                continue;
+            }
+            Err(e) => {
+                // E.g. ICMP port unreachable reported on the socket; never
+                // fatal for a server.
+                tracing::debug!(error = %e, "udp receive error");
+                continue;
+            }
         };
         if src.port() == 0 {
             continue; // cannot be answered; often spoofed
         }
-        let response = {
+        let answered = {
             let snap = state.load();
-            handle(&snap, &buf[..len], src.ip(), Transport::Udp)
+            handle_into(&snap, &buf[..len], src.ip(), Transport::Udp, &mut out)
         };
-        if let Some(bytes) = response
-            && let Err(e) = socket.send_to(&bytes, src).await
-        {
+        if answered && let Err(e) = socket.send_to(&out, src) {
             tracing::debug!(error = %e, %src, "udp send error");
         }
     }
@@ -114,35 +134,44 @@ async fn connection(
     idle: Duration,
 ) {
     let _ = stream.set_nodelay(true);
-    let mut buf = Vec::with_capacity(512);
+    let (reader, writer) = stream.split();
+    // Buffered both ways: pipelined queries arrive in one read, and their
+    // answers leave in one write once no further query is waiting.
+    let mut reader = BufReader::with_capacity(16 * 1024, reader);
+    let mut writer = BufWriter::with_capacity(16 * 1024, writer);
+    let mut query = Vec::with_capacity(512);
+    let mut out = Vec::with_capacity(4096);
     loop {
         let mut len = [0u8; 2];
-        match tokio::time::timeout(idle, stream.read_exact(&mut len)).await {
+        match tokio::time::timeout(idle, reader.read_exact(&mut len)).await {
             Ok(Ok(_)) => {}
             _ => return, // EOF, error or idle timeout
         }
         let len = usize::from(u16::from_be_bytes(len));
-        buf.resize(len, 0);
+        query.resize(len, 0);
         // A client that sends a length and then stalls is idle too.
-        match tokio::time::timeout(idle, stream.read_exact(&mut buf)).await {
+        match tokio::time::timeout(idle, reader.read_exact(&mut query)).await {
             Ok(Ok(_)) => {}
             _ => return,
         }
         if len < 12 {
             return; // not DNS; nothing sensible to answer
         }
-        let response = {
+        let answered = {
             let snap = state.load();
-            handle(&snap, &buf, peer.ip(), Transport::Tcp)
+            handle_into(&snap, &query, peer.ip(), Transport::Tcp, &mut out)
         };
-        let Some(bytes) = response else { continue };
-        let Ok(n) = u16::try_from(bytes.len()) else {
-            return;
-        };
-        let mut out = Vec::with_capacity(bytes.len() + 2);
-        out.extend_from_slice(&n.to_be_bytes());
-        out.extend_from_slice(&bytes);
-        if stream.write_all(&out).await.is_err() {
+        if answered {
+            let Ok(n) = u16::try_from(out.len()) else {
+                return;
+            };
+            if writer.write_all(&n.to_be_bytes()).await.is_err()
+                || writer.write_all(&out).await.is_err()
+            {
+                return;
+            }
+        }
+        if reader.buffer().is_empty() && writer.flush().await.is_err() {
             return;
         }
     }

@@ -421,3 +421,25 @@ async fn serves_ipv6_listeners() {
         .await;
     assert_eq!(a_answers(&r), ["2001:db8:30::10"]);
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_port_is_an_error() {
+    let s = TestServer::example().await;
+    let dir = tempfile::tempdir().unwrap();
+    let example = crate::harness::example_zone();
+    let path = crate::harness::write_config(
+        dir.path(),
+        &crate::harness::Setup {
+            zones: &[("gslb.example.com.toml", &example)],
+            server_toml: "threads = 2",
+            ..crate::harness::Setup::default()
+        },
+    );
+    let err = meridian::Server::start(&path, Some(vec![s.addr]))
+        .await
+        .expect_err("the port is taken");
+    assert!(err.to_string().contains(&s.addr.to_string()), "{err}");
+    // The first server is undisturbed.
+    let r = s.ask("mail.gslb.example.com.", RecordType::A, None).await;
+    assert_eq!(a_answers(&r), ["192.0.2.25"]);
+}

@@ -102,7 +102,10 @@ async fn garbage_over_udp_never_stops_the_server() {
         sock.send_to(&p, s.addr).await.unwrap();
     }
     // A response packet (QR=1) is dropped, not answered: the next datagram
-    // we receive is the reply to the valid query sent after it.
+    // we receive is the reply to the valid query sent after it. (A fresh
+    // socket: the first one's receive buffer may have overflowed with
+    // FORMERR replies we never read.)
+    let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let mut as_response = query("www.gslb.example.com.", RecordType::A, None);
     as_response.metadata.message_type = hickory_proto::op::MessageType::Response;
     sock.send_to(&as_response.to_vec().unwrap(), s.addr)
