@@ -84,6 +84,7 @@ pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
         Some(path) => geo::countries::load(path).map_err(Error::Countries)?,
         None => geo::countries::builtin(),
     };
+    check_country_codes(&config, &countries)?;
     let geo = Arc::new(GeoDb::open(&config.server.geoip, countries)?);
     let snapshot = Snapshot::build(&config, geo);
     Ok((config, snapshot))
@@ -92,6 +93,26 @@ pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
 /// Socket buffer size asked for on UDP sockets (the kernel caps it at
 /// `net.core.rmem_max` / `wmem_max`): room for bursts while a thread is busy.
 const UDP_BUFFER_BYTES: usize = 4 << 20;
+
+/// Country overrides must name countries the country table knows (`UK`
+/// is not a code; `GB` is), or they silently never match.
+fn check_country_codes(config: &Config, countries: &model::CountryTable) -> Result<(), Error> {
+    for zone in &config.zones {
+        for s in &zone.services {
+            let model::PolicySpec::Geo(spec) = &s.policy;
+            for (code, _) in &spec.countries {
+                if !countries.contains_key(code) {
+                    return Err(Error::Config(ConfigError::new(
+                        Path::new(&zone.source),
+                        format!("services.{}.countries.{code}", s.name),
+                        "not a country in the country table (ISO 3166-1 alpha-2, e.g. GB, not UK)",
+                    )));
+                }
+            }
+        }
+    }
+    Ok(())
+}
 
 fn bind_udp(addr: SocketAddr, reuse_port: bool) -> std::io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};

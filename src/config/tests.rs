@@ -125,3 +125,66 @@ fn server_config_defaults_and_ranges() {
     let e = parse_server(Path::new("m.toml"), "zone = \"z\"").unwrap_err();
     assert!(e.reason.contains("unknown field `zone`"));
 }
+
+fn with_records(extra: &str) -> String {
+    BASE.replace(
+        "ns1 = [{ type = \"A\", value = \"192.0.2.53\" }]",
+        &format!("ns1 = [{{ type = \"A\", value = \"192.0.2.53\" }}]\n{extra}"),
+    )
+}
+
+#[test]
+fn review_holes_are_closed() {
+    // Wildcards are not supported (and must not crash the loader).
+    let e = err(&with_records(r#""*" = [{ type = "TXT", value = "x" }]"#));
+    assert!(e.reason.contains("wildcard"), "{e}");
+    let e = err(&format!(
+        "{BASE}\n[services.\"*.x\"]\npolicy = \"geo\"\ndatacenters = [\"a\"]\n"
+    ));
+    assert!(e.reason.contains("wildcard"), "{e}");
+    // Two keys naming one service owner.
+    let e = err(&format!(
+        "{BASE}\n[services.\"www.t.example.\"]\npolicy = \"geo\"\ndatacenters = [\"a\"]\n"
+    ));
+    assert!(e.reason.contains("same owner"), "{e}");
+    // IPv4-mapped network overrides never match.
+    let e = err(&format!(
+        "{BASE}\n[services.www.networks]\n\"::ffff:8.8.8.0/120\" = [\"a\"]\n"
+    ));
+    assert!(e.reason.contains("\"8.8.8.0/24\""), "{e}");
+    // RRsets: one TTL, no duplicates.
+    let e = err(&with_records(
+        r#"x = [{ type = "A", value = "192.0.2.1", ttl = 10 }, { type = "A", value = "192.0.2.2", ttl = 1000 }]"#,
+    ));
+    assert_eq!(e.key, "records.x[1]");
+    assert!(e.reason.contains("RFC 2181"), "{e}");
+    let e = err(&with_records(
+        r#"x = [{ type = "A", value = "192.0.2.1" }, { type = "A", value = "192.0.2.1" }]"#,
+    ));
+    assert!(e.reason.contains("duplicates records.x[0]"), "{e}");
+    // Different types may have different TTLs.
+    zone(&with_records(
+        r#"x = [{ type = "A", value = "192.0.2.1", ttl = 10 }, { type = "TXT", value = "t", ttl = 99 }]"#,
+    ))
+    .unwrap();
+    // CNAME loops.
+    let e = err(&with_records(
+        "l1 = [{ type = \"CNAME\", value = \"l2\" }]\nl2 = [{ type = \"CNAME\", value = \"l1\" }]",
+    ));
+    assert!(e.reason.contains("CNAME loop"), "{e}");
+    let e = err(&with_records(
+        "self = [{ type = \"CNAME\", value = \"self\" }]",
+    ));
+    assert!(e.reason.contains("CNAME loop"), "{e}");
+    // In-zone name servers need addresses.
+    let e = err(&BASE.replace("ns1 = [{ type = \"A\", value = \"192.0.2.53\" }]", ""));
+    assert_eq!(e.key, "ns[0]");
+    let e = err(&with_records(
+        "sub = [{ type = \"NS\", value = \"ns.sub\" }]",
+    ));
+    assert!(e.reason.contains("glue"), "{e}");
+    zone(&with_records(
+        "sub = [{ type = \"NS\", value = \"ns.sub\" }]\n\"ns.sub\" = [{ type = \"A\", value = \"192.0.2.9\" }]",
+    ))
+    .unwrap();
+}

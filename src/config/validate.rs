@@ -246,6 +246,7 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         let owner = parse_name(owner_text, Some(&origin))
             .map_err(|e| ConfigError::new(file, okey.clone(), e))?;
         let owner = in_zone(&okey, owner)?;
+        reject_wildcard(file, &okey, &owner)?;
         if let Some(prev) = owners.insert(owner.clone(), okey.clone()) {
             return Err(ConfigError::new(
                 file,
@@ -286,7 +287,9 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
                 "a CNAME cannot sit at the zone apex (it would hide SOA and NS)",
             ));
         }
+        check_rrsets(file, &okey, these)?;
     }
+    check_cname_cycles(file, &origin, &records)?;
     // Delegations hide everything below them.
     let cuts: Vec<DomainName> = records
         .iter()
@@ -390,6 +393,17 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         let fqdn =
             parse_name(name, Some(&origin)).map_err(|e| ConfigError::new(file, key.clone(), e))?;
         let fqdn = in_zone(&key, fqdn)?;
+        reject_wildcard(file, &key, &fqdn)?;
+        if let Some(prev) = zone.services.iter().find(|s| s.fqdn == fqdn) {
+            return Err(ConfigError::new(
+                file,
+                key,
+                format!(
+                    "names the same owner ({fqdn}) as services.{}",
+                    key_part(&prev.name)
+                ),
+            ));
+        }
         if let Some(prev) = zone
             .records
             .iter()
@@ -414,7 +428,119 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         let service = validate_service(file, &key, &zone, name, fqdn, svc)?;
         zone.services.push(service);
     }
+    check_name_server_addresses(file, &zone)?;
     Ok(zone)
+}
+
+fn reject_wildcard(file: &Path, key: &str, name: &DomainName) -> Result<(), ConfigError> {
+    if name.iter().any(|label| label == b"*") {
+        return Err(ConfigError::new(
+            file,
+            key,
+            "wildcard names (`*`) are not supported yet; list the names explicitly",
+        ));
+    }
+    Ok(())
+}
+
+/// RFC 2181 §5: an RRset has no duplicate records and one TTL.
+fn check_rrsets(file: &Path, key: &str, records: &[StaticRecord]) -> Result<(), ConfigError> {
+    for (i, r) in records.iter().enumerate() {
+        for (j, other) in records[..i].iter().enumerate() {
+            if r.type_name() != other.type_name() {
+                continue;
+            }
+            if r.same_data(other) {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{key}[{i}]"),
+                    format!("duplicates {key}[{j}]"),
+                ));
+            }
+            if r.ttl() != other.ttl() {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{key}[{i}]"),
+                    format!(
+                        "TTL {} differs from {key}[{j}] ({}); records of one type at one \
+                         name form an RRset and share a TTL (RFC 2181 §5.2)",
+                        r.ttl(),
+                        other.ttl()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// In-zone CNAME chains must end: a loop would be served as a chain of
+/// repeated records until the length cap.
+fn check_cname_cycles(
+    file: &Path,
+    origin: &DomainName,
+    records: &[StaticRecord],
+) -> Result<(), ConfigError> {
+    let target_of = |name: &DomainName| {
+        records
+            .iter()
+            .find(|r| r.is_cname() && r.owner() == name)
+            .and_then(StaticRecord::cname_target)
+    };
+    for start in records.iter().filter(|r| r.is_cname()) {
+        let mut seen = vec![start.owner().clone()];
+        let mut at = start.owner().clone();
+        while let Some(next) = target_of(&at) {
+            if !origin.zone_of(next) {
+                break;
+            }
+            if seen.contains(next) {
+                let chain: Vec<String> = seen.iter().map(ToString::to_string).collect();
+                return Err(ConfigError::new(
+                    file,
+                    format!("records.{}", key_part(&start.owner().to_string())),
+                    format!("CNAME loop: {} -> {next}", chain.join(" -> ")),
+                ));
+            }
+            seen.push(next.clone());
+            at = next.clone();
+        }
+    }
+    Ok(())
+}
+
+/// Name servers inside the zone need addresses here (glue), or resolvers
+/// cannot reach them.
+fn check_name_server_addresses(file: &Path, zone: &ZoneConfig) -> Result<(), ConfigError> {
+    let has_address = |name: &DomainName| {
+        zone.records
+            .iter()
+            .any(|r| r.is_address() && r.owner() == name)
+    };
+    for (i, ns) in zone.ns.iter().enumerate() {
+        if zone.origin.zone_of(ns) && !has_address(ns) {
+            return Err(ConfigError::new(
+                file,
+                format!("ns[{i}]"),
+                format!("{ns} is inside the zone but has no A or AAAA record in [records]"),
+            ));
+        }
+    }
+    for r in zone.records.iter().filter(|r| r.is_ns()) {
+        let Some(target) = r.ns_target() else {
+            continue;
+        };
+        if zone.origin.zone_of(target) && !has_address(target) {
+            return Err(ConfigError::new(
+                file,
+                format!("records.{}", key_part(&r.owner().to_string())),
+                format!(
+                    "the delegation's name server {target} is inside this zone but has no glue (A/AAAA) here"
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn resolve_dcs(
@@ -569,6 +695,16 @@ fn validate_networks(
                 "not a network in CIDR notation such as \"192.0.2.0/24\"",
             )
         })?;
+        if let IpNet::V6(v6) = net
+            && let Some(v4) = v6.network().to_ipv4_mapped()
+        {
+            let hint = format!("{v4}/{}", v6.prefix_len().saturating_sub(96));
+            return Err(ConfigError::new(
+                file,
+                nkey,
+                format!("IPv4-mapped clients are routed as IPv4: write {hint:?} instead"),
+            ));
+        }
         if net.trunc() != net {
             return Err(ConfigError::new(
                 file,

@@ -263,6 +263,17 @@ impl FastIndex {
     ) -> bool {
         let Some(q) = parse(packet) else { return false };
         let question = &packet[12..q.question_end];
+        if q.bad_ecs {
+            // FORMERR with the question and OPT, as the general path sends
+            // for ECS it rejects.
+            out.clear();
+            write_header(out, &q, false, false, 1, [0, 0, 0], q.edns.is_some());
+            out.extend_from_slice(question);
+            if let Some(e) = &q.edns {
+                write_opt(out, max_udp_payload, e.dnssec_ok, None);
+            }
+            return true;
+        }
         let name = &q.lower[..q.name_len];
 
         // Exact match, else the closest existing ancestor's miss template.
@@ -341,7 +352,8 @@ impl FastIndex {
         // REFUSED carries no ECS (as in the slow path); answers do.
         let ecs = q.ecs.filter(|_| template.is_some());
         if let Some(edns) = &q.edns {
-            write_opt(out, max_udp_payload, ecs.map(|e| (e, scope.unwrap_or(0))));
+            let ecs = ecs.map(|e| (e, scope.unwrap_or(0)));
+            write_opt(out, max_udp_payload, edns.dnssec_ok, ecs);
             let limit = match transport {
                 Transport::Udp => usize::from(edns.payload.clamp(512, max_udp_payload)),
                 Transport::Tcp => usize::from(u16::MAX),
@@ -350,7 +362,7 @@ impl FastIndex {
                 out.clear();
                 write_header(out, &q, aa, true, rcode, [0, 0, 0], true);
                 out.extend_from_slice(question);
-                write_opt(out, max_udp_payload, ecs.map(|e| (e, scope.unwrap_or(0))));
+                write_opt(out, max_udp_payload, edns.dnssec_ok, ecs);
                 return out.len() <= limit;
             }
         } else if transport == Transport::Udp && out.len() > 512 {
@@ -387,11 +399,12 @@ fn write_header(
     out.extend_from_slice(&(counts[2] + u16::from(has_opt)).to_be_bytes());
 }
 
-fn write_opt(out: &mut Vec<u8>, payload: u16, ecs: Option<(Ecs, u8)>) {
+fn write_opt(out: &mut Vec<u8>, payload: u16, dnssec_ok: bool, ecs: Option<(Ecs, u8)>) {
     out.push(0); // root
     out.extend_from_slice(&41u16.to_be_bytes());
     out.extend_from_slice(&payload.max(512).to_be_bytes());
-    out.extend_from_slice(&[0, 0, 0, 0]); // extended rcode, version 0, flags
+    // Extended rcode 0, version 0, flags: DO copied.
+    out.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0]);
     match ecs {
         None => out.extend_from_slice(&[0, 0]),
         Some((e, scope)) => {
@@ -425,6 +438,8 @@ struct Ecs {
 #[derive(Clone, Copy, Debug)]
 struct Edns {
     payload: u16,
+    /// The DO bit, copied to the response (RFC 3225 §3).
+    dnssec_ok: bool,
 }
 
 /// A query the fast path can answer, parsed without allocation.
@@ -440,6 +455,8 @@ struct Parsed {
     question_end: usize,
     edns: Option<Edns>,
     ecs: Option<Ecs>,
+    /// An ECS option RFC 7871 §6 says to answer with FORMERR.
+    bad_ecs: bool,
 }
 
 fn be16(p: &[u8], at: usize) -> Option<u16> {
@@ -500,6 +517,7 @@ fn parse(p: &[u8]) -> Option<Parsed> {
         question_end,
         edns: None,
         ecs: None,
+        bad_ecs: false,
     };
     if arcount == 0 {
         return (question_end == p.len()).then_some(parsed);
@@ -519,7 +537,8 @@ fn parse(p: &[u8]) -> Option<Parsed> {
     if o + 11 + rdlen != p.len() {
         return None;
     }
-    parsed.edns = Some(Edns { payload });
+    let dnssec_ok = *p.get(o + 7)? & 0x80 != 0;
+    parsed.edns = Some(Edns { payload, dnssec_ok });
     let mut i = 0;
     while i < rdata.len() {
         let code = be16(rdata, i)?;
@@ -530,7 +549,10 @@ fn parse(p: &[u8]) -> Option<Parsed> {
                 if parsed.ecs.is_some() {
                     return None;
                 }
-                parsed.ecs = Some(parse_ecs(data)?);
+                match parse_ecs(data) {
+                    Some(ecs) => parsed.ecs = Some(ecs),
+                    None => parsed.bad_ecs = true,
+                }
             }
             // NSID and DAU/DHU/N3U are decoded (and validated) by hickory.
             3 | 5..=7 => return None,

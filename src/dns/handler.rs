@@ -167,9 +167,12 @@ fn respond(
         Transport::Tcp => usize::from(u16::MAX),
     };
     // RFC 6891 §6.1.1: a response to a query with OPT carries OPT.
-    let mut resp_edns = query.edns.as_ref().map(|_| {
+    let mut resp_edns = query.edns.as_ref().map(|q| {
         let mut e = Edns::new();
         e.set_max_payload(snap.max_udp_payload);
+        // RFC 3225 §3: "The DO bit of the query MUST be copied in the
+        // response." (Meridian does not sign; AD stays clear.)
+        e.set_dnssec_ok(q.flags().dnssec_ok);
         e
     });
     let fail = |mut resp: Message, resp_edns: Option<Edns>, code: ResponseCode| {

@@ -53,6 +53,24 @@ impl StaticRecord {
         }
     }
 
+    /// The target name of an NS record, else `None`.
+    pub fn ns_target(&self) -> Option<&DomainName> {
+        match &self.0.data {
+            RData::NS(n) => Some(&n.0),
+            _ => None,
+        }
+    }
+
+    /// Whether two records carry the same data.
+    pub fn same_data(&self, other: &Self) -> bool {
+        self.0.data == other.0.data
+    }
+
+    /// TTL in seconds.
+    pub fn ttl(&self) -> u32 {
+        self.0.ttl
+    }
+
     /// Presentation form of the value, for messages and `explain`.
     pub fn value_text(&self) -> String {
         self.0.data.to_string()

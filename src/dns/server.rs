@@ -161,17 +161,24 @@ async fn connection(
             let snap = state.load();
             handle_into(&snap, &query, peer.ip(), Transport::Tcp, &mut out)
         };
+        // Writes are bounded by the idle timeout too: a client that sends
+        // queries but never reads the answers must not hold its slot (and
+        // so, with enough of them, all of TCP) forever.
         if answered {
             let Ok(n) = u16::try_from(out.len()) else {
                 return;
             };
-            if writer.write_all(&n.to_be_bytes()).await.is_err()
-                || writer.write_all(&out).await.is_err()
-            {
+            let write = async {
+                writer.write_all(&n.to_be_bytes()).await?;
+                writer.write_all(&out).await
+            };
+            if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
                 return;
             }
         }
-        if reader.buffer().is_empty() && writer.flush().await.is_err() {
+        if reader.buffer().is_empty()
+            && !matches!(tokio::time::timeout(idle, writer.flush()).await, Ok(Ok(())))
+        {
             return;
         }
     }

@@ -339,7 +339,10 @@ impl Zone {
     }
 
     fn referral(&self, cut: &Name, node: &Node, res: &mut Resolution) {
-        res.authoritative = false;
+        // AA describes the answer section: an in-zone CNAME that leads
+        // into a delegation is still our authoritative data (RFC 1035
+        // §4.1.1); only a bare referral is non-authoritative.
+        res.authoritative = !res.answers.is_empty();
         let Some(ns) = node.rrset(RecordType::NS) else {
             return;
         };

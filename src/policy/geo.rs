@@ -80,7 +80,7 @@ impl GeoPolicy {
                     crate::geo::table::prefix_range(bits, addr_bits(net.addr()), net.prefix_len());
                 builder.push(s, e, id);
             });
-            let overrides: Vec<(u128, u8, u32)> = spec
+            let mut overrides: Vec<(u128, u8, u32)> = spec
                 .networks
                 .iter()
                 .filter(|(net, _)| net.addr().is_ipv6() == v6)
@@ -92,6 +92,17 @@ impl GeoPolicy {
                     )
                 })
                 .collect();
+            if v6 {
+                // The IPv4-mapped (::ffff:0:0/96) and IPv4-compatible
+                // (::/96) ranges hold IPv4 clients, routed by the IPv4
+                // table; the IPv6 walk sees them as gaps. Give each a
+                // ranking of its own so no IPv6 block (and so no ECS scope)
+                // spans them.
+                for base in [0xffff_u128 << 32, 0] {
+                    let id = this.rankings.distinct(&spec.default);
+                    overrides.push((base, 96, id));
+                }
+            }
             tables[usize::from(v6)] = Some(builder.finish(&overrides));
         }
         let [v4, v6] = tables;

@@ -57,6 +57,14 @@ impl Rankings {
         id
     }
 
+    /// A new id for `order` even if an equal ranking exists: table blocks
+    /// with different ids never merge.
+    pub fn distinct(&mut self, order: &[DcId]) -> u32 {
+        let id = u32::try_from(self.lists.len()).expect("fewer than 2^32 rankings");
+        self.lists.push(order.into());
+        id
+    }
+
     /// The ranking with this id.
     pub fn get(&self, id: u32) -> &[DcId] {
         &self.lists[id as usize]

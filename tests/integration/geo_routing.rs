@@ -317,3 +317,25 @@ async fn shipped_config_and_database_route_real_addresses() {
         assert!((1..=24).contains(&scope), "{who}: scope /{scope}");
     }
 }
+
+#[tokio::test]
+async fn ipv6_scopes_never_span_the_ipv4_mapped_range() {
+    let s = TestServer::example().await;
+    // ::/64 holds ::ffff:0:0/96, whose clients are routed as IPv4 (here
+    // 10.3/16 is Japan): the scope returned for :: must exclude it.
+    let r = s
+        .ask("www.gslb.example.com.", RecordType::AAAA, Some("::/64"))
+        .await;
+    let scope = ecs_of(&r).unwrap().2;
+    assert!(scope >= 96, "scope /{scope} would cover ::ffff:0:0/96");
+    let r = s
+        .ask(
+            "www.gslb.example.com.",
+            RecordType::A,
+            Some("::ffff:10.3.0.0/120"),
+        )
+        .await;
+    assert_eq!(a_answers(&r), [AP_SOUTHEAST]);
+    assert_eq!(ecs_of(&r).unwrap().1, 120, "source prefix copied");
+    assert!(ecs_of(&r).unwrap().2 >= 96, "scope in IPv6 terms");
+}

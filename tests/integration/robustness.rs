@@ -199,3 +199,54 @@ async fn idle_tcp_connections_are_closed() {
         .unwrap_or(0);
     assert_eq!(n, 0);
 }
+
+#[tokio::test]
+async fn tcp_clients_that_never_read_do_not_hold_their_slot() {
+    let edge = crate::protocol::EDGE_ZONE;
+    let s = TestServer::start_with(crate::harness::Setup {
+        zones: &[("edge.test.toml", edge)],
+        server_toml: "tcp_max_connections = 1\ntcp_idle_timeout = 1",
+        ..crate::harness::Setup::default()
+    })
+    .await;
+    // Pipeline thousands of queries for a 1.5 KB answer and never read:
+    // the server's writes block once the socket buffers are full.
+    let mut greedy = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let q = query("big.edge.test.", RecordType::TXT, None)
+        .to_vec()
+        .unwrap();
+    let mut burst = Vec::new();
+    for _ in 0..8000 {
+        burst.extend_from_slice(&u16::try_from(q.len()).unwrap().to_be_bytes());
+        burst.extend_from_slice(&q);
+    }
+    // Best effort: the server may close the connection before all is sent.
+    let _ = tokio::time::timeout(EXCHANGE_TIMEOUT, greedy.write_all(&burst)).await;
+    // The only slot is freed by the write timeout, and the next client is
+    // served (within the exchange timeout, well after the 1 s idle limit).
+    let mut next = tokio::net::TcpStream::connect(s.addr).await.unwrap();
+    let small = query("c.edge.test.", RecordType::A, None);
+    write_framed(&mut next, &small.to_vec().unwrap()).await;
+    let r = Message::from_vec(&read_framed(&mut next).await).unwrap();
+    assert_eq!(a_answers(&r), ["192.0.2.99"]);
+    drop(greedy);
+}
+
+#[tokio::test]
+async fn ecs_with_the_wrong_number_of_address_octets_gets_formerr() {
+    let s = TestServer::example().await;
+    // Family 1, source /16, but three address octets (RFC 7871 §6: FORMERR).
+    let mut bytes = query("www.gslb.example.com.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let ecs = [0u8, 8, 0, 7, 0, 1, 16, 0, 10, 2, 3];
+    let rdlen_at = bytes.len() - 2;
+    bytes[rdlen_at..].copy_from_slice(&(ecs.len() as u16).to_be_bytes());
+    bytes.extend_from_slice(&ecs);
+    let r = Message::from_vec(&crate::harness::udp_exchange(s.addr, &bytes).await).unwrap();
+    assert_eq!(
+        r.metadata.response_code,
+        hickory_proto::op::ResponseCode::FormErr
+    );
+    assert!(r.edns.is_some(), "the OPT is still echoed");
+}
