@@ -30,6 +30,7 @@ pub mod config;
 pub mod dns;
 pub mod explain;
 pub mod geo;
+pub mod health;
 pub mod model;
 pub mod policy;
 pub mod snapshot;
@@ -99,7 +100,9 @@ const UDP_BUFFER_BYTES: usize = 4 << 20;
 fn check_country_codes(config: &Config, countries: &model::CountryTable) -> Result<(), Error> {
     for zone in &config.zones {
         for s in &zone.services {
-            let model::PolicySpec::Geo(spec) = &s.policy;
+            let model::PolicySpec::Geo(spec) = &s.policy else {
+                continue;
+            };
             for (code, _) in &spec.countries {
                 if !countries.contains_key(code) {
                     return Err(Error::Config(ConfigError::new(

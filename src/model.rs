@@ -6,7 +6,8 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
 
 use ipnet::IpNet;
 
@@ -131,6 +132,116 @@ pub struct Datacenter {
     pub v4: Vec<Ipv4Addr>,
     /// IPv6 answer addresses (AAAA records), in config order.
     pub v6: Vec<Ipv6Addr>,
+    /// Health probe; `None` means the datacenter is always up (unless an
+    /// operator drains it).
+    pub probe: Option<ProbeSpec>,
+}
+
+/// How a datacenter's health is observed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ProbeSpec {
+    /// What each probe does.
+    pub kind: ProbeKind,
+    /// Where probes go: explicit targets, or each answer address with the
+    /// probe's port.
+    pub targets: Vec<SocketAddr>,
+    /// Time between probes of one target.
+    pub interval: Duration,
+    /// Time a probe may take before it counts as failed (< interval).
+    pub timeout: Duration,
+    /// Consecutive passes for a target to become UP.
+    pub rise: u32,
+    /// Consecutive failures for a target to become DOWN.
+    pub fall: u32,
+    /// Random spread of each interval, as a fraction (0 to 0.5).
+    pub jitter: f64,
+    /// Targets that must be UP for the datacenter to be up.
+    pub min_up: usize,
+}
+
+/// The kinds of probe.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ProbeKind {
+    /// TCP connect succeeds.
+    Tcp,
+    /// HTTP or HTTPS request gets an expected status (and body).
+    Http(HttpProbe),
+    /// A DNS query gets an expected response code.
+    Dns(DnsProbe),
+    /// No active checks: state comes from the admin API.
+    External,
+}
+
+/// HTTP(S) probe settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HttpProbe {
+    /// HTTPS instead of HTTP.
+    pub tls: bool,
+    /// `GET` or `HEAD`.
+    pub method: HttpMethod,
+    /// Request path, starting with `/`.
+    pub path: String,
+    /// Host header (and TLS server name); default: the target address.
+    pub host: Option<String>,
+    /// Accepted status codes as inclusive ranges.
+    pub expect_status: Vec<(u16, u16)>,
+    /// Substring required in the first 64 KiB of the body.
+    pub expect_body: Option<String>,
+    /// Verify the server certificate (HTTPS).
+    pub tls_verify: bool,
+}
+
+/// HTTP request methods a probe may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HttpMethod {
+    /// GET.
+    Get,
+    /// HEAD.
+    Head,
+}
+
+/// DNS probe settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DnsProbe {
+    /// Name to ask for.
+    pub name: DomainName,
+    /// Record type code to ask for.
+    pub qtype: u16,
+    /// Expected response code (low 4 bits).
+    pub rcode: u8,
+}
+
+/// What a service answers when none of its datacenters is up.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AllDown {
+    /// Answer as if every datacenter were up (fail open).
+    All,
+    /// NODATA: no addresses (fail closed).
+    None,
+    /// SERVFAIL.
+    Servfail,
+    /// Static fallback records.
+    Fallback(Fallback),
+}
+
+/// Fallback answer for `AllDown::Fallback`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fallback {
+    /// A records.
+    pub v4: Vec<Ipv4Addr>,
+    /// AAAA records.
+    pub v6: Vec<Ipv6Addr>,
+    /// A CNAME instead of addresses.
+    pub cname: Option<DomainName>,
+}
+
+/// How a service treats datacenters whose state is not yet known.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Warmup {
+    /// Unknown counts as up.
+    AssumeUp,
+    /// Unknown counts as down.
+    AssumeDown,
 }
 
 /// How a service ranks its datacenters for a client.
@@ -138,6 +249,8 @@ pub struct Datacenter {
 pub enum PolicySpec {
     /// Nearest first by great-circle distance, with explicit overrides.
     Geo(GeoSpec),
+    /// The service's datacenters in config order: first healthy wins.
+    Failover,
 }
 
 impl PolicySpec {
@@ -145,6 +258,7 @@ impl PolicySpec {
     pub fn name(&self) -> &'static str {
         match self {
             Self::Geo(_) => "geo",
+            Self::Failover => "failover",
         }
     }
 }
@@ -179,6 +293,14 @@ pub struct Service {
     pub ttl: u32,
     /// Ranking policy.
     pub policy: PolicySpec,
+    /// Most datacenters whose records go into one answer.
+    pub max_answers: usize,
+    /// TTL of answers given in a degraded state (failover or all down).
+    pub degraded_ttl: u32,
+    /// What to answer when no datacenter is up.
+    pub when_all_down: AllDown,
+    /// How datacenters of unknown state count.
+    pub warmup: Warmup,
 }
 
 /// The SOA fields of a zone.

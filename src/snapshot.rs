@@ -1,9 +1,12 @@
 //! The immutable snapshot every query reads: zones in wire form, their
-//! policies, and the server settings the query path needs.
+//! policies, the server settings the query path needs, and the health of
+//! every datacenter.
 //!
 //! Built from a validated [`Config`] and an open [`GeoDb`]; published
-//! through an `ArcSwap` so a reload (or, later, a health change) replaces
-//! it atomically while queries in flight finish on the old one.
+//! through an `ArcSwap` so a reload or a health change replaces it
+//! atomically while queries in flight finish on the old one. A health
+//! change reuses every other part (they are behind `Arc`s), so publishing
+//! one costs a few allocations, not a rebuild.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -13,31 +16,36 @@ use crate::dns::fast::FastIndex;
 use crate::dns::records::DomainName;
 use crate::dns::zone::Zone;
 use crate::geo::GeoDb;
+use crate::health::{DcHealth, HealthView, Observed};
 use crate::model::{DcId, GeoSpec, PolicySpec};
 use crate::policy::Policy;
+use crate::policy::failover::FailoverPolicy;
 use crate::policy::geo::GeoPolicy;
 
 /// What makes two services' geo tables identical.
 type TableKey = (Vec<DcId>, GeoSpec);
 
 /// Everything a query needs, frozen.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Snapshot {
     /// Zones, most specific origin first (longest match wins).
-    zones: Vec<Zone>,
+    zones: Arc<[Zone]>,
     /// Geo policies by zone and service (for `explain`), aligned with
-    /// each zone's `config.services`.
-    geo_policies: Vec<Vec<Arc<GeoPolicy>>>,
+    /// each zone's `config.services`; `None` for other policies.
+    geo_policies: Arc<[Vec<Option<Arc<GeoPolicy>>>]>,
     /// Pre-encoded responses for the fast path.
-    pub(crate) fast: FastIndex,
+    pub(crate) fast: Arc<FastIndex>,
     /// Largest UDP response we send.
     pub max_udp_payload: u16,
     /// The GeoIP database the tables were built from.
     pub geo: Arc<GeoDb>,
+    /// Health of every datacenter, indexed like `zones`.
+    pub health: Arc<HealthView>,
 }
 
 impl Snapshot {
-    /// Builds every zone and policy table.
+    /// Builds every zone and policy table. Datacenters with probes start
+    /// Unknown, the others Up.
     pub fn build(config: &Config, geo: Arc<GeoDb>) -> Self {
         let started = Instant::now();
         let mut zones = Vec::with_capacity(config.zones.len());
@@ -49,7 +57,14 @@ impl Snapshot {
             let mut policies: Vec<Arc<dyn Policy>> = Vec::with_capacity(zc.services.len());
             let mut geos = Vec::with_capacity(zc.services.len());
             for s in &zc.services {
-                let PolicySpec::Geo(spec) = &s.policy;
+                let spec = match &s.policy {
+                    PolicySpec::Geo(spec) => spec,
+                    PolicySpec::Failover => {
+                        policies.push(Arc::new(FailoverPolicy::new(&s.datacenters)));
+                        geos.push(None);
+                        continue;
+                    }
+                };
                 let key = (s.datacenters.clone(), spec.clone());
                 let policy = match cache.iter().find(|(k, _)| *k == key) {
                     Some((_, p)) => Arc::clone(p),
@@ -69,7 +84,7 @@ impl Snapshot {
                         p
                     }
                 };
-                geos.push(Arc::clone(&policy));
+                geos.push(Some(Arc::clone(&policy)));
                 policies.push(policy);
             }
             zones.push(Zone::build(Arc::new(zc.clone()), policies));
@@ -79,8 +94,7 @@ impl Snapshot {
         let mut order: Vec<usize> = (0..zones.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(zones[i].origin_labels()));
         let mut zones: Vec<Option<Zone>> = zones.into_iter().map(Some).collect();
-        let mut geo_policies: Vec<Option<Vec<Arc<GeoPolicy>>>> =
-            geo_policies.into_iter().map(Some).collect();
+        let mut geo_policies: Vec<Option<_>> = geo_policies.into_iter().map(Some).collect();
         let (zones, geo_policies): (Vec<Zone>, Vec<_>) = order
             .into_iter()
             .map(|i| {
@@ -91,22 +105,53 @@ impl Snapshot {
             })
             .unzip();
         let fast = FastIndex::build(&zones);
+        let health = HealthView::new(
+            zones
+                .iter()
+                .map(|z| {
+                    z.config
+                        .datacenters
+                        .iter()
+                        .map(|dc| DcHealth {
+                            observed: if dc.probe.is_some() {
+                                Observed::Unknown
+                            } else {
+                                Observed::Up
+                            },
+                            forced: None,
+                        })
+                        .collect()
+                })
+                .collect(),
+        );
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );
         Self {
-            fast,
-            zones,
-            geo_policies,
+            zones: zones.into(),
+            geo_policies: geo_policies.into(),
+            fast: Arc::new(fast),
             max_udp_payload: config.server.max_udp_payload,
             geo,
+            health: Arc::new(health),
         }
     }
 
-    /// The most specific zone containing `name`.
-    pub fn find_zone(&self, name: &DomainName) -> Option<&Zone> {
-        self.zones.iter().find(|z| z.origin().zone_of(name))
+    /// The same snapshot with another health view.
+    pub fn with_health(&self, health: HealthView) -> Self {
+        Self {
+            health: Arc::new(health),
+            ..self.clone()
+        }
+    }
+
+    /// The most specific zone containing `name`, with its position.
+    pub fn find_zone(&self, name: &DomainName) -> Option<(usize, &Zone)> {
+        self.zones
+            .iter()
+            .enumerate()
+            .find(|(_, z)| z.origin().zone_of(name))
     }
 
     /// Zones, most specific first.
@@ -117,6 +162,6 @@ impl Snapshot {
     /// The geo policy of a service, by zone position in [`Self::zones`] and
     /// service position in that zone's config.
     pub fn geo_policy(&self, zone: usize, service: usize) -> Option<&GeoPolicy> {
-        self.geo_policies.get(zone)?.get(service).map(|p| &**p)
+        self.geo_policies.get(zone)?.get(service)?.as_deref()
     }
 }

@@ -8,6 +8,7 @@
 //!
 //! This module opens files but never sockets or GeoIP databases.
 
+pub mod probe;
 mod raw;
 mod validate;
 
@@ -96,7 +97,31 @@ pub struct ServerConfig {
     pub tcp_idle_timeout: Duration,
     /// Concurrent TCP connections per listen address.
     pub tcp_max_connections: u32,
+    /// Where operator overrides (drain, force-up) persist.
+    pub state_file: PathBuf,
+    /// Run the first round of probes before answering.
+    pub wait_for_probes: bool,
+    /// Most probes in flight at once.
+    pub max_probes_in_flight: u32,
+    /// Admin HTTP API; `None` when disabled.
+    pub admin: Option<AdminConfig>,
 }
+
+/// Admin HTTP API settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdminConfig {
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Bearer token required on every request except `GET /health`.
+    pub token: Option<String>,
+}
+
+/// Default admin API address: loopback only.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:5380";
+/// Default state file, relative to the config file.
+pub const DEFAULT_STATE_FILE: &str = "meridian-state.json";
+/// Default bound on probes in flight.
+pub const DEFAULT_MAX_PROBES_IN_FLIGHT: u32 = 256;
 
 /// Everything the server needs from disk, validated.
 #[derive(Clone, Debug)]

@@ -17,6 +17,20 @@ pub(super) struct RawServer {
     pub(super) threads: Option<u32>,
     pub(super) tcp_idle_timeout: Option<u64>,
     pub(super) tcp_max_connections: Option<u32>,
+    pub(super) state_file: Option<String>,
+    pub(super) wait_for_probes: Option<bool>,
+    pub(super) max_probes_in_flight: Option<u32>,
+    pub(super) admin: Option<RawAdmin>,
+}
+
+/// `[admin]` in `meridian.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawAdmin {
+    pub(super) enabled: Option<bool>,
+    pub(super) listen: Option<String>,
+    pub(super) token: Option<String>,
+    pub(super) token_file: Option<String>,
 }
 
 /// One file in the zones directory.
@@ -66,6 +80,33 @@ pub(super) struct RawRecord {
 pub(super) struct RawDatacenter {
     pub(super) location: Option<[f64; 2]>,
     pub(super) addresses: Vec<String>,
+    pub(super) probe: Option<RawProbe>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProbe {
+    #[serde(rename = "type")]
+    pub(super) kind: String,
+    pub(super) port: Option<u16>,
+    pub(super) targets: Option<Vec<String>>,
+    pub(super) interval: Option<String>,
+    pub(super) timeout: Option<String>,
+    pub(super) rise: Option<u32>,
+    pub(super) fall: Option<u32>,
+    pub(super) jitter: Option<f64>,
+    pub(super) min_up: Option<u32>,
+    // http / https
+    pub(super) method: Option<String>,
+    pub(super) path: Option<String>,
+    pub(super) host: Option<String>,
+    pub(super) expect_status: Option<Vec<toml::Value>>,
+    pub(super) expect_body: Option<String>,
+    pub(super) tls_verify: Option<bool>,
+    // dns
+    pub(super) name: Option<String>,
+    pub(super) qtype: Option<String>,
+    pub(super) rcode: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,4 +122,10 @@ pub(super) struct RawService {
     pub(super) continents: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub(super) networks: BTreeMap<String, Vec<String>>,
+    pub(super) max_answers: Option<u32>,
+    pub(super) degraded_ttl: Option<u32>,
+    pub(super) when_all_down: Option<String>,
+    pub(super) fallback: Option<Vec<String>>,
+    pub(super) fallback_cname: Option<String>,
+    pub(super) warmup: Option<String>,
 }

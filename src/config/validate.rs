@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawServer, RawService, RawZone};
+use super::raw::{RawAdmin, RawServer, RawService, RawZone};
 use super::{
     ConfigError, DEFAULT_GEOIP, DEFAULT_LISTEN, DEFAULT_MAX_UDP_PAYLOAD, DEFAULT_RECORD_TTL,
     DEFAULT_SERVICE_TTL, DEFAULT_TCP_IDLE_TIMEOUT_SECS, DEFAULT_TCP_MAX_CONNECTIONS,
@@ -15,7 +15,8 @@ use super::{
 };
 use crate::dns::records::{DomainName, StaticRecord, parse_name, parse_record};
 use crate::model::{
-    Continent, Coord, CountryCode, Datacenter, DcId, GeoSpec, PolicySpec, Service, Soa, ZoneConfig,
+    AllDown, Continent, Coord, CountryCode, Datacenter, DcId, Fallback, GeoSpec, PolicySpec,
+    Service, Soa, Warmup, ZoneConfig,
 };
 
 /// Most datacenters in one zone (indices are u16; far beyond any real use).
@@ -106,6 +107,16 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         1,
         65_535,
     )?;
+    let state_file = path_key("state_file", raw.state_file, super::DEFAULT_STATE_FILE)?;
+    let max_probes_in_flight = check_range(
+        file,
+        "max_probes_in_flight",
+        raw.max_probes_in_flight
+            .unwrap_or(super::DEFAULT_MAX_PROBES_IN_FLIGHT),
+        1,
+        65_535,
+    )?;
+    let admin = validate_admin(file, base, raw.admin.unwrap_or_default())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match raw.threads {
         Some(n) => check_range(file, "threads", n, 1, MAX_THREADS)? as usize,
@@ -114,6 +125,10 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
     Ok(ServerConfig {
         path: file.to_path_buf(),
         threads,
+        state_file,
+        wait_for_probes: raw.wait_for_probes.unwrap_or(true),
+        max_probes_in_flight,
+        admin,
         listen,
         zones_dir,
         geoip,
@@ -122,6 +137,57 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         tcp_idle_timeout: Duration::from_secs(idle),
         tcp_max_connections,
     })
+}
+
+fn validate_admin(
+    file: &Path,
+    base: &Path,
+    raw: RawAdmin,
+) -> Result<Option<super::AdminConfig>, ConfigError> {
+    if raw.enabled == Some(false) {
+        return Ok(None);
+    }
+    let text = raw.listen.as_deref().unwrap_or(super::DEFAULT_ADMIN_LISTEN);
+    let listen: SocketAddr = text.parse().map_err(|_| {
+        ConfigError::new(
+            file,
+            "admin.listen",
+            format!("{text:?} is not ADDRESS:PORT"),
+        )
+    })?;
+    let token = match (raw.token, raw.token_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                file,
+                "admin.token_file",
+                "set `token` or `token_file`, not both",
+            ));
+        }
+        (Some(t), None) => Some(t),
+        (None, Some(f)) => {
+            let path = base.join(&f);
+            let t = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::new(file, "admin.token_file", format!("{}: {e}", path.display()))
+            })?;
+            Some(t.trim().to_string())
+        }
+        (None, None) => None,
+    };
+    if token.as_deref().is_some_and(|t| t.len() < 16) {
+        return Err(ConfigError::new(
+            file,
+            "admin.token",
+            "use at least 16 characters",
+        ));
+    }
+    if token.is_none() && !listen.ip().is_loopback() {
+        return Err(ConfigError::new(
+            file,
+            "admin.listen",
+            "a non-loopback admin address needs `token` or `token_file`",
+        ));
+    }
+    Ok(Some(super::AdminConfig { listen, token }))
 }
 
 fn ttl(file: &Path, key: &str, value: Option<u32>, default: u32) -> Result<u32, ConfigError> {
@@ -368,11 +434,22 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
                 "a datacenter needs at least one address",
             ));
         }
+        let probe = match &dc.probe {
+            Some(p) => Some(super::probe::validate_probe(
+                file,
+                &format!("{key}.probe"),
+                p,
+                &v4,
+                &v6,
+            )?),
+            None => None,
+        };
         datacenters.push(Datacenter {
             name: name.clone(),
             location,
             v4,
             v6,
+            probe,
         });
     }
 
@@ -609,6 +686,23 @@ fn validate_service(
     )?;
     let ttl = ttl(file, &format!("{key}.ttl"), raw.ttl, DEFAULT_SERVICE_TTL)?;
     let policy = match raw.policy.as_str() {
+        "failover" => {
+            for (field, present) in [
+                ("default", raw.default.is_some()),
+                ("countries", !raw.countries.is_empty()),
+                ("continents", !raw.continents.is_empty()),
+                ("networks", !raw.networks.is_empty()),
+            ] {
+                if present {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("{key}.{field}"),
+                        "only for geo services; a failover service uses `datacenters` in order",
+                    ));
+                }
+            }
+            PolicySpec::Failover
+        }
         "geo" => {
             for &id in &datacenters {
                 if zone.dc(id).location.is_none() {
@@ -664,7 +758,53 @@ fn validate_service(
             return Err(ConfigError::new(
                 file,
                 format!("{key}.policy"),
-                format!("unknown policy {other:?} (available: \"geo\")"),
+                format!("unknown policy {other:?} (available: \"geo\", \"failover\")"),
+            ));
+        }
+    };
+    let max_answers = check_range(
+        file,
+        &format!("{key}.max_answers"),
+        raw.max_answers.unwrap_or(1),
+        1,
+        8,
+    )? as usize;
+    let degraded_ttl = check_range(
+        file,
+        &format!("{key}.degraded_ttl"),
+        raw.degraded_ttl.unwrap_or(ttl / 2),
+        0,
+        ttl,
+    )?;
+    let has_fallback = raw.fallback.is_some() || raw.fallback_cname.is_some();
+    let when_all_down = match raw.when_all_down.as_deref() {
+        None | Some("all") => AllDown::All,
+        Some("none") => AllDown::None,
+        Some("servfail") => AllDown::Servfail,
+        Some("fallback") => AllDown::Fallback(validate_fallback(file, key, zone, raw)?),
+        Some(other) => {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.when_all_down"),
+                format!("{other:?}: use \"all\", \"none\", \"servfail\" or \"fallback\""),
+            ));
+        }
+    };
+    if has_fallback && !matches!(when_all_down, AllDown::Fallback(_)) {
+        return Err(ConfigError::new(
+            file,
+            format!("{key}.fallback"),
+            "only used with when_all_down = \"fallback\"",
+        ));
+    }
+    let warmup = match raw.warmup.as_deref() {
+        None | Some("assume_up") => Warmup::AssumeUp,
+        Some("assume_down") => Warmup::AssumeDown,
+        Some(other) => {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.warmup"),
+                format!("{other:?}: use \"assume_up\" or \"assume_down\""),
             ));
         }
     };
@@ -674,7 +814,57 @@ fn validate_service(
         datacenters,
         ttl,
         policy,
+        max_answers,
+        degraded_ttl,
+        when_all_down,
+        warmup,
     })
+}
+
+fn validate_fallback(
+    file: &Path,
+    key: &str,
+    zone: &ZoneConfig,
+    raw: &RawService,
+) -> Result<Fallback, ConfigError> {
+    let mut fb = Fallback {
+        v4: Vec::new(),
+        v6: Vec::new(),
+        cname: None,
+    };
+    if let Some(name) = &raw.fallback_cname {
+        let fkey = format!("{key}.fallback_cname");
+        fb.cname = Some(
+            parse_name(name, Some(&zone.origin)).map_err(|e| ConfigError::new(file, fkey, e))?,
+        );
+    }
+    for (i, a) in raw.fallback.iter().flatten().enumerate() {
+        let fkey = format!("{key}.fallback[{i}]");
+        match a.trim().parse::<IpAddr>() {
+            Ok(IpAddr::V4(x)) => fb.v4.push(x),
+            Ok(IpAddr::V6(x)) => fb.v6.push(x),
+            Err(_) => {
+                return Err(ConfigError::new(
+                    file,
+                    fkey,
+                    format!("{a:?} is not an IP address (use fallback_cname for a name)"),
+                ));
+            }
+        }
+    }
+    match (&fb.cname, fb.v4.is_empty() && fb.v6.is_empty()) {
+        (Some(_), false) => Err(ConfigError::new(
+            file,
+            format!("{key}.fallback"),
+            "set addresses (`fallback`) or a name (`fallback_cname`), not both",
+        )),
+        (None, true) => Err(ConfigError::new(
+            file,
+            format!("{key}.fallback"),
+            "when_all_down = \"fallback\" needs `fallback` addresses or `fallback_cname`",
+        )),
+        _ => Ok(fb),
+    }
 }
 
 fn validate_networks(

@@ -32,8 +32,9 @@ use hickory_proto::serialize::binary::BinEncodable;
 
 use super::handler::{Transport, fill};
 use super::zone::{Resolution, Zone};
-use crate::model::DcId;
-use crate::policy::{Client, Policy};
+use crate::health::HealthView;
+use crate::model::{AllDown, DcId, Warmup};
+use crate::policy::{Choice, Client, Policy, choose};
 
 /// A pre-encoded response body; see the module docs.
 #[derive(Debug)]
@@ -54,10 +55,16 @@ struct Template {
 enum Response {
     /// The same for every client.
     Static(Template),
-    /// Decided by a service: one template per datacenter of the zone.
+    /// Decided by a service: per datacenter of the zone, the template
+    /// with the normal and with the degraded TTL; and the all-down answer
+    /// for services that do not fail open.
     Dynamic {
+        zone: usize,
         policy: Arc<dyn Policy>,
-        per_dc: Box<[Template]>,
+        max_answers: usize,
+        warmup: Warmup,
+        per_dc: Box<[[Template; 2]]>,
+        all_down: Option<Template>,
     },
 }
 
@@ -107,25 +114,41 @@ fn template(qname: &Name, qtype: RecordType, res: Resolution) -> Option<Template
     })
 }
 
-fn no_choice(_: &super::zone::ServiceAnswers) -> (Option<DcId>, u8) {
-    (None, 0)
+fn no_choice(_: &super::zone::ServiceAnswers) -> (Choice, u8) {
+    (Choice::of(&[], false, false), 0)
 }
 
-fn response(zone: &Zone, name: &Name, qtype: RecordType) -> Option<Response> {
+fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> Option<Response> {
     let probe = zone.resolve_with(name, qtype, &mut no_choice);
     match probe.service {
         None => Some(Response::Static(template(name, qtype, probe)?)),
         Some(service) => {
+            let forced = |dcs: &[DcId], degraded: bool, all_down: bool| {
+                let choice = Choice::of(dcs, degraded, all_down);
+                template(
+                    name,
+                    qtype,
+                    zone.resolve_with(name, qtype, &mut |_| (choice, 0)),
+                )
+            };
             let per_dc = (0..zone.datacenter_count())
                 .map(|dc| {
-                    let dc = DcId(u16::try_from(dc).ok()?);
-                    let res = zone.resolve_with(name, qtype, &mut |_| (Some(dc), 0));
-                    template(name, qtype, res)
+                    let dc = [DcId(u16::try_from(dc).ok()?)];
+                    Some([forced(&dc, false, false)?, forced(&dc, true, false)?])
                 })
                 .collect::<Option<Vec<_>>>()?;
+            let svc = zone.service(service);
+            let all_down = match svc.all_down {
+                AllDown::All => None,
+                _ => Some(forced(&[], true, true)?),
+            };
             Some(Response::Dynamic {
-                policy: Arc::clone(&zone.service(service).policy),
+                zone: zone_index,
+                policy: Arc::clone(&svc.policy),
+                max_answers: svc.max_answers,
+                warmup: svc.warmup,
                 per_dc: per_dc.into_boxed_slice(),
+                all_down,
             })
         }
     }
@@ -230,9 +253,9 @@ impl FastIndex {
                 types.dedup();
                 let by_type: Option<Vec<(u16, Response)>> = types
                     .into_iter()
-                    .map(|t| Some((u16::from(t), response(zone, &name, t)?)))
+                    .map(|t| Some((u16::from(t), response(zone, zi, &name, t)?)))
                     .collect();
-                let (Some(by_type), Some(other)) = (by_type, response(zone, &name, OTHER_TYPE))
+                let (Some(by_type), Some(other)) = (by_type, response(zone, zi, &name, OTHER_TYPE))
                 else {
                     continue; // unencodable: the slow path will say so
                 };
@@ -255,6 +278,7 @@ impl FastIndex {
     /// path.
     pub(crate) fn answer(
         &self,
+        health: &HealthView,
         packet: &[u8],
         src: IpAddr,
         transport: Transport,
@@ -286,13 +310,29 @@ impl FastIndex {
                     .map_or(&entry.other, |(_, r)| r);
                 match resp {
                     Response::Static(t) => (Some(t), None, 0),
-                    Response::Dynamic { policy, per_dc } => {
+                    Response::Dynamic {
+                        zone,
+                        policy,
+                        max_answers,
+                        warmup,
+                        per_dc,
+                        all_down,
+                    } => {
                         let routed = q.ecs.filter(|e| e.source > 0);
                         let addr = canonical(routed.map_or(src, |e| e.addr));
                         let ranked = policy.rank(&Client { addr });
-                        let Some(t) = ranked.order.first().and_then(|dc| per_dc.get(dc.index()))
-                        else {
-                            return false;
+                        let choice = choose(ranked.order, *max_answers, |dc| {
+                            health.dc(*zone, dc).usable(*warmup)
+                        });
+                        let t = match (choice.all_down, all_down, choice.dcs()) {
+                            (true, Some(t), _) => t,
+                            // One datacenter: its template. Several: the
+                            // general path assembles the answer.
+                            (_, _, [dc]) => match per_dc.get(dc.index()) {
+                                Some(pair) => &pair[usize::from(choice.degraded)],
+                                None => return false,
+                            },
+                            _ => return false,
                         };
                         let scope = routed.map(|e| match (e.addr, addr) {
                             (IpAddr::V6(_), IpAddr::V4(_)) => ranked.scope + 96,

@@ -12,7 +12,7 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
-use crate::policy::Client;
+use crate::policy::{Client, choose};
 use crate::snapshot::Snapshot;
 
 /// How the query arrived; decides the response size limit.
@@ -71,8 +71,14 @@ pub fn handle_fast(
     transport: Transport,
     out: &mut Vec<u8>,
 ) -> bool {
-    snap.fast
-        .answer(packet, src, transport, snap.max_udp_payload, out)
+    snap.fast.answer(
+        &snap.health,
+        packet,
+        src,
+        transport,
+        snap.max_udp_payload,
+        out,
+    )
 }
 
 /// The general path: hickory parses the query and encodes the response.
@@ -208,7 +214,7 @@ fn respond(
     if q.query_class() != DNSClass::IN || matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
         return fail(resp, resp_edns, ResponseCode::Refused);
     }
-    let Some(zone) = snap.find_zone(q.name()) else {
+    let Some((zone_index, zone)) = snap.find_zone(q.name()) else {
         return fail(resp, resp_edns, ResponseCode::Refused);
     };
 
@@ -218,7 +224,14 @@ fn respond(
     let client = Client {
         addr: canonical(routed_on_ecs.map_or(src, |cs| cs.addr())),
     };
-    let res = zone.resolve(q.name(), qtype, &client);
+    let health = &snap.health;
+    let res = zone.resolve_with(q.name(), qtype, &mut |svc| {
+        let ranked = svc.policy.rank(&client);
+        let choice = choose(ranked.order, svc.max_answers, |dc| {
+            health.dc(zone_index, dc).usable(svc.warmup)
+        });
+        (choice, ranked.scope)
+    });
     let scope = res.scope;
     fill(&mut resp, res);
 

@@ -77,6 +77,14 @@ impl StaticRecord {
     }
 }
 
+/// The numeric code of a record type mnemonic (`"A"`, `"SOA"`, `"TYPE65"`).
+pub fn type_code(text: &str) -> Option<u16> {
+    match text.trim().to_ascii_uppercase().parse::<RecordType>() {
+        Ok(RecordType::Unknown(_)) | Err(_) => None,
+        Ok(t) => Some(u16::from(t)),
+    }
+}
+
 /// Parses a domain name. A name ending in `.` is absolute; `@` is the
 /// origin; anything else is relative to `origin` (zone-file rules).
 pub fn parse_name(text: &str, origin: Option<&DomainName>) -> Result<DomainName, String> {

@@ -9,11 +9,11 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
-use hickory_proto::rr::rdata::{A, AAAA, NS, SOA};
+use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use crate::model::{DcId, ZoneConfig};
-use crate::policy::{Client, Policy};
+use crate::model::{AllDown, Fallback, Warmup, ZoneConfig};
+use crate::policy::{Choice, Policy};
 
 /// Longest CNAME chain followed inside a zone before giving up.
 const MAX_CNAME_CHAIN: usize = 8;
@@ -24,6 +24,10 @@ const MAX_CNAME_CHAIN: usize = 8;
 pub(crate) struct ServiceAnswers {
     pub(crate) policy: Arc<dyn Policy>,
     ttl: u32,
+    pub(crate) degraded_ttl: u32,
+    pub(crate) max_answers: usize,
+    pub(crate) warmup: Warmup,
+    pub(crate) all_down: AllDown,
     /// A records per datacenter (indexed by `DcId`), owner = service name.
     a: Vec<Vec<Record>>,
     /// AAAA records per datacenter.
@@ -81,7 +85,7 @@ pub(crate) struct Resolution {
 /// Picks the datacenter whose records answer a service: `(choice, ECS
 /// scope)`. The query path ranks with the service's policy; the fast-path
 /// builder forces each datacenter in turn.
-pub(crate) type Choose<'a> = dyn FnMut(&ServiceAnswers) -> (Option<DcId>, u8) + 'a;
+pub(crate) type Choose<'a> = dyn FnMut(&ServiceAnswers) -> (Choice, u8) + 'a;
 
 fn with_owner(r: &Record, owner: &Name) -> Record {
     let mut r = r.clone();
@@ -175,6 +179,10 @@ impl Zone {
             services.push(ServiceAnswers {
                 policy,
                 ttl: s.ttl,
+                degraded_ttl: s.degraded_ttl,
+                max_answers: s.max_answers,
+                warmup: s.warmup,
+                all_down: s.when_all_down.clone(),
                 a,
                 aaaa,
             });
@@ -280,15 +288,9 @@ impl Zone {
         res.authorities.push(soa);
     }
 
-    /// Answers `qname`/`qtype` for `client`. `qname` is in the zone.
-    pub(crate) fn resolve(&self, qname: &Name, qtype: RecordType, client: &Client) -> Resolution {
-        self.resolve_with(qname, qtype, &mut |svc: &ServiceAnswers| {
-            let ranked = svc.policy.rank(client);
-            (ranked.order.first().copied(), ranked.scope)
-        })
-    }
-
-    /// Like [`Self::resolve`], with the service choice made by `choose`.
+    /// Answers `qname`/`qtype` (in the zone), with the service choice made
+    /// by `choose`: the query path ranks and filters by health; the
+    /// fast-path builder forces each datacenter in turn.
     pub(crate) fn resolve_with(
         &self,
         qname: &Name,
@@ -336,6 +338,40 @@ impl Zone {
         // Chain too long (or a loop): return what we have; the resolver
         // will give up on it the same way.
         res
+    }
+
+    /// The configured last-resort answer when every datacenter is down.
+    fn fallback(
+        &self,
+        fb: &Fallback,
+        name: &Name,
+        qtype: RecordType,
+        ttl: u32,
+        res: &mut Resolution,
+    ) {
+        if let Some(target) = &fb.cname {
+            res.answers.push(Record::from_rdata(
+                name.clone(),
+                ttl,
+                RData::CNAME(CNAME(target.clone())),
+            ));
+            return;
+        }
+        let records: Vec<Record> = if qtype == RecordType::A {
+            fb.v4
+                .iter()
+                .map(|&ip| Record::from_rdata(name.clone(), ttl, RData::A(A(ip))))
+                .collect()
+        } else {
+            fb.v6
+                .iter()
+                .map(|&ip| Record::from_rdata(name.clone(), ttl, RData::AAAA(AAAA(ip))))
+                .collect()
+        };
+        if records.is_empty() {
+            self.negative(res, Some(ttl));
+        }
+        res.answers.extend(records);
     }
 
     fn referral(&self, cut: &Name, node: &Node, res: &mut Resolution) {
@@ -386,24 +422,44 @@ impl Zone {
             return;
         }
         if let (Some(svc), RecordType::A | RecordType::AAAA) = (service, qtype) {
-            let (chosen, scope) = choose(svc);
+            let (choice, scope) = choose(svc);
             res.scope = Some(scope);
             res.service = node.service;
+            let ttl = if choice.degraded {
+                svc.degraded_ttl
+            } else {
+                svc.ttl
+            };
+            if choice.all_down {
+                match &svc.all_down {
+                    AllDown::All => {} // fail open: answer from `choice`
+                    AllDown::None => return self.negative(res, Some(ttl)),
+                    AllDown::Servfail => {
+                        res.rcode = ResponseCode::ServFail;
+                        res.authoritative = false;
+                        return;
+                    }
+                    AllDown::Fallback(fb) => return self.fallback(fb, name, qtype, ttl, res),
+                }
+            }
             let per_dc = if qtype == RecordType::A {
                 &svc.a
             } else {
                 &svc.aaaa
             };
-            match chosen.and_then(|dc| per_dc.get(dc.index())) {
-                Some(records) if !records.is_empty() => {
-                    res.answers
-                        .extend(records.iter().map(|r| with_owner(r, name)));
+            for dc in choice.dcs() {
+                if let Some(records) = per_dc.get(dc.index()) {
+                    res.answers.extend(records.iter().map(|r| {
+                        let mut r = with_owner(r, name);
+                        r.ttl = ttl;
+                        r
+                    }));
                 }
-                _ => {
-                    // The chosen datacenter has no address of this family:
-                    // NODATA, cached no longer than the service's answers.
-                    self.negative(res, Some(svc.ttl));
-                }
+            }
+            if res.answers.is_empty() {
+                // The chosen datacenters have no address of this family:
+                // NODATA, cached no longer than the service's answers.
+                self.negative(res, Some(ttl));
             }
             return;
         }

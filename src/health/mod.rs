@@ -1,0 +1,98 @@
+//! Health: what probes observe, what operators override, and the view the
+//! query path reads.
+//!
+//! Probes report pass/fail plus RTT (`probe`); one pure state machine per
+//! target turns those into UP/DOWN with rise/fall hysteresis (`state`); the
+//! monitor (`monitor`) runs the probes and publishes a new [`HealthView`]
+//! inside a new snapshot whenever a datacenter's state changes. Operator
+//! overrides (drain, force-up) are kept apart from observations and
+//! persist in a state file (`overrides`).
+
+pub mod monitor;
+pub mod overrides;
+pub mod probe;
+pub mod state;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{DcId, Warmup};
+
+/// What the probes say about a datacenter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Observed {
+    /// Enough targets are UP (or the datacenter has no probe).
+    Up,
+    /// Too few targets can be UP.
+    Down,
+    /// Not yet known (no result yet for enough targets).
+    Unknown,
+}
+
+/// An operator's decision, which beats observations.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Override {
+    /// Never answer with this datacenter.
+    Drain,
+    /// Answer with it whatever the probes say.
+    ForceUp,
+}
+
+/// One datacenter's state as the query path sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DcHealth {
+    /// From the probes.
+    pub observed: Observed,
+    /// From the operator.
+    pub forced: Option<Override>,
+}
+
+impl DcHealth {
+    /// Always up: no probe, no override.
+    pub const UP: Self = Self {
+        observed: Observed::Up,
+        forced: None,
+    };
+
+    /// Whether answers may use this datacenter, for a service with
+    /// `warmup`.
+    pub fn usable(self, warmup: Warmup) -> bool {
+        match (self.forced, self.observed) {
+            (Some(Override::Drain), _) => false,
+            (Some(Override::ForceUp), _) | (None, Observed::Up) => true,
+            (None, Observed::Down) => false,
+            (None, Observed::Unknown) => warmup == Warmup::AssumeUp,
+        }
+    }
+}
+
+/// Every datacenter's health, indexed like the snapshot's zones and each
+/// zone's datacenters. Immutable once published.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HealthView {
+    zones: Vec<Vec<DcHealth>>,
+}
+
+impl HealthView {
+    /// A view from per-zone vectors.
+    pub fn new(zones: Vec<Vec<DcHealth>>) -> Self {
+        Self { zones }
+    }
+
+    /// The state of datacenter `dc` of the zone at `zone`; up when unknown
+    /// to the view (e.g. a zone added by a reload the monitor has not yet
+    /// seen).
+    pub fn dc(&self, zone: usize, dc: DcId) -> DcHealth {
+        self.zones
+            .get(zone)
+            .and_then(|z| z.get(dc.index()))
+            .copied()
+            .unwrap_or(DcHealth::UP)
+    }
+
+    /// Per-zone states.
+    pub fn zones(&self) -> &[Vec<DcHealth>] {
+        &self.zones
+    }
+}
