@@ -12,7 +12,88 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{Name, RecordType};
 use meridian::dns::{Transport, handle_fast, handle_slow};
 
+use meridian::health::{DcHealth, HealthView, Observed, Override};
+
 use crate::harness::{Setup, example_zone, write_config};
+
+/// Services with every health behaviour: failover, several answers per
+/// response, each all-down choice, warm-up.
+pub const HEALTH_ZONE: &str = r#"
+origin = "hc.test."
+ns = ["ns1.hc.test."]
+[soa]
+rname = "hostmaster.hc.test."
+serial = 1
+[records]
+ns1 = [{ type = "A", value = "192.0.2.53" }]
+alias = [{ type = "CNAME", value = "fo" }]
+[datacenters.a]
+location = [0.0, 0.0]
+addresses = ["192.0.2.1", "2001:db8::1"]
+[datacenters.b]
+location = [50.0, 10.0]
+addresses = ["192.0.2.2"]
+[datacenters.c]
+location = [-30.0, 150.0]
+addresses = ["192.0.2.3", "2001:db8::3"]
+[services.fo]
+policy = "failover"
+datacenters = ["a", "b", "c"]
+ttl = 60
+when_all_down = "none"
+[services.multi]
+policy = "geo"
+datacenters = ["a", "b", "c"]
+max_answers = 2
+when_all_down = "servfail"
+[services.sorry]
+policy = "failover"
+datacenters = ["b", "c"]
+when_all_down = "fallback"
+fallback = ["192.0.2.99"]
+warmup = "assume_down"
+[services.sorrycname]
+policy = "failover"
+datacenters = ["c"]
+when_all_down = "fallback"
+fallback_cname = "sorry.example.net."
+[services.open]
+policy = "geo"
+datacenters = ["a", "c"]
+degraded_ttl = 5
+"#;
+
+/// A random health view for every datacenter of the snapshot.
+fn random_health(rng: &mut Rng, snap: &meridian::snapshot::Snapshot) -> HealthView {
+    let observed = [
+        Observed::Up,
+        Observed::Up,
+        Observed::Down,
+        Observed::Unknown,
+    ];
+    let forced = [
+        None,
+        None,
+        None,
+        Some(Override::Drain),
+        Some(Override::ForceUp),
+    ];
+    HealthView::new(
+        snap.zones()
+            .iter()
+            .map(|z| {
+                z.config
+                    .datacenters
+                    .iter()
+                    .map(|_| DcHealth {
+                        observed: *rng.pick(&observed),
+                        forced: *rng.pick(&forced),
+                    })
+                    .collect()
+            })
+            .collect(),
+    )
+}
 use crate::protocol::EDGE_ZONE;
 
 struct Rng(u64);
@@ -56,11 +137,15 @@ fn fast_path_matches_the_general_path() {
                 ("gslb.example.com.toml", &example),
                 ("edge.test.toml", EDGE_ZONE),
                 ("tuned.test.toml", tuned),
+                ("hc.test.toml", HEALTH_ZONE),
             ],
             ..Setup::default()
         },
     );
-    let (config, snap) = meridian::load(&path).unwrap();
+    let (config, base) = meridian::load(&path).unwrap();
+    let mut rng = Rng(0x5eed);
+    let mut views = vec![base.clone()];
+    views.extend((0..15).map(|_| base.with_health(random_health(&mut rng, &base))));
 
     // Every owner and service name, their parents, children that do not
     // exist, and names outside every zone.
@@ -128,10 +213,9 @@ fn fast_path_matches_the_general_path() {
         "10.3.1.1".parse().unwrap(),
     ];
 
-    let mut rng = Rng(0x5eed);
     let (mut fast_hits, mut total) = (0, 0);
     let mut out = Vec::new();
-    for i in 0..12_000 {
+    for i in 0..16_000 {
         let base = rng.pick(&names).clone();
         let lower_only = i % 2 == 0;
         let qname = if lower_only {
@@ -161,17 +245,18 @@ fn fast_path_matches_the_general_path() {
         }
         let packet = m.to_vec().unwrap();
         let src = *rng.pick(&sources);
+        let snap = rng.pick(&views);
         let transport = if rng.below(3) == 0 {
             Transport::Tcp
         } else {
             Transport::Udp
         };
         total += 1;
-        if !handle_fast(&snap, &packet, src, transport, &mut out) {
+        if !handle_fast(snap, &packet, src, transport, &mut out) {
             continue;
         }
         fast_hits += 1;
-        let slow = handle_slow(&snap, &packet, src, transport).expect("the general path answers");
+        let slow = handle_slow(snap, &packet, src, transport).expect("the general path answers");
         if lower_only {
             assert_eq!(
                 out,
@@ -196,7 +281,7 @@ fn fast_path_matches_the_general_path() {
         }
     }
     assert!(
-        fast_hits * 10 >= total * 9,
+        fast_hits * 10 >= total * 8,
         "the fast path answered only {fast_hits} of {total}"
     );
 }
