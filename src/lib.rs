@@ -26,6 +26,7 @@
 //! * [`Server`] binds sockets, runs the loops, and reloads on request: a
 //!   bad config is reported and the old snapshot stays in service.
 
+pub mod admin;
 pub mod config;
 pub mod dns;
 pub mod explain;
@@ -65,6 +66,9 @@ pub enum Error {
     /// The country table could not be loaded.
     #[error("{0}")]
     Countries(String),
+    /// The state file (operator overrides) could not be read.
+    #[error("{0}")]
+    State(String),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr} ({proto}): {source}")]
     Bind {
@@ -202,6 +206,30 @@ fn bind_set(
     }
 }
 
+/// Start-up options beyond the config file.
+#[derive(Clone, Debug, Default)]
+pub struct StartOptions {
+    /// DNS listen addresses instead of the configured ones.
+    pub listen: Option<Vec<SocketAddr>>,
+    /// Admin API address instead of the configured one (starts the API
+    /// even where the config disables it).
+    pub admin_listen: Option<SocketAddr>,
+}
+
+/// How long start-up waits for the first round of probes: the longest
+/// initial spread plus timeout, and a second to spare.
+fn first_round_limit(config: &Config) -> std::time::Duration {
+    config
+        .zones
+        .iter()
+        .flat_map(|z| &z.datacenters)
+        .filter_map(|d| d.probe.as_ref())
+        .map(|p| p.interval.mul_f64(p.jitter) + p.timeout)
+        .max()
+        .unwrap_or_default()
+        + std::time::Duration::from_secs(1)
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -209,6 +237,8 @@ pub struct Server {
     config_path: PathBuf,
     config: std::sync::Mutex<Config>,
     addrs: Vec<SocketAddr>,
+    admin_addr: Option<SocketAddr>,
+    monitor: health::monitor::Monitor,
     token: CancellationToken,
     tasks: TaskTracker,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -225,18 +255,84 @@ impl Server {
     /// Loads `config_path`, binds every listen address (or `listen`, when
     /// given, instead) for UDP and TCP, and starts serving.
     pub async fn start(config_path: &Path, listen: Option<Vec<SocketAddr>>) -> Result<Self, Error> {
+        Self::start_with(
+            config_path,
+            StartOptions {
+                listen,
+                ..StartOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Like [`Self::start`], with every start-up option.
+    pub async fn start_with(config_path: &Path, options: StartOptions) -> Result<Self, Error> {
         let path = config_path.to_path_buf();
         let (config, snapshot) = tokio::task::spawn_blocking(move || load(&path))
             .await
             .expect("load does not panic")?;
-        let listen = listen.unwrap_or_else(|| config.server.listen.clone());
+        let overrides =
+            health::overrides::Overrides::load(&config.server.state_file).map_err(Error::State)?;
+        let listen = options
+            .listen
+            .unwrap_or_else(|| config.server.listen.clone());
         let mut sockets = Vec::with_capacity(listen.len());
         for addr in &listen {
             sockets.push(bind_set(*addr, config.server.threads)?);
         }
+        let admin_at = options
+            .admin_listen
+            .or(config.server.admin.as_ref().map(|a| a.listen));
+        let admin_listener = match admin_at {
+            Some(addr) => {
+                let l = TcpListener::bind(addr)
+                    .await
+                    .map_err(|source| Error::Bind {
+                        addr,
+                        proto: "admin http",
+                        source,
+                    })?;
+                Some(l)
+            }
+            None => None,
+        };
         let state = Arc::new(ArcSwap::from_pointee(snapshot));
         let token = CancellationToken::new();
         let tasks = TaskTracker::new();
+
+        // Health: probe before answering, so the first answers never name a
+        // dead datacenter by accident.
+        let monitor = health::monitor::Monitor::new(
+            Arc::clone(&state),
+            overrides,
+            config.server.max_probes_in_flight,
+            token.child_token(),
+        );
+        monitor.configure(&config);
+        if config.server.wait_for_probes {
+            let limit = first_round_limit(&config);
+            if !monitor.first_round(limit).await {
+                tracing::warn!(
+                    "not every probe answered within {limit:?}; unknown datacenters follow each service's warmup"
+                );
+            }
+        }
+        monitor.publish();
+        let admin_addr = match admin_listener {
+            Some(listener) => {
+                let addr = listener.local_addr().ok();
+                let admin_token = config.server.admin.as_ref().and_then(|a| a.token.clone());
+                tracing::info!(addr = ?addr, "admin API listening");
+                tasks.spawn(admin::serve(
+                    listener,
+                    monitor.clone(),
+                    admin_token,
+                    token.clone(),
+                ));
+                addr
+            }
+            None => None,
+        };
         let tcp = TcpSettings {
             idle_timeout: config.server.tcp_idle_timeout,
             max_connections: config.server.tcp_max_connections,
@@ -271,10 +367,22 @@ impl Server {
             config_path: config_path.to_path_buf(),
             config: std::sync::Mutex::new(config),
             addrs,
+            admin_addr,
+            monitor,
             token,
             tasks,
             threads: std::sync::Mutex::new(threads),
         })
+    }
+
+    /// The admin API's address, when it runs.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// The health monitor (probes, overrides, status).
+    pub fn monitor(&self) -> &health::monitor::Monitor {
+        &self.monitor
     }
 
     /// The bound addresses (UDP and TCP share each one).
@@ -301,7 +409,11 @@ impl Server {
         {
             tracing::warn!("listen addresses and TCP limits change only on restart");
         }
-        self.state.store(Arc::new(snapshot));
+        // Targets that stay keep their state; the new snapshot starts with
+        // the health the monitor already knows.
+        self.monitor.configure(&config);
+        let view = self.monitor.view_for(&snapshot);
+        self.state.store(Arc::new(snapshot.with_health(view)));
         *current = config;
         tracing::info!(zones = current.zones.len(), "configuration reloaded");
         Ok(())
@@ -311,6 +423,7 @@ impl Server {
     pub async fn shutdown(self) {
         self.token.cancel();
         self.tasks.wait().await;
+        self.monitor.shutdown().await;
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         let _ = tokio::task::spawn_blocking(move || {
             for t in threads {

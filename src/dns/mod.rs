@@ -91,3 +91,24 @@ pub fn summarize(packet: &[u8]) -> Result<Summary, String> {
 /// The source address used for `explain` queries without `--client`.
 pub const EXPLAIN_SOURCE: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 53);
+
+/// A probe query for `name`/`qtype` (no EDNS, RD clear), for DNS health
+/// probes.
+pub fn probe_query(name: &Name, qtype: u16, id: u16) -> Result<Vec<u8>, String> {
+    let mut m = Message::new(id, MessageType::Query, OpCode::Query);
+    m.queries
+        .push(Query::query(name.clone(), RecordType::from(qtype)));
+    m.to_vec().map_err(|e| e.to_string())
+}
+
+/// The response code of `packet` if it is a response to query `id`
+/// (low four bits; EDNS extended codes are not needed by probes).
+pub fn response_rcode(packet: &[u8], id: u16) -> Option<u8> {
+    if packet.len() < 12
+        || u16::from_be_bytes([packet[0], packet[1]]) != id
+        || packet[2] & 0x80 == 0
+    {
+        return None;
+    }
+    Some(packet[3] & 0x0f)
+}

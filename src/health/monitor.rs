@@ -1,1 +1,556 @@
-//! TODO
+//! The monitor: runs every probe on its own schedule, feeds the state
+//! machines, and publishes a new snapshot when a datacenter's state
+//! changes.
+//!
+//! One task per target sleeps `interval` (spread by `jitter`), waits for a
+//! slot (`max_probes_in_flight`), probes with `timeout`, and records the
+//! result under a mutex that only the monitor and the admin API take. The
+//! query path never touches it: it reads the published snapshot. A target
+//! that hangs costs its own task a timeout and nothing else.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use serde_json::{Value, json};
+use tokio::sync::{Semaphore, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::overrides::{DcKey, Overrides};
+use super::probe::{Outcome, Prober};
+use super::state::{Machine, TargetState};
+use super::{DcHealth, HealthView, Observed, Override};
+use crate::config::Config;
+use crate::model::{ProbeKind, ProbeSpec};
+use crate::snapshot::Snapshot;
+
+#[derive(Debug)]
+struct Target {
+    addr: SocketAddr,
+    machine: Machine,
+    last: Option<Outcome>,
+    last_at: Option<SystemTime>,
+    changed_at: Option<SystemTime>,
+    probes: u64,
+}
+
+#[derive(Debug)]
+struct Dc {
+    spec: Option<ProbeSpec>,
+    targets: Vec<Target>,
+}
+
+impl Dc {
+    fn observed(&self) -> Observed {
+        let Some(spec) = &self.spec else {
+            return Observed::Up;
+        };
+        let count = |s| {
+            self.targets
+                .iter()
+                .filter(|t| t.machine.state() == s)
+                .count()
+        };
+        let (up, down) = (count(TargetState::Up), count(TargetState::Down));
+        if up >= spec.min_up {
+            Observed::Up
+        } else if self.targets.len() - down < spec.min_up {
+            Observed::Down
+        } else {
+            Observed::Unknown
+        }
+    }
+}
+
+#[derive(Debug)]
+struct State {
+    generation: u64,
+    dcs: BTreeMap<DcKey, Dc>,
+    overrides: Overrides,
+}
+
+/// Errors from operator actions, with the HTTP status the API returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionError {
+    /// No such zone, datacenter or target.
+    NotFound(String),
+    /// The request makes no sense for this target.
+    Invalid(String),
+    /// The state file could not be written.
+    Storage(String),
+}
+
+impl std::fmt::Display for ActionError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::NotFound(m) | Self::Invalid(m) | Self::Storage(m) => f.write_str(m),
+        }
+    }
+}
+
+/// The probe scheduler and health state; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Monitor {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    state: Mutex<State>,
+    swap: Arc<ArcSwap<Snapshot>>,
+    slots: Arc<Semaphore>,
+    pending: watch::Sender<usize>,
+    published: watch::Sender<u64>,
+    tasks: TaskTracker,
+    token: CancellationToken,
+    generation_token: Mutex<CancellationToken>,
+}
+
+fn now() -> SystemTime {
+    SystemTime::now()
+}
+
+/// A small PRNG for jitter (xorshift64*): no dependency, seeded per target.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new(addr: SocketAddr) -> Self {
+        use std::hash::BuildHasher;
+        Self(std::collections::hash_map::RandomState::new().hash_one(addr) | 1)
+    }
+
+    /// A uniform fraction in [0, 1).
+    fn next(&mut self) -> f64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        (self.0.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 11) as f64 / (1u64 << 53) as f64
+    }
+}
+
+impl Monitor {
+    /// A monitor publishing into `swap`, with no targets yet; `token` stops
+    /// every probe.
+    pub fn new(
+        swap: Arc<ArcSwap<Snapshot>>,
+        overrides: Overrides,
+        max_in_flight: u32,
+        token: CancellationToken,
+    ) -> Self {
+        let (pending, _) = watch::channel(0);
+        let (published, _) = watch::channel(0);
+        Self {
+            inner: Arc::new(Inner {
+                state: Mutex::new(State {
+                    generation: 0,
+                    dcs: BTreeMap::new(),
+                    overrides,
+                }),
+                swap,
+                slots: Arc::new(Semaphore::new(max_in_flight.max(1) as usize)),
+                pending,
+                published,
+                tasks: TaskTracker::new(),
+                generation_token: Mutex::new(token.child_token()),
+                token,
+            }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts probing what `config` describes. Targets that were already
+    /// probed with the same settings keep their state; probes of removed
+    /// targets stop. Does not publish; call [`Self::publish`].
+    pub fn configure(&self, config: &Config) {
+        let new_token = self.inner.token.child_token();
+        let old_token = std::mem::replace(
+            &mut *self
+                .inner
+                .generation_token
+                .lock()
+                .unwrap_or_else(|e| e.into_inner()),
+            new_token.clone(),
+        );
+        old_token.cancel();
+        let mut state = self.lock();
+        state.generation += 1;
+        let generation = state.generation;
+        let mut old = std::mem::take(&mut state.dcs);
+        let mut pending = 0;
+        let mut spawn = Vec::new();
+        for zone in &config.zones {
+            let origin = zone.origin.to_ascii();
+            for dc in &zone.datacenters {
+                let key = (origin.clone(), dc.name.clone());
+                let previous = old.remove(&key).filter(|p| p.spec == dc.probe);
+                let targets = match (&dc.probe, previous) {
+                    (None, _) => Vec::new(),
+                    (Some(_), Some(p)) => p.targets,
+                    (Some(spec), None) => spec
+                        .targets
+                        .iter()
+                        .map(|&addr| Target {
+                            addr,
+                            machine: Machine::new(spec.rise, spec.fall),
+                            last: None,
+                            last_at: None,
+                            changed_at: None,
+                            probes: 0,
+                        })
+                        .collect(),
+                };
+                if let Some(spec) = &dc.probe {
+                    for (i, t) in targets.iter().enumerate() {
+                        if spec.kind == ProbeKind::External {
+                            continue;
+                        }
+                        if t.machine.state() == TargetState::Unknown {
+                            pending += 1;
+                        }
+                        spawn.push((key.clone(), i, t.addr, spec.clone(), t.machine.state()));
+                    }
+                }
+                state.dcs.insert(
+                    key,
+                    Dc {
+                        spec: dc.probe.clone(),
+                        targets,
+                    },
+                );
+            }
+        }
+        drop(state);
+        self.inner.pending.send_replace(pending);
+        for (key, index, addr, spec, initial) in spawn {
+            let prober = match Prober::new(&spec.kind, addr, spec.timeout) {
+                Ok(p) => p,
+                Err(e) => {
+                    tracing::error!(zone = %key.0, datacenter = %key.1, %addr, "cannot set up probe: {e}");
+                    continue;
+                }
+            };
+            let monitor = self.clone();
+            let token = new_token.clone();
+            self.inner.tasks.spawn(async move {
+                tokio::select! {
+                    () = token.cancelled() => {}
+                    () = monitor.run_target(generation, key, index, addr, spec, prober, initial) => {}
+                }
+            });
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_target(
+        &self,
+        generation: u64,
+        key: DcKey,
+        index: usize,
+        addr: SocketAddr,
+        spec: ProbeSpec,
+        prober: Prober,
+        initial: TargetState,
+    ) {
+        let mut jitter = Jitter::new(addr);
+        // New targets are probed at once (spread by the jitter), so the
+        // first round is quick; carried-over ones resume their rhythm.
+        let first = if initial == TargetState::Unknown {
+            spec.interval.mul_f64(spec.jitter * jitter.next())
+        } else {
+            spec.interval.mul_f64(jitter.next())
+        };
+        tokio::time::sleep(first).await;
+        loop {
+            let outcome = {
+                let Ok(_slot) = self.inner.slots.acquire().await else {
+                    return;
+                };
+                prober.run(addr, spec.timeout).await
+            };
+            self.record(generation, &key, index, outcome);
+            let spread = 1.0 + spec.jitter * (2.0 * jitter.next() - 1.0);
+            tokio::time::sleep(spec.interval.mul_f64(spread)).await;
+        }
+    }
+
+    fn record(&self, generation: u64, key: &DcKey, index: usize, outcome: Outcome) {
+        let mut state = self.lock();
+        if state.generation != generation {
+            return;
+        }
+        let Some(dc) = state.dcs.get_mut(key) else {
+            return;
+        };
+        let before = dc.observed();
+        let Some(t) = dc.targets.get_mut(index) else {
+            return;
+        };
+        let first = t.machine.state() == TargetState::Unknown;
+        let changed = t.machine.observe(outcome.ok);
+        let at = now();
+        if let Some(s) = changed {
+            t.changed_at = Some(at);
+            match &outcome.error {
+                Some(e) => {
+                    tracing::info!(zone = %key.0, datacenter = %key.1, target = %t.addr, "target is {s:?}: {e}")
+                }
+                None => {
+                    tracing::info!(zone = %key.0, datacenter = %key.1, target = %t.addr, "target is {s:?}")
+                }
+            }
+        }
+        t.last = Some(outcome);
+        t.last_at = Some(at);
+        t.probes += 1;
+        let after = dc.observed();
+        drop(state);
+        if first {
+            self.inner.pending.send_modify(|p| *p = p.saturating_sub(1));
+        }
+        if after != before {
+            tracing::warn!(zone = %key.0, datacenter = %key.1, "datacenter is now {after:?} (was {before:?})");
+            self.publish();
+        }
+    }
+
+    /// Waits until every probed target has its first result, or `limit`.
+    /// Returns whether the round completed.
+    pub async fn first_round(&self, limit: Duration) -> bool {
+        let mut rx = self.inner.pending.subscribe();
+        tokio::time::timeout(limit, rx.wait_for(|p| *p == 0))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The health view for `snap`'s zones and datacenters.
+    pub fn view_for(&self, snap: &Snapshot) -> HealthView {
+        let state = self.lock();
+        HealthView::new(
+            snap.zones()
+                .iter()
+                .map(|z| {
+                    let origin = z.origin().to_ascii();
+                    z.config
+                        .datacenters
+                        .iter()
+                        .map(|dc| {
+                            let key = (origin.clone(), dc.name.clone());
+                            let observed = match state.dcs.get(&key) {
+                                Some(d) => d.observed(),
+                                None if dc.probe.is_some() => Observed::Unknown,
+                                None => Observed::Up,
+                            };
+                            DcHealth {
+                                observed,
+                                forced: state.overrides.get(&key.0, &key.1),
+                            }
+                        })
+                        .collect()
+                })
+                .collect(),
+        )
+    }
+
+    /// Publishes the current health into the served snapshot.
+    pub fn publish(&self) {
+        self.inner
+            .swap
+            .rcu(|cur| Arc::new(cur.with_health(self.view_for(cur))));
+        self.inner.published.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that changes whenever health is published (for tests and
+    /// status pages that wait for a change instead of polling).
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.published.subscribe()
+    }
+
+    fn find_dc(state: &State, zone: &str, dc: &str) -> Result<DcKey, ActionError> {
+        let zone = if zone.ends_with('.') {
+            zone.to_ascii_lowercase()
+        } else {
+            format!("{}.", zone.to_ascii_lowercase())
+        };
+        let key = (zone, dc.to_string());
+        if state.dcs.contains_key(&key) {
+            Ok(key)
+        } else {
+            Err(ActionError::NotFound(format!(
+                "no datacenter {dc:?} in zone {:?}",
+                key.0
+            )))
+        }
+    }
+
+    /// Sets (or with `None` clears) an operator override; persisted before
+    /// it takes effect.
+    pub fn set_override(
+        &self,
+        zone: &str,
+        dc: &str,
+        value: Option<Override>,
+    ) -> Result<(), ActionError> {
+        let mut state = self.lock();
+        let key = Self::find_dc(&state, zone, dc)?;
+        state
+            .overrides
+            .set(&key.0, &key.1, value)
+            .map_err(ActionError::Storage)?;
+        drop(state);
+        tracing::warn!(zone = %key.0, datacenter = %key.1, "operator override: {value:?}");
+        self.publish();
+        Ok(())
+    }
+
+    /// External health input: sets a target's observed state.
+    pub fn set_target(
+        &self,
+        zone: &str,
+        dc: &str,
+        target: &str,
+        up: bool,
+    ) -> Result<(), ActionError> {
+        let mut state = self.lock();
+        let key = Self::find_dc(&state, zone, dc)?;
+        let d = state.dcs.get_mut(&key).expect("found above");
+        let before = d.observed();
+        let t = d
+            .targets
+            .iter_mut()
+            .find(|t| {
+                t.addr.to_string() == target
+                    || (t.addr.ip().to_string() == target)
+                    || format!("[{}]", t.addr.ip()) == target
+            })
+            .ok_or_else(|| {
+                ActionError::NotFound(format!(
+                    "no target {target:?} in datacenter {:?} (it has no probe, or use ADDRESS or ADDRESS:PORT as /status shows)",
+                    key.1
+                ))
+            })?;
+        let s = if up {
+            TargetState::Up
+        } else {
+            TargetState::Down
+        };
+        if t.machine.set(s).is_some() {
+            t.changed_at = Some(now());
+        }
+        t.last_at = Some(now());
+        let after = d.observed();
+        drop(state);
+        tracing::warn!(zone = %key.0, datacenter = %key.1, %target, "external input: {s:?}");
+        if after != before {
+            self.publish();
+        }
+        Ok(())
+    }
+
+    /// Everything, for `GET /status`.
+    pub fn status(&self) -> Value {
+        let snap = self.inner.swap.load_full();
+        let state = self.lock();
+        let unix = |t: Option<SystemTime>| {
+            t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
+                .map(|d| d.as_secs_f64())
+        };
+        let zones: Vec<Value> = snap
+            .zones()
+            .iter()
+            .enumerate()
+            .map(|(zi, z)| {
+                let origin = z.origin().to_ascii();
+                let dcs: Vec<Value> = z
+                    .config
+                    .datacenters
+                    .iter()
+                    .enumerate()
+                    .map(|(di, dc)| {
+                        let key = (origin.clone(), dc.name.clone());
+                        let h = snap.health.dc(zi, crate::model::DcId(di as u16));
+                        let targets: Vec<Value> = state
+                            .dcs
+                            .get(&key)
+                            .map(|d| {
+                                d.targets
+                                    .iter()
+                                    .map(|t| {
+                                        json!({
+                                            "target": t.addr.to_string(),
+                                            "state": t.machine.state(),
+                                            "last_result": t.last.as_ref().map(|o| if o.ok { "pass" } else { "fail" }),
+                                            "last_error": t.last.as_ref().and_then(|o| o.error.clone()),
+                                            "rtt_ms": t.last.as_ref().map(|o| o.rtt.as_secs_f64() * 1000.0),
+                                            "consecutive_passes": t.machine.passes(),
+                                            "consecutive_failures": t.machine.failures(),
+                                            "probes": t.probes,
+                                            "last_probe_unix": unix(t.last_at),
+                                            "last_change_unix": unix(t.changed_at),
+                                        })
+                                    })
+                                    .collect()
+                            })
+                            .unwrap_or_default();
+                        json!({
+                            "name": dc.name,
+                            "usable": h.usable(crate::model::Warmup::AssumeUp),
+                            "observed": h.observed,
+                            "override": h.forced,
+                            "probe": dc.probe.as_ref().map(|p| json!({
+                                "type": match &p.kind {
+                                    ProbeKind::Tcp => "tcp",
+                                    ProbeKind::Http(h) if h.tls => "https",
+                                    ProbeKind::Http(_) => "http",
+                                    ProbeKind::Dns(_) => "dns",
+                                    ProbeKind::External => "external",
+                                },
+                                "interval_ms": p.interval.as_millis() as u64,
+                                "timeout_ms": p.timeout.as_millis() as u64,
+                                "rise": p.rise,
+                                "fall": p.fall,
+                                "min_up": p.min_up,
+                            })),
+                            "targets": targets,
+                        })
+                    })
+                    .collect();
+                let services: Vec<Value> = z
+                    .config
+                    .services
+                    .iter()
+                    .map(|s| {
+                        let usable: Vec<&str> = s
+                            .datacenters
+                            .iter()
+                            .filter(|&&d| snap.health.dc(zi, d).usable(s.warmup))
+                            .map(|&d| z.config.dc(d).name.as_str())
+                            .collect();
+                        json!({
+                            "name": s.name,
+                            "fqdn": s.fqdn.to_ascii(),
+                            "policy": s.policy.name(),
+                            "datacenters": s.datacenters.iter().map(|&d| z.config.dc(d).name.as_str()).collect::<Vec<_>>(),
+                            "usable": usable,
+                            "all_down": usable.is_empty(),
+                        })
+                    })
+                    .collect();
+                json!({ "zone": origin, "datacenters": dcs, "services": services })
+            })
+            .collect();
+        json!({ "zones": zones })
+    }
+
+    /// Stops every probe and waits for the tasks to end.
+    pub async fn shutdown(&self) {
+        self.inner.token.cancel();
+        self.inner.tasks.close();
+        self.inner.tasks.wait().await;
+    }
+}

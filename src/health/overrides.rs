@@ -1,1 +1,140 @@
-//! TODO
+//! Operator overrides (drain, force-up), persisted in a small JSON file so
+//! they survive restarts and reloads.
+//!
+//! The file is rewritten atomically (write a temporary file, then rename)
+//! on every change. Entries for zones or datacenters that no longer exist
+//! are kept: they apply again if the datacenter comes back.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::Override;
+
+/// `(zone origin, datacenter name)`.
+pub type DcKey = (String, String);
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    version: u32,
+    overrides: Vec<Entry>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Entry {
+    zone: String,
+    datacenter: String,
+    #[serde(rename = "override")]
+    action: Override,
+}
+
+/// The overrides in force, backed by the state file.
+#[derive(Debug)]
+pub struct Overrides {
+    path: PathBuf,
+    map: BTreeMap<DcKey, Override>,
+}
+
+impl Overrides {
+    /// Reads `path`; a missing file means no overrides.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        let map = match std::fs::read_to_string(path) {
+            Ok(text) => {
+                let file: File = serde_json::from_str(&text)
+                    .map_err(|e| format!("{}: not a Meridian state file: {e}", path.display()))?;
+                file.overrides
+                    .into_iter()
+                    .map(|e| ((e.zone, e.datacenter), e.action))
+                    .collect()
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            map,
+        })
+    }
+
+    /// The override of a datacenter.
+    pub fn get(&self, zone: &str, dc: &str) -> Option<Override> {
+        self.map.get(&(zone.to_string(), dc.to_string())).copied()
+    }
+
+    /// Every override.
+    pub fn all(&self) -> &BTreeMap<DcKey, Override> {
+        &self.map
+    }
+
+    /// Sets or clears an override and saves the file. On a write error the
+    /// change is undone and the error returned.
+    pub fn set(&mut self, zone: &str, dc: &str, value: Option<Override>) -> Result<(), String> {
+        let key = (zone.to_string(), dc.to_string());
+        let previous = match value {
+            Some(v) => self.map.insert(key.clone(), v),
+            None => self.map.remove(&key),
+        };
+        if let Err(e) = self.save() {
+            match previous {
+                Some(p) => self.map.insert(key, p),
+                None => self.map.remove(&key),
+            };
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn save(&self) -> Result<(), String> {
+        let file = File {
+            version: 1,
+            overrides: self
+                .map
+                .iter()
+                .map(|((zone, dc), action)| Entry {
+                    zone: zone.clone(),
+                    datacenter: dc.clone(),
+                    action: *action,
+                })
+                .collect(),
+        };
+        let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())?;
+        let tmp = self.path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::write(&tmp, text.as_bytes())?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|e| format!("{}: cannot save overrides: {e}", self.path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut o = Overrides::load(&path).unwrap();
+        assert!(o.all().is_empty());
+        o.set("z.", "a", Some(Override::Drain)).unwrap();
+        o.set("z.", "b", Some(Override::ForceUp)).unwrap();
+        o.set("z.", "b", None).unwrap();
+        let again = Overrides::load(&path).unwrap();
+        assert_eq!(again.get("z.", "a"), Some(Override::Drain));
+        assert_eq!(again.get("z.", "b"), None);
+        std::fs::write(&path, "{ nonsense").unwrap();
+        assert!(Overrides::load(&path).unwrap_err().contains("state.json"));
+        // A file that cannot be written leaves the overrides as they were.
+        let mut o = Overrides::load(&dir.path().join("missing-dir/x/state.json")).unwrap();
+        std::fs::write(dir.path().join("missing-dir"), "a file, not a directory").unwrap();
+        assert!(o.set("z.", "a", Some(Override::Drain)).is_err());
+        assert_eq!(o.get("z.", "a"), None);
+    }
+}

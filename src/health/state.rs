@@ -1,1 +1,194 @@
-//! TODO
+//! The anti-flap state machine of one probe target. Pure: no clock, no
+//! I/O; it sees only pass/fail results in order.
+//!
+//! * Before any result the target is Unknown. The first result decides at
+//!   once (a pass makes it Up, a failure Down), so the first round of
+//!   probes gives every target a definite state.
+//! * Up becomes Down after `fall` consecutive failures.
+//! * Down becomes Up after `rise` consecutive passes.
+//! * A result in the current direction resets the opposite count, so a
+//!   target flapping faster than `rise`/`fall` keeps its state.
+
+use serde::Serialize;
+
+/// A target's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TargetState {
+    /// No result yet.
+    Unknown,
+    /// Passing.
+    Up,
+    /// Failing.
+    Down,
+}
+
+/// Rise/fall hysteresis for one target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Machine {
+    state: TargetState,
+    passes: u32,
+    failures: u32,
+    rise: u32,
+    fall: u32,
+}
+
+impl Machine {
+    /// A new machine in state Unknown. `rise` and `fall` are at least 1.
+    pub fn new(rise: u32, fall: u32) -> Self {
+        Self {
+            state: TargetState::Unknown,
+            passes: 0,
+            failures: 0,
+            rise: rise.max(1),
+            fall: fall.max(1),
+        }
+    }
+
+    /// The current state.
+    pub fn state(&self) -> TargetState {
+        self.state
+    }
+
+    /// Consecutive passes so far.
+    pub fn passes(&self) -> u32 {
+        self.passes
+    }
+
+    /// Consecutive failures so far.
+    pub fn failures(&self) -> u32 {
+        self.failures
+    }
+
+    /// Feeds one result; returns the new state if it changed.
+    pub fn observe(&mut self, pass: bool) -> Option<TargetState> {
+        if pass {
+            self.passes = self.passes.saturating_add(1);
+            self.failures = 0;
+        } else {
+            self.failures = self.failures.saturating_add(1);
+            self.passes = 0;
+        }
+        let next = match self.state {
+            TargetState::Unknown if pass => TargetState::Up,
+            TargetState::Unknown => TargetState::Down,
+            TargetState::Up if self.failures >= self.fall => TargetState::Down,
+            TargetState::Down if self.passes >= self.rise => TargetState::Up,
+            s => s,
+        };
+        (next != self.state).then(|| {
+            self.state = next;
+            next
+        })
+    }
+
+    /// Sets the state directly (external health input); counts restart.
+    pub fn set(&mut self, state: TargetState) -> Option<TargetState> {
+        self.passes = 0;
+        self.failures = 0;
+        (state != self.state).then(|| {
+            self.state = state;
+            state
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use TargetState::{Down, Unknown, Up};
+
+    fn run(rise: u32, fall: u32, results: &str) -> Vec<TargetState> {
+        let mut m = Machine::new(rise, fall);
+        results
+            .chars()
+            .map(|c| {
+                m.observe(c == '+');
+                m.state()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn first_result_decides() {
+        assert_eq!(Machine::new(2, 3).state(), Unknown);
+        assert_eq!(run(5, 5, "+"), [Up]);
+        assert_eq!(run(5, 5, "-"), [Down]);
+    }
+
+    #[test]
+    fn fall_consecutive_failures_take_it_down() {
+        assert_eq!(run(2, 3, "+--"), [Up, Up, Up]);
+        assert_eq!(run(2, 3, "+---"), [Up, Up, Up, Down]);
+        // A pass in between resets the count.
+        assert_eq!(run(2, 3, "+--+--"), [Up; 6]);
+    }
+
+    #[test]
+    fn rise_consecutive_passes_bring_it_back() {
+        assert_eq!(run(2, 1, "-+"), [Down, Down]);
+        assert_eq!(run(2, 1, "-++"), [Down, Down, Up]);
+        assert_eq!(
+            run(3, 1, "-++-+++"),
+            [Down, Down, Down, Down, Down, Down, Up]
+        );
+    }
+
+    #[test]
+    fn rise_and_fall_of_one_follow_every_result() {
+        assert_eq!(run(1, 1, "+-+-"), [Up, Down, Up, Down]);
+    }
+
+    #[test]
+    fn exhaustive_small_sequences_respect_hysteresis() {
+        // Every result sequence up to length 10 for rise/fall 1..=3:
+        // a change to Down needs `fall` failures in a row just before it,
+        // a change to Up (after the first result) `rise` passes in a row.
+        for rise in 1..=3u32 {
+            for fall in 1..=3u32 {
+                for len in 1..=10u32 {
+                    for bits in 0..(1u32 << len) {
+                        let mut m = Machine::new(rise, fall);
+                        let mut history: Vec<bool> = Vec::new();
+                        for i in 0..len {
+                            let pass = bits & (1 << i) != 0;
+                            let before = m.state();
+                            history.push(pass);
+                            let changed = m.observe(pass);
+                            let tail = |v: bool, n: u32| {
+                                history.len() >= n as usize
+                                    && history[history.len() - n as usize..]
+                                        .iter()
+                                        .all(|&h| h == v)
+                            };
+                            match (before, changed) {
+                                (Unknown, Some(s)) => assert_eq!(s == Up, pass),
+                                (Unknown, None) => panic!("the first result must decide"),
+                                (Up, Some(Down)) => assert!(tail(false, fall)),
+                                (Down, Some(Up)) => assert!(tail(true, rise)),
+                                (Up | Down, None) => {}
+                                (s, c) => panic!("impossible transition {s:?} -> {c:?}"),
+                            }
+                            // No transition is ever missed.
+                            match m.state() {
+                                Up => assert!(!tail(false, fall), "{history:?}"),
+                                Down => assert!(!tail(true, rise), "{history:?}"),
+                                Unknown => panic!("decided after a result"),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn external_input_sets_state_and_restarts_counts() {
+        let mut m = Machine::new(2, 2);
+        m.observe(true);
+        assert_eq!(m.set(Down), Some(Down));
+        assert_eq!(m.set(Down), None);
+        assert_eq!(m.observe(true), None);
+        assert_eq!(m.observe(true), Some(Up));
+    }
+}

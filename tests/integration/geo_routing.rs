@@ -288,7 +288,11 @@ async fn geoip2_city_schema_uses_record_coordinates() {
 #[tokio::test]
 async fn shipped_config_and_database_route_real_addresses() {
     let config = crate::harness::repo().join("meridian.toml");
-    let server = meridian::Server::start(&config, Some(vec!["127.0.0.1:0".parse().unwrap()]))
+    let options = meridian::StartOptions {
+        listen: Some(vec!["127.0.0.1:0".parse().unwrap()]),
+        admin_listen: Some("127.0.0.1:0".parse().unwrap()),
+    };
+    let server = meridian::Server::start_with(&config, options)
         .await
         .expect("the shipped config starts");
     let s = TestServer {

@@ -147,10 +147,16 @@ pub fn write_config(dir: &Path, setup: &Setup<'_>) -> PathBuf {
     }
     std::fs::write(dir.join("test.mmdb"), &setup.geoip).unwrap();
     let path = dir.join("meridian.toml");
+    // The admin API on a free port unless the test configures it.
+    let admin = if setup.server_toml.contains("[admin]") {
+        ""
+    } else {
+        "[admin]\nlisten = \"127.0.0.1:0\"\n"
+    };
     std::fs::write(
         &path,
         format!(
-            "zones = \"zones\"\ngeoip = \"test.mmdb\"\n{}\n",
+            "zones = \"zones\"\ngeoip = \"test.mmdb\"\n{}\n{admin}",
             setup.server_toml
         ),
     )
