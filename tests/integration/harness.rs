@@ -312,3 +312,9 @@ pub fn ecs_of(m: &Message) -> Option<(IpAddr, u8, u8)> {
             _ => None,
         })
 }
+
+/// An A query with optional ECS to any server address, over UDP.
+pub async fn udp_query_at(addr: SocketAddr, name: &str, ecs: Option<&str>) -> Message {
+    let q = query(name, RecordType::A, ecs);
+    Message::from_vec(&udp_exchange(addr, &q.to_vec().unwrap()).await).expect("response decodes")
+}

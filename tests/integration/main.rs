@@ -7,5 +7,6 @@ mod config_files;
 mod fast_path;
 mod geo_routing;
 mod harness;
+mod health;
 mod protocol;
 mod robustness;
