@@ -188,3 +188,82 @@ fn review_holes_are_closed() {
     ))
     .unwrap();
 }
+
+#[test]
+fn probe_and_health_settings_are_checked() {
+    let probe = |p: &str| {
+        BASE.replace(
+            "addresses = [\"192.0.2.1\"]",
+            &format!("addresses = [\"192.0.2.1\"]\nprobe = {{ {p} }}"),
+        )
+    };
+    let z = zone(&probe("type = \"http\", path = \"/h\", interval = \"1s\"")).unwrap();
+    let spec = z.datacenters[0].probe.as_ref().unwrap();
+    assert_eq!(spec.targets, ["192.0.2.1:80".parse().unwrap()]);
+    assert_eq!(spec.timeout, std::time::Duration::from_millis(800));
+    assert_eq!((spec.rise, spec.fall, spec.min_up), (2, 3, 1));
+
+    let e = err(&probe("type = \"icmp\""));
+    assert_eq!(e.key, "datacenters.a.probe.type");
+    let e = err(&probe("type = \"tcp\""));
+    assert_eq!(e.key, "datacenters.a.probe.port", "{e}");
+    let e = err(&probe("type = \"tcp\", port = 22, path = \"/\""));
+    assert_eq!(e.key, "datacenters.a.probe.path");
+    let e = err(&probe(
+        "type = \"http\", interval = \"1s\", timeout = \"1s\"",
+    ));
+    assert!(e.reason.contains("shorter than the interval"), "{e}");
+    let e = err(&probe("type = \"http\", interval = \"soon\""));
+    assert!(e.reason.contains("duration"), "{e}");
+    let e = err(&probe("type = \"http\", expect_status = [\"2xx\", 99]"));
+    assert_eq!(e.key, "datacenters.a.probe.expect_status[1]");
+    let e = err(&probe("type = \"http\", min_up = 2"));
+    assert!(e.reason.contains("1 to 1"), "{e}");
+    let e = err(&probe("type = \"dns\""));
+    assert_eq!(e.key, "datacenters.a.probe.name");
+    let e = err(&probe(
+        "type = \"http\", method = \"HEAD\", expect_body = \"ok\"",
+    ));
+    assert!(e.reason.contains("HEAD"), "{e}");
+
+    let svc = |extra: &str| format!("{BASE}{extra}\n");
+    let e = err(&svc("when_all_down = \"panic\""));
+    assert_eq!(e.key, "services.www.when_all_down");
+    let e = err(&svc("when_all_down = \"fallback\""));
+    assert!(e.reason.contains("fallback"), "{e}");
+    let e = err(&svc("fallback = [\"192.0.2.9\"]"));
+    assert!(e.reason.contains("only used with"), "{e}");
+    let e = err(&svc("max_answers = 9"));
+    assert!(e.reason.contains("1 to 8"), "{e}");
+    let e = err(&svc("ttl = 30\ndegraded_ttl = 60"));
+    assert!(e.reason.contains("0 to 30"), "{e}");
+    let e = err(&svc("warmup = \"eventually\""));
+    assert_eq!(e.key, "services.www.warmup");
+    let e = err(&svc(
+        "when_all_down = \"fallback\"\nfallback = [\"192.0.2.9\"]\nfallback_cname = \"x.\"",
+    ));
+    assert!(e.reason.contains("not both"), "{e}");
+    let failover = BASE.replace("policy = \"geo\"", "policy = \"failover\"");
+    zone(&failover).unwrap();
+    let e = err(&format!(
+        "{failover}\n[services.www.countries]\nJP = [\"a\"]\n"
+    ));
+    assert!(e.reason.contains("only for geo"), "{e}");
+}
+
+#[test]
+fn admin_settings_are_checked() {
+    let s = parse_server(Path::new("m.toml"), "").unwrap();
+    assert_eq!(s.admin.unwrap().listen, "127.0.0.1:5380".parse().unwrap());
+    let s = parse_server(Path::new("m.toml"), "[admin]\nenabled = false").unwrap();
+    assert!(s.admin.is_none());
+    let e = parse_server(Path::new("m.toml"), "[admin]\nlisten = \"0.0.0.0:5380\"").unwrap_err();
+    assert!(e.reason.contains("token"), "{e}");
+    let e = parse_server(Path::new("m.toml"), "[admin]\ntoken = \"short\"").unwrap_err();
+    assert!(e.reason.contains("16"), "{e}");
+    parse_server(
+        Path::new("m.toml"),
+        "[admin]\nlisten = \"0.0.0.0:5380\"\ntoken = \"0123456789abcdef\"",
+    )
+    .unwrap();
+}

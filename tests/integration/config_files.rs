@@ -87,7 +87,7 @@ fn unknown_keys_are_rejected_everywhere_with_their_path() {
     let server = std::fs::read_to_string(repo().join("meridian.toml")).unwrap();
     let err = meridian::config::parse_server(
         Path::new("meridian.toml"),
-        &format!("{server}\nbogus_key = 1\n"),
+        &format!("bogus_key = 1\n{server}"),
     )
     .unwrap_err();
     assert_eq!(err.key, "bogus_key");

@@ -234,7 +234,10 @@ async fn http_status_and_body_checks_fail_a_datacenter() {
     let zone = zone(addrs(&backends), "expect_body = \"healthy\"", "");
     let s = TestServer::start(&[("hc.test.toml", &zone)]).await;
     assert_eq!(www_from_germany(&s).await, ["198.51.100.10"]);
-    assert!(backends[1].requests.load(Ordering::SeqCst) > 0, "probed over HTTP");
+    assert!(
+        backends[1].requests.load(Ordering::SeqCst) > 0,
+        "probed over HTTP"
+    );
     backends[1].set_status(500);
     until(&s, "eu-west failing", || async {
         www_from_germany(&s).await == ["192.0.2.10"]
