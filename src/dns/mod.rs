@@ -7,6 +7,8 @@
 //! and its stock UDP path spawns a task per packet. `handler` is our own
 //! request handler; hickory-proto stays the parser and encoder of record.
 
+#[cfg(target_os = "linux")]
+pub mod batch;
 pub mod fast;
 pub mod handler;
 pub mod records;

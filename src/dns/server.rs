@@ -48,6 +48,21 @@ pub fn serve_udp(
     if let Err(e) = socket.set_read_timeout(Some(UDP_SHUTDOWN_POLL)) {
         tracing::error!(error = %e, "cannot set the UDP read timeout; this thread will not stop on shutdown");
     }
+    #[cfg(target_os = "linux")]
+    {
+        super::batch::serve(&socket, &state, &token);
+    }
+    #[cfg(not(target_os = "linux"))]
+    serve_udp_simple(socket, state, token);
+}
+
+/// One query per system call: the portable loop.
+#[cfg(not(target_os = "linux"))]
+fn serve_udp_simple(
+    socket: std::net::UdpSocket,
+    state: Arc<ArcSwap<Snapshot>>,
+    token: CancellationToken,
+) {
     // Large enough for any datagram; EDNS clients may send big queries.
     let mut buf = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(4096);
