@@ -22,6 +22,16 @@ use crate::policy::Policy;
 use crate::policy::failover::FailoverPolicy;
 use crate::policy::geo::GeoPolicy;
 
+/// Building walks the GeoIP database with large temporary vectors; give
+/// the freed memory back to the system so it does not stay resident.
+fn release_free_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap memory.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// What makes two services' geo tables identical.
 type TableKey = (Vec<DcId>, GeoSpec);
 
@@ -128,6 +138,7 @@ impl Snapshot {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "snapshot built"
         );
+        release_free_memory();
         Self {
             zones: zones.into(),
             geo_policies: geo_policies.into(),

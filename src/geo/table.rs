@@ -63,37 +63,43 @@ impl TableBuilder {
     }
 
     /// Appends a range; ranges must come in increasing, non-overlapping
-    /// order (as a MaxMind DB walk yields them).
+    /// order (as a MaxMind DB walk yields them). Out-of-order ranges are
+    /// ignored. Gaps are filled as they appear and equal neighbours merge,
+    /// so the builder holds about one range per change of value.
     pub fn push(&mut self, start: u128, end: u128, value: u32) {
-        if let Some(last) = self.ranges.last_mut() {
-            debug_assert!(start > last.1, "ranges out of order");
-            if last.2 == value && last.1.checked_add(1) == Some(start) {
-                last.1 = end;
-                return;
-            }
+        let next = match self.ranges.last() {
+            Some(last) => match last.1.checked_add(1) {
+                Some(n) => n,
+                None => return, // already at the end of the space
+            },
+            None => 0,
+        };
+        if start < next || end < start {
+            debug_assert!(false, "ranges out of order");
+            return;
         }
-        self.ranges.push((start, end, value));
+        if start > next {
+            self.extend(next, start - 1, self.fill);
+        }
+        self.extend(start, end, value);
     }
 
-    /// Fills the gaps between pushed ranges with the fill value.
+    fn extend(&mut self, start: u128, end: u128, value: u32) {
+        match self.ranges.last_mut() {
+            Some(last) if last.2 == value => last.1 = end,
+            _ => self.ranges.push((start, end, value)),
+        }
+    }
+
+    /// Fills the space after the last pushed range.
     fn complete(&mut self) {
-        let mut out = Vec::with_capacity(self.ranges.len() * 2 + 1);
-        let mut next = 0u128;
-        let mut at_end = false;
-        for &(s, e, v) in &self.ranges {
-            if s > next {
-                out.push((next, s - 1, self.fill));
-            }
-            out.push((s, e, v));
-            match e.checked_add(1) {
-                Some(n) => next = n,
-                None => at_end = true,
-            }
+        let next = match self.ranges.last() {
+            Some(last) => last.1.checked_add(1),
+            None => Some(0),
+        };
+        if let Some(next) = next.filter(|&n| n <= space_end(self.bits)) {
+            self.extend(next, space_end(self.bits), self.fill);
         }
-        if !at_end && next <= space_end(self.bits) {
-            out.push((next, space_end(self.bits), self.fill));
-        }
-        self.ranges = out;
     }
 
     /// Overwrites `[start, end]` with `value`. Call after all pushes, from
@@ -128,15 +134,22 @@ impl TableBuilder {
             let (s, e) = prefix_range(self.bits, addr, prefix);
             self.paint(s, e, value);
         }
-        let mut merged: Vec<(u128, u128, u32)> = Vec::with_capacity(self.ranges.len());
-        for r in self.ranges {
-            match merged.last_mut() {
-                Some(last) if last.2 == r.2 => last.1 = r.1,
-                _ => merged.push(r),
+        // Overrides may have made neighbours equal: merge in place.
+        self.ranges.dedup_by(|cur, prev| {
+            let same = cur.2 == prev.2;
+            if same {
+                prev.1 = cur.1;
             }
-        }
-        let mut starts = Vec::with_capacity(merged.len());
-        let mut entries = Vec::with_capacity(merged.len());
+            same
+        });
+        let merged = std::mem::take(&mut self.ranges);
+        let mut starts = if self.bits == 32 {
+            Starts::V4(Vec::with_capacity(merged.len()))
+        } else {
+            Starts::V6(Vec::with_capacity(merged.len()))
+        };
+        let mut values = Vec::with_capacity(merged.len());
+        let mut prefixes = Vec::with_capacity(merged.len());
         for (s, e, v) in merged {
             let mut s = s;
             loop {
@@ -158,11 +171,12 @@ impl TableBuilder {
                     }
                     host -= 1;
                 }
-                starts.push(s);
-                entries.push(Entry {
-                    prefix: self.bits - host as u8,
-                    value: v,
-                });
+                match &mut starts {
+                    Starts::V4(v4) => v4.push(s as u32),
+                    Starts::V6(v6) => v6.push(s),
+                }
+                values.push(v);
+                prefixes.push(self.bits - host as u8);
                 let block_end = if host == 128 {
                     u128::MAX
                 } else {
@@ -174,47 +188,61 @@ impl TableBuilder {
                 s = block_end + 1;
             }
         }
+        match &mut starts {
+            Starts::V4(v) => v.shrink_to_fit(),
+            Starts::V6(v) => v.shrink_to_fit(),
+        }
+        values.shrink_to_fit();
+        prefixes.shrink_to_fit();
         PrefixTable {
             bits: self.bits,
             starts,
-            entries,
+            values,
+            prefixes,
         }
     }
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Entry {
-    prefix: u8,
-    value: u32,
+/// Block starts, stored at the family's width (IPv4 tables are a quarter
+/// of the size they would be as `u128`).
+#[derive(Clone, Debug)]
+enum Starts {
+    V4(Vec<u32>),
+    V6(Vec<u128>),
 }
 
-/// The finished table; see the module docs.
+/// The finished table; see the module docs. About 9 bytes per block for
+/// IPv4 and 21 for IPv6.
 #[derive(Clone, Debug)]
 pub struct PrefixTable {
     bits: u8,
-    starts: Vec<u128>,
-    entries: Vec<Entry>,
+    starts: Starts,
+    values: Vec<u32>,
+    prefixes: Vec<u8>,
 }
 
 impl PrefixTable {
     /// The value for `addr` and the prefix length of its block.
     pub fn lookup(&self, addr: u128) -> (u32, u8) {
-        let i = self
-            .starts
-            .partition_point(|&s| s <= addr)
-            .saturating_sub(1);
-        let e = self.entries[i];
-        (e.value, e.prefix)
+        let i = match &self.starts {
+            Starts::V4(v) => {
+                let a = u32::try_from(addr).unwrap_or(u32::MAX);
+                v.partition_point(|&s| s <= a)
+            }
+            Starts::V6(v) => v.partition_point(|&s| s <= addr),
+        }
+        .saturating_sub(1);
+        (self.values[i], self.prefixes[i])
     }
 
     /// Number of blocks (for logs and memory estimates).
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.values.len()
     }
 
     /// Whether the table is empty (never, once finished).
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.values.is_empty()
     }
 
     /// Address width.
