@@ -30,7 +30,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
-use super::handler::{Transport, fill};
+use super::handler::{Transport, canonical, fill, scope_in_family};
 use super::zone::{Resolution, Zone};
 use crate::health::HealthView;
 use crate::model::{AllDown, DcId, Warmup};
@@ -334,10 +334,7 @@ impl FastIndex {
                             },
                             _ => return false,
                         };
-                        let scope = routed.map(|e| match (e.addr, addr) {
-                            (IpAddr::V6(_), IpAddr::V4(_)) => ranked.scope + 96,
-                            _ => ranked.scope,
-                        });
+                        let scope = routed.map(|e| scope_in_family(e.addr, addr, ranked.scope));
                         (Some(t), scope, 0)
                     }
                 }
@@ -411,13 +408,6 @@ impl FastIndex {
             out.extend_from_slice(question);
         }
         out.len() <= usize::from(u16::MAX)
-    }
-}
-
-fn canonical(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-        v4 => v4,
     }
 }
 

@@ -144,7 +144,7 @@ fn client_subnet(edns: &Edns) -> Result<Option<ClientSubnet>, ()> {
 }
 
 /// Converts an IPv4-mapped IPv6 address to IPv4 (dual-stack sockets).
-fn canonical(addr: IpAddr) -> IpAddr {
+pub(super) fn canonical(addr: IpAddr) -> IpAddr {
     match addr {
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
         v4 => v4,
@@ -260,7 +260,7 @@ pub(super) fn fill(resp: &mut Message, res: crate::dns::zone::Resolution) {
 
 /// A scope computed for `routed` (maybe IPv4 from a mapped address),
 /// expressed in the family of the ECS option `ecs_addr`.
-fn scope_in_family(ecs_addr: IpAddr, routed: IpAddr, scope: u8) -> u8 {
+pub(super) fn scope_in_family(ecs_addr: IpAddr, routed: IpAddr, scope: u8) -> u8 {
     match (ecs_addr, routed) {
         (IpAddr::V6(_), IpAddr::V4(_)) => scope + 96,
         _ => scope,

@@ -14,7 +14,7 @@ use meridian::dns::{Transport, handle_fast, handle_slow};
 
 use meridian::health::{DcHealth, HealthView, Observed, Override};
 
-use crate::harness::{Setup, example_zone, write_config};
+use crate::harness::{Rng, Setup, example_zone, write_config};
 
 /// Services with every health behaviour: failover, several answers per
 /// response, each all-down choice, warm-up.
@@ -95,23 +95,6 @@ fn random_health(rng: &mut Rng, snap: &meridian::snapshot::Snapshot) -> HealthVi
     )
 }
 use crate::protocol::EDGE_ZONE;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len())]
-    }
-}
 
 fn mixed_case(rng: &mut Rng, name: &str) -> String {
     name.chars()

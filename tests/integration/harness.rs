@@ -318,3 +318,23 @@ pub async fn udp_query_at(addr: SocketAddr, name: &str, ecs: Option<&str>) -> Me
     let q = query(name, RecordType::A, ecs);
     Message::from_vec(&udp_exchange(addr, &q.to_vec().unwrap()).await).expect("response decodes")
 }
+
+/// xorshift64*: deterministic "random" numbers without a dependency.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+
+    pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len())]
+    }
+}

@@ -8,22 +8,9 @@ use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
-use crate::harness::{EXCHANGE_TIMEOUT, TestServer, a_answers, query, read_framed, write_framed};
-
-/// xorshift64*: deterministic "random" bytes without a dependency.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-}
+use crate::harness::{
+    EXCHANGE_TIMEOUT, Rng, TestServer, a_answers, query, read_framed, write_framed,
+};
 
 /// Mutations of valid queries: truncations, bit flips, random bytes and
 /// hostile counts. Each goes through the real handler in-process (fast,
