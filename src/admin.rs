@@ -38,9 +38,12 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
-fn action_result(r: Result<(), ActionError>) -> Response {
+fn action_result(r: Result<Option<String>, ActionError>) -> Response {
     match r {
-        Ok(()) => Json(json!({ "ok": true })).into_response(),
+        Ok(None) => Json(json!({ "ok": true })).into_response(),
+        Ok(Some(warning)) => {
+            Json(json!({ "ok": true, "persisted": false, "warning": warning })).into_response()
+        }
         Err(e @ ActionError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
         Err(e @ ActionError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
         Err(e @ ActionError::Storage(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
@@ -52,7 +55,38 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Whether a Host header names this machine by address or as localhost.
+fn local_host(host: &str) -> bool {
+    let name = match host.rsplit_once(':') {
+        // "[::1]:5380", "127.0.0.1:5380", "localhost:5380"
+        Some((h, port)) if port.chars().all(|c| c.is_ascii_digit()) && !h.ends_with(':') => h,
+        _ => host,
+    };
+    let name = name.trim_start_matches('[').trim_end_matches(']');
+    name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
+}
+
 async fn auth(State(app): State<AppState>, request: Request, next: Next) -> Response {
+    if app.token.is_none() {
+        // Without a token, keep browsers out: a web page could otherwise
+        // POST a drain here (browsers send simple cross-origin POSTs
+        // without asking), or read /status through DNS rebinding. Browsers
+        // always send Origin on such requests, and a rebound name in Host.
+        let headers = request.headers();
+        if headers.contains_key(header::ORIGIN) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "requests from web pages are refused (Origin header)",
+            );
+        }
+        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+        if host.is_some_and(|h| !local_host(h)) {
+            return error(
+                StatusCode::FORBIDDEN,
+                "Host must be an IP address or localhost; set a token to use names",
+            );
+        }
+    }
     if let Some(token) = &app.token {
         let given = request
             .headers()
@@ -124,7 +158,11 @@ async fn set_target(
             );
         }
     };
-    action_result(app.monitor.set_target(&zone, &dc, &target, up))
+    action_result(
+        app.monitor
+            .set_target(&zone, &dc, &target, up)
+            .map(|()| None),
+    )
 }
 
 /// The router (exposed for tests that drive it without a socket).

@@ -224,7 +224,12 @@ fn first_round_limit(config: &Config) -> std::time::Duration {
         .iter()
         .flat_map(|z| &z.datacenters)
         .filter_map(|d| d.probe.as_ref())
-        .map(|p| p.interval.mul_f64(p.jitter) + p.timeout)
+        .map(|p| {
+            p.interval
+                .mul_f64(p.jitter)
+                .min(health::monitor::FIRST_ROUND_SPREAD)
+                + p.timeout
+        })
         .max()
         .unwrap_or_default()
         + std::time::Duration::from_secs(1)
@@ -403,17 +408,28 @@ impl Server {
     pub fn reload(&self) -> Result<(), Error> {
         let (config, snapshot) = load(&self.config_path)?;
         let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        if config.server.listen != current.server.listen
-            || config.server.tcp_idle_timeout != current.server.tcp_idle_timeout
-            || config.server.tcp_max_connections != current.server.tcp_max_connections
+        let (new, old) = (&config.server, &current.server);
+        if new.listen != old.listen
+            || new.threads != old.threads
+            || new.tcp_idle_timeout != old.tcp_idle_timeout
+            || new.tcp_max_connections != old.tcp_max_connections
+            || new.admin != old.admin
+            || new.state_file != old.state_file
+            || new.max_probes_in_flight != old.max_probes_in_flight
         {
-            tracing::warn!("listen addresses and TCP limits change only on restart");
+            tracing::warn!(
+                "listen addresses, threads, TCP limits, [admin] (including the token), \
+                 state_file and max_probes_in_flight change only on restart"
+            );
         }
         // Targets that stay keep their state; the new snapshot starts with
         // the health the monitor already knows.
         self.monitor.configure(&config);
         let view = self.monitor.view_for(&snapshot);
         self.state.store(Arc::new(snapshot.with_health(view)));
+        // A probe result that landed between the view and the store was
+        // published onto the old snapshot: publish again onto the new one.
+        self.monitor.publish();
         *current = config;
         tracing::info!(zones = current.zones.len(), "configuration reloaded");
         Ok(())

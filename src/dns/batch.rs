@@ -78,6 +78,8 @@ pub fn serve(socket: &UdpSocket, state: &Arc<ArcSwap<Snapshot>>, token: &Cancell
                     | std::io::ErrorKind::Interrupted
             ) {
                 tracing::debug!(error = %e, "udp receive error");
+                // Never spin on an error that does not go away.
+                std::thread::sleep(std::time::Duration::from_millis(1));
             }
             continue;
         }

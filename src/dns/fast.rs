@@ -569,6 +569,9 @@ fn parse(p: &[u8]) -> Option<Parsed> {
     }
     let dnssec_ok = *p.get(o + 7)? & 0x80 != 0;
     parsed.edns = Some(Edns { payload, dnssec_ok });
+    // Options the general path must see: decided after the loop, so a bad
+    // ECS option gets FORMERR whatever else the OPT holds.
+    let mut decline = false;
     let mut i = 0;
     while i < rdata.len() {
         let code = be16(rdata, i)?;
@@ -585,12 +588,12 @@ fn parse(p: &[u8]) -> Option<Parsed> {
                 }
             }
             // NSID and DAU/DHU/N3U are decoded (and validated) by hickory.
-            3 | 5..=7 => return None,
+            3 | 5..=7 => decline = true,
             _ => {}
         }
         i += 4 + len;
     }
-    Some(parsed)
+    (parsed.bad_ecs || !decline).then_some(parsed)
 }
 
 /// RFC 7871 §6 ECS option data; `None` for anything the slow path would

@@ -447,6 +447,8 @@ impl Zone {
             } else {
                 &svc.aaaa
             };
+            // Answers may already hold the CNAME chain that led here.
+            let before = res.answers.len();
             for dc in choice.dcs() {
                 if let Some(records) = per_dc.get(dc.index()) {
                     res.answers.extend(records.iter().map(|r| {
@@ -456,7 +458,7 @@ impl Zone {
                     }));
                 }
             }
-            if res.answers.is_empty() {
+            if res.answers.len() == before {
                 // The chosen datacenters have no address of this family:
                 // NODATA, cached no longer than the service's answers.
                 self.negative(res, Some(ttl));

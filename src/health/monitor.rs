@@ -72,6 +72,9 @@ struct State {
     overrides: Overrides,
 }
 
+/// The first probes of new targets are spread over at most this long.
+pub const FIRST_ROUND_SPREAD: Duration = Duration::from_secs(1);
+
 /// Errors from operator actions, with the HTTP status the API returns.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionError {
@@ -188,20 +191,29 @@ impl Monitor {
             let origin = zone.origin.to_ascii();
             for dc in &zone.datacenters {
                 let key = (origin.clone(), dc.name.clone());
-                let previous = old.remove(&key).filter(|p| p.spec == dc.probe);
-                let targets = match (&dc.probe, previous) {
-                    (None, _) => Vec::new(),
-                    (Some(_), Some(p)) => p.targets,
-                    (Some(spec), None) => spec
+                // Targets keep their state across reloads, matched by
+                // address, even when probe settings change: a dead
+                // datacenter must not come back because its interval did.
+                let mut previous = old.remove(&key).map(|p| p.targets).unwrap_or_default();
+                let targets = match &dc.probe {
+                    None => Vec::new(),
+                    Some(spec) => spec
                         .targets
                         .iter()
-                        .map(|&addr| Target {
-                            addr,
-                            machine: Machine::new(spec.rise, spec.fall),
-                            last: None,
-                            last_at: None,
-                            changed_at: None,
-                            probes: 0,
+                        .map(|&addr| match previous.iter().position(|t| t.addr == addr) {
+                            Some(i) => {
+                                let mut t = previous.swap_remove(i);
+                                t.machine = t.machine.with_thresholds(spec.rise, spec.fall);
+                                t
+                            }
+                            None => Target {
+                                addr,
+                                machine: Machine::new(spec.rise, spec.fall),
+                                last: None,
+                                last_at: None,
+                                changed_at: None,
+                                probes: 0,
+                            },
                         })
                         .collect(),
                 };
@@ -258,15 +270,23 @@ impl Monitor {
         initial: TargetState,
     ) {
         let mut jitter = Jitter::new(addr);
-        // New targets are probed at once (spread by the jitter), so the
-        // first round is quick; carried-over ones resume their rhythm.
+        // New targets are probed at once (spread over at most a second),
+        // so the first round, which start-up waits for, is quick; targets
+        // carried over a reload resume somewhere in their interval.
         let first = if initial == TargetState::Unknown {
-            spec.interval.mul_f64(spec.jitter * jitter.next())
+            spec.interval
+                .mul_f64(spec.jitter)
+                .min(FIRST_ROUND_SPREAD)
+                .mul_f64(jitter.next())
         } else {
             spec.interval.mul_f64(jitter.next())
         };
         tokio::time::sleep(first).await;
         loop {
+            // Probes start every interval (± jitter) whatever each one
+            // takes, so a hung target fails `fall` times in `fall`
+            // intervals.
+            let started = tokio::time::Instant::now();
             let outcome = {
                 let Ok(_slot) = self.inner.slots.acquire().await else {
                     return;
@@ -275,7 +295,7 @@ impl Monitor {
             };
             self.record(generation, &key, index, outcome);
             let spread = 1.0 + spec.jitter * (2.0 * jitter.next() - 1.0);
-            tokio::time::sleep(spec.interval.mul_f64(spread)).await;
+            tokio::time::sleep_until(started + spec.interval.mul_f64(spread)).await;
         }
     }
 
@@ -388,24 +408,28 @@ impl Monitor {
         }
     }
 
-    /// Sets (or with `None` clears) an operator override; persisted before
-    /// it takes effect.
+    /// Sets (or with `None` clears) an operator override. It takes effect
+    /// even if the state file cannot be written (an emergency drain must
+    /// work on a full disk); then the returned warning says so.
     pub fn set_override(
         &self,
         zone: &str,
         dc: &str,
         value: Option<Override>,
-    ) -> Result<(), ActionError> {
+    ) -> Result<Option<String>, ActionError> {
         let mut state = self.lock();
         let key = Self::find_dc(&state, zone, dc)?;
-        state
-            .overrides
-            .set(&key.0, &key.1, value)
-            .map_err(ActionError::Storage)?;
+        let saved = state.overrides.set(&key.0, &key.1, value);
         drop(state);
         tracing::warn!(zone = %key.0, datacenter = %key.1, "operator override: {value:?}");
         self.publish();
-        Ok(())
+        match saved {
+            Ok(()) => Ok(None),
+            Err(e) => {
+                tracing::error!("{e}; the override is in force but will not survive a restart");
+                Ok(Some(format!("{e}; in force until restart")))
+            }
+        }
     }
 
     /// External health input: sets a target's observed state.

@@ -69,22 +69,15 @@ impl Overrides {
         &self.map
     }
 
-    /// Sets or clears an override and saves the file. On a write error the
-    /// change is undone and the error returned.
+    /// Sets or clears an override and saves the file. The change holds in
+    /// memory even when saving fails; the error says it was not saved.
     pub fn set(&mut self, zone: &str, dc: &str, value: Option<Override>) -> Result<(), String> {
         let key = (zone.to_string(), dc.to_string());
-        let previous = match value {
-            Some(v) => self.map.insert(key.clone(), v),
+        match value {
+            Some(v) => self.map.insert(key, v),
             None => self.map.remove(&key),
         };
-        if let Err(e) = self.save() {
-            match previous {
-                Some(p) => self.map.insert(key, p),
-                None => self.map.remove(&key),
-            };
-            return Err(e);
-        }
-        Ok(())
+        self.save()
     }
 
     fn save(&self) -> Result<(), String> {
@@ -102,12 +95,21 @@ impl Overrides {
         };
         let text = serde_json::to_string_pretty(&file).map_err(|e| e.to_string())?;
         let tmp = self.path.with_extension("json.tmp");
+        // Write, sync, rename, sync the directory: after a crash the file
+        // is either the old one or the new one, never empty.
         let write = || -> std::io::Result<()> {
-            if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::write(&tmp, text.as_bytes())?;
-            std::fs::rename(&tmp, &self.path)
+            use std::io::Write;
+            let dir = self
+                .path
+                .parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let mut f = std::fs::File::create(&tmp)?;
+            f.write_all(text.as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)?;
+            std::fs::File::open(dir)?.sync_all()
         };
         write().map_err(|e| format!("{}: cannot save overrides: {e}", self.path.display()))
     }
@@ -131,10 +133,11 @@ mod tests {
         assert_eq!(again.get("z.", "b"), None);
         std::fs::write(&path, "{ nonsense").unwrap();
         assert!(Overrides::load(&path).unwrap_err().contains("state.json"));
-        // A file that cannot be written leaves the overrides as they were.
+        // A file that cannot be written: the override holds in memory and
+        // the error says it was not saved.
         let mut o = Overrides::load(&dir.path().join("missing-dir/x/state.json")).unwrap();
         std::fs::write(dir.path().join("missing-dir"), "a file, not a directory").unwrap();
         assert!(o.set("z.", "a", Some(Override::Drain)).is_err());
-        assert_eq!(o.get("z.", "a"), None);
+        assert_eq!(o.get("z.", "a"), Some(Override::Drain));
     }
 }

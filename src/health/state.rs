@@ -60,6 +60,16 @@ impl Machine {
         self.failures
     }
 
+    /// The same state and counts with new thresholds (a reload that
+    /// changed `rise` or `fall`).
+    pub fn with_thresholds(self, rise: u32, fall: u32) -> Self {
+        Self {
+            rise: rise.max(1),
+            fall: fall.max(1),
+            ..self
+        }
+    }
+
     /// Feeds one result; returns the new state if it changed.
     pub fn observe(&mut self, pass: bool) -> Option<TargetState> {
         if pass {

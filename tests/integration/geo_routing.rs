@@ -179,6 +179,7 @@ rname = "hostmaster.tuned.test."
 serial = 1
 [records]
 ns1 = [{ type = "A", value = "192.0.2.53" }]
+alias = [{ type = "CNAME", value = "www" }]
 [datacenters.us-east]
 location = [39.04, -77.49]
 addresses = ["192.0.2.10", "2001:db8:10::10"]
@@ -261,6 +262,12 @@ async fn nodata_when_the_chosen_datacenter_lacks_the_family() {
         ecs_of(&r).unwrap().2 > 0,
         "NODATA here depends on the client"
     );
+    // The same NODATA reached through a CNAME still carries the SOA.
+    let r = s
+        .ask("alias.tuned.test.", RecordType::AAAA, Some("10.6.0.0/24"))
+        .await;
+    assert_eq!(r.answers.len(), 1, "just the CNAME");
+    assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
 }
 
 #[tokio::test]

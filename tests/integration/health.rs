@@ -389,6 +389,69 @@ async fn the_admin_token_is_required_when_configured() {
 }
 
 #[tokio::test]
+async fn web_pages_cannot_use_the_admin_api_without_a_token() {
+    let backends = three_backends().await;
+    let zone = zone(addrs(&backends), "", "");
+    let s = TestServer::start(&[("hc.test.toml", &zone)]).await;
+    let admin = s.server.admin_addr().unwrap();
+    // A cross-site form POST (browsers send Origin) is refused...
+    let page = reqwest_like::Client::from_web_page(admin, None, Some("http://evil.example"));
+    assert_eq!(page.post("/datacenters/hc.test/eu-west/drain").await.0, 403);
+    // ...and so is DNS rebinding (a foreign name in Host).
+    let rebound = reqwest_like::Client::from_web_page(admin, Some("evil.example:5380"), None);
+    assert_eq!(rebound.get("/status").await.0, 403);
+    let localhost = reqwest_like::Client::from_web_page(admin, Some("localhost:5380"), None);
+    assert_eq!(localhost.get("/status").await.0, 200);
+    assert_eq!(
+        www_from_germany(&s).await,
+        ["198.51.100.10"],
+        "nothing was drained"
+    );
+}
+
+#[tokio::test]
+async fn a_drain_works_even_when_the_state_file_cannot_be_written() {
+    let backends = three_backends().await;
+    let zone = zone(addrs(&backends), "", "");
+    let s = TestServer::start_with(Setup {
+        zones: &[("hc.test.toml", &zone)],
+        // Reads find nothing there, and nothing can be created there.
+        server_toml: "state_file = \"/proc/meridian-no-such-dir/state.json\"",
+        ..Setup::default()
+    })
+    .await;
+    let client = reqwest_like::Client::new(s.server.admin_addr().unwrap());
+    let (code, body) = client.post("/datacenters/hc.test/eu-west/drain").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("\"persisted\":false"), "{body}");
+    assert_eq!(www_from_germany(&s).await, ["192.0.2.10"]);
+}
+
+#[tokio::test]
+async fn a_reload_that_changes_probe_settings_keeps_target_state() {
+    let mut backends = three_backends().await;
+    let zone_text = zone(addrs(&backends), "", "");
+    let s = TestServer::start(&[("hc.test.toml", &zone_text)]).await;
+    backends[1].stop();
+    until(&s, "eu-west down", || async {
+        www_from_germany(&s).await == ["192.0.2.10"]
+    })
+    .await;
+    // New interval and rise: the dead datacenter must stay out at once.
+    let edited = zone_text
+        .replace("interval = \"100ms\"", "interval = \"200ms\"")
+        .replace("rise = 2", "rise = 3");
+    std::fs::write(s.dir.path().join("zones/hc.test.toml"), edited).unwrap();
+    s.server.reload().unwrap();
+    assert_eq!(www_from_germany(&s).await, ["192.0.2.10"]);
+    let status = s.server.monitor().status();
+    assert!(
+        status.to_string().contains("\"state\":\"down\""),
+        "{status}"
+    );
+}
+
+#[tokio::test]
 async fn external_health_input_and_warmup() {
     // External targets have no active checks: their state comes from the
     // API. Before any input they are unknown, and each service's warm-up
@@ -615,17 +678,35 @@ mod reqwest_like {
     pub struct Client {
         addr: SocketAddr,
         token: Option<String>,
+        host: Option<String>,
+        extra: String,
     }
 
     impl Client {
         pub fn new(addr: SocketAddr) -> Self {
-            Self { addr, token: None }
+            Self {
+                addr,
+                token: None,
+                host: None,
+                extra: String::new(),
+            }
         }
 
         pub fn with_token(addr: SocketAddr, token: &str) -> Self {
             Self {
-                addr,
                 token: Some(token.into()),
+                ..Self::new(addr)
+            }
+        }
+
+        /// As a browser on another site would send it.
+        pub fn from_web_page(addr: SocketAddr, host: Option<&str>, origin: Option<&str>) -> Self {
+            Self {
+                host: host.map(str::to_string),
+                extra: origin
+                    .map(|o| format!("Origin: {o}\r\n"))
+                    .unwrap_or_default(),
+                ..Self::new(addr)
             }
         }
 
@@ -637,7 +718,9 @@ mod reqwest_like {
                 .map(|t| format!("Authorization: Bearer {t}\r\n"))
                 .unwrap_or_default();
             let req = format!(
-                "{method} {path} HTTP/1.1\r\nHost: admin\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                "{method} {path} HTTP/1.1\r\nHost: {}\r\n{auth}{}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                self.host.clone().unwrap_or_else(|| self.addr.to_string()),
+                self.extra,
                 body.len()
             );
             s.write_all(req.as_bytes()).await.unwrap();

@@ -236,4 +236,17 @@ async fn ecs_with_the_wrong_number_of_address_octets_gets_formerr() {
         hickory_proto::op::ResponseCode::FormErr
     );
     assert!(r.edns.is_some(), "the OPT is still echoed");
+    // The same with an NSID option beside it (which the fast path leaves
+    // to the general path): still FORMERR.
+    let nsid = [0u8, 3, 0, 0];
+    let mut with_nsid = bytes.clone();
+    let rdlen_at = with_nsid.len() - ecs.len() - 2;
+    let rdlen = (ecs.len() + nsid.len()) as u16;
+    with_nsid[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+    with_nsid.extend_from_slice(&nsid);
+    let r = Message::from_vec(&crate::harness::udp_exchange(s.addr, &with_nsid).await).unwrap();
+    assert_eq!(
+        r.metadata.response_code,
+        hickory_proto::op::ResponseCode::FormErr
+    );
 }
