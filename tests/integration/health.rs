@@ -144,6 +144,24 @@ fn addrs(b: &[Backend; 3]) -> [SocketAddr; 3] {
     [b[0].addr, b[1].addr, b[2].addr]
 }
 
+/// Three backends and a server probing them, with extra probe keys and
+/// extra `www` service keys and server settings.
+async fn hc_server(
+    probe_extra: &str,
+    service_extra: &str,
+    server_toml: &str,
+) -> ([Backend; 3], TestServer) {
+    let backends = three_backends().await;
+    let zone = zone(addrs(&backends), probe_extra, service_extra);
+    let s = TestServer::start_with(Setup {
+        zones: &[("hc.test.toml", &zone)],
+        server_toml,
+        ..Setup::default()
+    })
+    .await;
+    (backends, s)
+}
+
 /// Waits (bounded) until `check` holds, re-checking after every health
 /// publication: no sleeping and hoping.
 async fn until<F, Fut>(s: &TestServer, what: &str, check: F)
@@ -174,9 +192,7 @@ async fn www_from_germany(s: &TestServer) -> Vec<String> {
 
 #[tokio::test]
 async fn a_dead_datacenter_leaves_the_answers_and_comes_back() {
-    let mut backends = three_backends().await;
-    let zone = zone(addrs(&backends), "", "");
-    let s = TestServer::start(&[("hc.test.toml", &zone)]).await;
+    let (mut backends, s) = hc_server("", "", "").await;
     // Start-up waited for the first round: everything is up at once.
     assert_eq!(www_from_germany(&s).await, ["198.51.100.10"]);
 
@@ -230,9 +246,7 @@ async fn a_dead_datacenter_leaves_the_answers_and_comes_back() {
 
 #[tokio::test]
 async fn http_status_and_body_checks_fail_a_datacenter() {
-    let backends = three_backends().await;
-    let zone = zone(addrs(&backends), "expect_body = \"healthy\"", "");
-    let s = TestServer::start(&[("hc.test.toml", &zone)]).await;
+    let (backends, s) = hc_server("expect_body = \"healthy\"", "", "").await;
     assert_eq!(www_from_germany(&s).await, ["198.51.100.10"]);
     assert!(
         backends[1].requests.load(Ordering::SeqCst) > 0,
@@ -304,9 +318,7 @@ async fn every_all_down_choice_behaves_as_documented() {
 
 #[tokio::test]
 async fn drain_and_force_up_via_the_admin_api_persist() {
-    let backends = three_backends().await;
-    let zone = zone(addrs(&backends), "", "");
-    let s = TestServer::start(&[("hc.test.toml", &zone)]).await;
+    let (backends, s) = hc_server("", "", "").await;
     let admin = s.server.admin_addr().expect("admin API");
     let client = reqwest_like::Client::new(admin);
 
@@ -364,13 +376,11 @@ async fn drain_and_force_up_via_the_admin_api_persist() {
 
 #[tokio::test]
 async fn the_admin_token_is_required_when_configured() {
-    let backends = three_backends().await;
-    let zone = zone(addrs(&backends), "", "");
-    let s = TestServer::start_with(Setup {
-        zones: &[("hc.test.toml", &zone)],
-        server_toml: "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-secret\"",
-        ..Setup::default()
-    })
+    let (_backends, s) = hc_server(
+        "",
+        "",
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"0123456789abcdef-secret\"",
+    )
     .await;
     let admin = s.server.admin_addr().unwrap();
     let anonymous = reqwest_like::Client::new(admin);
@@ -390,9 +400,7 @@ async fn the_admin_token_is_required_when_configured() {
 
 #[tokio::test]
 async fn web_pages_cannot_use_the_admin_api_without_a_token() {
-    let backends = three_backends().await;
-    let zone = zone(addrs(&backends), "", "");
-    let s = TestServer::start(&[("hc.test.toml", &zone)]).await;
+    let (_backends, s) = hc_server("", "", "").await;
     let admin = s.server.admin_addr().unwrap();
     // A cross-site form POST (browsers send Origin) is refused...
     let page = reqwest_like::Client::from_web_page(admin, None, Some("http://evil.example"));
