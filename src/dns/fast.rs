@@ -24,17 +24,16 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
 use super::handler::{Transport, canonical, fill, scope_in_family};
-use super::zone::{Resolution, Zone};
+use super::zone::{Resolution, Selector, Zone};
 use crate::health::HealthView;
-use crate::model::{AllDown, DcId, Warmup};
-use crate::policy::{Choice, Client, Policy, choose};
+use crate::model::{AllDown, DcId};
+use crate::policy::{Choice, Client};
 
 /// A pre-encoded response body; see the module docs.
 #[derive(Debug)]
@@ -60,9 +59,7 @@ enum Response {
     /// for services that do not fail open.
     Dynamic {
         zone: usize,
-        policy: Arc<dyn Policy>,
-        max_answers: usize,
-        warmup: Warmup,
+        selector: Selector,
         per_dc: Box<[[Template; 2]]>,
         all_down: Option<Template>,
     },
@@ -144,9 +141,7 @@ fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> O
             };
             Some(Response::Dynamic {
                 zone: zone_index,
-                policy: Arc::clone(&svc.policy),
-                max_answers: svc.max_answers,
-                warmup: svc.warmup,
+                selector: svc.selector.clone(),
                 per_dc: per_dc.into_boxed_slice(),
                 all_down,
             })
@@ -312,18 +307,14 @@ impl FastIndex {
                     Response::Static(t) => (Some(t), None, 0),
                     Response::Dynamic {
                         zone,
-                        policy,
-                        max_answers,
-                        warmup,
+                        selector,
                         per_dc,
                         all_down,
                     } => {
                         let routed = q.ecs.filter(|e| e.source > 0);
                         let addr = canonical(routed.map_or(src, |e| e.addr));
-                        let ranked = policy.rank(&Client { addr });
-                        let choice = choose(ranked.order, *max_answers, |dc| {
-                            health.dc(*zone, dc).usable(*warmup)
-                        });
+                        let (choice, ranked_scope) =
+                            selector.select(&Client { addr }, health, *zone);
                         let t = match (choice.all_down, all_down, choice.dcs()) {
                             (true, Some(t), _) => t,
                             // One datacenter: its template. Several: the
@@ -334,7 +325,7 @@ impl FastIndex {
                             },
                             _ => return false,
                         };
-                        let scope = routed.map(|e| scope_in_family(e.addr, addr, ranked.scope));
+                        let scope = routed.map(|e| scope_in_family(e.addr, addr, ranked_scope));
                         (Some(t), scope, 0)
                     }
                 }

@@ -12,7 +12,7 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
 use hickory_proto::rr::{DNSClass, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
-use crate::policy::{Client, choose};
+use crate::policy::Client;
 use crate::snapshot::Snapshot;
 
 /// How the query arrived; decides the response size limit.
@@ -224,13 +224,8 @@ fn respond(
     let client = Client {
         addr: canonical(routed_on_ecs.map_or(src, |cs| cs.addr())),
     };
-    let health = &snap.health;
     let res = zone.resolve_with(q.name(), qtype, &mut |svc| {
-        let ranked = svc.policy.rank(&client);
-        let choice = choose(ranked.order, svc.max_answers, |dc| {
-            health.dc(zone_index, dc).usable(svc.warmup)
-        });
-        (choice, ranked.scope)
+        svc.selector.select(&client, &snap.health, zone_index)
     });
     let scope = res.scope;
     fill(&mut resp, res);

@@ -12,21 +12,42 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
+use crate::health::HealthView;
 use crate::model::{AllDown, Fallback, Warmup, ZoneConfig};
-use crate::policy::{Choice, Policy};
+use crate::policy::{Choice, Client, Policy, choose};
 
 /// Longest CNAME chain followed inside a zone before giving up.
 const MAX_CNAME_CHAIN: usize = 8;
 
-/// A service ready to answer: its policy and precomputed records per
+/// How a service picks its datacenters for a client: rank with the
+/// policy, skip what health rules out, take the first `max_answers`. The
+/// one place both the general and the fast path decide.
+#[derive(Clone, Debug)]
+pub(crate) struct Selector {
+    policy: Arc<dyn Policy>,
+    max_answers: usize,
+    warmup: Warmup,
+}
+
+impl Selector {
+    /// The choice for `client` and the ECS scope it holds for, with the
+    /// health of the zone at `zone` in the snapshot.
+    pub(crate) fn select(&self, client: &Client, health: &HealthView, zone: usize) -> (Choice, u8) {
+        let ranked = self.policy.rank(client);
+        let choice = choose(ranked.order, self.max_answers, |dc| {
+            health.dc(zone, dc).usable(self.warmup)
+        });
+        (choice, ranked.scope)
+    }
+}
+
+/// A service ready to answer: how it selects and precomputed records per
 /// datacenter.
 #[derive(Debug)]
 pub(crate) struct ServiceAnswers {
-    pub(crate) policy: Arc<dyn Policy>,
+    pub(crate) selector: Selector,
     ttl: u32,
     pub(crate) degraded_ttl: u32,
-    pub(crate) max_answers: usize,
-    pub(crate) warmup: Warmup,
     pub(crate) all_down: AllDown,
     /// A records per datacenter (indexed by `DcId`), owner = service name.
     a: Vec<Vec<Record>>,
@@ -177,11 +198,13 @@ impl Zone {
                 })
                 .collect();
             services.push(ServiceAnswers {
-                policy,
+                selector: Selector {
+                    policy,
+                    max_answers: s.max_answers,
+                    warmup: s.warmup,
+                },
                 ttl: s.ttl,
                 degraded_ttl: s.degraded_ttl,
-                max_answers: s.max_answers,
-                warmup: s.warmup,
                 all_down: s.when_all_down.clone(),
                 a,
                 aaaa,
