@@ -96,26 +96,11 @@ pub fn explain(
 
     // The service behind the name (directly or through an in-zone CNAME).
     let lower = fqdn.to_ascii_lowercase();
-    let cname_targets: Vec<String> = summary
-        .answers
-        .iter()
-        .filter_map(|a| {
-            let mut parts = a.split_whitespace();
-            let (_, _, _, t, target) = (
-                parts.next(),
-                parts.next(),
-                parts.next(),
-                parts.next()?,
-                parts.next()?,
-            );
-            (t == "CNAME").then(|| target.to_ascii_lowercase())
-        })
-        .collect();
     for (zi, zone) in snap.zones().iter().enumerate() {
         let zc = &zone.config;
         for (si, svc) in zc.services.iter().enumerate() {
             let svc_name = svc.fqdn.to_ascii().to_ascii_lowercase();
-            if svc_name != lower && !cname_targets.contains(&svc_name) {
+            if svc_name != lower && !summary.cname_targets.contains(&svc_name) {
                 continue;
             }
             let _ = writeln!(

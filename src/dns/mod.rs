@@ -67,6 +67,8 @@ pub struct Summary {
     pub answers: Vec<String>,
     /// Authority records in presentation form.
     pub authorities: Vec<String>,
+    /// Targets of the CNAMEs in the answer, lower case, fully qualified.
+    pub cname_targets: Vec<String>,
     /// ECS in the response: (source prefix, scope prefix).
     pub ecs: Option<(u8, u8)>,
 }
@@ -86,6 +88,14 @@ pub fn summarize(packet: &[u8]) -> Result<Summary, String> {
         truncated: m.metadata.truncation,
         answers: m.answers.iter().map(ToString::to_string).collect(),
         authorities: m.authorities.iter().map(ToString::to_string).collect(),
+        cname_targets: m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                hickory_proto::rr::RData::CNAME(c) => Some(c.0.to_ascii().to_ascii_lowercase()),
+                _ => None,
+            })
+            .collect(),
         ecs,
     })
 }
