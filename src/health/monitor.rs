@@ -39,13 +39,14 @@ struct Target {
 
 #[derive(Debug)]
 struct Dc {
-    spec: Option<ProbeSpec>,
+    /// Targets that must be UP; `None` for a datacenter without probes.
+    min_up: Option<usize>,
     targets: Vec<Target>,
 }
 
 impl Dc {
     fn observed(&self) -> Observed {
-        let Some(spec) = &self.spec else {
+        let Some(min_up) = self.min_up else {
             return Observed::Up;
         };
         let count = |s| {
@@ -55,9 +56,9 @@ impl Dc {
                 .count()
         };
         let (up, down) = (count(TargetState::Up), count(TargetState::Down));
-        if up >= spec.min_up {
+        if up >= min_up {
             Observed::Up
-        } else if self.targets.len() - down < spec.min_up {
+        } else if self.targets.len() - down < min_up {
             Observed::Down
         } else {
             Observed::Unknown
@@ -231,7 +232,7 @@ impl Monitor {
                 state.dcs.insert(
                     key,
                     Dc {
-                        spec: dc.probe.clone(),
+                        min_up: dc.probe.as_ref().map(|p| p.min_up),
                         targets,
                     },
                 );
