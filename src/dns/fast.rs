@@ -29,7 +29,8 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
-use super::handler::{Transport, canonical, fill, scope_in_family};
+use super::envelope::{Envelope, Header, Question, Transport, echo_ecs};
+use super::handler::fill;
 use super::zone::{Resolution, Selector, Zone};
 use crate::health::HealthView;
 use crate::model::{AllDown, DcId};
@@ -280,20 +281,25 @@ impl FastIndex {
         max_udp_payload: u16,
         out: &mut Vec<u8>,
     ) -> bool {
-        let Some(q) = parse(packet) else { return false };
-        let question = &packet[12..q.question_end];
-        if q.bad_ecs {
-            // FORMERR with the question and OPT, as the general path sends
-            // for ECS it rejects.
-            out.clear();
-            write_header(out, &q, false, false, 1, [0, 0, 0], q.edns.is_some());
-            out.extend_from_slice(question);
-            if let Some(e) = &q.edns {
-                write_opt(out, max_udp_payload, e.dnssec_ok, None);
-            }
+        let Some(env) = Envelope::scan(packet) else {
+            return false;
+        };
+        // QUERY only, EDNS version 0 only: the general path answers the
+        // rest (NOTIMP, BADVERS).
+        if env.opcode() != 0 || env.opt.is_some_and(|o| o.version != 0 || o.ext_rcode != 0) {
+            return false;
+        }
+        if env.bad_opt {
+            // RFC 7871 §6 and RFC 6891 §6.1.1: FORMERR, as the general
+            // path answers it (the same envelope writes both).
+            env.formerr(packet, max_udp_payload, out);
             return true;
         }
-        let name = &q.lower[..q.name_len];
+        let Some(q) = simple_question(&env) else {
+            return false;
+        };
+        let question = &packet[12..q.end];
+        let name = q.name();
 
         // Exact match, else the closest existing ancestor's miss template.
         let (template, scope, delta) = match self.names.get(name) {
@@ -311,8 +317,7 @@ impl FastIndex {
                         per_dc,
                         all_down,
                     } => {
-                        let routed = q.ecs.filter(|e| e.source > 0);
-                        let addr = canonical(routed.map_or(src, |e| e.addr));
+                        let addr = env.client_addr(src);
                         let (choice, ranked_scope) =
                             selector.select(&Client { addr }, health, *zone);
                         let t = match (choice.all_down, all_down, choice.dcs()) {
@@ -325,8 +330,7 @@ impl FastIndex {
                             },
                             _ => return false,
                         };
-                        let scope = routed.map(|e| scope_in_family(e.addr, addr, ranked_scope));
-                        (Some(t), scope, 0)
+                        (Some(t), Some((addr, ranked_scope)), 0)
                     }
                 }
             }
@@ -363,12 +367,21 @@ impl FastIndex {
         };
 
         out.clear();
-        let (counts, aa, rcode) = match template {
-            Some(t) => (t.counts, t.authoritative, t.rcode),
-            None => ([0, 0, 0], false, 5),
+        let header = match template {
+            Some(t) => Header {
+                aa: t.authoritative,
+                tc: false,
+                rcode: t.rcode,
+                question: true,
+                counts: t.counts,
+            },
+            None => Header {
+                rcode: 5,
+                question: true,
+                ..Header::default()
+            },
         };
-        let has_opt = q.edns.is_some();
-        write_header(out, &q, aa, false, rcode, counts, has_opt);
+        env.write_header(out, header);
         out.extend_from_slice(question);
         if let Some(t) = template {
             let start = out.len();
@@ -378,239 +391,33 @@ impl FastIndex {
             }
         }
         // REFUSED carries no ECS (as in the slow path); answers do.
-        let ecs = q.ecs.filter(|_| template.is_some());
-        if let Some(edns) = &q.edns {
-            let ecs = ecs.map(|e| (e, scope.unwrap_or(0)));
-            write_opt(out, max_udp_payload, edns.dnssec_ok, ecs);
-            let limit = match transport {
-                Transport::Udp => usize::from(edns.payload.clamp(512, max_udp_payload)),
-                Transport::Tcp => usize::from(u16::MAX),
-            };
-            if out.len() > limit {
-                out.clear();
-                write_header(out, &q, aa, true, rcode, [0, 0, 0], true);
-                out.extend_from_slice(question);
-                write_opt(out, max_udp_payload, edns.dnssec_ok, ecs);
-                return out.len() <= limit;
-            }
-        } else if transport == Transport::Udp && out.len() > 512 {
+        let ecs = match template {
+            Some(_) => echo_ecs(&env, scope.map_or(src, |s| s.0), scope.map(|s| s.1)),
+            None => None,
+        };
+        env.write_opt(out, max_udp_payload, ecs);
+        let limit = env.limit(transport, max_udp_payload);
+        if out.len() > limit {
+            // RFC 2181 §9: TC, with the question and OPT only, so the
+            // client retries over TCP.
             out.clear();
-            write_header(out, &q, aa, true, rcode, [0, 0, 0], false);
+            env.write_header(out, Header { tc: true, ..header }.without_records());
             out.extend_from_slice(question);
+            env.write_opt(out, max_udp_payload, ecs);
         }
-        out.len() <= usize::from(u16::MAX)
+        out.len() <= limit
     }
 }
 
-fn write_header(
-    out: &mut Vec<u8>,
-    q: &Parsed,
-    aa: bool,
-    tc: bool,
-    rcode: u8,
-    counts: [u16; 3],
-    has_opt: bool,
-) {
-    out.extend_from_slice(&q.id);
-    out.push(0x80 | (u8::from(aa) << 2) | (u8::from(tc) << 1) | (q.flags0 & 0x01));
-    out.push((q.flags1 & 0x10) | rcode);
-    out.extend_from_slice(&1u16.to_be_bytes());
-    out.extend_from_slice(&counts[0].to_be_bytes());
-    out.extend_from_slice(&counts[1].to_be_bytes());
-    out.extend_from_slice(&(counts[2] + u16::from(has_opt)).to_be_bytes());
-}
-
-fn write_opt(out: &mut Vec<u8>, payload: u16, dnssec_ok: bool, ecs: Option<(Ecs, u8)>) {
-    out.push(0); // root
-    out.extend_from_slice(&41u16.to_be_bytes());
-    out.extend_from_slice(&payload.max(512).to_be_bytes());
-    // Extended rcode 0, version 0, flags: DO copied.
-    out.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0]);
-    match ecs {
-        None => out.extend_from_slice(&[0, 0]),
-        Some((e, scope)) => {
-            let addr_len = usize::from(e.source).div_ceil(8);
-            let opt_len = 4 + addr_len;
-            out.extend_from_slice(&u16::try_from(4 + opt_len).unwrap_or(0).to_be_bytes());
-            out.extend_from_slice(&8u16.to_be_bytes());
-            out.extend_from_slice(&u16::try_from(opt_len).unwrap_or(0).to_be_bytes());
-            let (family, octets): (u16, [u8; 16]) = match e.addr {
-                IpAddr::V4(a) => {
-                    let mut o = [0u8; 16];
-                    o[..4].copy_from_slice(&a.octets());
-                    (1, o)
-                }
-                IpAddr::V6(a) => (2, a.octets()),
-            };
-            out.extend_from_slice(&family.to_be_bytes());
-            out.push(e.source);
-            out.push(scope);
-            out.extend_from_slice(&octets[..addr_len]);
-        }
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Ecs {
-    addr: IpAddr,
-    source: u8,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Edns {
-    payload: u16,
-    /// The DO bit, copied to the response (RFC 3225 §3).
-    dnssec_ok: bool,
-}
-
-/// A query the fast path can answer, parsed without allocation.
-struct Parsed {
-    id: [u8; 2],
-    flags0: u8,
-    flags1: u8,
-    /// Lower-cased wire-format QNAME.
-    lower: [u8; 255],
-    name_len: usize,
-    qtype: u16,
-    /// End of the question in the packet.
-    question_end: usize,
-    edns: Option<Edns>,
-    ecs: Option<Ecs>,
-    /// An ECS option RFC 7871 §6 says to answer with FORMERR.
-    bad_ecs: bool,
-}
-
-fn be16(p: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_be_bytes([*p.get(at)?, *p.get(at + 1)?]))
-}
-
-/// Parses a plain query: QR=0, QUERY, one question in class IN, no answer
-/// or authority records, at most an EDNS(0) OPT with a valid (or no) ECS
-/// option, nothing after it. Anything else is `None`.
-fn parse(p: &[u8]) -> Option<Parsed> {
-    let (flags0, flags1) = (*p.get(2)?, *p.get(3)?);
-    // QR must be 0 and the opcode QUERY (0).
-    if flags0 & 0xf8 != 0 {
-        return None;
-    }
-    if be16(p, 4)? != 1 || be16(p, 6)? != 0 || be16(p, 8)? != 0 {
-        return None;
-    }
-    let arcount = be16(p, 10)?;
-    if arcount > 1 {
-        return None;
-    }
-    let mut lower = [0u8; 255];
-    let mut at = 12;
-    let mut n = 0;
-    loop {
-        let len = usize::from(*p.get(at)?);
-        if len > 63 {
-            return None; // compression or extended label types
-        }
-        if n + 1 + len > 255 {
-            return None;
-        }
-        lower[n] = len as u8;
-        for (i, b) in p.get(at + 1..at + 1 + len)?.iter().enumerate() {
-            lower[n + 1 + i] = b.to_ascii_lowercase();
-        }
-        n += 1 + len;
-        at += 1 + len;
-        if len == 0 {
-            break;
-        }
-    }
-    let qtype = be16(p, at)?;
-    let qclass = be16(p, at + 2)?;
-    let question_end = at + 4;
-    // IN only; no zone transfers; OPT is not a question.
-    if qclass != 1 || matches!(qtype, 41 | 251 | 252) {
-        return None;
-    }
-    let mut parsed = Parsed {
-        id: [p[0], p[1]],
-        flags0,
-        flags1,
-        lower,
-        name_len: n,
-        qtype,
-        question_end,
-        edns: None,
-        ecs: None,
-        bad_ecs: false,
-    };
-    if arcount == 0 {
-        return (question_end == p.len()).then_some(parsed);
-    }
-    // The OPT record: root owner, type 41.
-    let o = question_end;
-    if *p.get(o)? != 0 || be16(p, o + 1)? != 41 {
-        return None;
-    }
-    let payload = be16(p, o + 3)?;
-    let (ext_rcode, version) = (*p.get(o + 5)?, *p.get(o + 6)?);
-    if ext_rcode != 0 || version != 0 {
-        return None; // BADVERS and friends: the slow path answers
-    }
-    let rdlen = usize::from(be16(p, o + 9)?);
-    let rdata = p.get(o + 11..o + 11 + rdlen)?;
-    if o + 11 + rdlen != p.len() {
-        return None;
-    }
-    let dnssec_ok = *p.get(o + 7)? & 0x80 != 0;
-    parsed.edns = Some(Edns { payload, dnssec_ok });
-    // Options the general path must see: decided after the loop, so a bad
-    // ECS option gets FORMERR whatever else the OPT holds.
-    let mut decline = false;
-    let mut i = 0;
-    while i < rdata.len() {
-        let code = be16(rdata, i)?;
-        let len = usize::from(be16(rdata, i + 2)?);
-        let data = rdata.get(i + 4..i + 4 + len)?;
-        match code {
-            8 => {
-                if parsed.ecs.is_some() {
-                    return None;
-                }
-                match parse_ecs(data) {
-                    Some(ecs) => parsed.ecs = Some(ecs),
-                    None => parsed.bad_ecs = true,
-                }
-            }
-            // NSID and DAU/DHU/N3U are decoded (and validated) by hickory.
-            3 | 5..=7 => decline = true,
-            _ => {}
-        }
-        i += 4 + len;
-    }
-    (parsed.bad_ecs || !decline).then_some(parsed)
-}
-
-/// RFC 7871 §6 ECS option data; `None` for anything the slow path would
-/// reject (it answers FORMERR).
-fn parse_ecs(d: &[u8]) -> Option<Ecs> {
-    let family = be16(d, 0)?;
-    let source = *d.get(2)?;
-    let addr_bytes = d.get(4..)?;
-    let addr_len = usize::from(source).div_ceil(8);
-    if addr_bytes.len() != addr_len {
-        return None;
-    }
-    let addr = match family {
-        1 if source <= 32 => {
-            let mut o = [0u8; 4];
-            o[..addr_len].copy_from_slice(addr_bytes);
-            IpAddr::from(o)
-        }
-        2 if source <= 128 => {
-            let mut o = [0u8; 16];
-            o[..addr_len].copy_from_slice(addr_bytes);
-            IpAddr::from(o)
-        }
-        _ => return None,
-    };
-    // Bits beyond the source prefix must be zero.
-    let net = ipnet::IpNet::new(addr, source).ok()?;
-    (net.network() == addr).then_some(Ecs { addr, source })
+/// The first question of a query the templates can answer: one question
+/// in class IN, not OPT or a zone transfer; no answer or authority
+/// records; at most the OPT record, without options the general path
+/// decodes; nothing after it.
+fn simple_question(env: &Envelope) -> Option<&Question> {
+    let q = env.question.as_ref()?;
+    let [qd, an, ns, ar] = env.counts;
+    let shape = qd == 1 && an == 0 && ns == 0 && ar == u16::from(env.opt.is_some());
+    let options = env.opt.is_none_or(|o| !o.other_known_options);
+    let kind = q.qclass == 1 && !matches!(q.qtype, 41 | 251 | 252);
+    (env.exact && shape && options && kind).then_some(q)
 }

@@ -8,24 +8,14 @@
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsCode, EdnsOption};
+use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{DNSClass, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
+pub use super::envelope::Transport;
+use super::envelope::{Envelope, echo_ecs};
 use crate::policy::Client;
 use crate::snapshot::Snapshot;
-
-/// How the query arrived; decides the response size limit.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    /// UDP: responses are limited by EDNS (RFC 6891) and truncated (TC).
-    Udp,
-    /// TCP: up to 65535 bytes.
-    Tcp,
-}
-
-/// Size limit for plain DNS over UDP (RFC 1035 §4.2.1).
-const CLASSIC_UDP_LIMIT: usize = 512;
 
 /// Answers one query packet. `None` means "send nothing" (too short to
 /// carry an ID, or a response rather than a query).
@@ -89,89 +79,34 @@ pub fn handle_slow(
     src: IpAddr,
     transport: Transport,
 ) -> Option<Vec<u8>> {
-    if packet.len() < 12 {
-        return None;
+    let env = Envelope::scan(packet)?;
+    let mut out = Vec::new();
+    let response = Message::from_vec(packet)
+        .ok()
+        .and_then(|query| respond(snap, &query, &env, src));
+    match response {
+        Some(response) => {
+            let limit = env.limit(transport, snap.max_udp_payload);
+            encode_into(&response, limit, &mut out);
+        }
+        // FORMERR with the question and OPT where they can be read, as
+        // the fast path sends it.
+        None => env.formerr(packet, snap.max_udp_payload, &mut out),
     }
-    // QR set: this is a response. Answering it could start a loop between
-    // two servers, so drop it (RFC 5452 §9.1 spirit; BIND and Knot do).
-    if packet[2] & 0x80 != 0 {
-        return None;
-    }
-    let Ok(query) = Message::from_vec(packet) else {
-        return Some(formerr_from_header(packet));
-    };
-    let (response, limit) = respond(snap, &query, src, transport);
-    Some(encode(&response, limit))
+    Some(out)
 }
 
-/// FORMERR for a packet hickory cannot parse: echo the ID, opcode and RD
-/// bit; no sections (RFC 1035 §4.1.1: the question may be unreadable).
-fn formerr_from_header(packet: &[u8]) -> Vec<u8> {
-    let opcode_rd = packet[2] & 0x79; // opcode bits and RD
-    vec![
-        packet[0],
-        packet[1],
-        0x80 | opcode_rd,
-        ResponseCode::FormErr.low(),
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-        0,
-    ]
-}
-
-/// The client's ECS option, validated (RFC 7871 §6).
-fn client_subnet(edns: &Edns) -> Result<Option<ClientSubnet>, ()> {
-    let Some(EdnsOption::Subnet(cs)) = edns.option(EdnsCode::Subnet) else {
-        return Ok(None);
-    };
-    let (addr, prefix) = (cs.addr(), cs.source_prefix());
-    let max = if addr.is_ipv4() { 32 } else { 128 };
-    if prefix > max {
-        return Err(());
-    }
-    // "ADDRESS ... MUST be truncated to the number of bits indicated by
-    // the SOURCE PREFIX-LENGTH field" and a server receiving set bits
-    // beyond it SHOULD return FORMERR.
-    match ipnet::IpNet::new(addr, prefix) {
-        Ok(net) if net.network() == addr => Ok(Some(*cs)),
-        _ => Err(()),
-    }
-}
-
-/// Converts an IPv4-mapped IPv6 address to IPv4 (dual-stack sockets).
-pub(super) fn canonical(addr: IpAddr) -> IpAddr {
-    match addr {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(addr, IpAddr::V4),
-        v4 => v4,
-    }
-}
-
-/// Builds the response message and its size limit.
-fn respond(
-    snap: &Snapshot,
-    query: &Message,
-    src: IpAddr,
-    transport: Transport,
-) -> (Message, usize) {
+/// Builds the response message; `None` for FORMERR, which the envelope
+/// writes.
+fn respond(snap: &Snapshot, query: &Message, env: &Envelope, src: IpAddr) -> Option<Message> {
     let mut md = Metadata::response_from_request(&query.metadata);
     md.message_type = MessageType::Response;
     let mut resp = Message::new(md.id, MessageType::Response, md.op_code);
     resp.metadata = md;
-    resp.queries = query.queries.clone();
+    // At most the first question is echoed: a response must never grow
+    // with the number of questions a client sends.
+    resp.queries.extend(query.queries.first().cloned());
 
-    let udp_limit = match &query.edns {
-        Some(e) => usize::from(e.max_payload().clamp(512, snap.max_udp_payload)),
-        None => CLASSIC_UDP_LIMIT,
-    };
-    let limit = match transport {
-        Transport::Udp => udp_limit,
-        Transport::Tcp => usize::from(u16::MAX),
-    };
     // RFC 6891 §6.1.1: a response to a query with OPT carries OPT.
     let mut resp_edns = query.edns.as_ref().map(|q| {
         let mut e = Edns::new();
@@ -184,7 +119,7 @@ fn respond(
     let fail = |mut resp: Message, resp_edns: Option<Edns>, code: ResponseCode| {
         resp.metadata.response_code = code;
         resp.edns = resp_edns;
-        (resp, limit)
+        Some(resp)
     };
 
     if query.metadata.op_code != OpCode::Query {
@@ -197,18 +132,15 @@ fn respond(
         resp.queries.clear();
         return fail(resp, resp_edns, ResponseCode::BADVERS);
     }
-    let ecs = match query.edns.as_ref().map(client_subnet) {
-        Some(Ok(ecs)) => ecs,
-        Some(Err(())) => return fail(resp, resp_edns, ResponseCode::FormErr),
-        None => None,
-    };
-    if query.queries.len() != 1 {
-        return fail(resp, resp_edns, ResponseCode::FormErr);
+    // A bad ECS option or OPT record (RFC 7871 §6, RFC 6891 §6.1.1), or
+    // other than one question (RFC 9619): FORMERR.
+    if env.bad_opt || query.queries.len() != 1 {
+        return None;
     }
     let q: &Query = &query.queries[0];
     let qtype = q.query_type();
     if matches!(qtype, RecordType::OPT) {
-        return fail(resp, resp_edns, ResponseCode::FormErr);
+        return None;
     }
     // Only the Internet class is served; zone transfers are not offered.
     if q.query_class() != DNSClass::IN || matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
@@ -218,11 +150,8 @@ fn respond(
         return fail(resp, resp_edns, ResponseCode::Refused);
     };
 
-    // RFC 7871 §7.1.2: SOURCE PREFIX-LENGTH 0 means "do not use my
-    // address"; route on the packet source and answer with scope 0.
-    let routed_on_ecs = ecs.filter(|cs| cs.source_prefix() > 0);
     let client = Client {
-        addr: canonical(routed_on_ecs.map_or(src, |cs| cs.addr())),
+        addr: env.client_addr(src),
     };
     let res = zone.resolve_with(q.name(), qtype, &mut |svc| {
         svc.selector.select(&client, &snap.health, zone_index)
@@ -230,18 +159,12 @@ fn respond(
     let scope = res.scope;
     fill(&mut resp, res);
 
-    if let (Some(e), Some(mut cs)) = (resp_edns.as_mut(), ecs) {
-        // RFC 7871 §7.2.1: copy FAMILY, SOURCE PREFIX-LENGTH and ADDRESS;
-        // SCOPE says how widely the answer may be reused.
-        let scope = match (routed_on_ecs, scope) {
-            (Some(_), Some(scope)) => scope_in_family(cs.addr(), client.addr, scope),
-            _ => 0,
-        };
-        cs.set_scope_prefix(scope);
+    if let (Some(e), Some((ecs, scope))) = (resp_edns.as_mut(), echo_ecs(env, client.addr, scope)) {
+        let cs = ClientSubnet::new(ecs.addr, ecs.source, scope);
         e.options_mut().insert(EdnsOption::Subnet(cs));
     }
     resp.edns = resp_edns;
-    (resp, limit)
+    Some(resp)
 }
 
 /// Copies a resolution into a response message.
@@ -253,22 +176,14 @@ pub(super) fn fill(resp: &mut Message, res: crate::dns::zone::Resolution) {
     resp.additionals = res.additionals;
 }
 
-/// A scope computed for `routed` (maybe IPv4 from a mapped address),
-/// expressed in the family of the ECS option `ecs_addr`.
-pub(super) fn scope_in_family(ecs_addr: IpAddr, routed: IpAddr, scope: u8) -> u8 {
-    match (ecs_addr, routed) {
-        (IpAddr::V6(_), IpAddr::V4(_)) => scope + 96,
-        _ => scope,
-    }
-}
-
-/// Encodes `resp`; if it exceeds `limit`, sends instead a truncated
-/// response (TC, question and OPT only) so the client retries over TCP
-/// (RFC 2181 §9, RFC 7766).
-fn encode(resp: &Message, limit: usize) -> Vec<u8> {
-    let full = to_bytes(resp);
-    if full.len() <= limit {
-        return full;
+/// Encodes `resp` into `out`, never longer than `limit`. A response
+/// that does not fit is sent truncated instead (TC, the question and OPT
+/// only) so the client retries over TCP (RFC 2181 §9, RFC 7766); if even
+/// that does not fit, without OPT, then with the header alone.
+fn encode_into(resp: &Message, limit: usize, out: &mut Vec<u8>) {
+    *out = to_bytes(resp);
+    if out.len() <= limit {
+        return;
     }
     let mut tc = Message::new(
         resp.metadata.id,
@@ -277,16 +192,22 @@ fn encode(resp: &Message, limit: usize) -> Vec<u8> {
     );
     tc.metadata = resp.metadata;
     tc.metadata.truncation = true;
-    tc.queries = resp.queries.clone();
+    tc.queries.extend(resp.queries.first().cloned());
     tc.edns = resp.edns.clone();
-    let bytes = to_bytes(&tc);
-    if bytes.len() <= limit {
-        bytes
-    } else {
-        // Only a gigantic ECS option could do this; drop the OPT too.
-        tc.edns = None;
-        to_bytes(&tc)
+    for strip in 0..3 {
+        match strip {
+            0 => {}
+            1 => tc.edns = None,
+            _ => tc.queries.clear(),
+        }
+        *out = to_bytes(&tc);
+        if out.len() <= limit {
+            return;
+        }
     }
+    // A header always fits: every limit is at least 512.
+    out.truncate(12);
+    out[4..].fill(0);
 }
 
 fn to_bytes(m: &Message) -> Vec<u8> {

@@ -9,6 +9,7 @@
 
 #[cfg(target_os = "linux")]
 pub mod batch;
+mod envelope;
 pub mod fast;
 pub mod handler;
 pub mod records;

@@ -5,6 +5,7 @@
 
 mod config_files;
 mod fast_path;
+mod fuzz_findings;
 mod geo_routing;
 mod harness;
 mod health;
