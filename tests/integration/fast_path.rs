@@ -4,17 +4,24 @@
 //! Lower-case queries must produce identical bytes. Mixed-case ones must
 //! decode to the same message: hickory compresses names case-sensitively,
 //! so the general path may spell out a suffix that the fast path points at.
+//!
+//! The same generated queries are then broken on the wire: malformed OPT
+//! and ECS (FORMERR, byte-identical on both paths), a trailing byte, an
+//! extra additional record. Every UDP response must fit the UDP limit.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::IpAddr;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{Name, RecordType};
 use meridian::dns::{Transport, handle_fast, handle_slow};
+use meridian::snapshot::Snapshot;
 
 use meridian::health::{DcHealth, HealthView, Observed, Override};
 
-use crate::harness::{Rng, Setup, example_zone, write_config};
+use crate::harness::{Rng, Setup, ecs_of, example_zone, write_config};
 
 /// Services with every health behaviour: failover, several answers per
 /// response, each all-down choice, warm-up.
@@ -64,7 +71,7 @@ degraded_ttl = 5
 "#;
 
 /// A random health view for every datacenter of the snapshot.
-fn random_health(rng: &mut Rng, snap: &meridian::snapshot::Snapshot) -> HealthView {
+fn random_health(rng: &mut Rng, snap: &Snapshot) -> HealthView {
     let observed = [
         Observed::Up,
         Observed::Up,
@@ -108,8 +115,37 @@ fn mixed_case(rng: &mut Rng, name: &str) -> String {
         .collect()
 }
 
-#[test]
-fn fast_path_matches_the_general_path() {
+/// The zones, health views and query ingredients both differential tests
+/// draw from.
+struct Fixture {
+    /// Holds the config files for as long as the snapshots live.
+    _dir: tempfile::TempDir,
+    /// The loaded snapshot and random health views of it.
+    views: Vec<Snapshot>,
+    /// Every owner and service name, their parents, children that do not
+    /// exist, and names outside every zone.
+    names: Vec<String>,
+    subnets: Vec<(IpAddr, u8)>,
+    sources: Vec<IpAddr>,
+}
+
+const TYPES: [RecordType; 13] = [
+    RecordType::A,
+    RecordType::AAAA,
+    RecordType::ANY,
+    RecordType::CNAME,
+    RecordType::SOA,
+    RecordType::NS,
+    RecordType::MX,
+    RecordType::TXT,
+    RecordType::SRV,
+    RecordType::CAA,
+    RecordType::DS,
+    RecordType::PTR,
+    RecordType::Unknown(65_000),
+];
+
+fn fixture(rng: &mut Rng) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let example = example_zone();
     let tuned = crate::geo_routing::TUNED;
@@ -126,12 +162,9 @@ fn fast_path_matches_the_general_path() {
         },
     );
     let (config, base) = meridian::load(&path).unwrap();
-    let mut rng = Rng(0x5eed);
     let mut views = vec![base.clone()];
-    views.extend((0..15).map(|_| base.with_health(random_health(&mut rng, &base))));
+    views.extend((0..15).map(|_| base.with_health(random_health(rng, &base))));
 
-    // Every owner and service name, their parents, children that do not
-    // exist, and names outside every zone.
     let mut names: Vec<String> = Vec::new();
     for zone in &config.zones {
         names.push(zone.origin.to_ascii());
@@ -154,22 +187,7 @@ fn fast_path_matches_the_general_path() {
         "x.child.edge.test.".into(),
     ]);
 
-    let types = [
-        RecordType::A,
-        RecordType::AAAA,
-        RecordType::ANY,
-        RecordType::CNAME,
-        RecordType::SOA,
-        RecordType::NS,
-        RecordType::MX,
-        RecordType::TXT,
-        RecordType::SRV,
-        RecordType::CAA,
-        RecordType::DS,
-        RecordType::PTR,
-        RecordType::Unknown(65_000),
-    ];
-    let subnets: Vec<(IpAddr, u8)> = [
+    let subnets = [
         ("10.1.0.0", 24),
         ("10.2.3.0", 24),
         ("10.3.5.0", 24),
@@ -190,57 +208,148 @@ fn fast_path_matches_the_general_path() {
     .iter()
     .map(|(a, p)| (a.parse().unwrap(), *p))
     .collect();
-    let sources: [IpAddr; 3] = [
-        "127.0.0.1".parse().unwrap(),
-        "::1".parse().unwrap(),
-        "10.3.1.1".parse().unwrap(),
-    ];
+    let sources = ["127.0.0.1", "::1", "10.3.1.1"]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    Fixture {
+        _dir: dir,
+        views,
+        names,
+        subnets,
+        sources,
+    }
+}
 
-    let (mut fast_hits, mut total) = (0, 0);
+/// One generated query and how it is sent.
+struct Generated<'a> {
+    qname: String,
+    qtype: RecordType,
+    /// The name is spelt in lower case (else in random case).
+    lower_only: bool,
+    /// The query as hickory encodes it.
+    message: Message,
+    packet: Vec<u8>,
+    /// The OPT record's payload size, if the query has EDNS.
+    payload: Option<u16>,
+    src: IpAddr,
+    snap: &'a Snapshot,
+    transport: Transport,
+}
+
+impl Generated<'_> {
+    fn describe(&self, packet: &[u8]) -> String {
+        format!(
+            "{} {} via {:?} from {}\nquery: {}",
+            self.qname,
+            self.qtype,
+            self.transport,
+            self.src,
+            hex(packet)
+        )
+    }
+}
+
+fn generate<'a>(rng: &mut Rng, fx: &'a Fixture, lower_only: bool) -> Generated<'a> {
+    let base = rng.pick(&fx.names).clone();
+    let qname = if lower_only {
+        base
+    } else {
+        mixed_case(rng, &base)
+    };
+    let qtype = *rng.pick(&TYPES);
+    let mut m = Message::new(rng.next() as u16, MessageType::Query, OpCode::Query);
+    m.metadata.recursion_desired = rng.below(2) == 0;
+    m.metadata.checking_disabled = rng.below(4) == 0;
+    m.queries
+        .push(Query::query(Name::from_ascii(&qname).unwrap(), qtype));
+    let mut payload = None;
+    if rng.below(5) != 0 {
+        let mut e = Edns::new();
+        let size = *rng.pick(&[512u16, 600, 1232, 1400, 4096]);
+        e.set_max_payload(size);
+        payload = Some(size);
+        if rng.below(4) != 0 {
+            let (addr, prefix) = *rng.pick(&fx.subnets);
+            e.options_mut()
+                .insert(EdnsOption::Subnet(ClientSubnet::new(addr, prefix, 0)));
+        }
+        if rng.below(4) == 0 {
+            e.options_mut()
+                .insert(EdnsOption::Unknown(10, vec![1, 2, 3, 4, 5, 6, 7, 8]));
+        }
+        m.edns = Some(e);
+    }
+    let packet = m.to_vec().unwrap();
+    let src = *rng.pick(&fx.sources);
+    let snap = rng.pick(&fx.views);
+    let transport = if rng.below(3) == 0 {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    };
+    Generated {
+        qname,
+        qtype,
+        lower_only,
+        message: m,
+        packet,
+        payload,
+        src,
+        snap,
+        transport,
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+/// Every response over UDP fits the limit: 512 bytes without EDNS, else
+/// the query's payload size within [512, max_udp_payload].
+fn assert_fits_udp(
+    response: &[u8],
+    payload: Option<u16>,
+    g: &Generated<'_>,
+    packet: &[u8],
+    checks: &mut usize,
+) {
+    if g.transport != Transport::Udp {
+        return;
+    }
+    let limit = payload.map_or(512, |p| p.clamp(512, g.snap.max_udp_payload));
+    assert!(
+        response.len() <= usize::from(limit),
+        "{} bytes over UDP with a limit of {limit} for {}\nresponse: {}",
+        response.len(),
+        g.describe(packet),
+        hex(response)
+    );
+    *checks += 1;
+}
+
+#[test]
+fn fast_path_matches_the_general_path() {
+    let mut rng = Rng(0x5eed);
+    let fx = fixture(&mut rng);
+    let (mut fast_hits, mut total, mut udp_checks) = (0, 0, 0);
     let mut out = Vec::new();
     for i in 0..16_000 {
-        let base = rng.pick(&names).clone();
-        let lower_only = i % 2 == 0;
-        let qname = if lower_only {
-            base.clone()
-        } else {
-            mixed_case(&mut rng, &base)
-        };
-        let qtype = *rng.pick(&types);
-        let mut m = Message::new(rng.next() as u16, MessageType::Query, OpCode::Query);
-        m.metadata.recursion_desired = rng.below(2) == 0;
-        m.metadata.checking_disabled = rng.below(4) == 0;
-        m.queries
-            .push(Query::query(Name::from_ascii(&qname).unwrap(), qtype));
-        if rng.below(5) != 0 {
-            let mut e = Edns::new();
-            e.set_max_payload(*rng.pick(&[512u16, 600, 1232, 1400, 4096]));
-            if rng.below(4) != 0 {
-                let (addr, prefix) = *rng.pick(&subnets);
-                e.options_mut()
-                    .insert(EdnsOption::Subnet(ClientSubnet::new(addr, prefix, 0)));
-            }
-            if rng.below(4) == 0 {
-                e.options_mut()
-                    .insert(EdnsOption::Unknown(10, vec![1, 2, 3, 4, 5, 6, 7, 8]));
-            }
-            m.edns = Some(e);
-        }
-        let packet = m.to_vec().unwrap();
-        let src = *rng.pick(&sources);
-        let snap = rng.pick(&views);
-        let transport = if rng.below(3) == 0 {
-            Transport::Tcp
-        } else {
-            Transport::Udp
-        };
+        let g = generate(&mut rng, &fx, i % 2 == 0);
+        let (qname, qtype, transport, src) = (&g.qname, g.qtype, g.transport, g.src);
         total += 1;
-        if !handle_fast(snap, &packet, src, transport, &mut out) {
+        if !handle_fast(g.snap, &g.packet, src, transport, &mut out) {
             continue;
         }
         fast_hits += 1;
-        let slow = handle_slow(snap, &packet, src, transport).expect("the general path answers");
-        if lower_only {
+        let slow =
+            handle_slow(g.snap, &g.packet, src, transport).expect("the general path answers");
+        assert_fits_udp(&out, g.payload, &g, &g.packet, &mut udp_checks);
+        assert_fits_udp(&slow, g.payload, &g, &g.packet, &mut udp_checks);
+        if g.lower_only {
             assert_eq!(
                 out,
                 slow,
@@ -259,7 +368,7 @@ fn fast_path_matches_the_general_path() {
             );
             // Owners that repeat the question keep its case.
             for r in f.answers.iter().filter(|r| r.name == *f.queries[0].name()) {
-                assert_eq!(r.name.to_ascii(), qname, "case of the answer owner");
+                assert_eq!(&r.name.to_ascii(), qname, "case of the answer owner");
             }
         }
     }
@@ -267,6 +376,444 @@ fn fast_path_matches_the_general_path() {
         fast_hits * 10 >= total * 8,
         "the fast path answered only {fast_hits} of {total}"
     );
+    assert!(udp_checks > 5_000, "only {udp_checks} UDP size checks");
+}
+
+/// Ways to break the OPT record that RFC 7871 §6 and RFC 6891 §6.1.1
+/// answer with FORMERR.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum BadOpt {
+    /// More address octets than the source prefix needs.
+    TooManyOctets,
+    /// Fewer address octets than the source prefix needs.
+    TooFewOctets,
+    /// Source prefix longer than the family's addresses (> 32, > 128).
+    PrefixTooLong,
+    /// Address bits set beyond the source prefix.
+    BitsBeyondPrefix,
+    /// A family other than IPv4 (1) and IPv6 (2).
+    UnknownFamily,
+    /// Two ECS options, each valid.
+    TwoEcs,
+    /// An option whose length runs past the end of the OPT RDATA.
+    Overrun,
+    /// Two OPT records.
+    TwoOpts,
+}
+
+const BAD_OPTS: [BadOpt; 8] = [
+    BadOpt::TooManyOctets,
+    BadOpt::TooFewOctets,
+    BadOpt::PrefixTooLong,
+    BadOpt::BitsBeyondPrefix,
+    BadOpt::UnknownFamily,
+    BadOpt::TwoEcs,
+    BadOpt::Overrun,
+    BadOpt::TwoOpts,
+];
+
+const OPTION_ECS: u16 = 8;
+const OPTION_COOKIE: u16 = 10;
+
+/// One EDNS option: code, length, data.
+fn edns_option(code: u16, data: &[u8]) -> Vec<u8> {
+    let mut o = code.to_be_bytes().to_vec();
+    o.extend_from_slice(&u16::try_from(data.len()).unwrap().to_be_bytes());
+    o.extend_from_slice(data);
+    o
+}
+
+/// ECS option data (RFC 7871 §6) with scope 0.
+fn ecs_data(family: u16, source: u8, address: &[u8]) -> Vec<u8> {
+    let mut d = family.to_be_bytes().to_vec();
+    d.extend_from_slice(&[source, 0]);
+    d.extend_from_slice(address);
+    d
+}
+
+/// A valid ECS option's data for `addr`/`prefix`.
+fn valid_ecs(addr: IpAddr, prefix: u8) -> Vec<u8> {
+    let (family, octets) = family_octets(addr);
+    ecs_data(family, prefix, &octets[..usize::from(prefix).div_ceil(8)])
+}
+
+/// The ECS family of `addr` and its octets, zero-padded to 32 bytes.
+fn family_octets(addr: IpAddr) -> (u16, [u8; 32]) {
+    let mut o = [0u8; 32];
+    match addr {
+        IpAddr::V4(a) => {
+            o[..4].copy_from_slice(&a.octets());
+            (1, o)
+        }
+        IpAddr::V6(a) => {
+            o[..16].copy_from_slice(&a.octets());
+            (2, o)
+        }
+    }
+}
+
+/// An OPT record (RFC 6891 §6.1.2): version 0, extended RCODE 0.
+fn opt_record(payload: u16, dnssec_ok: bool, rdata: &[u8]) -> Vec<u8> {
+    let mut r = vec![0, 0, 41];
+    r.extend_from_slice(&payload.to_be_bytes());
+    r.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0]);
+    r.extend_from_slice(&u16::try_from(rdata.len()).unwrap().to_be_bytes());
+    r.extend_from_slice(rdata);
+    r
+}
+
+/// An A record owned by the root: the extra additional record.
+fn root_a_record(rng: &mut Rng) -> Vec<u8> {
+    let mut r = vec![0, 0, 1, 0, 1];
+    r.extend_from_slice(&(rng.next() as u32 % 86_400).to_be_bytes());
+    r.extend_from_slice(&[0, 4]);
+    r.extend_from_slice(&(rng.next() as u32).to_be_bytes());
+    r
+}
+
+/// `header_and_question` (ARCOUNT 0) with `additionals` as the additional
+/// section and `trailing` after it.
+fn assemble(header_and_question: &[u8], additionals: &[&[u8]], trailing: &[u8]) -> Vec<u8> {
+    let mut p = header_and_question.to_vec();
+    p[10..12].copy_from_slice(&u16::try_from(additionals.len()).unwrap().to_be_bytes());
+    for r in additionals {
+        p.extend_from_slice(r);
+    }
+    p.extend_from_slice(trailing);
+    p
+}
+
+/// The OPT record(s) of a query broken in the way `bad`, and the payload
+/// size of the first (the one the response follows).
+fn bad_opts(
+    rng: &mut Rng,
+    bad: BadOpt,
+    g: &Generated<'_>,
+    subnets: &[(IpAddr, u8)],
+) -> (Vec<Vec<u8>>, u16) {
+    // Start from the query's own ECS subnet when it has one.
+    let (addr, prefix) = g
+        .message
+        .edns
+        .as_ref()
+        .and_then(|e| {
+            e.options().options.iter().find_map(|(_, o)| match o {
+                EdnsOption::Subnet(cs) => Some((cs.addr(), cs.source_prefix())),
+                _ => None,
+            })
+        })
+        .unwrap_or_else(|| *rng.pick(subnets));
+    let (family, octets) = family_octets(addr);
+    let max_prefix: u8 = if family == 1 { 32 } else { 128 };
+    let need = usize::from(prefix).div_ceil(8);
+    let ecs = match bad {
+        BadOpt::TooManyOctets => {
+            let n = need + 1 + rng.below(3);
+            edns_option(OPTION_ECS, &ecs_data(family, prefix, &octets[..n]))
+        }
+        BadOpt::TooFewOctets => {
+            // A prefix that needs at least one octet.
+            let (prefix, need) = if need == 0 {
+                let octets = 1 + rng.below(usize::from(max_prefix / 8));
+                (u8::try_from(8 * octets).unwrap(), octets)
+            } else {
+                (prefix, need)
+            };
+            let n = need - 1 - rng.below(need);
+            edns_option(OPTION_ECS, &ecs_data(family, prefix, &octets[..n]))
+        }
+        BadOpt::PrefixTooLong => {
+            let long =
+                max_prefix + 1 + u8::try_from(rng.below(usize::from(255 - max_prefix))).unwrap();
+            // As many octets as the prefix would need, or a full address.
+            let n = if rng.below(2) == 0 {
+                usize::from(long).div_ceil(8)
+            } else {
+                usize::from(max_prefix / 8)
+            };
+            edns_option(OPTION_ECS, &ecs_data(family, long, &octets[..n]))
+        }
+        BadOpt::BitsBeyondPrefix => {
+            // A prefix that ends inside an octet, and one bit set after it
+            // in that octet.
+            let source = loop {
+                let s = 1 + u8::try_from(rng.below(usize::from(max_prefix - 1))).unwrap();
+                if s % 8 != 0 {
+                    break s;
+                }
+            };
+            let n = usize::from(source).div_ceil(8);
+            let net = ipnet::IpNet::new(addr, source).unwrap().network();
+            let (_, mut o) = family_octets(net);
+            o[n - 1] |= 1 << rng.below(usize::from(8 - source % 8));
+            edns_option(OPTION_ECS, &ecs_data(family, source, &o[..n]))
+        }
+        BadOpt::UnknownFamily => {
+            let family = *rng.pick(&[3u16, 3, 3, 0, 4, 0xffff]);
+            edns_option(OPTION_ECS, &ecs_data(family, prefix, &octets[..need]))
+        }
+        BadOpt::TwoEcs => {
+            let (addr2, prefix2) = if rng.below(2) == 0 {
+                (addr, prefix)
+            } else {
+                *rng.pick(subnets)
+            };
+            let mut two = edns_option(OPTION_ECS, &valid_ecs(addr, prefix));
+            two.extend(edns_option(OPTION_ECS, &valid_ecs(addr2, prefix2)));
+            two
+        }
+        BadOpt::Overrun => {
+            let (code, data) = if rng.below(2) == 0 {
+                (OPTION_ECS, valid_ecs(addr, prefix))
+            } else {
+                (OPTION_COOKIE, vec![7; 8])
+            };
+            let mut o = edns_option(code, &data);
+            match rng.below(3) {
+                // Only part of the option header.
+                0 => o.truncate(1 + rng.below(3)),
+                // The length says more than the record holds.
+                _ => {
+                    let most = if rng.below(2) == 0 { 4 } else { 600 };
+                    let len = data.len() + 1 + rng.below(most);
+                    o[2..4].copy_from_slice(&u16::try_from(len).unwrap().to_be_bytes());
+                }
+            }
+            o
+        }
+        BadOpt::TwoOpts => {
+            if rng.below(2) == 0 {
+                edns_option(OPTION_ECS, &valid_ecs(addr, prefix))
+            } else {
+                Vec::new()
+            }
+        }
+    };
+    // A valid cookie option before the bad one, or after it (except where
+    // the bad one must end the record).
+    let cookie = edns_option(OPTION_COOKIE, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    let mut rdata = Vec::new();
+    let where_cookie = rng.below(3);
+    if where_cookie == 0 {
+        rdata.extend_from_slice(&cookie);
+    }
+    rdata.extend_from_slice(&ecs);
+    if where_cookie == 1 && bad != BadOpt::Overrun {
+        rdata.extend_from_slice(&cookie);
+    }
+    let payload = *rng.pick(&[0u16, 100, 511, 512, 600, 1232, 1233, 1400, 4096, 65_535]);
+    let mut opts = vec![opt_record(payload, rng.below(2) == 0, &rdata)];
+    if bad == BadOpt::TwoOpts {
+        let second = *rng.pick(&[512u16, 1232, 4096]);
+        opts.push(opt_record(second, rng.below(2) == 0, &[]));
+    }
+    (opts, payload)
+}
+
+/// A FORMERR as RFC 6891 and RFC 7871 want it: the ID, QR, RCODE 1, the
+/// query's question as sent and an OPT record without options.
+fn assert_formerr(resp: &[u8], query: &[u8], question_len: usize, what: &str) {
+    let ctx = || format!("{what}\nquery: {}\nresponse: {}", hex(query), hex(resp));
+    assert!(resp.len() >= 12 + question_len, "{}", ctx());
+    assert_eq!(resp[..2], query[..2], "ID; {}", ctx());
+    assert_eq!(resp[2] & 0x80, 0x80, "QR; {}", ctx());
+    assert_eq!(resp[3] & 0x0f, 1, "RCODE; {}", ctx());
+    assert_eq!(resp[4..12], [0, 1, 0, 0, 0, 0, 0, 1], "counts; {}", ctx());
+    assert_eq!(
+        resp[12..12 + question_len],
+        query[12..12 + question_len],
+        "question; {}",
+        ctx()
+    );
+    let opt = &resp[12 + question_len..];
+    assert!(
+        opt.len() == 11 && opt[..3] == [0, 0, 41] && opt[9..] == [0, 0],
+        "one OPT record without options; {}",
+        ctx()
+    );
+    let m = Message::from_vec(resp).unwrap_or_else(|e| panic!("{e}; {}", ctx()));
+    assert!(
+        m.edns.is_some() && ecs_of(&m).is_none() && m.additionals.is_empty(),
+        "{}",
+        ctx()
+    );
+}
+
+/// The general path's answer to `packet` equals `reference` (the answer
+/// to the unbroken query): the same bytes for lower-case names, the same
+/// message otherwise.
+fn assert_same_answer(g: &Generated<'_>, packet: &[u8], slow: &[u8], reference: &[u8], what: &str) {
+    let ctx = || {
+        format!(
+            "{what}: {}\nreference: {}\ngeneral path: {}\nreference: {:?}\ngeneral path: {:?}",
+            g.describe(packet),
+            hex(reference),
+            hex(slow),
+            Message::from_vec(reference),
+            Message::from_vec(slow)
+        )
+    };
+    if g.lower_only {
+        assert!(slow == reference, "bytes differ for {}", ctx());
+    } else {
+        let (r, s) = (Message::from_vec(reference), Message::from_vec(slow));
+        assert!(
+            matches!((&r, &s), (Ok(r), Ok(s)) if r == s),
+            "messages differ for {}",
+            ctx()
+        );
+    }
+}
+
+#[test]
+fn fast_path_matches_the_general_path_on_broken_envelopes() {
+    let mut rng = Rng(0xb10c_5eed);
+    let fx = fixture(&mut rng);
+    let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+    let mut count = |kind: String| *counts.entry(kind).or_default() += 1;
+    let mut udp_checks = 0;
+    let (mut fast, mut clean_fast) = (Vec::new(), Vec::new());
+    for i in 0..4_800 {
+        let g = generate(&mut rng, &fx, i % 2 == 0);
+        let (snap, src, transport) = (g.snap, g.src, g.transport);
+
+        // The query without its OPT record, and the OPT record alone.
+        let mut plain = g.message.clone();
+        plain.edns = None;
+        let header_and_question = plain.to_vec().unwrap();
+        assert_eq!(header_and_question[10..12], [0, 0]);
+        let question_len = header_and_question.len() - 12;
+        assert_eq!(
+            g.packet[12..header_and_question.len()],
+            header_and_question[12..],
+            "hickory encodes the question alike with and without EDNS"
+        );
+        let opt = g.packet[header_and_question.len()..].to_vec();
+        assert_eq!(opt.is_empty(), g.payload.is_none());
+
+        // The unbroken query: the fast path's answer if it gives one, else
+        // the general path's, is the reference.
+        let reference = if handle_fast(snap, &g.packet, src, transport, &mut clean_fast) {
+            clean_fast.clone()
+        } else {
+            handle_slow(snap, &g.packet, src, transport).expect("the general path answers")
+        };
+        assert_fits_udp(&reference, g.payload, &g, &g.packet, &mut udp_checks);
+
+        // 1. A bad OPT record: FORMERR from the fast path, byte for byte
+        // the same from the general path.
+        let bad = BAD_OPTS[(i / 2) % BAD_OPTS.len()];
+        let (opts, payload) = bad_opts(&mut rng, bad, &g, &fx.subnets);
+        let opts: Vec<&[u8]> = opts.iter().map(Vec::as_slice).collect();
+        let packet = assemble(&header_and_question, &opts, &[]);
+        let what = format!("{bad:?}: {}", g.describe(&packet));
+        assert!(
+            handle_fast(snap, &packet, src, transport, &mut fast),
+            "the fast path declined {what}"
+        );
+        assert_formerr(&fast, &packet, question_len, &what);
+        let slow = handle_slow(snap, &packet, src, transport).expect("the general path answers");
+        assert!(
+            slow == fast,
+            "FORMERR differs for {what}\nfast: {}\nslow: {}",
+            hex(&fast),
+            hex(&slow)
+        );
+        assert_fits_udp(&fast, Some(payload), &g, &packet, &mut udp_checks);
+        count(format!("bad OPT: {bad:?}"));
+        let formerr = fast.clone();
+
+        // ...with a trailing byte, or with another additional record before
+        // or after the OPT record(s): the same FORMERR.
+        let trailing = [rng.next() as u8];
+        let extra = root_a_record(&mut rng);
+        let mut with_extra = opts.clone();
+        with_extra.insert(rng.below(opts.len() + 1), extra.as_slice());
+        for (packet, kind) in [
+            (
+                assemble(&header_and_question, &opts, &trailing),
+                "bad OPT + trailing byte",
+            ),
+            (
+                assemble(&header_and_question, &with_extra, &[]),
+                "bad OPT + extra record",
+            ),
+        ] {
+            let what = format!("{kind} ({bad:?}): {}", g.describe(&packet));
+            let slow =
+                handle_slow(snap, &packet, src, transport).expect("the general path answers");
+            assert!(
+                slow == formerr,
+                "FORMERR differs for {what}\nunbroken: {}\nslow: {}",
+                hex(&formerr),
+                hex(&slow)
+            );
+            if handle_fast(snap, &packet, src, transport, &mut fast) {
+                assert!(
+                    fast == formerr,
+                    "FORMERR differs for {what}\nunbroken: {}\nfast: {}",
+                    hex(&formerr),
+                    hex(&fast)
+                );
+                count(format!("{kind}: fast path answered"));
+            } else {
+                count(format!("{kind}: fast path declined"));
+            }
+            assert_fits_udp(&slow, Some(payload), &g, &packet, &mut udp_checks);
+            count(kind.to_string());
+        }
+
+        // 2. A valid query with a trailing byte, or with another additional
+        // record: the fast path declines, the general path answers as the
+        // unbroken query is answered.
+        let opt_only: Vec<&[u8]> = if opt.is_empty() {
+            vec![]
+        } else {
+            vec![opt.as_slice()]
+        };
+        let mut with_extra = opt_only.clone();
+        with_extra.insert(rng.below(opt_only.len() + 1), extra.as_slice());
+        for (packet, kind) in [
+            (
+                assemble(&header_and_question, &opt_only, &trailing),
+                "valid + trailing byte",
+            ),
+            (
+                assemble(&header_and_question, &with_extra, &[]),
+                "valid + extra record",
+            ),
+        ] {
+            let what = format!("{kind}: {}", g.describe(&packet));
+            assert!(
+                !handle_fast(snap, &packet, src, transport, &mut fast),
+                "the fast path answered {what}\nresponse: {}",
+                hex(&fast)
+            );
+            let slow =
+                handle_slow(snap, &packet, src, transport).expect("the general path answers");
+            assert_same_answer(&g, &packet, &slow, &reference, kind);
+            assert_fits_udp(&slow, g.payload, &g, &packet, &mut udp_checks);
+            count(kind.to_string());
+        }
+    }
+    eprintln!("cases: {counts:#?}\nUDP size checks: {udp_checks}");
+    for bad in BAD_OPTS {
+        let n = counts
+            .get(&format!("bad OPT: {bad:?}"))
+            .copied()
+            .unwrap_or(0);
+        assert!(n >= 500, "only {n} cases of {bad:?}");
+    }
+    for kind in [
+        "bad OPT + trailing byte",
+        "bad OPT + extra record",
+        "valid + trailing byte",
+        "valid + extra record",
+    ] {
+        let n = counts.get(kind).copied().unwrap_or(0);
+        assert!(n >= 4_500, "only {n} cases of {kind}");
+    }
+    assert!(udp_checks >= 15_000, "only {udp_checks} UDP size checks");
 }
 
 #[test]
