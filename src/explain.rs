@@ -1,16 +1,20 @@
 //! `meridian explain`: why a client gets the answer it gets.
 //!
 //! The answer and ECS scope come from the real query handler, fed a real
-//! query packet carrying the client as EDNS Client Subnet; the location and
-//! ranking lines come from the same GeoIP database and policy tables.
+//! query packet carrying the client as EDNS Client Subnet. The steps come
+//! from the service's [`crate::policy::Plan::decide`], replayed with the
+//! handler's inputs and a tracer: the same pure call the handler made.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
+
+use serde::Serialize;
 
 use crate::dns::{self, Transport};
 use crate::geo::distance::distance_km;
 use crate::model::{Coord, DcId};
 use crate::policy::geo::Rule;
+use crate::policy::{Client, Outcome, Trace};
 use crate::snapshot::Snapshot;
 
 /// Parses `IP` or `IP/PREFIX`. A bare IPv4 address means /24 and a bare
@@ -48,124 +52,328 @@ fn fmt_coord(c: Coord) -> String {
     format!("{:.2},{:.2}", c.lat, c.lon)
 }
 
-/// Produces the report for `name`/`qtype` as seen from `client`.
-pub fn explain(
+/// Why a client gets its answer: the real decision with its trace, and
+/// the real response. Serialised as JSON by the admin API's `/explain`.
+#[derive(Clone, Debug, Serialize)]
+pub struct Explanation {
+    /// `NAME TYPE`.
+    pub query: String,
+    /// The client network, sent as EDNS Client Subnet.
+    pub client: String,
+    /// Where the GeoIP database places the client.
+    pub location: Option<Place>,
+    /// The service behind the name, when one decides the answer.
+    pub service: Option<ServiceTrace>,
+    /// The response as a resolver sees it.
+    pub answer: Answer,
+}
+
+/// A GeoIP location.
+#[derive(Clone, Debug, Serialize)]
+pub struct Place {
+    /// ISO country code.
+    pub country: Option<String>,
+    /// Continent code.
+    pub continent: Option<String>,
+    /// `lat,lon`.
+    pub coordinates: Option<String>,
+    /// Whether the coordinates are the country centroid.
+    pub country_centroid: bool,
+    /// The database network that matched.
+    pub network: Option<String>,
+}
+
+/// A service's decision and how it was reached.
+#[derive(Clone, Debug, Serialize)]
+pub struct ServiceTrace {
+    /// Service name (key under `[services]`).
+    pub name: String,
+    /// Zone origin.
+    pub zone: String,
+    /// The policy chain.
+    pub policy: String,
+    /// For geo chains: the rule that set the geo order.
+    pub geo_rule: Option<String>,
+    /// Every stage, in order.
+    pub stages: Vec<StageTrace>,
+    /// The chosen datacenters.
+    pub chosen: Vec<String>,
+    /// `answer`, `nodata`, `servfail` or `fallback`.
+    pub outcome: String,
+    /// Whether the answer differs from the all-healthy one.
+    pub degraded: bool,
+    /// TTL of the answer.
+    pub ttl: u32,
+    /// ECS scope, in the client's family.
+    pub scope: u8,
+}
+
+/// One stage of a decision.
+#[derive(Clone, Debug, Serialize)]
+pub struct StageTrace {
+    /// Step name.
+    pub step: String,
+    /// Candidates after it, best first, with distance from the client.
+    pub candidates: Vec<Candidate>,
+    /// How many candidates form the first tier.
+    pub first_tier: usize,
+    /// ECS scope so far.
+    pub scope: u8,
+    /// What the step looked at.
+    pub note: String,
+}
+
+/// A candidate datacenter at a stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct Candidate {
+    /// Datacenter name.
+    pub name: String,
+    /// Great-circle distance from the client, when both are located.
+    pub km: Option<f64>,
+    /// Health stage only: whether answers may use it.
+    pub usable: Option<bool>,
+}
+
+/// The response.
+#[derive(Clone, Debug, Serialize)]
+pub struct Answer {
+    /// Response code.
+    pub rcode: String,
+    /// AA flag.
+    pub authoritative: bool,
+    /// TC flag.
+    pub truncated: bool,
+    /// Answer records.
+    pub records: Vec<String>,
+    /// Authority records.
+    pub authority: Vec<String>,
+    /// ECS (source, scope) in the response.
+    pub ecs: Option<(u8, u8)>,
+}
+
+/// Explains `name`/`qtype` as seen from `client`: sends the real handler
+/// a real query carrying the client as ECS, and replays the service's
+/// decision with the same inputs (client, health, per-query randomness)
+/// and a tracer, so the trace is of the decision that was answered.
+pub fn explain_decision(
     snap: &Snapshot,
     name: &str,
     qtype: &str,
     client: (IpAddr, u8),
-) -> Result<String, String> {
+) -> Result<Explanation, String> {
     let (ip, prefix) = client;
     let net = ipnet::IpNet::new(ip, prefix).map_err(|e| e.to_string())?;
-    let mut out = String::new();
     let fqdn = if name.ends_with('.') {
         name.to_string()
     } else {
         format!("{name}.")
     };
     let qtype = qtype.to_ascii_uppercase();
-    let _ = writeln!(out, "query:     {fqdn} {qtype}");
-    let _ = writeln!(
-        out,
-        "client:    {} (sent as EDNS Client Subnet)",
-        net.trunc()
-    );
-
     let (db_net, loc) = snap.geo.lookup(net.network());
-    let _ = match (&db_net, &loc) {
-        (_, Some(l)) => writeln!(
-            out,
-            "location:  country {}, continent {}, coordinates {} ({}); database network {}",
-            l.country.map_or("-".into(), |c| c.to_string()),
-            l.continent.map_or("-".into(), |c| c.to_string()),
-            l.coord.map_or("-".into(), fmt_coord),
-            if l.coord_from_db {
-                "from the database record"
-            } else {
-                "country centroid"
-            },
-            db_net.map_or("-".into(), |n| n.to_string()),
-        ),
-        (_, None) => writeln!(out, "location:  unknown to {}", snap.geo.describe()),
-    };
+    let location = loc.map(|l| Place {
+        country: l.country.map(|c| c.to_string()),
+        continent: l.continent.map(|c| c.to_string()),
+        coordinates: l.coord.map(fmt_coord),
+        country_centroid: !l.coord_from_db,
+        network: db_net.map(|n| n.to_string()),
+    });
 
+    let src = dns::EXPLAIN_SOURCE.ip();
     let packet = dns::build_query(&fqdn, &qtype, Some((net.network(), prefix)), 0x4d45)?;
-    let response = dns::handle(snap, &packet, dns::EXPLAIN_SOURCE.ip(), Transport::Tcp)
-        .ok_or("the handler sent no response")?;
+    let response =
+        dns::handle(snap, &packet, src, Transport::Tcp).ok_or("the handler sent no response")?;
     let summary = dns::summarize(&response)?;
+    let entropy = dns::query_entropy(snap, &packet, src).ok_or("unreadable query")?;
 
     // The service behind the name (directly or through an in-zone CNAME).
     let lower = fqdn.to_ascii_lowercase();
-    for (zi, zone) in snap.zones().iter().enumerate() {
+    let mut service = None;
+    'zones: for (zi, zone) in snap.zones().iter().enumerate() {
         let zc = &zone.config;
         for (si, svc) in zc.services.iter().enumerate() {
             let svc_name = svc.fqdn.to_ascii().to_ascii_lowercase();
             if svc_name != lower && !summary.cname_targets.contains(&svc_name) {
                 continue;
             }
-            let _ = writeln!(
-                out,
-                "service:   {} in zone {} (policy {}, ttl {})",
-                svc.name,
-                zc.origin,
-                svc.policy.name(),
-                svc.ttl
-            );
-            let Some(policy) = snap.geo_policy(zi, si) else {
+            let Some(plan) = snap.plan(zi, si) else {
                 continue;
             };
-            let (order, rule) = match policy.network_override(net.network()) {
-                Some(n) => {
-                    let order = crate::policy::Policy::rank(
-                        policy,
-                        &crate::policy::Client {
-                            addr: net.network(),
-                        },
-                    )
-                    .order
-                    .to_vec();
-                    (order, Rule::Network(n))
+            let mut trace = Trace::default();
+            let client = Client {
+                addr: crate::dns::canonical_client(net.network()),
+            };
+            let d = plan.decide(&client, snap.health.zone(zi), entropy, &mut trace);
+            let names = |ids: &[DcId]| ids.iter().map(|&i| zc.dc(i).name.clone()).collect();
+            let km = |id: DcId| match (loc.and_then(|l| l.coord), zc.dc(id).location) {
+                (Some(a), Some(b)) => Some((distance_km(a, b)).round()),
+                _ => None,
+            };
+            let geo_rule = plan
+                .geo()
+                .filter(|_| svc.policy.steps.contains(&crate::model::Step::Geo))
+                .map(|g| {
+                    match g
+                        .network_override(net.network())
+                        .map(Rule::Network)
+                        .unwrap_or_else(|| g.rank_location(loc.as_ref()).1)
+                    {
+                        Rule::Network(n) => format!("network override {n}"),
+                        Rule::Country(c) => format!("country override {c}"),
+                        Rule::Continent(c) => format!("continent override {c}"),
+                        Rule::Distance => "nearest first by great-circle distance".into(),
+                        Rule::Default => "location unknown: the service's default order".into(),
+                    }
+                });
+            service = Some(ServiceTrace {
+                name: svc.name.clone(),
+                zone: zc.origin.to_string(),
+                policy: svc.policy.name(),
+                geo_rule,
+                stages: trace
+                    .stages
+                    .iter()
+                    .map(|s| StageTrace {
+                        step: s.name.clone(),
+                        candidates: s
+                            .order
+                            .iter()
+                            .enumerate()
+                            .map(|(i, &id)| Candidate {
+                                name: zc.dc(id).name.clone(),
+                                km: km(id),
+                                usable: s.usable.get(i).copied(),
+                            })
+                            .collect(),
+                        first_tier: s.first_tier,
+                        scope: s.scope,
+                        note: s.note.clone(),
+                    })
+                    .collect(),
+                chosen: names(d.dcs()),
+                outcome: match d.outcome {
+                    Outcome::Answer => "answer",
+                    Outcome::NoData => "nodata",
+                    Outcome::ServFail => "servfail",
+                    Outcome::Fallback => "fallback",
                 }
-                None => policy.rank_location(loc.as_ref()),
-            };
-            let rule_text = match rule {
-                Rule::Network(n) => format!("network override {n}"),
-                Rule::Country(c) => format!("country override {c}"),
-                Rule::Continent(c) => format!("continent override {c}"),
-                Rule::Distance => "nearest first by great-circle distance".into(),
-                Rule::Default => "location unknown: the service's default order".into(),
-            };
-            let _ = writeln!(out, "rule:      {rule_text}");
-            for (i, id) in order.iter().enumerate() {
-                let dc = zc.dc(DcId(id.0));
-                let dist = match (loc.and_then(|l| l.coord), dc.location) {
-                    (Some(a), Some(b)) => format!("{:>8.0} km", distance_km(a, b)),
-                    _ => "       - km".into(),
+                .into(),
+                degraded: d.choice.degraded,
+                ttl: d.ttl,
+                scope: d.scope,
+            });
+            break 'zones;
+        }
+    }
+    Ok(Explanation {
+        query: format!("{fqdn} {qtype}"),
+        client: net.trunc().to_string(),
+        location,
+        service,
+        answer: Answer {
+            rcode: summary.rcode,
+            authoritative: summary.authoritative,
+            truncated: summary.truncated,
+            records: summary.answers,
+            authority: summary.authorities,
+            ecs: summary.ecs,
+        },
+    })
+}
+
+/// Produces the report for `name`/`qtype` as seen from `client`, as text.
+pub fn explain(
+    snap: &Snapshot,
+    name: &str,
+    qtype: &str,
+    client: (IpAddr, u8),
+) -> Result<String, String> {
+    let e = explain_decision(snap, name, qtype, client)?;
+    let mut out = String::new();
+    let _ = writeln!(out, "query:     {}", e.query);
+    let _ = writeln!(out, "client:    {} (sent as EDNS Client Subnet)", e.client);
+    let _ = match &e.location {
+        Some(l) => writeln!(
+            out,
+            "location:  country {}, continent {}, coordinates {} ({}); database network {}",
+            l.country.as_deref().unwrap_or("-"),
+            l.continent.as_deref().unwrap_or("-"),
+            l.coordinates.as_deref().unwrap_or("-"),
+            if l.country_centroid {
+                "country centroid"
+            } else {
+                "from the database record"
+            },
+            l.network.as_deref().unwrap_or("-"),
+        ),
+        None => writeln!(out, "location:  unknown to {}", snap.geo.describe()),
+    };
+    if let Some(s) = &e.service {
+        let _ = writeln!(
+            out,
+            "service:   {} in zone {} (policy {})",
+            s.name, s.zone, s.policy
+        );
+        if let Some(rule) = &s.geo_rule {
+            let _ = writeln!(out, "rule:      {rule}");
+        }
+        for stage in &s.stages {
+            let _ = writeln!(
+                out,
+                "step:      {} (scope /{}){}",
+                stage.step,
+                stage.scope,
+                if stage.note.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", stage.note)
+                }
+            );
+            for (i, c) in stage.candidates.iter().enumerate() {
+                let tier = if i < stage.first_tier {
+                    ""
+                } else {
+                    " (behind)"
+                };
+                let km =
+                    c.km.map_or("       - km".into(), |k| format!("{k:>8.0} km"));
+                let usable = match c.usable {
+                    Some(true) => "  usable",
+                    Some(false) => "  unusable",
+                    None => "",
                 };
                 let _ = writeln!(
                     out,
-                    "{}{}. {:<16} {dist}",
-                    if i == 0 { "ranking:   " } else { "           " },
+                    "           {}. {:<16} {km}{usable}{tier}",
                     i + 1,
-                    dc.name
+                    c.name
                 );
             }
         }
+        let _ = writeln!(
+            out,
+            "decision:  {} [{}], ttl {}{}, scope /{}",
+            s.outcome,
+            s.chosen.join(", "),
+            s.ttl,
+            if s.degraded { " (degraded)" } else { "" },
+            s.scope
+        );
     }
+    let a = &e.answer;
     let _ = writeln!(
         out,
         "answer:    {}{}{}",
-        summary.rcode,
-        if summary.authoritative { " aa" } else { "" },
-        if summary.truncated { " tc" } else { "" }
+        a.rcode,
+        if a.authoritative { " aa" } else { "" },
+        if a.truncated { " tc" } else { "" }
     );
-    for a in &summary.answers {
-        let _ = writeln!(out, "           {a}");
+    for r in &a.records {
+        let _ = writeln!(out, "           {r}");
     }
-    for a in &summary.authorities {
-        let _ = writeln!(out, "authority: {a}");
+    for r in &a.authority {
+        let _ = writeln!(out, "authority: {r}");
     }
-    let _ = match summary.ecs {
+    let _ = match a.ecs {
         Some((source, scope)) => writeln!(
             out,
             "ecs:       source /{source}, scope /{scope} (resolvers may reuse this answer for the whole /{scope})"

@@ -104,10 +104,7 @@ const UDP_BUFFER_BYTES: usize = 4 << 20;
 fn check_country_codes(config: &Config, countries: &model::CountryTable) -> Result<(), Error> {
     for zone in &config.zones {
         for s in &zone.services {
-            let model::PolicySpec::Geo(spec) = &s.policy else {
-                continue;
-            };
-            for (code, _) in &spec.countries {
+            for (code, _) in &s.policy.geo.countries {
                 if !countries.contains_key(code) {
                     return Err(Error::Config(ConfigError::new(
                         Path::new(&zone.source),

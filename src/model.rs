@@ -135,6 +135,8 @@ pub struct Datacenter {
     /// Health probe; `None` means the datacenter is always up (unless an
     /// operator drains it).
     pub probe: Option<ProbeSpec>,
+    /// Country it serves from, for `same` steps.
+    pub country: Option<CountryCode>,
 }
 
 /// How a datacenter's health is observed.
@@ -244,23 +246,91 @@ pub enum Warmup {
     AssumeDown,
 }
 
-/// How a service ranks its datacenters for a client.
+/// How a service orders its datacenters for a client: a chain of steps,
+/// each working on the *first tier* of the candidates (at the start, all
+/// of the service's datacenters in config order). Ordering steps reorder
+/// the first tier; narrowing steps keep part of it as the first tier and
+/// move the rest behind it, in their current order. `policy = "geo"` is
+/// the chain of the one step `geo`.
 #[derive(Clone, Debug, PartialEq)]
-pub enum PolicySpec {
-    /// Nearest first by great-circle distance, with explicit overrides.
-    Geo(GeoSpec),
-    /// The service's datacenters in config order: first healthy wins.
-    Failover,
+pub struct PolicySpec {
+    /// The steps, in order (at least one).
+    pub steps: Vec<Step>,
+    /// Geo settings, for `geo` steps.
+    pub geo: GeoSpec,
+    /// Weight per datacenter, aligned with `Service::datacenters` (1 when
+    /// not configured; 0 is a standby).
+    pub weights: Vec<u32>,
+    /// Client prefix lengths that `sticky` hashes: (IPv4, IPv6).
+    pub sticky_prefix: (u8, u8),
 }
 
 impl PolicySpec {
-    /// The name used in config files.
-    pub fn name(&self) -> &'static str {
+    /// The name of the chain as written in config (`geo`, or
+    /// `geo > within_km 800 > weighted`).
+    pub fn name(&self) -> String {
+        self.steps
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(" > ")
+    }
+
+    /// Whether a step needs the client's GeoIP location.
+    pub fn needs_location(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::Geo | Step::Same(_)))
+    }
+}
+
+/// One step of a policy chain.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Orders by the geo rules: network, country and continent overrides,
+    /// then distance. Drops datacenters an override leaves out.
+    Geo,
+    /// Config order (`datacenters`).
+    Failover,
+    /// A random order, each position drawn in proportion to weight;
+    /// weight-0 datacenters last, in their current order.
+    Weighted,
+    /// Weighted rendezvous hashing of the client's network: the same
+    /// network gets the same order.
+    Sticky,
+    /// Keeps the first N.
+    Nearest(usize),
+    /// Keeps those within this many km of the first one.
+    WithinKm(f64),
+    /// Keeps those in the client's continent or country.
+    Same(Attribute),
+    /// Keeps the listed datacenters.
+    Prefer(Vec<DcId>),
+}
+
+impl fmt::Display for Step {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Geo(_) => "geo",
-            Self::Failover => "failover",
+            Self::Geo => f.write_str("geo"),
+            Self::Failover => f.write_str("failover"),
+            Self::Weighted => f.write_str("weighted"),
+            Self::Sticky => f.write_str("sticky"),
+            Self::Nearest(n) => write!(f, "nearest {n}"),
+            Self::WithinKm(km) => write!(f, "within_km {km}"),
+            Self::Same(Attribute::Continent) => f.write_str("same continent"),
+            Self::Same(Attribute::Country) => f.write_str("same country"),
+            Self::Prefer(ids) => write!(f, "prefer {} datacenters", ids.len()),
         }
     }
+}
+
+/// A location attribute shared by a client and a datacenter.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attribute {
+    /// The continent.
+    Continent,
+    /// The country.
+    Country,
 }
 
 /// Settings of the `geo` policy. Two services with equal `GeoSpec`s and
@@ -293,6 +363,8 @@ pub struct Service {
     pub ttl: u32,
     /// Ranking policy.
     pub policy: PolicySpec,
+    /// Rotate the addresses of an answer from query to query.
+    pub rotate: bool,
     /// Most datacenters whose records go into one answer.
     pub max_answers: usize,
     /// TTL of answers given in a degraded state (failover or all down).

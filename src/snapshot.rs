@@ -17,10 +17,9 @@ use crate::dns::records::DomainName;
 use crate::dns::zone::Zone;
 use crate::geo::GeoDb;
 use crate::health::{DcHealth, HealthView, Observed};
-use crate::model::{DcId, GeoSpec, PolicySpec};
-use crate::policy::Policy;
-use crate::policy::failover::FailoverPolicy;
-use crate::policy::geo::GeoPolicy;
+use crate::model::{Attribute, DcId, GeoSpec, Step};
+use crate::policy::Plan;
+use crate::policy::geo::{GeoPolicy, Keep};
 
 /// Building walks the GeoIP database with large temporary vectors; give
 /// the freed memory back to the system so it does not stay resident.
@@ -33,16 +32,13 @@ fn release_free_memory() {
 }
 
 /// What makes two services' geo tables identical.
-type TableKey = (Vec<DcId>, GeoSpec);
+type TableKey = (Vec<DcId>, GeoSpec, Keep);
 
 /// Everything a query needs, frozen.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     /// Zones, most specific origin first (longest match wins).
     zones: Arc<[Zone]>,
-    /// Geo policies by zone and service (for `explain`), aligned with
-    /// each zone's `config.services`; `None` for other policies.
-    geo_policies: Arc<[Vec<Option<Arc<GeoPolicy>>>]>,
     /// Pre-encoded responses for the fast path.
     pub(crate) fast: Arc<FastIndex>,
     /// Largest UDP response we send.
@@ -51,6 +47,9 @@ pub struct Snapshot {
     pub geo: Arc<GeoDb>,
     /// Health of every datacenter, indexed like `zones`.
     pub health: Arc<HealthView>,
+    /// Seed of the per-query randomness (`weighted`, address rotation),
+    /// new for every process.
+    pub(crate) seed: u64,
 }
 
 impl Snapshot {
@@ -59,61 +58,43 @@ impl Snapshot {
     pub fn build(config: &Config, geo: Arc<GeoDb>) -> Self {
         let started = Instant::now();
         let mut zones = Vec::with_capacity(config.zones.len());
-        let mut geo_policies = Vec::with_capacity(config.zones.len());
         for zc in &config.zones {
-            // Services with the same datacenters and overrides share one
-            // table: building one walks the whole GeoIP database.
+            // Services with the same datacenters and geo settings share
+            // one table: building one walks the whole GeoIP database.
             let mut cache: Vec<(TableKey, Arc<GeoPolicy>)> = Vec::new();
-            let mut policies: Vec<Arc<dyn Policy>> = Vec::with_capacity(zc.services.len());
-            let mut geos = Vec::with_capacity(zc.services.len());
+            let mut plans = Vec::with_capacity(zc.services.len());
             for s in &zc.services {
-                let spec = match &s.policy {
-                    PolicySpec::Geo(spec) => spec,
-                    PolicySpec::Failover => {
-                        policies.push(Arc::new(FailoverPolicy::new(&s.datacenters)));
-                        geos.push(None);
-                        continue;
+                let spec = &s.policy;
+                let table = spec.needs_location().then(|| {
+                    let keep = Keep {
+                        country: spec.steps.contains(&Step::Same(Attribute::Country)),
+                        continent: spec.steps.contains(&Step::Same(Attribute::Continent)),
+                    };
+                    let key = (s.datacenters.clone(), spec.geo.clone(), keep);
+                    if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
+                        return Arc::clone(p);
                     }
-                };
-                let key = (s.datacenters.clone(), spec.clone());
-                let policy = match cache.iter().find(|(k, _)| *k == key) {
-                    Some((_, p)) => Arc::clone(p),
-                    None => {
-                        let p = Arc::new(GeoPolicy::build(
-                            spec,
-                            &s.datacenters,
-                            &zc.datacenters,
-                            &geo,
-                        ));
-                        let (v4, v6) = p.table_sizes();
-                        tracing::debug!(
-                            zone = %zc.origin, service = %s.name, rankings = p.ranking_count(),
-                            v4_blocks = v4, v6_blocks = v6, "built geo table"
-                        );
-                        cache.push((key, Arc::clone(&p)));
-                        p
-                    }
-                };
-                geos.push(Some(Arc::clone(&policy)));
-                policies.push(policy);
+                    let p = Arc::new(GeoPolicy::build(
+                        &spec.geo,
+                        &s.datacenters,
+                        &zc.datacenters,
+                        &geo,
+                        keep,
+                    ));
+                    let (v4, v6) = p.table_sizes();
+                    tracing::debug!(
+                        zone = %zc.origin, service = %s.name, classes = p.ranking_count(),
+                        v4_blocks = v4, v6_blocks = v6, "built geo table"
+                    );
+                    cache.push((key, Arc::clone(&p)));
+                    p
+                });
+                plans.push(Arc::new(Plan::build(zc, s, table, geo.countries())));
             }
-            zones.push(Zone::build(Arc::new(zc.clone()), policies));
-            geo_policies.push(geos);
+            zones.push(Zone::build(Arc::new(zc.clone()), plans));
         }
         // Most labels first, so a child zone served here wins over its parent.
-        let mut order: Vec<usize> = (0..zones.len()).collect();
-        order.sort_by_key(|&i| std::cmp::Reverse(zones[i].origin_labels()));
-        let mut zones: Vec<Option<Zone>> = zones.into_iter().map(Some).collect();
-        let mut geo_policies: Vec<Option<_>> = geo_policies.into_iter().map(Some).collect();
-        let (zones, geo_policies): (Vec<Zone>, Vec<_>) = order
-            .into_iter()
-            .map(|i| {
-                (
-                    zones[i].take().expect("once"),
-                    geo_policies[i].take().expect("once"),
-                )
-            })
-            .unzip();
+        zones.sort_by_key(|z| std::cmp::Reverse(z.origin_labels()));
         let fast = FastIndex::build(&zones);
         let health = HealthView::new(
             zones
@@ -141,11 +122,14 @@ impl Snapshot {
         release_free_memory();
         Self {
             zones: zones.into(),
-            geo_policies: geo_policies.into(),
             fast: Arc::new(fast),
             max_udp_payload: config.server.max_udp_payload,
             geo,
             health: Arc::new(health),
+            seed: {
+                use std::hash::{BuildHasher, RandomState};
+                RandomState::new().hash_one(started)
+            },
         }
     }
 
@@ -170,9 +154,10 @@ impl Snapshot {
         &self.zones
     }
 
-    /// The geo policy of a service, by zone position in [`Self::zones`] and
-    /// service position in that zone's config.
-    pub fn geo_policy(&self, zone: usize, service: usize) -> Option<&GeoPolicy> {
-        self.geo_policies.get(zone)?.get(service)?.as_deref()
+    /// The routing plan of a service, by zone position in [`Self::zones`]
+    /// and service position in that zone's config.
+    pub fn plan(&self, zone: usize, service: usize) -> Option<&Plan> {
+        let zone = self.zones.get(zone)?;
+        (service < zone.config.services.len()).then(|| &*zone.service(service).plan)
     }
 }

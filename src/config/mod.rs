@@ -8,6 +8,7 @@
 //!
 //! This module opens files but never sockets or GeoIP databases.
 
+pub mod policy;
 pub mod probe;
 mod raw;
 mod validate;

@@ -79,6 +79,7 @@ pub(super) struct RawRecord {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawDatacenter {
     pub(super) location: Option<[f64; 2]>,
+    pub(super) country: Option<String>,
     pub(super) addresses: Vec<String>,
     pub(super) probe: Option<RawProbe>,
 }
@@ -112,7 +113,13 @@ pub(super) struct RawProbe {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawService {
-    pub(super) policy: String,
+    /// A step name, or an array of steps (names or one-key tables).
+    pub(super) policy: toml::Value,
+    #[serde(default)]
+    pub(super) weights: BTreeMap<String, i64>,
+    pub(super) sticky_prefix_v4: Option<i64>,
+    pub(super) sticky_prefix_v6: Option<i64>,
+    pub(super) rotate: Option<bool>,
     pub(super) datacenters: Vec<String>,
     pub(super) ttl: Option<u32>,
     pub(super) default: Option<Vec<String>>,

@@ -248,7 +248,7 @@ fn probe_and_health_settings_are_checked() {
     let e = err(&format!(
         "{failover}\n[services.www.countries]\nJP = [\"a\"]\n"
     ));
-    assert!(e.reason.contains("only for geo"), "{e}");
+    assert!(e.reason.contains("only used by a \"geo\" step"), "{e}");
 }
 
 #[test]

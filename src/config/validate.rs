@@ -15,14 +15,13 @@ use super::{
 };
 use crate::dns::records::{DomainName, StaticRecord, parse_name, parse_record};
 use crate::model::{
-    AllDown, Continent, Coord, CountryCode, Datacenter, DcId, Fallback, GeoSpec, PolicySpec,
-    Service, Soa, Warmup, ZoneConfig,
+    AllDown, Coord, CountryCode, Datacenter, DcId, Fallback, Service, Soa, Warmup, ZoneConfig,
 };
 
 /// Most datacenters in one zone (indices are u16; far beyond any real use).
 const MAX_DATACENTERS: usize = 1024;
 
-fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
+pub(super) fn check_range<T: PartialOrd + std::fmt::Display + Copy>(
     file: &Path,
     key: &str,
     value: T,
@@ -411,6 +410,10 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
             }
             None => None,
         };
+        let country = match &dc.country {
+            Some(cc) => Some(parse_country(file, &format!("{key}.country"), cc)?),
+            None => None,
+        };
         let (mut v4, mut v6) = (Vec::new(), Vec::new());
         for (i, a) in dc.addresses.iter().enumerate() {
             let akey = format!("{key}.addresses[{i}]");
@@ -450,6 +453,7 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
             v4,
             v6,
             probe,
+            country,
         });
     }
 
@@ -620,7 +624,20 @@ fn check_name_server_addresses(file: &Path, zone: &ZoneConfig) -> Result<(), Con
     Ok(())
 }
 
-fn resolve_dcs(
+/// An upper-case ISO 3166-1 alpha-2 code.
+pub(super) fn parse_country(file: &Path, key: &str, cc: &str) -> Result<CountryCode, ConfigError> {
+    CountryCode::parse(cc)
+        .filter(|c| c.to_string() == *cc)
+        .ok_or_else(|| {
+            ConfigError::new(
+                file,
+                key,
+                "not an upper-case ISO 3166-1 alpha-2 country code such as \"JP\"",
+            )
+        })
+}
+
+pub(super) fn resolve_dcs(
     file: &Path,
     key: &str,
     zone: &ZoneConfig,
@@ -685,83 +702,7 @@ fn validate_service(
         None,
     )?;
     let ttl = ttl(file, &format!("{key}.ttl"), raw.ttl, DEFAULT_SERVICE_TTL)?;
-    let policy = match raw.policy.as_str() {
-        "failover" => {
-            for (field, present) in [
-                ("default", raw.default.is_some()),
-                ("countries", !raw.countries.is_empty()),
-                ("continents", !raw.continents.is_empty()),
-                ("networks", !raw.networks.is_empty()),
-            ] {
-                if present {
-                    return Err(ConfigError::new(
-                        file,
-                        format!("{key}.{field}"),
-                        "only for geo services; a failover service uses `datacenters` in order",
-                    ));
-                }
-            }
-            PolicySpec::Failover
-        }
-        "geo" => {
-            for &id in &datacenters {
-                if zone.dc(id).location.is_none() {
-                    return Err(ConfigError::new(
-                        file,
-                        format!("datacenters.{}.location", key_part(&zone.dc(id).name)),
-                        format!("missing; the geo service {name:?} ranks by distance to it"),
-                    ));
-                }
-            }
-            let allowed = Some(datacenters.as_slice());
-            let default = match &raw.default {
-                Some(list) => resolve_dcs(file, &format!("{key}.default"), zone, list, allowed)?,
-                None => datacenters.clone(),
-            };
-            let mut countries = Vec::new();
-            for (cc, list) in &raw.countries {
-                let ckey = format!("{key}.countries.{}", key_part(cc));
-                let code = CountryCode::parse(cc)
-                    .filter(|c| c.to_string() == *cc)
-                    .ok_or_else(|| {
-                        ConfigError::new(
-                            file,
-                            ckey.clone(),
-                            "not an upper-case ISO 3166-1 alpha-2 country code such as \"JP\"",
-                        )
-                    })?;
-                countries.push((code, resolve_dcs(file, &ckey, zone, list, allowed)?));
-            }
-            let mut continents = Vec::new();
-            for (cc, list) in &raw.continents {
-                let ckey = format!("{key}.continents.{}", key_part(cc));
-                let code = Continent::parse(cc)
-                    .filter(|c| c.code() == cc)
-                    .ok_or_else(|| {
-                        ConfigError::new(
-                            file,
-                            ckey.clone(),
-                            "not a continent code (AF, AN, AS, EU, NA, OC, SA)",
-                        )
-                    })?;
-                continents.push((code, resolve_dcs(file, &ckey, zone, list, allowed)?));
-            }
-            let networks = validate_networks(file, key, zone, &raw.networks, allowed)?;
-            PolicySpec::Geo(GeoSpec {
-                countries,
-                continents,
-                networks,
-                default,
-            })
-        }
-        other => {
-            return Err(ConfigError::new(
-                file,
-                format!("{key}.policy"),
-                format!("unknown policy {other:?} (available: \"geo\", \"failover\")"),
-            ));
-        }
-    };
+    let policy = super::policy::validate_policy(file, key, zone, name, &datacenters, raw)?;
     let max_answers = check_range(
         file,
         &format!("{key}.max_answers"),
@@ -814,6 +755,7 @@ fn validate_service(
         datacenters,
         ttl,
         policy,
+        rotate: raw.rotate.unwrap_or(true),
         max_answers,
         degraded_ttl,
         when_all_down,
@@ -867,7 +809,7 @@ fn validate_fallback(
     }
 }
 
-fn validate_networks(
+pub(super) fn validate_networks(
     file: &Path,
     key: &str,
     zone: &ZoneConfig,

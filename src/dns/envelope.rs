@@ -307,6 +307,21 @@ impl Envelope {
         canonical(self.routing_ecs().map_or(src, |e| e.addr))
     }
 
+    /// Per-query randomness for `weighted` and address rotation: the
+    /// process's `seed` mixed with the query ID and source, so both paths
+    /// draw the same for one query.
+    pub(crate) fn entropy(&self, seed: u64, src: IpAddr) -> u64 {
+        let src = match canonical(src) {
+            IpAddr::V4(a) => u64::from(u32::from(a)),
+            IpAddr::V6(a) => {
+                let b = u128::from(a);
+                (b as u64) ^ (b >> 64) as u64
+            }
+        };
+        let id = u64::from(u16::from_be_bytes(self.id));
+        crate::policy::weighted::mix(seed ^ crate::policy::weighted::mix(src ^ id << 48))
+    }
+
     /// Writes the response header: ID, opcode, RD and CD echoed, QR set,
     /// QDCOUNT 1 (or 0 when `question` is false), ARCOUNT plus one when
     /// the response carries OPT.

@@ -24,6 +24,7 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{LowerName, Name, RecordType};
@@ -31,10 +32,10 @@ use hickory_proto::serialize::binary::BinEncodable;
 
 use super::envelope::{Envelope, Header, Question, Transport, echo_ecs};
 use super::handler::fill;
-use super::zone::{Resolution, Selector, Zone};
+use super::zone::{Resolution, Zone};
 use crate::health::HealthView;
-use crate::model::{AllDown, DcId};
-use crate::policy::{Choice, Client};
+use crate::model::DcId;
+use crate::policy::{Client, Decision, Outcome, Plan};
 
 /// A pre-encoded response body; see the module docs.
 #[derive(Debug)]
@@ -49,6 +50,18 @@ struct Template {
     counts: [u16; 3],
     authoritative: bool,
     rcode: u8,
+    /// For a service's answer: where its address records start in
+    /// `body` (they run to the end, all of one size) and how many there
+    /// are. `None` where the answer has none, or other records follow.
+    addresses: Option<Addresses>,
+}
+
+/// The address records at the end of a service answer's template.
+#[derive(Clone, Copy, Debug)]
+struct Addresses {
+    at: usize,
+    count: usize,
+    size: usize,
 }
 
 #[derive(Debug)]
@@ -60,7 +73,7 @@ enum Response {
     /// for services that do not fail open.
     Dynamic {
         zone: usize,
-        selector: Selector,
+        plan: Arc<Plan>,
         per_dc: Box<[[Template; 2]]>,
         all_down: Option<Template>,
     },
@@ -74,6 +87,15 @@ struct NameEntry {
     other: Response,
     /// Names below this one that do not exist: NXDOMAIN or a referral.
     miss: Option<Template>,
+}
+
+/// What the fast path reads from the snapshot besides the templates.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Serving<'a> {
+    pub(crate) health: &'a HealthView,
+    pub(crate) max_udp_payload: u16,
+    /// Seed of the per-query randomness.
+    pub(crate) seed: u64,
 }
 
 /// Templates for every name the snapshot serves.
@@ -109,11 +131,35 @@ fn template(qname: &Name, qtype: RecordType, res: Resolution) -> Option<Template
         counts: [count(6), count(8), count(10)],
         authoritative: bytes[2] & 0x04 != 0,
         rcode: bytes[3] & 0x0f,
+        addresses: None,
     })
 }
 
-fn no_choice(_: &super::zone::ServiceAnswers) -> (Choice, u8) {
-    (Choice::of(&[], false, false), 0)
+/// Finds the `count` address records of type `rtype` at the end of a
+/// template's body: each is a compressed owner (a 2-byte pointer), the
+/// type, class IN, TTL, and RDATA of the family's length.
+fn find_addresses(t: &Template, rtype: RecordType, count: usize) -> Option<Addresses> {
+    let rdlen: usize = match rtype {
+        RecordType::A => 4,
+        RecordType::AAAA => 16,
+        _ => return None,
+    };
+    let size = 12 + rdlen;
+    let at = t.body.len().checked_sub(count * size)?;
+    let ok = count > 0
+        && t.counts[1] == 0
+        && t.counts[2] == 0
+        && t.body[at..].chunks(size).all(|r| {
+            r[0] & 0xc0 == 0xc0
+                && r[2..4] == u16::from(rtype).to_be_bytes()
+                && r[4..6] == [0, 1]
+                && usize::from(u16::from_be_bytes([r[10], r[11]])) == rdlen
+        });
+    ok.then_some(Addresses { at, count, size })
+}
+
+fn no_choice(_: &super::zone::ServiceAnswers) -> Decision {
+    Decision::empty()
 }
 
 fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> Option<Response> {
@@ -121,28 +167,36 @@ fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> O
     match probe.service {
         None => Some(Response::Static(template(name, qtype, probe)?)),
         Some(service) => {
-            let forced = |dcs: &[DcId], degraded: bool, all_down: bool| {
-                let choice = Choice::of(dcs, degraded, all_down);
-                template(
-                    name,
-                    qtype,
-                    zone.resolve_with(name, qtype, &mut |_| (choice, 0)),
-                )
-            };
+            let svc = zone.service(service);
+            let plan = &svc.plan;
+            let render =
+                |d: Decision| template(name, qtype, zone.resolve_with(name, qtype, &mut |_| d));
             let per_dc = (0..zone.datacenter_count())
                 .map(|dc| {
-                    let dc = [DcId(u16::try_from(dc).ok()?)];
-                    Some([forced(&dc, false, false)?, forced(&dc, true, false)?])
+                    let dc = DcId(u16::try_from(dc).ok()?);
+                    let count = svc.addresses(dc, qtype);
+                    let mut pair = [
+                        render(plan.forced(dc, false))?,
+                        render(plan.forced(dc, true))?,
+                    ];
+                    for t in &mut pair {
+                        let rtype = if qtype == RecordType::AAAA {
+                            RecordType::AAAA
+                        } else {
+                            RecordType::A
+                        };
+                        t.addresses = find_addresses(t, rtype, count);
+                    }
+                    Some(pair)
                 })
                 .collect::<Option<Vec<_>>>()?;
-            let svc = zone.service(service);
-            let all_down = match svc.all_down {
-                AllDown::All => None,
-                _ => Some(forced(&[], true, true)?),
+            let all_down = match plan.all_down() {
+                None => None,
+                Some(d) => Some(render(d)?),
             };
             Some(Response::Dynamic {
                 zone: zone_index,
-                selector: svc.selector.clone(),
+                plan: Arc::clone(plan),
                 per_dc: per_dc.into_boxed_slice(),
                 all_down,
             })
@@ -274,13 +328,17 @@ impl FastIndex {
     /// path.
     pub(crate) fn answer(
         &self,
-        health: &HealthView,
+        serving: Serving<'_>,
         packet: &[u8],
         src: IpAddr,
         transport: Transport,
-        max_udp_payload: u16,
         out: &mut Vec<u8>,
     ) -> bool {
+        let Serving {
+            health,
+            max_udp_payload,
+            seed,
+        } = serving;
         let Some(env) = Envelope::scan(packet) else {
             return false;
         };
@@ -298,7 +356,6 @@ impl FastIndex {
         let Some(q) = simple_question(&env) else {
             return false;
         };
-        let question = &packet[12..q.end];
         let name = q.name();
 
         // Exact match, else the closest existing ancestor's miss template.
@@ -313,24 +370,30 @@ impl FastIndex {
                     Response::Static(t) => (Some(t), None, 0),
                     Response::Dynamic {
                         zone,
-                        selector,
+                        plan,
                         per_dc,
                         all_down,
                     } => {
                         let addr = env.client_addr(src);
-                        let (choice, ranked_scope) =
-                            selector.select(&Client { addr }, health, *zone);
-                        let t = match (choice.all_down, all_down, choice.dcs()) {
-                            (true, Some(t), _) => t,
-                            // One datacenter: its template. Several: the
-                            // general path assembles the answer.
-                            (_, _, [dc]) => match per_dc.get(dc.index()) {
-                                Some(pair) => &pair[usize::from(choice.degraded)],
-                                None => return false,
-                            },
-                            _ => return false,
+                        let entropy = env.entropy(seed, src);
+                        let d = plan.decide(&Client { addr }, health.zone(*zone), entropy, &mut ());
+                        let t = match (d.outcome, all_down) {
+                            (Outcome::Answer, _) => {
+                                return self.assemble(
+                                    &env,
+                                    packet,
+                                    &d,
+                                    per_dc,
+                                    addr,
+                                    transport,
+                                    max_udp_payload,
+                                    out,
+                                );
+                            }
+                            (_, Some(t)) => t,
+                            (_, None) => return false,
                         };
-                        (Some(t), Some((addr, ranked_scope)), 0)
+                        (Some(t), Some((addr, d.scope)), 0)
                     }
                 }
             }
@@ -366,7 +429,6 @@ impl FastIndex {
             }
         };
 
-        out.clear();
         let header = match template {
             Some(t) => Header {
                 aa: t.authoritative,
@@ -381,8 +443,14 @@ impl FastIndex {
                 ..Header::default()
             },
         };
+        // REFUSED carries no ECS (as in the slow path); answers do.
+        let ecs = match template {
+            Some(_) => echo_ecs(&env, scope.map_or(src, |s| s.0), scope.map(|s| s.1)),
+            None => None,
+        };
+        out.clear();
         env.write_header(out, header);
-        out.extend_from_slice(question);
+        out.extend_from_slice(&packet[12..q.end]);
         if let Some(t) = template {
             let start = out.len();
             out.extend_from_slice(&t.body);
@@ -390,23 +458,126 @@ impl FastIndex {
                 return false;
             }
         }
-        // REFUSED carries no ECS (as in the slow path); answers do.
-        let ecs = match template {
-            Some(_) => echo_ecs(&env, scope.map_or(src, |s| s.0), scope.map(|s| s.1)),
-            None => None,
-        };
-        env.write_opt(out, max_udp_payload, ecs);
-        let limit = env.limit(transport, max_udp_payload);
-        if out.len() > limit {
-            // RFC 2181 §9: TC, with the question and OPT only, so the
-            // client retries over TCP.
-            out.clear();
-            env.write_header(out, Header { tc: true, ..header }.without_records());
-            out.extend_from_slice(question);
-            env.write_opt(out, max_udp_payload, ecs);
-        }
-        out.len() <= limit
+        finish(&env, packet, header, ecs, transport, max_udp_payload, out)
     }
+
+    /// Writes a service's answer from the templates of the chosen
+    /// datacenters: one template as it is, or the address records of
+    /// several after the first one's CNAME chain, rotated.
+    #[allow(clippy::too_many_arguments)]
+    fn assemble(
+        &self,
+        env: &Envelope,
+        packet: &[u8],
+        d: &Decision,
+        per_dc: &[[Template; 2]],
+        routed_on: IpAddr,
+        transport: Transport,
+        max_udp_payload: u16,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let variant = usize::from(d.choice.degraded);
+        let mut parts = [None::<&Template>; crate::policy::MAX_ANSWERS];
+        let mut total = 0;
+        let mut first = None;
+        for (slot, dc) in parts.iter_mut().zip(d.dcs()) {
+            let Some(pair) = per_dc.get(dc.index()) else {
+                return false;
+            };
+            let t = &pair[variant];
+            first.get_or_insert(t);
+            match t.addresses {
+                Some(a) => {
+                    total += a.count;
+                    *slot = Some(t);
+                }
+                // No address of this family: contributes nothing.
+                None if t.counts[0] == 0 => {}
+                None => return false,
+            }
+        }
+        let Some(first) = first else { return false };
+        let lead = parts.iter().flatten().next().copied();
+        let (t, a) = match lead {
+            Some(t) => (
+                t,
+                t.addresses.unwrap_or(Addresses {
+                    at: 0,
+                    count: 0,
+                    size: 1,
+                }),
+            ),
+            // None of them has an address of this family: NODATA.
+            None => (
+                first,
+                Addresses {
+                    at: first.body.len(),
+                    count: 0,
+                    size: 1,
+                },
+            ),
+        };
+        let prefix_count = t.counts[0] - a.count as u16;
+        let header = Header {
+            aa: t.authoritative,
+            tc: false,
+            rcode: t.rcode,
+            question: true,
+            counts: if total == 0 {
+                t.counts
+            } else {
+                [prefix_count + total as u16, 0, 0]
+            },
+        };
+        out.clear();
+        env.write_header(out, header);
+        out.extend_from_slice(&packet[12..env.question.map_or(12, |q| q.end)]);
+        if total == 0 {
+            out.extend_from_slice(&t.body);
+        } else {
+            out.extend_from_slice(&t.body[..a.at]);
+            // Record i of the answer is record (i + k) mod total of the
+            // chosen datacenters' records in order (round robin).
+            let k = d.rotate_by(total);
+            for i in 0..total {
+                let mut n = (i + k) % total;
+                for part in parts.iter().flatten() {
+                    let Some(pa) = part.addresses else { continue };
+                    if n < pa.count {
+                        let at = pa.at + n * pa.size;
+                        out.extend_from_slice(&part.body[at..at + pa.size]);
+                        break;
+                    }
+                    n -= pa.count;
+                }
+            }
+        }
+        let ecs = echo_ecs(env, routed_on, Some(d.scope));
+        finish(env, packet, header, ecs, transport, max_udp_payload, out)
+    }
+}
+
+/// Appends OPT, then truncates if the response exceeds the limit (RFC
+/// 2181 §9: TC, with the question and OPT only, so the client retries
+/// over TCP). `false` if even that does not fit.
+fn finish(
+    env: &Envelope,
+    packet: &[u8],
+    header: Header,
+    ecs: Option<(crate::dns::envelope::Ecs, u8)>,
+    transport: Transport,
+    max_udp_payload: u16,
+    out: &mut Vec<u8>,
+) -> bool {
+    env.write_opt(out, max_udp_payload, ecs);
+    let limit = env.limit(transport, max_udp_payload);
+    if out.len() > limit {
+        out.clear();
+        env.write_header(out, Header { tc: true, ..header }.without_records());
+        out.extend_from_slice(&packet[12..env.question.map_or(12, |q| q.end)]);
+        env.write_opt(out, max_udp_payload, ecs);
+    }
+    out.len() <= limit
 }
 
 /// The first question of a query the templates can answer: one question

@@ -61,14 +61,12 @@ pub fn handle_fast(
     transport: Transport,
     out: &mut Vec<u8>,
 ) -> bool {
-    snap.fast.answer(
-        &snap.health,
-        packet,
-        src,
-        transport,
-        snap.max_udp_payload,
-        out,
-    )
+    let serving = super::fast::Serving {
+        health: &snap.health,
+        max_udp_payload: snap.max_udp_payload,
+        seed: snap.seed,
+    };
+    snap.fast.answer(serving, packet, src, transport, out)
 }
 
 /// The general path: hickory parses the query and encodes the response.
@@ -153,8 +151,10 @@ fn respond(snap: &Snapshot, query: &Message, env: &Envelope, src: IpAddr) -> Opt
     let client = Client {
         addr: env.client_addr(src),
     };
+    let entropy = env.entropy(snap.seed, src);
+    let health = snap.health.zone(zone_index);
     let res = zone.resolve_with(q.name(), qtype, &mut |svc| {
-        svc.selector.select(&client, &snap.health, zone_index)
+        svc.plan.decide(&client, health, entropy, &mut ())
     });
     let scope = res.scope;
     fill(&mut resp, res);

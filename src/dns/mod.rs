@@ -101,6 +101,18 @@ pub fn summarize(packet: &[u8]) -> Result<Summary, String> {
     })
 }
 
+/// The per-query randomness the handler draws for `packet` from `src`
+/// (so `explain` can replay the very decision the handler made).
+pub fn query_entropy(snap: &crate::snapshot::Snapshot, packet: &[u8], src: IpAddr) -> Option<u64> {
+    envelope::Envelope::scan(packet).map(|e| e.entropy(snap.seed, src))
+}
+
+/// The address a policy routes on for a client address (IPv4-mapped IPv6
+/// becomes IPv4), as the handler converts it.
+pub fn canonical_client(addr: IpAddr) -> IpAddr {
+    envelope::canonical(addr)
+}
+
 /// The source address used for `explain` queries without `--client`.
 pub const EXPLAIN_SOURCE: SocketAddr =
     SocketAddr::new(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 53);

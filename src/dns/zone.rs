@@ -12,47 +12,35 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
 use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
 
-use crate::health::HealthView;
-use crate::model::{AllDown, Fallback, Warmup, ZoneConfig};
-use crate::policy::{Choice, Client, Policy, choose};
+use crate::model::{AllDown, Fallback, ZoneConfig};
+use crate::policy::{Decision, Outcome, Plan};
 
 /// Longest CNAME chain followed inside a zone before giving up.
 const MAX_CNAME_CHAIN: usize = 8;
-
-/// How a service picks its datacenters for a client: rank with the
-/// policy, skip what health rules out, take the first `max_answers`. The
-/// one place both the general and the fast path decide.
-#[derive(Clone, Debug)]
-pub(crate) struct Selector {
-    policy: Arc<dyn Policy>,
-    max_answers: usize,
-    warmup: Warmup,
-}
-
-impl Selector {
-    /// The choice for `client` and the ECS scope it holds for, with the
-    /// health of the zone at `zone` in the snapshot.
-    pub(crate) fn select(&self, client: &Client, health: &HealthView, zone: usize) -> (Choice, u8) {
-        let ranked = self.policy.rank(client);
-        let choice = choose(ranked.order, self.max_answers, |dc| {
-            health.dc(zone, dc).usable(self.warmup)
-        });
-        (choice, ranked.scope)
-    }
-}
 
 /// A service ready to answer: how it selects and precomputed records per
 /// datacenter.
 #[derive(Debug)]
 pub(crate) struct ServiceAnswers {
-    pub(crate) selector: Selector,
-    ttl: u32,
-    pub(crate) degraded_ttl: u32,
-    pub(crate) all_down: AllDown,
+    pub(crate) plan: Arc<Plan>,
+    all_down: AllDown,
     /// A records per datacenter (indexed by `DcId`), owner = service name.
     a: Vec<Vec<Record>>,
     /// AAAA records per datacenter.
     aaaa: Vec<Vec<Record>>,
+}
+
+impl ServiceAnswers {
+    /// How many addresses datacenter `dc` answers `qtype` with (ANY is
+    /// answered as A).
+    pub(crate) fn addresses(&self, dc: crate::model::DcId, qtype: RecordType) -> usize {
+        let per_dc = if qtype == RecordType::AAAA {
+            &self.aaaa
+        } else {
+            &self.a
+        };
+        per_dc.get(dc.index()).map_or(0, Vec::len)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -103,10 +91,9 @@ pub(crate) struct Resolution {
     pub(crate) service: Option<usize>,
 }
 
-/// Picks the datacenter whose records answer a service: `(choice, ECS
-/// scope)`. The query path ranks with the service's policy; the fast-path
-/// builder forces each datacenter in turn.
-pub(crate) type Choose<'a> = dyn FnMut(&ServiceAnswers) -> (Choice, u8) + 'a;
+/// Decides a service's answer. The query path asks the service's plan;
+/// the fast-path builder forces each datacenter in turn.
+pub(crate) type Choose<'a> = dyn FnMut(&ServiceAnswers) -> Decision + 'a;
 
 fn with_owner(r: &Record, owner: &Name) -> Record {
     let mut r = r.clone();
@@ -115,8 +102,8 @@ fn with_owner(r: &Record, owner: &Name) -> Record {
 }
 
 impl Zone {
-    /// Builds the store. `policies[i]` answers `config.services[i]`.
-    pub fn build(config: Arc<ZoneConfig>, policies: Vec<Arc<dyn Policy>>) -> Self {
+    /// Builds the store. `plans[i]` answers `config.services[i]`.
+    pub fn build(config: Arc<ZoneConfig>, plans: Vec<Arc<Plan>>) -> Self {
         let z = &*config;
         let origin = z.origin.clone();
         let soa_rdata = SOA::new(
@@ -175,7 +162,7 @@ impl Zone {
             }
         }
         let mut services = Vec::with_capacity(z.services.len());
-        for (i, (s, policy)) in z.services.iter().zip(policies).enumerate() {
+        for (i, (s, plan)) in z.services.iter().zip(plans).enumerate() {
             nodes.get_mut(&service_keys[i]).expect("touched").service = Some(i);
             let a = z
                 .datacenters
@@ -198,13 +185,7 @@ impl Zone {
                 })
                 .collect();
             services.push(ServiceAnswers {
-                selector: Selector {
-                    policy,
-                    max_answers: s.max_answers,
-                    warmup: s.warmup,
-                },
-                ttl: s.ttl,
-                degraded_ttl: s.degraded_ttl,
+                plan,
                 all_down: s.when_all_down.clone(),
                 a,
                 aaaa,
@@ -445,25 +426,22 @@ impl Zone {
             return;
         }
         if let (Some(svc), RecordType::A | RecordType::AAAA) = (service, qtype) {
-            let (choice, scope) = choose(svc);
-            res.scope = Some(scope);
+            let decision = choose(svc);
+            res.scope = Some(decision.scope);
             res.service = node.service;
-            let ttl = if choice.degraded {
-                svc.degraded_ttl
-            } else {
-                svc.ttl
-            };
-            if choice.all_down {
-                match &svc.all_down {
-                    AllDown::All => {} // fail open: answer from `choice`
-                    AllDown::None => return self.negative(res, Some(ttl)),
-                    AllDown::Servfail => {
-                        res.rcode = ResponseCode::ServFail;
-                        res.authoritative = false;
-                        return;
-                    }
-                    AllDown::Fallback(fb) => return self.fallback(fb, name, qtype, ttl, res),
+            let ttl = decision.ttl;
+            match (decision.outcome, &svc.all_down) {
+                (Outcome::Answer, _) => {}
+                (Outcome::NoData, _) => return self.negative(res, Some(ttl)),
+                (Outcome::ServFail, _) => {
+                    res.rcode = ResponseCode::ServFail;
+                    res.authoritative = false;
+                    return;
                 }
+                (Outcome::Fallback, AllDown::Fallback(fb)) => {
+                    return self.fallback(fb, name, qtype, ttl, res);
+                }
+                (Outcome::Fallback, _) => return self.negative(res, Some(ttl)),
             }
             let per_dc = if qtype == RecordType::A {
                 &svc.a
@@ -472,7 +450,7 @@ impl Zone {
             };
             // Answers may already hold the CNAME chain that led here.
             let before = res.answers.len();
-            for dc in choice.dcs() {
+            for dc in decision.dcs() {
                 if let Some(records) = per_dc.get(dc.index()) {
                     res.answers.extend(records.iter().map(|r| {
                         let mut r = with_owner(r, name);
@@ -481,15 +459,18 @@ impl Zone {
                     }));
                 }
             }
-            if res.answers.len() == before {
+            let added = res.answers.len() - before;
+            if added == 0 {
                 // The chosen datacenters have no address of this family:
                 // NODATA, cached no longer than the service's answers.
                 self.negative(res, Some(ttl));
             }
+            // Round robin: the addresses start at a per-query offset.
+            res.answers[before..].rotate_left(decision.rotate_by(added));
             return;
         }
         // NODATA. For a service name the answer to other types does not
         // depend on the client, so no scope.
-        self.negative(res, service.map(|s| s.ttl.min(self.negative_ttl)));
+        self.negative(res, service.map(|s| s.plan.ttl().min(self.negative_ttl)));
     }
 }

@@ -91,6 +91,12 @@ impl HealthView {
             .unwrap_or(DcHealth::UP)
     }
 
+    /// The states of the zone at `zone`, indexed by `DcId` (empty when
+    /// unknown to the view: every datacenter then counts as up).
+    pub fn zone(&self, zone: usize) -> &[DcHealth] {
+        self.zones.get(zone).map_or(&[], Vec::as_slice)
+    }
+
     /// Per-zone states.
     pub fn zones(&self) -> &[Vec<DcHealth>] {
         &self.zones

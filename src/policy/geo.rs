@@ -23,7 +23,7 @@ use crate::geo::distance::distance_km;
 use crate::geo::table::{PrefixTable, TableBuilder, addr_bits, family_bits};
 use crate::geo::{GeoDb, Location};
 use crate::model::{Datacenter, DcId, GeoSpec};
-use crate::policy::{Client, Policy, Ranked, Rankings};
+use crate::policy::{Classes, GeoClass};
 
 /// Why a client got its ranking (for `explain`).
 #[derive(Clone, Debug, PartialEq)]
@@ -40,20 +40,39 @@ pub enum Rule {
     Default,
 }
 
-/// A built geo policy.
+/// Which client attributes a table keeps beside the ranking, for the
+/// `same` steps of a chain. Tables that keep none merge more blocks, so
+/// their ECS scopes are wider.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Keep {
+    /// The client's country.
+    pub country: bool,
+    /// The client's continent.
+    pub continent: bool,
+}
+
+/// A built geo table: the class (ranking and kept attributes) of every
+/// client network.
 #[derive(Debug)]
 pub struct GeoPolicy {
     spec: GeoSpec,
     candidates: Vec<(DcId, crate::model::Coord)>,
-    rankings: Rankings,
+    keep: Keep,
+    rankings: Classes,
     v4: PrefixTable,
     v6: PrefixTable,
 }
 
 impl GeoPolicy {
     /// Builds the tables for a service over `candidates` (the service's
-    /// datacenters, which must all have locations).
-    pub fn build(spec: &GeoSpec, candidates: &[DcId], dcs: &[Datacenter], geo: &GeoDb) -> Self {
+    /// datacenters; those without a location are not ranked by distance).
+    pub fn build(
+        spec: &GeoSpec,
+        candidates: &[DcId],
+        dcs: &[Datacenter],
+        geo: &GeoDb,
+        keep: Keep,
+    ) -> Self {
         let candidates: Vec<_> = candidates
             .iter()
             .filter_map(|&id| dcs[id.index()].location.map(|c| (id, c)))
@@ -61,11 +80,12 @@ impl GeoPolicy {
         let mut this = Self {
             spec: spec.clone(),
             candidates,
-            rankings: Rankings::default(),
+            keep,
+            rankings: Classes::default(),
             v4: TableBuilder::new(32, 0).finish(&[]),
             v6: TableBuilder::new(128, 0).finish(&[]),
         };
-        let default_id = this.rankings.intern(&spec.default);
+        let default_id = this.rankings.intern(GeoClass::of(&spec.default));
         let mut tables = [None, None];
         for v6 in [false, true] {
             let bits = family_bits(v6);
@@ -73,8 +93,10 @@ impl GeoPolicy {
             let mut per_record: HashMap<usize, u32> = HashMap::new();
             geo.for_each_network(v6, |net, key, decode| {
                 let id = *per_record.entry(key).or_insert_with(|| {
-                    let order = this.rank_location(decode().as_ref()).0;
-                    this.rankings.intern(&order)
+                    let loc = decode();
+                    let order = this.rank_location(loc.as_ref()).0;
+                    let class = this.class(order, loc.as_ref());
+                    this.rankings.intern(class)
                 });
                 let (s, e) =
                     crate::geo::table::prefix_range(bits, addr_bits(net.addr()), net.prefix_len());
@@ -88,7 +110,7 @@ impl GeoPolicy {
                     (
                         addr_bits(net.addr()),
                         net.prefix_len(),
-                        this.rankings.intern(order),
+                        this.rankings.intern(GeoClass::of(order)),
                     )
                 })
                 .collect();
@@ -99,7 +121,7 @@ impl GeoPolicy {
                 // ranking of its own so no IPv6 block (and so no ECS scope)
                 // spans them.
                 for base in [0xffff_u128 << 32, 0] {
-                    let id = this.rankings.distinct(&spec.default);
+                    let id = this.rankings.distinct(GeoClass::of(&spec.default));
                     overrides.push((base, 96, id));
                 }
             }
@@ -109,6 +131,24 @@ impl GeoPolicy {
         this.v4 = v4.expect("built");
         this.v6 = v6.expect("built");
         this
+    }
+
+    fn class(&self, order: Vec<DcId>, loc: Option<&Location>) -> GeoClass {
+        GeoClass {
+            order: order.into(),
+            country: loc.and_then(|l| l.country).filter(|_| self.keep.country),
+            continent: loc
+                .and_then(|l| l.continent)
+                .filter(|_| self.keep.continent),
+        }
+    }
+
+    /// The class of `addr` (its ranking and kept attributes) and the
+    /// prefix length over which it holds: the ECS scope.
+    pub fn lookup(&self, addr: IpAddr) -> (&GeoClass, u8) {
+        let table = if addr.is_ipv6() { &self.v6 } else { &self.v4 };
+        let (id, scope) = table.lookup(addr_bits(addr));
+        (self.rankings.get(id), scope)
     }
 
     /// The ranking for a location (ignoring network overrides) and why.
@@ -151,7 +191,7 @@ impl GeoPolicy {
             .map(|(n, _)| *n)
     }
 
-    /// Distinct rankings in the tables (for logs).
+    /// Distinct classes in the tables (for logs).
     pub fn ranking_count(&self) -> usize {
         self.rankings.len()
     }
@@ -159,20 +199,5 @@ impl GeoPolicy {
     /// Blocks in the IPv4 and IPv6 tables (for logs).
     pub fn table_sizes(&self) -> (usize, usize) {
         (self.v4.len(), self.v6.len())
-    }
-}
-
-impl Policy for GeoPolicy {
-    fn rank(&self, client: &Client) -> Ranked<'_> {
-        let table = if client.addr.is_ipv6() {
-            &self.v6
-        } else {
-            &self.v4
-        };
-        let (id, scope) = table.lookup(addr_bits(client.addr));
-        Ranked {
-            order: self.rankings.get(id),
-            scope,
-        }
     }
 }

@@ -1,18 +1,51 @@
-//! Routing policies: given a client, rank a service's datacenters.
+//! Routing: given a client and the health of a zone's datacenters, decide
+//! which datacenters answer, with what TTL and for how wide a network.
 //!
-//! Answering is three stages (see the crate docs): **rank** (a policy, pure
-//! and synchronous: no I/O, no locks, no `.await`), **filter** (health, once
-//! probes exist), **pick** (the first N). Policies are built once per config
-//! or GeoIP load into whatever precomputed form makes `rank` cheap, and are
-//! shared by every query through the snapshot.
+//! One pure function makes the whole decision, [`Plan::decide`]; both DNS
+//! paths only render the [`Decision`] it returns, and `explain` prints the
+//! trace of that same call. It runs in three stages:
+//!
+//! 1. **Rank.** The service's policy is a chain of steps ([`Step`]). Each
+//!    works on the *first tier* of the candidates, which starts as all of
+//!    the service's datacenters in config order:
+//!    - ordering steps (`geo`, `failover`, `weighted`, `sticky`) reorder
+//!      the first tier;
+//!    - narrowing steps (`nearest`, `within_km`, `same`, `prefer`) keep
+//!      part of the first tier as the first tier and move the rest behind
+//!      it, in their current order.
+//!
+//!    The ranking is the first tier followed by what earlier narrowing
+//!    steps moved behind it.
+//! 2. **Filter.** Datacenters that are down or drained (by health, with
+//!    the service's warm-up rule) are skipped.
+//! 3. **Pick.** The first `max_answers` usable ones answer. If none is
+//!    usable, `when_all_down` decides ([`Outcome`]).
+//!
+//! The ECS scope of a decision is the narrowest (longest) prefix any step
+//! depended on: the GeoIP table block for `geo` and `same`, the hashed
+//! prefix for `sticky`, nothing (0) for `failover`, `weighted` and the
+//! narrowing steps, whose input is already covered. Every client inside
+//! the scope therefore gets the same answer distribution.
+//!
+//! Deciding never allocates and never locks: candidates live in a fixed
+//! buffer of [`MAX_CANDIDATES`], and per-query randomness (`weighted`,
+//! address rotation) comes from the caller as `entropy`, so a decision is
+//! a pure function of its inputs.
 
-pub mod failover;
 pub mod geo;
+pub mod sticky;
+pub mod weighted;
 
-use std::fmt;
 use std::net::IpAddr;
+use std::sync::Arc;
 
-use crate::model::DcId;
+use crate::geo::distance::distance_km;
+use crate::health::DcHealth;
+use crate::model::{
+    AllDown, Attribute, Continent, CountryCode, CountryTable, DcId, Service, Step, Warmup,
+    ZoneConfig,
+};
+use geo::GeoPolicy;
 
 /// Who is asking: the address a policy routes on (the ECS address when the
 /// query carried one, else the packet's source), already truncated to the
@@ -23,24 +56,13 @@ pub struct Client {
     pub addr: IpAddr,
 }
 
-/// A policy's verdict.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Ranked<'a> {
-    /// Datacenters in preference order; may be a subset of the service's.
-    pub order: &'a [DcId],
-    /// Prefix length (in `Client::addr`'s family) over which this ranking
-    /// holds: the ECS scope to return.
-    pub scope: u8,
-}
-
-/// A routing policy, built for one service.
-pub trait Policy: Send + Sync + fmt::Debug {
-    /// Ranks the datacenters for `client`.
-    fn rank(&self, client: &Client) -> Ranked<'_>;
-}
-
 /// Most datacenters in one answer (`max_answers` is 1 to 8).
 pub const MAX_ANSWERS: usize = 8;
+
+/// Most datacenters in one service.
+pub const MAX_CANDIDATES: usize = 64;
+
+//------------ Choice ---------------------------------------------------------
 
 /// The datacenters whose records form an answer: the result of filtering a
 /// ranking by health and taking the first `max_answers`. Fixed capacity,
@@ -73,10 +95,14 @@ impl Choice {
             all_down,
         };
         for &d in dcs.iter().take(MAX_ANSWERS) {
-            c.dcs[usize::from(c.len)] = d;
-            c.len += 1;
+            c.push(d);
         }
         c
+    }
+
+    fn push(&mut self, dc: DcId) {
+        self.dcs[usize::from(self.len)] = dc;
+        self.len += 1;
     }
 }
 
@@ -90,8 +116,7 @@ pub fn choose(order: &[DcId], max: usize, up: impl Fn(DcId) -> bool) -> Choice {
             break;
         }
         if up(dc) {
-            chosen.dcs[usize::from(chosen.len)] = dc;
-            chosen.len += 1;
+            chosen.push(dc);
         }
     }
     let healthy = &order[..order.len().min(max)];
@@ -102,78 +127,563 @@ pub fn choose(order: &[DcId], max: usize, up: impl Fn(DcId) -> bool) -> Choice {
     chosen
 }
 
-/// Distinct rankings, interned so tables store small ids.
-#[derive(Clone, Debug, Default)]
-pub struct Rankings {
-    lists: Vec<Box<[DcId]>>,
-    index: std::collections::HashMap<Box<[DcId]>, u32>,
+//------------ Decision -------------------------------------------------------
+
+/// What the answer holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The records of the chosen datacenters (also when all are down and
+    /// the service fails open).
+    Answer,
+    /// All down, `when_all_down = "none"`: NODATA.
+    NoData,
+    /// All down, `when_all_down = "servfail"`.
+    ServFail,
+    /// All down, `when_all_down = "fallback"`: the fallback records.
+    Fallback,
 }
 
-impl Rankings {
-    /// The id of `order`, adding it if new.
-    pub fn intern(&mut self, order: &[DcId]) -> u32 {
-        if let Some(&id) = self.index.get(order) {
+/// A routing decision: everything a DNS path needs to render the answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    /// The chosen datacenters and whether the answer is degraded.
+    pub choice: Choice,
+    /// What the answer holds.
+    pub outcome: Outcome,
+    /// TTL of the answer records: `ttl`, or `degraded_ttl` when degraded.
+    pub ttl: u32,
+    /// ECS scope, in the client address's family.
+    pub scope: u8,
+    /// How far to rotate the answer's addresses, as a fraction of 2^32:
+    /// the renderer rotates `n` addresses by `rotation * n >> 32`. Zero for
+    /// services that do not rotate.
+    pub rotation: u32,
+}
+
+impl Decision {
+    /// No datacenter, no scope: what a service's static parts are
+    /// resolved with.
+    pub fn empty() -> Self {
+        Self {
+            choice: Choice::of(&[], false, false),
+            outcome: Outcome::Answer,
+            ttl: 0,
+            scope: 0,
+            rotation: 0,
+        }
+    }
+
+    /// The chosen datacenters, best first.
+    pub fn dcs(&self) -> &[DcId] {
+        self.choice.dcs()
+    }
+
+    /// Where an answer of `n` addresses starts, for round robin.
+    pub fn rotate_by(&self, n: usize) -> usize {
+        ((u64::from(self.rotation) * n as u64) >> 32) as usize
+    }
+}
+
+//------------ Tracing ---------------------------------------------------------
+
+/// Receives each stage of a decision, for `explain`. The query path uses
+/// `()`, which drops everything without building it.
+pub trait Tracer {
+    /// Records a stage; `f` is called only by tracers that keep stages.
+    fn stage(&mut self, f: impl FnOnce() -> Stage);
+}
+
+impl Tracer for () {
+    fn stage(&mut self, _: impl FnOnce() -> Stage) {}
+}
+
+/// One stage of a decision, as `explain` prints it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Stage {
+    /// The step or stage (`geo`, `weighted`, `health`, ...).
+    pub name: String,
+    /// The candidates after it, best first.
+    pub order: Vec<DcId>,
+    /// How many of `order` form the first tier.
+    pub first_tier: usize,
+    /// The ECS scope so far.
+    pub scope: u8,
+    /// What it looked at: the client's class, the hashed network.
+    pub note: String,
+    /// For the health stage: whether each of `order` is usable.
+    pub usable: Vec<bool>,
+}
+
+/// A tracer that keeps every stage.
+#[derive(Clone, Debug, Default)]
+pub struct Trace {
+    /// The stages, in order.
+    pub stages: Vec<Stage>,
+}
+
+impl Tracer for Trace {
+    fn stage(&mut self, f: impl FnOnce() -> Stage) {
+        self.stages.push(f());
+    }
+}
+
+//------------ Candidates ------------------------------------------------------
+
+/// The candidates during ranking, as positions in the service's
+/// datacenter list, with the length of the first tier. Fixed capacity.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Candidates {
+    at: [u8; MAX_CANDIDATES],
+    len: usize,
+    first: usize,
+}
+
+impl Candidates {
+    fn all(n: usize) -> Self {
+        let n = n.min(MAX_CANDIDATES);
+        let mut at = [0u8; MAX_CANDIDATES];
+        for (i, slot) in at.iter_mut().enumerate().take(n) {
+            *slot = i as u8;
+        }
+        Self {
+            at,
+            len: n,
+            first: n,
+        }
+    }
+
+    fn ranked(&self) -> &[u8] {
+        &self.at[..self.len]
+    }
+
+    fn first_tier(&mut self) -> &mut [u8] {
+        &mut self.at[..self.first]
+    }
+
+    /// Keeps the first-tier members for which `keep(position in tier,
+    /// candidate)` holds as the first tier, the others right behind.
+    fn narrow(&mut self, keep: impl Fn(usize, u8) -> bool) {
+        let mut kept = [0u8; MAX_CANDIDATES];
+        let mut rest = [0u8; MAX_CANDIDATES];
+        let (mut k, mut r) = (0, 0);
+        for (i, &c) in self.at[..self.first].iter().enumerate() {
+            if keep(i, c) {
+                kept[k] = c;
+                k += 1;
+            } else {
+                rest[r] = c;
+                r += 1;
+            }
+        }
+        self.at[..k].copy_from_slice(&kept[..k]);
+        self.at[k..k + r].copy_from_slice(&rest[..r]);
+        self.first = k;
+    }
+
+    /// Replaces the first tier by `order` restricted to its members;
+    /// members `order` leaves out are dropped.
+    fn reorder_first(&mut self, order: impl Iterator<Item = u8>) {
+        let mut member = 0u64;
+        for &c in &self.at[..self.first] {
+            member |= 1 << c;
+        }
+        let mut tier = [0u8; MAX_CANDIDATES];
+        let mut n = 0;
+        for c in order {
+            if member & (1 << c) != 0 {
+                member &= !(1 << c);
+                tier[n] = c;
+                n += 1;
+            }
+        }
+        let behind = self.len - self.first;
+        self.at.copy_within(self.first..self.len, n);
+        self.at[..n].copy_from_slice(&tier[..n]);
+        self.first = n;
+        self.len = n + behind;
+    }
+}
+
+//------------ Plan ------------------------------------------------------------
+
+/// A step with what it needs at query time.
+#[derive(Debug)]
+enum Built {
+    Geo,
+    Failover,
+    Weighted,
+    Sticky,
+    Nearest(usize),
+    /// Distances between datacenters (row-major by position), and the
+    /// bound.
+    WithinKm(Box<[f32]>, f32),
+    Same(Attribute),
+    /// Bit set of positions.
+    Prefer(u64),
+}
+
+/// The all-down behaviour, without the fallback records (the zone keeps
+/// those).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AllDownKind {
+    All,
+    None,
+    Servfail,
+    Fallback,
+}
+
+/// A service's routing, built once per snapshot: its steps, tables and
+/// answer rules. See the module docs.
+#[derive(Debug)]
+pub struct Plan {
+    steps: Box<[Built]>,
+    /// The service's datacenters, by position.
+    datacenters: Box<[DcId]>,
+    /// Configured weight by position.
+    weights: Box<[u32]>,
+    /// Stable hash of each datacenter's name, by position (`sticky`).
+    name_hash: Box<[u64]>,
+    /// Country and continent by position (`same`).
+    country: Box<[Option<CountryCode>]>,
+    continent: Box<[Option<Continent>]>,
+    /// The GeoIP table, when a step needs the client's location.
+    geo: Option<Arc<GeoPolicy>>,
+    sticky_prefix: (u8, u8),
+    max_answers: usize,
+    warmup: Warmup,
+    ttl: u32,
+    degraded_ttl: u32,
+    all_down: AllDownKind,
+    rotate: bool,
+}
+
+impl Plan {
+    /// Builds the plan of `service` in `zone`, with `geo` the table its
+    /// steps read (required when [`crate::model::PolicySpec::needs_location`]).
+    pub fn build(
+        zone: &ZoneConfig,
+        service: &Service,
+        geo: Option<Arc<GeoPolicy>>,
+        countries: &CountryTable,
+    ) -> Self {
+        let spec = &service.policy;
+        let dcs = &service.datacenters[..service.datacenters.len().min(MAX_CANDIDATES)];
+        let position = |id: DcId| dcs.iter().position(|&d| d == id);
+        let steps = spec
+            .steps
+            .iter()
+            .map(|s| match s {
+                Step::Geo => Built::Geo,
+                Step::Failover => Built::Failover,
+                Step::Weighted => Built::Weighted,
+                Step::Sticky => Built::Sticky,
+                Step::Nearest(n) => Built::Nearest(*n),
+                Step::WithinKm(km) => {
+                    let n = dcs.len();
+                    let mut d = vec![0f32; n * n];
+                    for (i, &a) in dcs.iter().enumerate() {
+                        for (j, &b) in dcs.iter().enumerate() {
+                            if let (Some(x), Some(y)) = (zone.dc(a).location, zone.dc(b).location) {
+                                d[i * n + j] = distance_km(x, y) as f32;
+                            }
+                        }
+                    }
+                    Built::WithinKm(d.into(), *km as f32)
+                }
+                Step::Same(a) => Built::Same(*a),
+                Step::Prefer(ids) => Built::Prefer(
+                    ids.iter()
+                        .filter_map(|&id| position(id))
+                        .fold(0, |m, p| m | 1 << p),
+                ),
+            })
+            .collect();
+        let country: Box<[_]> = dcs.iter().map(|&d| zone.dc(d).country).collect();
+        Self {
+            steps,
+            datacenters: dcs.into(),
+            weights: spec.weights.iter().take(dcs.len()).copied().collect(),
+            name_hash: dcs
+                .iter()
+                .map(|&d| sticky::name_hash(&zone.dc(d).name))
+                .collect(),
+            continent: country
+                .iter()
+                .map(|c| c.and_then(|c| countries.get(&c)?.continent))
+                .collect(),
+            country,
+            geo,
+            sticky_prefix: spec.sticky_prefix,
+            max_answers: service.max_answers,
+            warmup: service.warmup,
+            ttl: service.ttl,
+            degraded_ttl: service.degraded_ttl,
+            all_down: match service.when_all_down {
+                AllDown::All => AllDownKind::All,
+                AllDown::None => AllDownKind::None,
+                AllDown::Servfail => AllDownKind::Servfail,
+                AllDown::Fallback(_) => AllDownKind::Fallback,
+            },
+            rotate: service.rotate,
+        }
+    }
+
+    /// TTL of healthy answers.
+    pub fn ttl(&self) -> u32 {
+        self.ttl
+    }
+
+    /// The service's datacenters, in config order.
+    pub fn datacenters(&self) -> &[DcId] {
+        &self.datacenters
+    }
+
+    /// The GeoIP table the plan reads, if any.
+    pub fn geo(&self) -> Option<&GeoPolicy> {
+        self.geo.as_deref()
+    }
+
+    /// Whether the answer can differ between clients (some step reads
+    /// the client address).
+    pub fn depends_on_client(&self) -> bool {
+        self.geo.is_some() || self.steps.iter().any(|s| matches!(s, Built::Sticky))
+    }
+
+    /// Decides the answer for `client`, with `health` the zone's
+    /// datacenter states (indexed by `DcId`; missing entries count as up)
+    /// and `entropy` the per-query randomness. Pure.
+    pub fn decide(
+        &self,
+        client: &Client,
+        health: &[DcHealth],
+        entropy: u64,
+        trace: &mut impl Tracer,
+    ) -> Decision {
+        let mut c = Candidates::all(self.datacenters.len());
+        let class = self.geo.as_ref().map(|g| g.lookup(client.addr));
+        let mut scope = class.map_or(0, |(_, s)| s);
+        let mut rng = entropy;
+        for (i, step) in self.steps.iter().enumerate() {
+            match step {
+                Built::Geo => {
+                    let Some((class, _)) = class else { continue };
+                    c.reorder_first(class.order.iter().filter_map(|&d| self.position(d)));
+                    trace.stage(|| Stage {
+                        note: format!("GeoIP class covers /{scope}"),
+                        ..self.stage("geo", &c, scope)
+                    });
+                    continue;
+                }
+                Built::Failover => {
+                    c.first_tier().sort_unstable();
+                }
+                Built::Weighted => {
+                    rng = weighted::mix(rng.wrapping_add(i as u64));
+                    weighted::order(c.first_tier(), &self.weights, rng);
+                }
+                Built::Sticky => {
+                    let (v4, v6) = self.sticky_prefix;
+                    let prefix = if client.addr.is_ipv4() { v4 } else { v6 };
+                    scope = scope.max(prefix);
+                    let key = sticky::client_key(client.addr, prefix);
+                    sticky::order(c.first_tier(), &self.weights, &self.name_hash, key);
+                    trace.stage(|| Stage {
+                        note: format!("hashed {}/{prefix}", sticky::masked(client.addr, prefix)),
+                        ..self.stage("sticky", &c, scope)
+                    });
+                    continue;
+                }
+                Built::Nearest(n) => c.narrow(|pos, _| pos < *n),
+                Built::WithinKm(dist, km) => {
+                    let n = self.datacenters.len();
+                    let lead = c.ranked().first().map(|&l| usize::from(l));
+                    c.narrow(|_, x| lead.is_some_and(|l| dist[l * n + usize::from(x)] <= *km));
+                }
+                Built::Same(attr) => {
+                    let class = class.map(|(c, _)| c);
+                    c.narrow(|_, x| match attr {
+                        Attribute::Country => class
+                            .and_then(|k| k.country)
+                            .is_some_and(|k| self.country[usize::from(x)] == Some(k)),
+                        Attribute::Continent => class
+                            .and_then(|k| k.continent)
+                            .is_some_and(|k| self.continent[usize::from(x)] == Some(k)),
+                    });
+                }
+                Built::Prefer(set) => c.narrow(|_, x| set & (1 << x) != 0),
+            }
+            trace.stage(|| self.stage(&step_name(step), &c, scope));
+        }
+
+        let mut order = [DcId(0); MAX_CANDIDATES];
+        for (slot, &p) in order.iter_mut().zip(c.ranked()) {
+            *slot = self.datacenters[usize::from(p)];
+        }
+        let order = &order[..c.len];
+        let usable = |dc: DcId| {
+            health
+                .get(dc.index())
+                .copied()
+                .unwrap_or(DcHealth::UP)
+                .usable(self.warmup)
+        };
+        let choice = choose(order, self.max_answers, usable);
+        let rotation = if self.rotate {
+            (weighted::mix(entropy ^ 0x526f_7461_7465) >> 32) as u32
+        } else {
+            0
+        };
+        let decision = self.conclude(choice, scope, rotation);
+        trace.stage(|| Stage {
+            name: "health".into(),
+            order: order.to_vec(),
+            first_tier: order.len(),
+            scope,
+            note: String::new(),
+            usable: order.iter().map(|&d| usable(d)).collect(),
+        });
+        decision
+    }
+
+    /// The decision for a choice: the all-down outcome and the TTL.
+    fn conclude(&self, choice: Choice, scope: u8, rotation: u32) -> Decision {
+        let outcome = match (choice.all_down, self.all_down) {
+            (false, _) | (true, AllDownKind::All) => Outcome::Answer,
+            (true, AllDownKind::None) => Outcome::NoData,
+            (true, AllDownKind::Servfail) => Outcome::ServFail,
+            (true, AllDownKind::Fallback) => Outcome::Fallback,
+        };
+        let ttl = if choice.degraded {
+            self.degraded_ttl
+        } else {
+            self.ttl
+        };
+        Decision {
+            choice,
+            outcome,
+            ttl,
+            scope,
+            rotation,
+        }
+    }
+
+    /// The decision that answers with exactly `dc`, normal or degraded:
+    /// the fast path renders each ahead of time.
+    pub fn forced(&self, dc: DcId, degraded: bool) -> Decision {
+        self.conclude(Choice::of(&[dc], degraded, false), 0, 0)
+    }
+
+    /// The decision when nothing is usable, for services that do not fail
+    /// open (`None` for those that do: they answer from the ranking).
+    pub fn all_down(&self) -> Option<Decision> {
+        let d = self.conclude(Choice::of(&[], true, true), 0, 0);
+        (d.outcome != Outcome::Answer).then_some(d)
+    }
+
+    fn position(&self, dc: DcId) -> Option<u8> {
+        self.datacenters
+            .iter()
+            .position(|&d| d == dc)
+            .map(|p| p as u8)
+    }
+
+    fn stage(&self, name: &str, c: &Candidates, scope: u8) -> Stage {
+        Stage {
+            name: name.to_string(),
+            order: c
+                .ranked()
+                .iter()
+                .map(|&p| self.datacenters[usize::from(p)])
+                .collect(),
+            first_tier: c.first,
+            scope,
+            note: String::new(),
+            usable: Vec::new(),
+        }
+    }
+}
+
+fn step_name(step: &Built) -> String {
+    match step {
+        Built::Geo => "geo".into(),
+        Built::Failover => "failover".into(),
+        Built::Weighted => "weighted".into(),
+        Built::Sticky => "sticky".into(),
+        Built::Nearest(n) => format!("nearest {n}"),
+        Built::WithinKm(_, km) => format!("within_km {km}"),
+        Built::Same(Attribute::Continent) => "same continent".into(),
+        Built::Same(Attribute::Country) => "same country".into(),
+        Built::Prefer(_) => "prefer".into(),
+    }
+}
+
+//------------ Classes ---------------------------------------------------------
+
+/// What a GeoIP table stores per client network: the geo ranking, and the
+/// client's country and continent where a `same` step needs them.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct GeoClass {
+    /// Datacenters in geo preference order; may be a subset of the
+    /// service's (an override lists only some).
+    pub order: Box<[DcId]>,
+    /// The client's country, if kept.
+    pub country: Option<CountryCode>,
+    /// The client's continent, if kept.
+    pub continent: Option<Continent>,
+}
+
+impl GeoClass {
+    /// A class with this ranking and no attributes.
+    pub fn of(order: &[DcId]) -> Self {
+        Self {
+            order: order.into(),
+            country: None,
+            continent: None,
+        }
+    }
+}
+
+/// Distinct classes, interned so tables store small ids.
+#[derive(Clone, Debug, Default)]
+pub struct Classes {
+    list: Vec<GeoClass>,
+    index: std::collections::HashMap<GeoClass, u32>,
+}
+
+impl Classes {
+    /// The id of `class`, adding it if new.
+    pub fn intern(&mut self, class: GeoClass) -> u32 {
+        if let Some(&id) = self.index.get(&class) {
             return id;
         }
-        let id = u32::try_from(self.lists.len()).expect("fewer than 2^32 rankings");
-        self.lists.push(order.into());
-        self.index.insert(order.into(), id);
+        let id = self.distinct(class.clone());
+        self.index.insert(class, id);
         id
     }
 
-    /// A new id for `order` even if an equal ranking exists: table blocks
+    /// A new id for `class` even if an equal one exists: table blocks
     /// with different ids never merge.
-    pub fn distinct(&mut self, order: &[DcId]) -> u32 {
-        let id = u32::try_from(self.lists.len()).expect("fewer than 2^32 rankings");
-        self.lists.push(order.into());
+    pub fn distinct(&mut self, class: GeoClass) -> u32 {
+        let id = u32::try_from(self.list.len()).expect("fewer than 2^32 classes");
+        self.list.push(class);
         id
     }
 
-    /// The ranking with this id.
-    pub fn get(&self, id: u32) -> &[DcId] {
-        &self.lists[id as usize]
+    /// The class with this id.
+    pub fn get(&self, id: u32) -> &GeoClass {
+        &self.list[id as usize]
     }
 
-    /// How many distinct rankings exist.
+    /// How many distinct classes exist.
     pub fn len(&self) -> usize {
-        self.lists.len()
+        self.list.len()
     }
 
     /// Whether none exist.
     pub fn is_empty(&self) -> bool {
-        self.lists.is_empty()
+        self.list.is_empty()
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ids(v: &[u16]) -> Vec<DcId> {
-        v.iter().map(|&i| DcId(i)).collect()
-    }
-
-    #[test]
-    fn choose_filters_by_health_and_caps() {
-        let order = ids(&[2, 0, 1]);
-        let all = choose(&order, 1, |_| true);
-        assert_eq!(all.dcs(), &ids(&[2])[..]);
-        assert!(!all.degraded && !all.all_down);
-        let failover = choose(&order, 1, |d| d != DcId(2));
-        assert_eq!(failover.dcs(), &ids(&[0])[..]);
-        assert!(failover.degraded);
-        let two = choose(&order, 2, |d| d != DcId(0));
-        assert_eq!(two.dcs(), &ids(&[2, 1])[..]);
-        assert!(two.degraded, "differs from the healthy answer [2, 0]");
-        let none = choose(&order, 2, |_| false);
-        assert!(none.all_down && none.degraded);
-        assert_eq!(
-            none.dcs(),
-            &ids(&[2, 0])[..],
-            "the healthy choice, for fail-open"
-        );
-        let short = choose(&ids(&[1]), 3, |_| true);
-        assert_eq!(short.dcs(), &ids(&[1])[..]);
-        assert!(!short.degraded);
-    }
-}
+mod tests;
