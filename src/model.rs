@@ -191,6 +191,9 @@ pub struct HttpProbe {
     pub expect_body: Option<String>,
     /// Verify the server certificate (HTTPS).
     pub tls_verify: bool,
+    /// How long a capacity reported in the `Meridian-Capacity` response
+    /// header holds without a new report.
+    pub capacity_hold: Duration,
 }
 
 /// HTTP request methods a probe may use.
@@ -274,6 +277,13 @@ impl PolicySpec {
             .map(ToString::to_string)
             .collect::<Vec<_>>()
             .join(" > ")
+    }
+
+    /// Whether a step uses `weights` (`weighted`, `sticky`).
+    pub fn uses_weights(&self) -> bool {
+        self.steps
+            .iter()
+            .any(|s| matches!(s, Step::Weighted | Step::Sticky))
     }
 
     /// Whether a step needs the client's GeoIP location.

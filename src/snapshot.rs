@@ -110,6 +110,7 @@ impl Snapshot {
                                 Observed::Up
                             },
                             forced: None,
+                            capacity: 100,
                         })
                         .collect()
                 })

@@ -23,6 +23,8 @@ pub const DEFAULT_JITTER: f64 = 0.1;
 pub const MIN_INTERVAL: Duration = Duration::from_millis(50);
 /// Longest interval accepted.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long a reported capacity holds after the last report.
+pub const DEFAULT_CAPACITY_HOLD: Duration = Duration::from_secs(60);
 /// Shortest timeout accepted.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 
@@ -158,6 +160,7 @@ pub(super) fn validate_probe(
         ("host", raw.host.is_some()),
         ("expect_status", raw.expect_status.is_some()),
         ("expect_body", raw.expect_body.is_some()),
+        ("capacity_hold", raw.capacity_hold.is_some()),
     ] {
         if !is_http {
             not_for(file, key, field, present, kind_name)?;
@@ -246,7 +249,16 @@ pub(super) fn validate_probe(
                     "a HEAD response has no body; use GET",
                 ));
             }
+            let capacity_hold = duration(
+                file,
+                format!("{key}.capacity_hold"),
+                raw.capacity_hold.as_deref(),
+                DEFAULT_CAPACITY_HOLD,
+                Duration::ZERO,
+                MAX_INTERVAL,
+            )?;
             ProbeKind::Http(HttpProbe {
+                capacity_hold,
                 tls: kind_name == "https",
                 method,
                 path,

@@ -104,6 +104,7 @@ pub(super) struct RawProbe {
     pub(super) expect_status: Option<Vec<toml::Value>>,
     pub(super) expect_body: Option<String>,
     pub(super) tls_verify: Option<bool>,
+    pub(super) capacity_hold: Option<String>,
     // dns
     pub(super) name: Option<String>,
     pub(super) qtype: Option<String>,

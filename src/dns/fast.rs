@@ -137,8 +137,17 @@ fn template(qname: &Name, qtype: RecordType, res: Resolution) -> Option<Template
 
 /// Finds the `count` address records of type `rtype` at the end of a
 /// template's body: each is a compressed owner (a 2-byte pointer), the
-/// type, class IN, TTL, and RDATA of the family's length.
+/// type, class IN, TTL, and RDATA of the family's length. A datacenter
+/// without addresses of the family gets a count of 0: it adds nothing to
+/// an answer of several datacenters.
 fn find_addresses(t: &Template, rtype: RecordType, count: usize) -> Option<Addresses> {
+    if count == 0 {
+        return Some(Addresses {
+            at: t.body.len(),
+            count: 0,
+            size: 1,
+        });
+    }
     let rdlen: usize = match rtype {
         RecordType::A => 4,
         RecordType::AAAA => 16,
@@ -487,12 +496,12 @@ impl FastIndex {
             let t = &pair[variant];
             first.get_or_insert(t);
             match t.addresses {
-                Some(a) => {
+                Some(a) if a.count > 0 => {
                     total += a.count;
                     *slot = Some(t);
                 }
                 // No address of this family: contributes nothing.
-                None if t.counts[0] == 0 => {}
+                Some(_) => {}
                 None => return false,
             }
         }

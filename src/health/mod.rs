@@ -46,6 +46,9 @@ pub struct DcHealth {
     pub observed: Observed,
     /// From the operator.
     pub forced: Option<Override>,
+    /// Spare capacity its probe targets report, in percent (100 when they
+    /// report none): `weighted` and `sticky` scale its weight by it.
+    pub capacity: u8,
 }
 
 impl DcHealth {
@@ -53,6 +56,7 @@ impl DcHealth {
     pub const UP: Self = Self {
         observed: Observed::Up,
         forced: None,
+        capacity: 100,
     };
 
     /// Whether answers may use this datacenter, for a service with

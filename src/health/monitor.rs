@@ -35,6 +35,8 @@ struct Target {
     last_at: Option<SystemTime>,
     changed_at: Option<SystemTime>,
     probes: u64,
+    /// The last capacity the target reported, and when.
+    capacity: Option<(u8, tokio::time::Instant)>,
 }
 
 #[derive(Debug)]
@@ -42,9 +44,29 @@ struct Dc {
     /// Targets that must be UP; `None` for a datacenter without probes.
     min_up: Option<usize>,
     targets: Vec<Target>,
+    /// How long a reported capacity holds.
+    capacity_hold: Duration,
+    /// The capacity last computed: a report that expires changes it even
+    /// though no new report came.
+    last_capacity: u8,
 }
 
 impl Dc {
+    /// The mean capacity reported by the UP targets within the hold time;
+    /// 100 when none has a fresh report.
+    fn capacity(&self, now: tokio::time::Instant) -> u8 {
+        let fresh = self.targets.iter().filter_map(|t| match t.capacity {
+            Some((c, at))
+                if t.machine.state() == TargetState::Up && now - at <= self.capacity_hold =>
+            {
+                Some(u32::from(c))
+            }
+            _ => None,
+        });
+        let (sum, n) = fresh.fold((0, 0), |(s, n), c| (s + c, n + 1));
+        sum.checked_div(n).map_or(100, |c| c as u8)
+    }
+
     fn observed(&self) -> Observed {
         let Some(min_up) = self.min_up else {
             return Observed::Up;
@@ -214,6 +236,7 @@ impl Monitor {
                                 last_at: None,
                                 changed_at: None,
                                 probes: 0,
+                                capacity: None,
                             },
                         })
                         .collect(),
@@ -234,6 +257,11 @@ impl Monitor {
                     Dc {
                         min_up: dc.probe.as_ref().map(|p| p.min_up),
                         targets,
+                        capacity_hold: match dc.probe.as_ref().map(|p| &p.kind) {
+                            Some(ProbeKind::Http(h)) => h.capacity_hold,
+                            _ => Duration::ZERO,
+                        },
+                        last_capacity: 100,
                     },
                 );
             }
@@ -308,10 +336,14 @@ impl Monitor {
         let Some(dc) = state.dcs.get_mut(key) else {
             return;
         };
-        let before = dc.observed();
+        let clock = tokio::time::Instant::now();
+        let before = (dc.observed(), dc.last_capacity);
         let Some(t) = dc.targets.get_mut(index) else {
             return;
         };
+        if let Some(c) = outcome.capacity {
+            t.capacity = Some((c, clock));
+        }
         let first = t.machine.state() == TargetState::Unknown;
         let changed = t.machine.observe(outcome.ok);
         let at = now();
@@ -329,13 +361,19 @@ impl Monitor {
         t.last = Some(outcome);
         t.last_at = Some(at);
         t.probes += 1;
-        let after = dc.observed();
+        let after = (dc.observed(), dc.capacity(clock));
+        dc.last_capacity = after.1;
         drop(state);
         if first {
             self.inner.pending.send_modify(|p| *p = p.saturating_sub(1));
         }
+        if after.0 != before.0 {
+            tracing::warn!(zone = %key.0, datacenter = %key.1, "datacenter is now {:?} (was {:?})", after.0, before.0);
+        }
+        if after.1 != before.1 {
+            tracing::info!(zone = %key.0, datacenter = %key.1, "capacity is now {}% (was {}%)", after.1, before.1);
+        }
         if after != before {
-            tracing::warn!(zone = %key.0, datacenter = %key.1, "datacenter is now {after:?} (was {before:?})");
             self.publish();
         }
     }
@@ -352,6 +390,7 @@ impl Monitor {
     /// The health view for `snap`'s zones and datacenters.
     pub fn view_for(&self, snap: &Snapshot) -> HealthView {
         let state = self.lock();
+        let clock = tokio::time::Instant::now();
         HealthView::new(
             snap.zones()
                 .iter()
@@ -362,14 +401,15 @@ impl Monitor {
                         .iter()
                         .map(|dc| {
                             let key = (origin.clone(), dc.name.clone());
-                            let observed = match state.dcs.get(&key) {
-                                Some(d) => d.observed(),
-                                None if dc.probe.is_some() => Observed::Unknown,
-                                None => Observed::Up,
+                            let (observed, capacity) = match state.dcs.get(&key) {
+                                Some(d) => (d.observed(), d.capacity(clock)),
+                                None if dc.probe.is_some() => (Observed::Unknown, 100),
+                                None => (Observed::Up, 100),
                             };
                             DcHealth {
                                 observed,
                                 forced: state.overrides.get(&key.0, &key.1),
+                                capacity,
                             }
                         })
                         .collect()
@@ -512,6 +552,7 @@ impl Monitor {
                                             "last_result": t.last.as_ref().map(|o| if o.ok { "pass" } else { "fail" }),
                                             "last_error": t.last.as_ref().and_then(|o| o.error.clone()),
                                             "rtt_ms": t.last.as_ref().map(|o| o.rtt.as_secs_f64() * 1000.0),
+                                            "reported_capacity": t.capacity.map(|c| c.0),
                                             "consecutive_passes": t.machine.passes(),
                                             "consecutive_failures": t.machine.failures(),
                                             "probes": t.probes,
@@ -527,6 +568,7 @@ impl Monitor {
                             "usable": h.usable(crate::model::Warmup::AssumeUp),
                             "observed": h.observed,
                             "override": h.forced,
+                            "capacity": h.capacity,
                             "probe": dc.probe.as_ref().map(|p| json!({
                                 "type": match &p.kind {
                                     ProbeKind::Tcp => "tcp",
@@ -563,6 +605,14 @@ impl Monitor {
                             "datacenters": s.datacenters.iter().map(|&d| z.config.dc(d).name.as_str()).collect::<Vec<_>>(),
                             "usable": usable,
                             "all_down": usable.is_empty(),
+                            "weights": s.policy.uses_weights().then(|| s.datacenters.iter().zip(&s.policy.weights).map(|(&d, &w)| {
+                                let capacity = snap.health.dc(zi, d).capacity;
+                                (z.config.dc(d).name.clone(), json!({
+                                    "configured": w,
+                                    "capacity": capacity,
+                                    "effective": f64::from(w) * f64::from(capacity) / 100.0,
+                                }))
+                            }).collect::<serde_json::Map<_, _>>()),
                         })
                     })
                     .collect();

@@ -19,6 +19,38 @@ pub struct Outcome {
     pub rtt: Duration,
     /// Why it failed.
     pub error: Option<String>,
+    /// Spare capacity the target reported (HTTP probes, header
+    /// [`CAPACITY_HEADER`]), in percent.
+    pub capacity: Option<u8>,
+}
+
+/// The response header in which an HTTP probe target reports its spare
+/// capacity: a percentage (`75` or `75%`), and optionally the agent-check
+/// words `up`, `down` (the probe fails) and `drain` (capacity 0).
+pub const CAPACITY_HEADER: &str = "meridian-capacity";
+
+/// Parses a [`CAPACITY_HEADER`] value: `Ok(None)` when it says nothing
+/// usable, `Err` for `down`.
+pub fn parse_capacity(value: &str) -> Result<Option<u8>, String> {
+    let mut capacity = None;
+    for word in value
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|w| !w.is_empty())
+    {
+        match word.to_ascii_lowercase().as_str() {
+            "down" | "fail" | "stopped" => return Err(format!("target reports {word:?}")),
+            "drain" | "maint" => capacity = Some(0),
+            "up" | "ready" => capacity = capacity.or(Some(100)),
+            w => {
+                if let Ok(p) = w.trim_end_matches('%').parse::<u8>()
+                    && p <= 100
+                {
+                    capacity = Some(p);
+                }
+            }
+        }
+    }
+    Ok(capacity)
 }
 
 /// A ready-to-run probe for one target.
@@ -93,27 +125,37 @@ impl Prober {
             Ok(r) => r,
             Err(_) => Err(format!("timed out after {timeout:?}")),
         };
-        Outcome {
-            ok: result.is_ok(),
-            rtt: start.elapsed(),
-            error: result.err(),
+        let rtt = start.elapsed();
+        match result {
+            Ok(capacity) => Outcome {
+                ok: true,
+                rtt,
+                error: None,
+                capacity,
+            },
+            Err(e) => Outcome {
+                ok: false,
+                rtt,
+                error: Some(e),
+                capacity: None,
+            },
         }
     }
 
-    async fn check(&self, target: SocketAddr) -> Result<(), String> {
+    async fn check(&self, target: SocketAddr) -> Result<Option<u8>, String> {
         match self {
             Self::External => Err("external targets are not probed".into()),
             Self::Tcp => tokio::net::TcpStream::connect(target)
                 .await
-                .map(drop)
+                .map(|_| None)
                 .map_err(|e| format!("connect: {e}")),
             Self::Http { client, url, spec } => http(client, url, spec).await,
-            Self::Dns(d) => dns(target, &d.name, d.qtype, d.rcode).await,
+            Self::Dns(d) => dns(target, &d.name, d.qtype, d.rcode).await.map(|()| None),
         }
     }
 }
 
-async fn http(client: &reqwest::Client, url: &str, spec: &HttpProbe) -> Result<(), String> {
+async fn http(client: &reqwest::Client, url: &str, spec: &HttpProbe) -> Result<Option<u8>, String> {
     let request = match spec.method {
         HttpMethod::Get => client.get(url),
         HttpMethod::Head => client.head(url),
@@ -127,8 +169,12 @@ async fn http(client: &reqwest::Client, url: &str, spec: &HttpProbe) -> Result<(
     {
         return Err(format!("status {status}"));
     }
+    let capacity = match response.headers().get(CAPACITY_HEADER) {
+        Some(v) => parse_capacity(v.to_str().unwrap_or(""))?,
+        None => None,
+    };
     let Some(needle) = &spec.expect_body else {
-        return Ok(());
+        return Ok(capacity);
     };
     let mut body = Vec::new();
     while body.len() < BODY_LIMIT {
@@ -142,7 +188,7 @@ async fn http(client: &reqwest::Client, url: &str, spec: &HttpProbe) -> Result<(
         .windows(needle.len().max(1))
         .any(|w| w == needle.as_bytes());
     if found {
-        Ok(())
+        Ok(capacity)
     } else {
         Err(format!(
             "body does not contain {needle:?} (first {} bytes read)",

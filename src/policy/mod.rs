@@ -460,6 +460,18 @@ impl Plan {
         trace: &mut impl Tracer,
     ) -> Decision {
         let mut c = Candidates::all(self.datacenters.len());
+        let state = |dc: DcId| health.get(dc.index()).copied().unwrap_or(DcHealth::UP);
+        // Weights scaled by the capacity each datacenter reports (100 %
+        // when it reports none): load-aware balancing.
+        let mut weights = [0u32; MAX_CANDIDATES];
+        for ((w, &configured), &dc) in weights
+            .iter_mut()
+            .zip(&self.weights)
+            .zip(&self.datacenters[..])
+        {
+            *w = configured * u32::from(state(dc).capacity.min(100));
+        }
+        let weights = &weights[..self.datacenters.len()];
         let class = self.geo.as_ref().map(|g| g.lookup(client.addr));
         let mut scope = class.map_or(0, |(_, s)| s);
         let mut rng = entropy;
@@ -479,14 +491,14 @@ impl Plan {
                 }
                 Built::Weighted => {
                     rng = weighted::mix(rng.wrapping_add(i as u64));
-                    weighted::order(c.first_tier(), &self.weights, rng);
+                    weighted::order(c.first_tier(), weights, rng);
                 }
                 Built::Sticky => {
                     let (v4, v6) = self.sticky_prefix;
                     let prefix = if client.addr.is_ipv4() { v4 } else { v6 };
                     scope = scope.max(prefix);
                     let key = sticky::client_key(client.addr, prefix);
-                    sticky::order(c.first_tier(), &self.weights, &self.name_hash, key);
+                    sticky::order(c.first_tier(), weights, &self.name_hash, key);
                     trace.stage(|| Stage {
                         note: format!("hashed {}/{prefix}", sticky::masked(client.addr, prefix)),
                         ..self.stage("sticky", &c, scope)
@@ -520,13 +532,7 @@ impl Plan {
             *slot = self.datacenters[usize::from(p)];
         }
         let order = &order[..c.len];
-        let usable = |dc: DcId| {
-            health
-                .get(dc.index())
-                .copied()
-                .unwrap_or(DcHealth::UP)
-                .usable(self.warmup)
-        };
+        let usable = |dc: DcId| state(dc).usable(self.warmup);
         let choice = choose(order, self.max_answers, usable);
         let rotation = if self.rotate {
             (weighted::mix(entropy ^ 0x526f_7461_7465) >> 32) as u32

@@ -83,7 +83,11 @@ fn draws(seed: u64) -> impl Iterator<Item = u64> {
 fn health(states: &[(Observed, Option<Override>)]) -> Vec<DcHealth> {
     states
         .iter()
-        .map(|&(observed, forced)| DcHealth { observed, forced })
+        .map(|&(observed, forced)| DcHealth {
+            observed,
+            forced,
+            capacity: 100,
+        })
         .collect()
 }
 
@@ -200,7 +204,7 @@ fn sticky_moves_only_the_clients_of_a_failed_datacenter() {
     let mut without_2 = up.clone();
     without_2[2] = DcHealth {
         observed: Observed::Down,
-        forced: None,
+        ..DcHealth::UP
     };
     for (c, &was) in nets.iter().zip(&before) {
         let now = p.decide(c, &without_2, 0, &mut ()).dcs()[0];

@@ -211,7 +211,10 @@ fn explain_command_shows_ranking_answer_and_scope() {
     assert!(text.contains("country JP"), "{text}");
     assert!(text.contains("step:      geo (scope /8)"), "{text}");
     assert!(text.contains("1. ap-southeast"), "{text}");
-    assert!(text.contains("decision:  answer [ap-southeast], ttl 30, scope /8"), "{text}");
+    assert!(
+        text.contains("decision:  answer [ap-southeast], ttl 30, scope /8"),
+        "{text}"
+    );
     assert!(text.contains("IN A 203.0.113.10"), "{text}");
     assert!(text.contains("ecs:       source /24, scope /"), "{text}");
 }

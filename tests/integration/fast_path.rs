@@ -70,6 +70,71 @@ datacenters = ["a", "c"]
 degraded_ttl = 5
 "#;
 
+/// Every routing policy and chain, with multi-address datacenters and
+/// several answers, so the templates are concatenated and rotated.
+pub const POLICY_ZONE: &str = r#"
+origin = "pol.test."
+ns = ["ns1.pol.test."]
+[soa]
+rname = "hostmaster.pol.test."
+serial = 1
+[records]
+ns1 = [{ type = "A", value = "192.0.2.53" }]
+alias = [{ type = "CNAME", value = "rr" }]
+[datacenters.us]
+location = [39.0, -77.5]
+country = "US"
+addresses = ["192.0.2.1", "192.0.2.2", "192.0.2.3", "2001:db8::1"]
+[datacenters.de]
+location = [50.1, 8.7]
+country = "DE"
+addresses = ["198.51.100.1", "2001:db8:1::1", "2001:db8:1::2"]
+[datacenters.fr]
+location = [48.9, 2.3]
+country = "FR"
+addresses = ["198.51.100.2"]
+[datacenters.jp]
+location = [35.7, 139.7]
+country = "JP"
+addresses = ["203.0.113.1", "203.0.113.2"]
+[services.w]
+policy = "weighted"
+datacenters = ["us", "de", "fr", "jp"]
+weights = { us = 3, de = 2, fr = 1, jp = 0 }
+[services.w2]
+policy = "weighted"
+datacenters = ["us", "de", "jp"]
+max_answers = 2
+when_all_down = "none"
+[services.st]
+policy = "sticky"
+datacenters = ["us", "de", "fr", "jp"]
+sticky_prefix_v4 = 20
+[services.rr]
+policy = "failover"
+datacenters = ["us", "jp", "de"]
+max_answers = 3
+[services.norr]
+policy = "failover"
+datacenters = ["us", "jp"]
+rotate = false
+max_answers = 2
+[services.near]
+policy = ["geo", { within_km = 1000 }, "weighted"]
+datacenters = ["us", "de", "fr", "jp"]
+[services.cont]
+policy = ["geo", { same = "continent" }, "weighted"]
+datacenters = ["us", "de", "fr", "jp"]
+max_answers = 2
+[services.prim]
+policy = [{ prefer = ["de", "fr"] }, "weighted"]
+datacenters = ["us", "de", "fr", "jp"]
+when_all_down = "servfail"
+[services.cc]
+policy = ["geo", { same = "country" }, "sticky"]
+datacenters = ["us", "de", "fr", "jp"]
+"#;
+
 /// A random health view for every datacenter of the snapshot.
 fn random_health(rng: &mut Rng, snap: &Snapshot) -> HealthView {
     let observed = [
@@ -95,6 +160,8 @@ fn random_health(rng: &mut Rng, snap: &Snapshot) -> HealthView {
                     .map(|_| DcHealth {
                         observed: *rng.pick(&observed),
                         forced: *rng.pick(&forced),
+                        // Load-aware weights: reported spare capacity.
+                        capacity: *rng.pick(&[100, 100, 60, 0]),
                     })
                     .collect()
             })
@@ -157,6 +224,7 @@ fn fixture(rng: &mut Rng) -> Fixture {
                 ("edge.test.toml", EDGE_ZONE),
                 ("tuned.test.toml", tuned),
                 ("hc.test.toml", HEALTH_ZONE),
+                ("pol.test.toml", POLICY_ZONE),
             ],
             ..Setup::default()
         },
@@ -844,4 +912,38 @@ fn fast_path_declines_what_it_does_not_handle() {
         // ...and the full handler still answers it.
         assert!(meridian::dns::handle(&snap, packet, src, Transport::Udp).is_some());
     }
+}
+
+/// Every policy's answers, several datacenters and rotated addresses
+/// included, come from the templates: none falls back to the general path.
+#[test]
+fn the_fast_path_answers_every_policy() {
+    let mut rng = Rng(0x0dec_1510);
+    let f = fixture(&mut rng);
+    let services = [
+        "w", "w2", "st", "rr", "norr", "near", "cont", "prim", "cc", "alias",
+    ];
+    let mut answered = 0;
+    for snap in &f.views {
+        for name in services {
+            for qtype in [RecordType::A, RecordType::AAAA] {
+                for &(net, prefix) in &f.subnets {
+                    let q = meridian::dns::build_query(
+                        &format!("{name}.pol.test."),
+                        &qtype.to_string(),
+                        Some((net, prefix)),
+                        7,
+                    )
+                    .unwrap();
+                    let mut out = Vec::new();
+                    assert!(
+                        handle_fast(snap, &q, f.sources[0], Transport::Udp, &mut out),
+                        "{name} {qtype} from {net}/{prefix} fell back to the general path"
+                    );
+                    answered += 1;
+                }
+            }
+        }
+    }
+    assert!(answered > 1_000, "{answered}");
 }

@@ -19,6 +19,8 @@ use crate::harness::{Setup, TestServer, a_answers, ecs_of, write_config};
 struct Backend {
     addr: SocketAddr,
     status: Arc<AtomicU16>,
+    /// Value of the `Meridian-Capacity` response header, if any.
+    capacity: Arc<std::sync::Mutex<Option<String>>>,
     requests: Arc<AtomicUsize>,
     task: Option<tokio::task::JoinHandle<()>>,
 }
@@ -30,14 +32,20 @@ impl Backend {
         let addr = listener.local_addr().unwrap();
         let status = Arc::new(AtomicU16::new(200));
         let requests = Arc::new(AtomicUsize::new(0));
+        let capacity = Arc::new(std::sync::Mutex::new(None::<String>));
         let task = {
             let (status, requests) = (Arc::clone(&status), Arc::clone(&requests));
+            let capacity = Arc::clone(&capacity);
             tokio::spawn(async move {
                 loop {
                     let Ok((mut conn, _)) = listener.accept().await else {
                         return;
                     };
                     let (status, requests) = (Arc::clone(&status), Arc::clone(&requests));
+                    let header = match &*capacity.lock().unwrap() {
+                        Some(v) => format!("Meridian-Capacity: {v}\r\n"),
+                        None => String::new(),
+                    };
                     tokio::spawn(async move {
                         let mut buf = vec![0u8; 4096];
                         let mut seen = Vec::new();
@@ -51,7 +59,7 @@ impl Backend {
                         let code = status.load(Ordering::SeqCst);
                         let body = if code == 200 { "OK healthy" } else { "broken" };
                         let reply = format!(
-                            "HTTP/1.1 {code} X\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                            "HTTP/1.1 {code} X\r\nContent-Length: {}\r\n{header}Connection: close\r\n\r\n{body}",
                             body.len()
                         );
                         let _ = conn.write_all(reply.as_bytes()).await;
@@ -62,6 +70,7 @@ impl Backend {
         Self {
             addr,
             status,
+            capacity,
             requests,
             task: Some(task),
         }
@@ -72,6 +81,10 @@ impl Backend {
         if let Some(t) = self.task.take() {
             t.abort();
         }
+    }
+
+    fn set_capacity(&self, value: Option<&str>) {
+        *self.capacity.lock().unwrap() = value.map(str::to_string);
     }
 
     fn set_status(&self, code: u16) {
@@ -758,4 +771,97 @@ mod reqwest_like {
             self.send("PUT", path, body).await
         }
     }
+}
+
+/// Load-aware weights: a weighted service follows the spare capacity its
+/// real HTTP backends report in `Meridian-Capacity`, `drain` makes a
+/// datacenter a standby, `down` fails the probe, and a datacenter that
+/// stops reporting returns to its configured weight after
+/// `capacity_hold`.
+#[tokio::test]
+async fn weights_follow_the_capacity_backends_report() {
+    let backends = three_backends().await;
+    let mut zone = zone(addrs(&backends), "capacity_hold = \"400ms\"", "");
+    zone.push_str(
+        "[services.lb]\npolicy = \"weighted\"\ndatacenters = [\"us-east\", \"eu-west\", \"ap-southeast\"]\nweights = { us-east = 1, eu-west = 1, ap-southeast = 2 }\n",
+    );
+    let s = TestServer::start_with(Setup {
+        zones: &[("hc.test.toml", &zone)],
+        ..Setup::default()
+    })
+    .await;
+    let shares = |s: &TestServer| {
+        let addr = s.addr;
+        async move {
+            let mut counts = std::collections::BTreeMap::new();
+            for _ in 0..1_000 {
+                let r = crate::harness::udp_query_at(addr, "lb.hc.test.", None).await;
+                for a in a_answers(&r) {
+                    *counts.entry(a).or_insert(0usize) += 1;
+                }
+            }
+            counts
+        }
+    };
+    let effective = |s: &TestServer, dc: &str| {
+        let status = s.server.monitor().status();
+        status["zones"][0]["services"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == "lb")
+            .unwrap()["weights"][dc]["effective"]
+            .as_f64()
+            .unwrap()
+    };
+    let us = "192.0.2.10";
+    let eu = "198.51.100.10";
+    let ap = "203.0.113.10";
+
+    // Everyone at full capacity: 1 : 1 : 2.
+    let c = shares(&s).await;
+    assert!(
+        (150..=350).contains(&c[us]) && (380..=620).contains(&c[ap]),
+        "{c:?}"
+    );
+
+    // eu-west drains itself and us-east reports 25 % spare: us-east's
+    // weight becomes 0.25 against ap-southeast's 2 (1 in 9 answers).
+    backends[1].set_capacity(Some("drain"));
+    backends[0].set_capacity(Some("25%"));
+    until(&s, "capacities applied", || async {
+        effective(&s, "eu-west") == 0.0 && effective(&s, "us-east") == 0.25
+    })
+    .await;
+    let c = shares(&s).await;
+    assert_eq!(c.get(eu), None, "a drained datacenter is a standby: {c:?}");
+    // 1,000 draws at p = 1/9: mean 111, sd 10; 4 sd either way.
+    assert!((70..=155).contains(&c[us]), "{c:?}");
+    let status = s.server.monitor().status();
+    let dcs = status["zones"][0]["datacenters"].as_array().unwrap();
+    let us_east = dcs.iter().find(|d| d["name"] == "us-east").unwrap();
+    assert_eq!(us_east["capacity"], 25, "{status}");
+    assert_eq!(us_east["targets"][0]["reported_capacity"], 25);
+
+    // `down` fails the probe: ap-southeast leaves, us-east takes all.
+    backends[2].set_capacity(Some("down"));
+    until(&s, "ap-southeast down", || async {
+        a_answers(&s.ask("lb.hc.test.", RecordType::A, None).await) == [us]
+    })
+    .await;
+    let c = shares(&s).await;
+    assert_eq!(c.keys().collect::<Vec<_>>(), [&us.to_string()], "{c:?}");
+
+    // They stop reporting: after the hold, configured weights again.
+    for b in &backends {
+        b.set_capacity(None);
+    }
+    until(&s, "configured weights", || async {
+        effective(&s, "eu-west") == 1.0 && effective(&s, "us-east") == 1.0
+    })
+    .await;
+    until(&s, "eu-west answers again", || async {
+        shares(&s).await.contains_key(eu)
+    })
+    .await;
 }
