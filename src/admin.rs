@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | GET | `/health` | the server's own liveness (never needs the token) |
 //! | GET | `/status` | every zone, datacenter, target and service, as JSON |
+//! | GET | `/explain?name=N&type=T&client=IP[/LEN]` | the routing decision for a client, step by step |
 //! | POST | `/datacenters/{zone}/{dc}/drain` | never answer with `dc` |
 //! | POST | `/datacenters/{zone}/{dc}/undrain` | clear any override |
 //! | POST | `/datacenters/{zone}/{dc}/force-up` | answer with `dc` whatever probes say |
@@ -14,7 +15,7 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -104,6 +105,39 @@ async fn status(State(app): State<AppState>) -> Response {
     Json(app.monitor.status()).into_response()
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExplainQuery {
+    name: String,
+    #[serde(rename = "type")]
+    qtype: Option<String>,
+    client: String,
+}
+
+/// The decision for `client` asking `name`: the same trace as
+/// `meridian explain`, as JSON, on the live snapshot and health.
+async fn explain(
+    State(app): State<AppState>,
+    query: Result<Query<ExplainQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(q)) = query else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "use /explain?name=NAME&type=A&client=IP[/PREFIX] (type defaults to A)",
+        );
+    };
+    let client = match crate::explain::parse_client(&q.client) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let snap = app.monitor.snapshot();
+    let qtype = q.qtype.as_deref().unwrap_or("A");
+    match crate::explain::explain_decision(&snap, &q.name, qtype, client) {
+        Ok(e) => Json(e).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
 async fn set_override(
     app: AppState,
     zone: String,
@@ -173,6 +207,7 @@ pub fn router(monitor: Monitor, token: Option<String>) -> Router {
     };
     let protected = Router::new()
         .route("/status", get(status))
+        .route("/explain", get(explain))
         .route("/datacenters/{zone}/{dc}/drain", post(drain))
         .route("/datacenters/{zone}/{dc}/undrain", post(undrain))
         .route("/datacenters/{zone}/{dc}/force-up", post(force_up))

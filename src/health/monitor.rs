@@ -418,6 +418,11 @@ impl Monitor {
         )
     }
 
+    /// The snapshot being served.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.inner.swap.load_full()
+    }
+
     /// Publishes the current health into the served snapshot.
     pub fn publish(&self) {
         self.inner

@@ -865,3 +865,61 @@ async fn weights_follow_the_capacity_backends_report() {
     })
     .await;
 }
+
+/// `GET /explain` prints the live decision: after a drain, the trace shows
+/// the drained datacenter unusable and the answer it led to.
+#[tokio::test]
+async fn explain_over_the_admin_api_shows_the_live_decision() {
+    let (_backends, s) = hc_server("", "", "").await;
+    let client = reqwest_like::Client::new(s.server.admin_addr().expect("admin API"));
+    let url = "/explain?name=www.hc.test&type=A&client=10.2.0.0/24";
+    let (code, body) = client.get(url).await;
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        v["service"]["chosen"],
+        serde_json::json!(["eu-west"]),
+        "{v}"
+    );
+    assert_eq!(v["service"]["stages"][0]["step"], "geo");
+    assert_eq!(
+        v["answer"]["records"][0],
+        "www.hc.test. 30 IN A 198.51.100.10"
+    );
+
+    client.post("/datacenters/hc.test/eu-west/drain").await;
+    let (_, body) = client.get(url).await;
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let service = &v["service"];
+    assert_eq!(service["chosen"], serde_json::json!(["us-east"]), "{v}");
+    assert_eq!(service["degraded"], true);
+    assert_eq!(service["ttl"], 15);
+    let health = service["stages"]
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .clone();
+    assert_eq!(health["step"], "health");
+    let eu = health["candidates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "eu-west")
+        .unwrap()
+        .clone();
+    assert_eq!(eu["usable"], false, "{health}");
+    assert!(
+        v["answer"]["records"][0]
+            .as_str()
+            .unwrap()
+            .ends_with("192.0.2.10")
+    );
+
+    let (code, body) = client.get("/explain?name=www.hc.test").await;
+    assert_eq!(code, 400, "client is required: {body}");
+    let (code, _) = client
+        .get("/explain?name=www.hc.test&client=nonsense")
+        .await;
+    assert_eq!(code, 400);
+}
