@@ -240,10 +240,16 @@ impl Envelope {
     /// Records the OPT record whose fixed part starts at `at` (after the
     /// owner name at `owner`).
     fn read_opt(&mut self, p: &[u8], owner: usize, at: usize, rdata: &[u8]) {
-        if self.opt.is_some() || at != owner + 1 || p[owner] != 0 {
-            // A second OPT, or one not owned by the root.
+        if self.opt.is_some() {
+            // A second OPT: FORMERR (RFC 6891 §6.1.1), echoing the first.
             self.bad_opt = true;
             return;
+        }
+        // The owner MUST be the root (RFC 6891 §6.1.2). Its fields are
+        // still read, so the FORMERR carries an OPT like every answer to
+        // a query with one.
+        if at != owner + 1 || p[owner] != 0 {
+            self.bad_opt = true;
         }
         let mut opt = Opt {
             payload: be16(p, at + 2).unwrap_or(0),

@@ -207,3 +207,26 @@ fn no_udp_response_exceeds_the_client_limit() {
     // question echoed it was up to 1,036.
     assert!(largest >= 260, "long questions were sent ({largest})");
 }
+
+/// Found by the `packet` fuzz target: an OPT record whose owner is a
+/// compression pointer, not the root. FORMERR, with an OPT like every
+/// response to a query that has one, on both paths.
+#[test]
+fn an_opt_record_not_owned_by_the_root_gets_formerr_with_opt() {
+    let (_, snap) = meridian::load(&repo().join("meridian.toml")).unwrap();
+    let src: IpAddr = "127.0.0.1".parse().unwrap();
+    // www.gslb.example.com A, then OPT owned by a pointer to offset 2.
+    let mut p = hex("fce300000001000000000001");
+    p.extend(hex("037777770467736c62076578616d706c6503636f6d0000010001"));
+    p.extend(hex("c002002904d000000000000000"));
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let resp = handle(&snap, &p, src, transport).unwrap();
+        assert_eq!(header(&resp), (1, 1, 0, 0, 1), "FORMERR with question and OPT");
+        assert_eq!(&resp[12 + 26..], &[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
+        let mut fast = Vec::new();
+        if handle_fast(&snap, &p, src, transport, &mut fast) {
+            assert_eq!(fast, resp);
+        }
+        assert_eq!(handle_slow(&snap, &p, src, transport).unwrap(), resp);
+    }
+}
