@@ -1,0 +1,375 @@
+#!/usr/bin/env python3
+"""Writes the seed corpora in fuzz/corpus/ (run from anywhere).
+
+    python3 fuzz/make_seeds.py
+
+Packet seeds are raw DNS queries, built here by hand (no DNS library), for
+the names of zones/gslb.example.com.toml. The query ID also steers the fuzz
+targets (see fuzz/src/lib.rs): ID byte 0 & 7 picks the source address, ID
+byte 1 the datacenters' health. Zone seeds are the shipped zone file, the
+shipped meridian.toml and variants with the other features.
+
+Existing *.bin / *.toml files in the seed directories are replaced, so the
+corpora are exactly what this script writes.
+"""
+
+import os
+import struct
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+CORPUS = os.path.join(HERE, "corpus")
+
+ORIGIN = "gslb.example.com"
+
+TYPES = {
+    "A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "PTR": 12, "MX": 15, "TXT": 16,
+    "AAAA": 28, "SRV": 33, "DS": 43, "AXFR": 252, "ANY": 255, "CAA": 257,
+}
+
+
+def name(text):
+    """Wire form of a domain name (no compression); "." is the root."""
+    out = b""
+    for label in text.strip(".").split("."):
+        if label:
+            out += bytes([len(label)]) + label.encode("ascii")
+    return out + b"\x00"
+
+
+def question(qname, qtype="A", qclass=1):
+    return name(qname) + struct.pack(">HH", TYPES[qtype], qclass)
+
+
+def header(qid, qd=1, an=0, ns=0, ar=0, flags=0x0000):
+    return struct.pack(">HHHHHH", qid, flags, qd, an, ns, ar)
+
+
+def option(code, data):
+    return struct.pack(">HH", code, len(data)) + data
+
+
+def ecs(family, source, addr_bytes, scope=0):
+    """An ECS option with exactly the address octets given."""
+    return option(8, struct.pack(">HBB", family, source, scope) + addr_bytes)
+
+
+def opt(payload=1232, options=b"", do=False, version=0, ext_rcode=0):
+    flags = 0x8000 if do else 0
+    return (b"\x00" + struct.pack(">HHBBH", 41, payload, ext_rcode, version, flags)
+            + struct.pack(">H", len(options)) + options)
+
+
+def query(qid, qname, qtype="A", edns=None, flags=0x0000, qclass=1):
+    """One question, and an OPT record if `edns` is given (its bytes)."""
+    packet = header(qid, ar=1 if edns is not None else 0, flags=flags)
+    packet += question(qname, qtype, qclass)
+    return packet + (edns if edns is not None else b"")
+
+
+def v4(text, octets):
+    return bytes(int(x) for x in text.split("."))[:octets]
+
+
+def v6(groups, octets):
+    """`groups`: the eight 16-bit groups."""
+    return b"".join(struct.pack(">H", g) for g in groups)[:octets]
+
+
+def fqdn(label):
+    return ORIGIN if label == "@" else f"{label}.{ORIGIN}"
+
+
+def long_name(ch):
+    """A 252-byte wire name: labels of 63, 63, 63 and 58 bytes."""
+    return ".".join(ch * n for n in (63, 63, 63, 58))
+
+
+def packet_seeds():
+    s = {}
+    E = opt  # shorthand
+
+    # Plain queries for the shipped names, with and without EDNS. IDs vary
+    # so the targets try several sources and health views.
+    s["www-a-noedns"] = query(0x0100, fqdn("www"), "A")
+    s["www-aaaa-edns"] = query(0x0201, fqdn("www"), "AAAA", E(1232))
+    s["apex-soa-edns"] = query(0x0302, fqdn("@"), "SOA", E(4096))
+    s["apex-ns-noedns"] = query(0x0403, fqdn("@"), "NS")
+    s["apex-mx-edns-do"] = query(0x0504, fqdn("@"), "MX", E(1232, do=True))
+    s["apex-any-edns"] = query(0x0605, fqdn("@"), "ANY", E(512))
+    s["apex-caa-txt"] = query(0x0706, fqdn("@"), "CAA", E(1400))
+    s["ns1-aaaa-noedns"] = query(0x0007, fqdn("ns1"), "AAAA")
+    s["mail-a-edns"] = query(0x0108, fqdn("mail"), "A", E(1232))
+    s["app-a-cname-chain"] = query(0x0209, fqdn("app"), "A", E(1232))
+    s["status-a-external-cname"] = query(0x030a, fqdn("status"), "A")
+    s["sip-srv"] = query(0x040b, fqdn("_sip._tcp"), "SRV", E(1232))
+    s["www-mixed-case"] = query(0x050c, "WwW.GSLB.Example.com", "A", E(1232))
+    # Names that do not exist, and names outside the zone.
+    s["nxdomain-edns"] = query(0x060d, fqdn("nope"), "A", E(1232))
+    s["nxdomain-below-service"] = query(0x070e, "a.b.c." + fqdn("www"), "AAAA")
+    s["outside-zone-ecs"] = query(0x000f, "example.org", "A",
+                                  E(1232, ecs(1, 24, v4("192.0.2.0", 3))))
+    s["root-ns"] = query(0x0110, ".", "NS", E(1232))
+    # ECS: IPv4 and IPv6, various prefixes, with DO.
+    s["www-ecs4-24"] = query(0x0211, fqdn("www"), "A",
+                             E(1232, ecs(1, 24, v4("8.8.8.0", 3))))
+    s["www-ecs4-32-do"] = query(0x0312, fqdn("www"), "A",
+                                E(1232, ecs(1, 32, v4("81.2.69.142", 4)), do=True))
+    s["www-ecs4-0"] = query(0x0413, fqdn("www"), "A", E(1232, ecs(1, 0, b"")))
+    s["www-ecs6-56"] = query(0x0514, fqdn("www"), "AAAA",
+                             E(1232, ecs(2, 56, v6([0x2a00, 0x1450, 0x4001, 0, 0, 0, 0, 0], 7))))
+    s["www-ecs6-mapped-120"] = query(0x0615, fqdn("www"), "A",
+                                     E(1232, ecs(2, 120, v6([0, 0, 0, 0, 0, 0xffff, 0x5102, 0x4500], 15))))
+    s["www-ecs6-0"] = query(0x0716, fqdn("www"), "AAAA", E(1232, ecs(2, 0, b"")))
+    s["www-ecs-and-cookie"] = query(0x0017, fqdn("www"), "A",
+                                    E(1232, ecs(1, 16, v4("1.0.0.0", 2)) + option(10, bytes(8))))
+    # Bad ECS (RFC 7871 §6: FORMERR).
+    s["bad-ecs-too-many-octets"] = query(0x0118, fqdn("www"), "A",
+                                         E(1232, ecs(1, 24, v4("8.8.8.0", 4))))
+    s["bad-ecs-too-few-octets"] = query(0x0219, fqdn("www"), "A",
+                                        E(1232, ecs(1, 24, v4("8.8.8.0", 2))))
+    s["bad-ecs-prefix-33"] = query(0x031a, fqdn("www"), "A",
+                                   E(1232, ecs(1, 33, v4("8.8.8.8", 4) + b"\x00")))
+    s["bad-ecs-bits-beyond-prefix"] = query(0x041b, fqdn("www"), "A",
+                                            E(1232, ecs(1, 20, bytes([10, 1, 0x0f]))))
+    s["bad-ecs-family-3"] = query(0x0424, fqdn("www"), "A",
+                                  E(1232, ecs(3, 8, b"\x0a")))
+    # Packet shapes the fast path declines.
+    s["two-questions"] = (header(0x051c, qd=2) + question(fqdn("www"), "A")
+                          + question(fqdn("mail"), "A"))
+    s["trailing-after-opt"] = query(0x061d, fqdn("www"), "A", E(1232) + b"\xde\xad")
+    s["two-additionals"] = (header(0x071e, ar=2) + question(fqdn("www"), "A")
+                            + E(1232) + E(1232))
+    s["edns-version-1"] = query(0x001f, fqdn("www"), "A", E(1232, version=1))
+    s["opcode-notify"] = query(0x0120, fqdn("@"), "SOA", flags=4 << 11)
+    s["qr-set"] = query(0x0221, fqdn("www"), "A", flags=0x8000)
+    s["class-ch-axfr"] = query(0x0322, fqdn("@"), "AXFR", E(1232), qclass=3)
+    # The ID and flags spell the name "a." (01 61 00): the question
+    # "www" + pointer to offset 0 is www.a.
+    s["compressed-qname"] = header(0x0161) + b"\x03www\xc0\x00" + struct.pack(">HH", 1, 1)
+    # Reproducers (kept as they were reported).
+    s["repro-ecs-4-octets-for-24"] = bytes.fromhex(
+        "abcd00000001000000000001037777770467736c62076578616d706c6503636f6d"
+        "000001000100002904d000000000000c00080008000118005102450000")
+    s["repro-ecs-2-octets-for-24"] = bytes.fromhex(
+        "abcd00000001000000000001037777770467736c62076578616d706c6503636f6d"
+        "000001000100002904d000000000000a0008000600011800510200")
+    s["repro-two-long-questions-noedns"] = (header(0x1234, qd=2)
+                                            + question(long_name("a"), "A")
+                                            + question(long_name("b"), "A"))
+    return s
+
+
+def fast_seeds():
+    """Queries the fast path answers (and a few it declines), in lower and
+    mixed case, for the differential target."""
+    s = {}
+    ecs24 = ecs(1, 24, v4("8.8.8.0", 3))
+    ecs6 = ecs(2, 48, v6([0x2a00, 0x1450, 0x4001, 0, 0, 0, 0, 0], 6))
+    cases = [
+        ("www", "A", None), ("www", "AAAA", opt(1232)), ("www", "A", opt(1232, ecs24)),
+        ("www", "AAAA", opt(1232, ecs6, do=True)), ("www", "TXT", opt(1232)),
+        ("@", "SOA", opt(1232)), ("@", "NS", None), ("@", "ANY", opt(4096)),
+        ("@", "MX", opt(512, ecs(1, 0, b""))), ("app", "A", opt(1232, ecs24)),
+        ("status", "AAAA", None), ("_sip._tcp", "SRV", opt(1232)),
+        ("ns2", "A", opt(1232)), ("nope", "A", opt(1232, ecs24)),
+        ("x.y.www", "AAAA", None), ("mail", "DS", opt(1232)),
+    ]
+    for i, (label, qtype, edns) in enumerate(cases):
+        tag = f"{label.replace('@', 'apex').replace('.', '-').strip('_')}-{qtype.lower()}"
+        tag += "-edns" if edns is not None else ""
+        lower = fqdn(label)
+        mixed = "".join(c.upper() if j % 2 else c for j, c in enumerate(lower))
+        qid = (i << 8) | (i * 37 & 0xff)
+        s[f"{tag}"] = query(qid, lower, qtype, edns)
+        s[f"{tag}-mixed"] = query(qid ^ 0x0503, mixed, qtype, edns)
+    s["outside-zone"] = query(0x2a00, "example.org", "A", opt(1232, ecs24))
+    s["bad-ecs-bits-beyond-prefix"] = query(0x2b01, fqdn("www"), "A",
+                                            opt(1232, ecs(1, 22, bytes([10, 1, 3]))))
+    s["repro-ecs-4-octets-for-24"] = packet_seeds()["repro-ecs-4-octets-for-24"]
+    return s
+
+
+SHIPPED_ZONE = os.path.join(REPO, "zones", "gslb.example.com.toml")
+SHIPPED_SERVER = os.path.join(REPO, "meridian.toml")
+
+FULL_ZONE = '''origin = "full.test."
+ttl = 300
+ns = ["ns1.full.test.", "ns.other.example."]
+ns_ttl = 86400
+
+[soa]
+mname = "ns1.full.test."
+rname = "hostmaster.full.test."
+serial = 7
+minimum = 30
+
+[records]
+ns1 = [{ type = "A", value = "192.0.2.53" }]
+"@" = [{ type = "TXT", value = "hello world" }, { type = "MX", value = "10 mx.example.net." }]
+child = [{ type = "NS", value = "ns.child.full.test." }]
+"ns.child" = [{ type = "A", value = "192.0.2.54" }]
+alias = [{ type = "CNAME", value = "api", ttl = 60 }]
+"_srv._udp" = [{ type = "SRV", value = "0 0 53 ns1" }]
+ptr = [{ type = "PTR", value = "host.example.net." }]
+
+[datacenters.a]
+location = [51.5, -0.12]
+addresses = ["192.0.2.1", "2001:db8::1"]
+[datacenters.a.probe]
+type = "https"
+path = "/healthz"
+host = "a.example.net"
+interval = "5s"
+timeout = "2s"
+rise = 2
+fall = 3
+jitter = 0.2
+expect_status = [200, "3xx"]
+expect_body = "ok"
+tls_verify = false
+
+[datacenters.b]
+location = [35.7, 139.7]
+addresses = ["192.0.2.2"]
+[datacenters.b.probe]
+type = "dns"
+targets = ["192.0.2.2:53", "192.0.2.3"]
+name = "full.test."
+qtype = "SOA"
+rcode = "NOERROR"
+min_up = 2
+
+[datacenters.c]
+location = [-33.9, 151.2]
+addresses = ["2001:db8::3"]
+[datacenters.c.probe]
+type = "tcp"
+port = 443
+interval = "500ms"
+timeout = "100ms"
+
+[datacenters.d]
+addresses = ["192.0.2.4"]
+[datacenters.d.probe]
+type = "external"
+
+[services.api]
+policy = "geo"
+datacenters = ["a", "b", "c"]
+ttl = 20
+default = ["b", "a"]
+max_answers = 2
+degraded_ttl = 5
+when_all_down = "fallback"
+fallback = ["192.0.2.99", "2001:db8::99"]
+warmup = "assume_down"
+[services.api.countries]
+JP = ["b", "a"]
+[services.api.continents]
+OC = ["c"]
+[services.api.networks]
+"10.0.0.0/8" = ["a"]
+"2001:db8:ffff::/48" = ["c", "b"]
+
+[services.fo]
+policy = "failover"
+datacenters = ["d", "a"]
+when_all_down = "fallback"
+fallback_cname = "sorry.example.net."
+
+[services."@"]
+policy = "failover"
+datacenters = ["a"]
+when_all_down = "servfail"
+'''
+
+MINIMAL_ZONE = '''origin = "min.test."
+ns = ["ns.example.net."]
+[soa]
+rname = "h.min.test."
+serial = 1
+'''
+
+# Mistakes the validator must reject with a message (keys TOML scopes
+# into [soa], a CNAME at a service, a loop, a bad address).
+BAD_ZONE = '''origin = "bad.test."
+[soa]
+rname = "h.bad.test."
+serial = 1
+ns = ["ns1.bad.test."]
+[records]
+x = [{ type = "CNAME", value = "y" }]
+y = [{ type = "CNAME", value = "x" }]
+www = [{ type = "CNAME", value = "x" }, { type = "A", value = "300.1.1.1" }]
+"*" = [{ type = "A", value = "192.0.2.1" }]
+[datacenters.a]
+addresses = []
+[services.www]
+policy = "nearest"
+datacenters = ["a", "a", "zz"]
+max_answers = 9
+[services.www.countries]
+UK = ["a"]
+[services.www.networks]
+"::ffff:10.0.0.0/104" = ["a"]
+"10.0.0.1/8" = ["a"]
+'''
+
+SERVER_FULL = '''listen = ["0.0.0.0:53", "[::]:53"]
+zones = "zones"
+geoip = "geoip/dbip-country.mmdb"
+countries = "geoip/countries.csv"
+max_udp_payload = 4096
+threads = 2
+tcp_idle_timeout = 10
+tcp_max_connections = 512
+state_file = "state.json"
+wait_for_probes = false
+max_probes_in_flight = 64
+[admin]
+enabled = true
+listen = "[::1]:5380"
+token = "0123456789abcdef0123"
+'''
+
+
+def zone_seeds():
+    with open(SHIPPED_ZONE, encoding="utf-8") as f:
+        shipped = f.read()
+    with open(SHIPPED_SERVER, encoding="utf-8") as f:
+        server = f.read()
+    return {
+        "shipped-zone": shipped,
+        "shipped-zone-failover": shipped.replace('policy = "geo"', 'policy = "failover"'),
+        "shipped-zone-no-comments": "\n".join(
+            line.split("#")[0].rstrip() for line in shipped.splitlines()) + "\n",
+        "full-zone": FULL_ZONE,
+        "minimal-zone": MINIMAL_ZONE,
+        "bad-zone": BAD_ZONE,
+        "shipped-server": server,
+        "server-full": SERVER_FULL,
+        "server-bad": 'max_udp_payload = 100\nlisten = ["nowhere"]\n[admin]\nlisten = "192.0.2.1:80"\n',
+        "not-toml": "origin = [\n",
+    }
+
+
+def write(directory, files, ext, mode):
+    os.makedirs(directory, exist_ok=True)
+    for old in os.listdir(directory):
+        if old.endswith((".bin", ".toml")):
+            os.remove(os.path.join(directory, old))
+    for key, data in sorted(files.items()):
+        with open(os.path.join(directory, key + ext), mode) as f:
+            f.write(data)
+    print(f"{len(files):3} seeds in {os.path.relpath(directory, REPO)}")
+
+
+def main():
+    write(os.path.join(CORPUS, "packet"), packet_seeds(), ".bin", "wb")
+    write(os.path.join(CORPUS, "fast_vs_general"), fast_seeds(), ".bin", "wb")
+    write(os.path.join(CORPUS, "zone_config"), zone_seeds(), ".toml", "w")
+
+
+if __name__ == "__main__":
+    main()
