@@ -111,6 +111,7 @@ impl Snapshot {
                             },
                             forced: None,
                             capacity: 100,
+                            down_addresses: 0,
                         })
                         .collect()
                 })

@@ -39,21 +39,25 @@ const STATES: [DcHealth; 5] = [
         observed: Observed::Down,
         forced: None,
         capacity: 100,
+        down_addresses: 0,
     },
     DcHealth {
         observed: Observed::Unknown,
         forced: None,
         capacity: 100,
+        down_addresses: 0,
     },
     DcHealth {
         observed: Observed::Up,
         forced: Some(Override::Drain),
         capacity: 100,
+        down_addresses: 0,
     },
     DcHealth {
         observed: Observed::Down,
         forced: Some(Override::ForceUp),
         capacity: 40,
+        down_addresses: 1,
     },
 ];
 

@@ -487,9 +487,11 @@ impl FastIndex {
     ) -> bool {
         let variant = usize::from(d.choice.degraded);
         let mut parts = [None::<&Template>; crate::policy::MAX_ANSWERS];
+        // Addresses each chosen datacenter keeps (per-address health).
+        let mut kept = [0usize; crate::policy::MAX_ANSWERS];
         let mut total = 0;
         let mut first = None;
-        for (slot, dc) in parts.iter_mut().zip(d.dcs()) {
+        for (k, (slot, dc)) in parts.iter_mut().zip(d.dcs()).enumerate() {
             let Some(pair) = per_dc.get(dc.index()) else {
                 return false;
             };
@@ -497,7 +499,9 @@ impl FastIndex {
             first.get_or_insert(t);
             match t.addresses {
                 Some(a) if a.count > 0 => {
-                    total += a.count;
+                    let v6 = a.size == 28;
+                    kept[k] = (0..a.count).filter(|&i| !d.leaves_out(k, v6, i)).count();
+                    total += kept[k];
                     *slot = Some(t);
                 }
                 // No address of this family: contributes nothing.
@@ -526,6 +530,7 @@ impl FastIndex {
                 },
             ),
         };
+        // The lead's CNAME chain: its answer records before its addresses.
         let prefix_count = t.counts[0] - a.count as u16;
         let header = Header {
             aa: t.authoritative,
@@ -550,14 +555,24 @@ impl FastIndex {
             let k = d.rotate_by(total);
             for i in 0..total {
                 let mut n = (i + k) % total;
-                for part in parts.iter().flatten() {
-                    let Some(pa) = part.addresses else { continue };
-                    if n < pa.count {
-                        let at = pa.at + n * pa.size;
-                        out.extend_from_slice(&part.body[at..at + pa.size]);
-                        break;
+                for (k, part) in parts.iter().enumerate() {
+                    let Some(pa) = part.and_then(|p| p.addresses) else {
+                        continue;
+                    };
+                    if n >= kept[k] {
+                        n -= kept[k];
+                        continue;
                     }
-                    n -= pa.count;
+                    // The n-th address this datacenter keeps.
+                    let v6 = pa.size == 28;
+                    let Some(r) = (0..pa.count).filter(|&r| !d.leaves_out(k, v6, r)).nth(n) else {
+                        return false;
+                    };
+                    let at = pa.at + r * pa.size;
+                    if let Some(p) = part {
+                        out.extend_from_slice(&p.body[at..at + pa.size]);
+                    }
+                    break;
                 }
             }
         }

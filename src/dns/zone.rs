@@ -450,9 +450,16 @@ impl Zone {
             };
             // Answers may already hold the CNAME chain that led here.
             let before = res.answers.len();
-            for dc in decision.dcs() {
+            let v6 = qtype == RecordType::AAAA;
+            for (k, dc) in decision.dcs().iter().enumerate() {
                 if let Some(records) = per_dc.get(dc.index()) {
-                    res.answers.extend(records.iter().map(|r| {
+                    // Per-address health: addresses whose own targets are
+                    // down are left out.
+                    let kept = records
+                        .iter()
+                        .enumerate()
+                        .filter(|&(i, _)| !decision.leaves_out(k, v6, i));
+                    res.answers.extend(kept.map(|(_, r)| {
                         let mut r = with_owner(r, name);
                         r.ttl = ttl;
                         r

@@ -49,6 +49,10 @@ pub struct DcHealth {
     /// Spare capacity its probe targets report, in percent (100 when they
     /// report none): `weighted` and `sticky` scale its weight by it.
     pub capacity: u8,
+    /// Answer addresses whose own probe targets are all down: bit `i` for
+    /// the datacenter's `i`-th IPv4 address, bit `32 + j` for its `j`-th
+    /// IPv6 address (the first 32 of each family).
+    pub down_addresses: u64,
 }
 
 impl DcHealth {
@@ -57,6 +61,7 @@ impl DcHealth {
         observed: Observed::Up,
         forced: None,
         capacity: 100,
+        down_addresses: 0,
     };
 
     /// Whether answers may use this datacenter, for a service with

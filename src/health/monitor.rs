@@ -49,9 +49,36 @@ struct Dc {
     /// The capacity last computed: a report that expires changes it even
     /// though no new report came.
     last_capacity: u8,
+    /// The answer addresses, IPv4 then IPv6 (per-address health).
+    v4: Vec<std::net::Ipv4Addr>,
+    v6: Vec<std::net::Ipv6Addr>,
 }
 
 impl Dc {
+    /// Answer addresses whose probe targets (those on the same IP) are all
+    /// DOWN; see [`DcHealth::down_addresses`].
+    fn down_addresses(&self) -> u64 {
+        let down = |ip: std::net::IpAddr| {
+            let mut own = self.targets.iter().filter(|t| t.addr.ip() == ip).peekable();
+            own.peek().is_some() && own.all(|t| t.machine.state() == TargetState::Down)
+        };
+        let v4 = self
+            .v4
+            .iter()
+            .take(32)
+            .enumerate()
+            .map(|(i, &a)| (i, a.into()));
+        let v6 = self
+            .v6
+            .iter()
+            .take(32)
+            .enumerate()
+            .map(|(j, &a)| (32 + j, a.into()));
+        v4.chain(v6)
+            .filter(|&(_, ip)| down(ip))
+            .fold(0, |m, (bit, _)| m | 1 << bit)
+    }
+
     /// The mean capacity reported by the UP targets within the hold time;
     /// 100 when none has a fresh report.
     fn capacity(&self, now: tokio::time::Instant) -> u8 {
@@ -262,6 +289,8 @@ impl Monitor {
                             _ => Duration::ZERO,
                         },
                         last_capacity: 100,
+                        v4: dc.v4.clone(),
+                        v6: dc.v6.clone(),
                     },
                 );
             }
@@ -337,7 +366,7 @@ impl Monitor {
             return;
         };
         let clock = tokio::time::Instant::now();
-        let before = (dc.observed(), dc.last_capacity);
+        let before = (dc.observed(), dc.last_capacity, dc.down_addresses());
         let Some(t) = dc.targets.get_mut(index) else {
             return;
         };
@@ -361,7 +390,7 @@ impl Monitor {
         t.last = Some(outcome);
         t.last_at = Some(at);
         t.probes += 1;
-        let after = (dc.observed(), dc.capacity(clock));
+        let after = (dc.observed(), dc.capacity(clock), dc.down_addresses());
         dc.last_capacity = after.1;
         drop(state);
         if first {
@@ -401,15 +430,16 @@ impl Monitor {
                         .iter()
                         .map(|dc| {
                             let key = (origin.clone(), dc.name.clone());
-                            let (observed, capacity) = match state.dcs.get(&key) {
-                                Some(d) => (d.observed(), d.capacity(clock)),
-                                None if dc.probe.is_some() => (Observed::Unknown, 100),
-                                None => (Observed::Up, 100),
+                            let (observed, capacity, down_addresses) = match state.dcs.get(&key) {
+                                Some(d) => (d.observed(), d.capacity(clock), d.down_addresses()),
+                                None if dc.probe.is_some() => (Observed::Unknown, 100, 0),
+                                None => (Observed::Up, 100, 0),
                             };
                             DcHealth {
                                 observed,
                                 forced: state.overrides.get(&key.0, &key.1),
                                 capacity,
+                                down_addresses,
                             }
                         })
                         .collect()
@@ -574,6 +604,11 @@ impl Monitor {
                             "observed": h.observed,
                             "override": h.forced,
                             "capacity": h.capacity,
+                            "down_addresses": dc.v4.iter().take(32).enumerate().map(|(i, a)| (i, a.to_string()))
+                                .chain(dc.v6.iter().take(32).enumerate().map(|(j, a)| (32 + j, a.to_string())))
+                                .filter(|(bit, _)| h.down_addresses & (1 << bit) != 0)
+                                .map(|(_, a)| a)
+                                .collect::<Vec<_>>(),
                             "probe": dc.probe.as_ref().map(|p| json!({
                                 "type": match &p.kind {
                                     ProbeKind::Tcp => "tcp",

@@ -154,6 +154,10 @@ pub struct Decision {
     pub ttl: u32,
     /// ECS scope, in the client address's family.
     pub scope: u8,
+    /// Per chosen datacenter, the addresses to leave out of the answer
+    /// (see [`DcHealth::down_addresses`]); never every address of a
+    /// family, so a usable datacenter always answers with its addresses.
+    pub left_out: [u64; MAX_ANSWERS],
     /// How far to rotate the answer's addresses, as a fraction of 2^32:
     /// the renderer rotates `n` addresses by `rotation * n >> 32`. Zero for
     /// services that do not rotate.
@@ -169,6 +173,7 @@ impl Decision {
             outcome: Outcome::Answer,
             ttl: 0,
             scope: 0,
+            left_out: [0; MAX_ANSWERS],
             rotation: 0,
         }
     }
@@ -176,6 +181,13 @@ impl Decision {
     /// The chosen datacenters, best first.
     pub fn dcs(&self) -> &[DcId] {
         self.choice.dcs()
+    }
+
+    /// Whether the `index`-th address (of the family `v6`) of the `k`-th
+    /// chosen datacenter is left out.
+    pub fn leaves_out(&self, k: usize, v6: bool, index: usize) -> bool {
+        let bit = index + if v6 { 32 } else { 0 };
+        index < 32 && self.left_out.get(k).is_some_and(|m| m & (1 << bit) != 0)
     }
 
     /// Where an answer of `n` addresses starts, for round robin.
@@ -343,6 +355,8 @@ pub struct Plan {
     weights: Box<[u32]>,
     /// Stable hash of each datacenter's name, by position (`sticky`).
     name_hash: Box<[u64]>,
+    /// IPv4 and IPv6 address counts by position (per-address health).
+    address_counts: Box<[(usize, usize)]>,
     /// Country and continent by position (`same`).
     country: Box<[Option<CountryCode>]>,
     continent: Box<[Option<Continent>]>,
@@ -412,6 +426,10 @@ impl Plan {
                 .map(|c| c.and_then(|c| countries.get(&c)?.continent))
                 .collect(),
             country,
+            address_counts: dcs
+                .iter()
+                .map(|&d| (zone.dc(d).v4.len(), zone.dc(d).v6.len()))
+                .collect(),
             geo,
             sticky_prefix: spec.sticky_prefix,
             max_answers: service.max_answers,
@@ -539,7 +557,12 @@ impl Plan {
         } else {
             0
         };
-        let decision = self.conclude(choice, scope, rotation);
+        let mut decision = self.conclude(choice, scope, rotation);
+        if decision.outcome == Outcome::Answer {
+            for (slot, &dc) in decision.left_out.iter_mut().zip(decision.choice.dcs()) {
+                *slot = self.left_out(dc, state(dc).down_addresses);
+            }
+        }
         trace.stage(|| Stage {
             name: "health".into(),
             order: order.to_vec(),
@@ -569,6 +592,7 @@ impl Plan {
             outcome,
             ttl,
             scope,
+            left_out: [0; MAX_ANSWERS],
             rotation,
         }
     }
@@ -584,6 +608,24 @@ impl Plan {
     pub fn all_down(&self) -> Option<Decision> {
         let d = self.conclude(Choice::of(&[], true, true), 0, 0);
         (d.outcome != Outcome::Answer).then_some(d)
+    }
+
+    /// `down` without the families whose every address is down: the
+    /// datacenter is usable (its `min_up` holds), so it answers with all of
+    /// that family rather than none.
+    fn left_out(&self, dc: DcId, down: u64) -> u64 {
+        let Some(p) = self.position(dc) else { return 0 };
+        let (n4, n6) = self.address_counts[usize::from(p)];
+        let family = |shift: u32, n: usize| {
+            let all = if n >= 32 {
+                u64::from(u32::MAX)
+            } else {
+                (1u64 << n) - 1
+            };
+            let m = (down >> shift) & all;
+            if m == all { 0 } else { m << shift }
+        };
+        family(0, n4) | family(32, n6)
     }
 
     fn position(&self, dc: DcId) -> Option<u8> {

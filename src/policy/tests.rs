@@ -86,7 +86,7 @@ fn health(states: &[(Observed, Option<Override>)]) -> Vec<DcHealth> {
         .map(|&(observed, forced)| DcHealth {
             observed,
             forced,
-            capacity: 100,
+            ..DcHealth::UP
         })
         .collect()
 }

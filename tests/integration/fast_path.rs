@@ -162,6 +162,8 @@ fn random_health(rng: &mut Rng, snap: &Snapshot) -> HealthView {
                         forced: *rng.pick(&forced),
                         // Load-aware weights: reported spare capacity.
                         capacity: *rng.pick(&[100, 100, 60, 0]),
+                        // Per-address health: some addresses' targets down.
+                        down_addresses: *rng.pick(&[0, 0, 1, 2, 1 << 32, 0b101 | 1 << 33]),
                     })
                     .collect()
             })

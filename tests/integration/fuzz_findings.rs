@@ -221,7 +221,11 @@ fn an_opt_record_not_owned_by_the_root_gets_formerr_with_opt() {
     p.extend(hex("c002002904d000000000000000"));
     for transport in [Transport::Udp, Transport::Tcp] {
         let resp = handle(&snap, &p, src, transport).unwrap();
-        assert_eq!(header(&resp), (1, 1, 0, 0, 1), "FORMERR with question and OPT");
+        assert_eq!(
+            header(&resp),
+            (1, 1, 0, 0, 1),
+            "FORMERR with question and OPT"
+        );
         assert_eq!(&resp[12 + 26..], &[0, 0, 41, 0x04, 0xd0, 0, 0, 0, 0, 0, 0]);
         let mut fast = Vec::new();
         if handle_fast(&snap, &p, src, transport, &mut fast) {

@@ -923,3 +923,80 @@ async fn explain_over_the_admin_api_shows_the_live_decision() {
         .await;
     assert_eq!(code, 400);
 }
+
+/// Health per address: a datacenter with two answer addresses, each probed
+/// on its own (the default targets). A dead address leaves the answers
+/// while the datacenter stays up; when both are dead the datacenter is
+/// down and the next one answers; a recovered address comes back.
+#[tokio::test]
+async fn a_dead_address_leaves_the_answer_while_its_datacenter_stays_up() {
+    let mut a = Backend::start("127.0.0.2", 0).await;
+    let port = a.addr.port();
+    let mut b = Backend::start("127.0.0.3", port).await;
+    let zone = format!(
+        r#"
+origin = "pa.test."
+ns = ["ns1.pa.test."]
+[soa]
+rname = "hostmaster.pa.test."
+serial = 1
+[records]
+ns1 = [{{ type = "A", value = "192.0.2.53" }}]
+[datacenters.multi]
+addresses = ["127.0.0.2", "127.0.0.3"]
+[datacenters.multi.probe]
+type = "http"
+port = {port}
+interval = "100ms"
+timeout = "50ms"
+rise = 1
+fall = 1
+jitter = 0.0
+[datacenters.other]
+addresses = ["192.0.2.99"]
+[services.www]
+policy = "failover"
+datacenters = ["multi", "other"]
+"#
+    );
+    let s = TestServer::start_with(Setup {
+        zones: &[("pa.test.toml", &zone)],
+        ..Setup::default()
+    })
+    .await;
+    let answer = || async {
+        let mut v = a_answers(&s.ask("www.pa.test.", RecordType::A, None).await);
+        v.sort();
+        v
+    };
+    assert_eq!(answer().await, ["127.0.0.2", "127.0.0.3"]);
+
+    b.stop();
+    until(&s, "127.0.0.3 left out", || async {
+        answer().await == ["127.0.0.2"]
+    })
+    .await;
+    let status = s.server.monitor().status();
+    let multi = status["zones"][0]["datacenters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["name"] == "multi")
+        .unwrap()
+        .clone();
+    assert_eq!(multi["observed"], "up", "min_up 1 still holds: {multi}");
+    assert_eq!(multi["down_addresses"], serde_json::json!(["127.0.0.3"]));
+
+    a.stop();
+    until(&s, "multi down, other answers", || async {
+        answer().await == ["192.0.2.99"]
+    })
+    .await;
+
+    b = Backend::start("127.0.0.3", port).await;
+    until(&s, "only the recovered address", || async {
+        answer().await == ["127.0.0.3"]
+    })
+    .await;
+    drop(b);
+}
