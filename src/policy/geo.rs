@@ -91,6 +91,17 @@ impl GeoPolicy {
             let bits = family_bits(v6);
             let mut builder = TableBuilder::new(bits, default_id);
             let mut per_record: HashMap<usize, u32> = HashMap::new();
+            // Network overrides set the order, but a `same` step still
+            // needs the client's country and continent: where the table
+            // keeps them, each override is refined along the database's
+            // networks (painted after, so it wins over the plain override).
+            let refine = this.keep != Keep::default();
+            let family_overrides: Vec<&(ipnet::IpNet, Vec<DcId>)> = spec
+                .networks
+                .iter()
+                .filter(|(n, _)| n.addr().is_ipv6() == v6)
+                .collect();
+            let mut refined: Vec<(u128, u8, u32)> = Vec::new();
             geo.for_each_network(v6, |net, key, decode| {
                 let id = *per_record.entry(key).or_insert_with(|| {
                     let loc = decode();
@@ -101,6 +112,27 @@ impl GeoPolicy {
                 let (s, e) =
                     crate::geo::table::prefix_range(bits, addr_bits(net.addr()), net.prefix_len());
                 builder.push(s, e, id);
+                if refine {
+                    // CIDR blocks either nest or are disjoint: the longest
+                    // override holding this network applies to all of it,
+                    // and every override inside it to its own block.
+                    let holding = family_overrides
+                        .iter()
+                        .filter(|(o, _)| o.contains(&net))
+                        .max_by_key(|(o, _)| o.prefix_len())
+                        .map(|(_, order)| (net, order));
+                    let inside = family_overrides
+                        .iter()
+                        .filter(|(o, _)| net.contains(o) && *o != net)
+                        .map(|(o, order)| (*o, order));
+                    let mut loc = None;
+                    for (block, order) in holding.into_iter().chain(inside) {
+                        let loc = loc.get_or_insert_with(decode);
+                        let class = this.class(order.clone(), loc.as_ref());
+                        let id = this.rankings.intern(class);
+                        refined.push((addr_bits(block.addr()), block.prefix_len(), id));
+                    }
+                }
             });
             let mut overrides: Vec<(u128, u8, u32)> = spec
                 .networks
@@ -114,6 +146,8 @@ impl GeoPolicy {
                     )
                 })
                 .collect();
+            // Longer prefixes win; at equal prefixes the later entry does.
+            overrides.extend(refined);
             if v6 {
                 // The IPv4-mapped (::ffff:0:0/96) and IPv4-compatible
                 // (::/96) ranges hold IPv4 clients, routed by the IPv4

@@ -9,5 +9,6 @@ mod fuzz_findings;
 mod geo_routing;
 mod harness;
 mod health;
+mod policies;
 mod protocol;
 mod robustness;
