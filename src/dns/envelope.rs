@@ -332,14 +332,26 @@ impl Envelope {
     /// QDCOUNT 1 (or 0 when `question` is false), ARCOUNT plus one when
     /// the response carries OPT.
     pub(crate) fn write_header(&self, out: &mut Vec<u8>, h: Header) {
-        out.extend_from_slice(&self.id);
-        out.push(0x80 | (self.flags0 & 0x79) | (u8::from(h.aa) << 2) | (u8::from(h.tc) << 1));
-        out.push((self.flags1 & 0x10) | (h.rcode & 0x0f));
-        out.extend_from_slice(&u16::from(h.question).to_be_bytes());
-        out.extend_from_slice(&h.counts[0].to_be_bytes());
-        out.extend_from_slice(&h.counts[1].to_be_bytes());
+        // Built on the stack and copied once: this runs for every answer.
+        let [q0, q1] = u16::from(h.question).to_be_bytes();
+        let [an0, an1] = h.counts[0].to_be_bytes();
+        let [ns0, ns1] = h.counts[1].to_be_bytes();
         let opt = u16::from(self.opt.is_some());
-        out.extend_from_slice(&h.counts[2].saturating_add(opt).to_be_bytes());
+        let [ar0, ar1] = h.counts[2].saturating_add(opt).to_be_bytes();
+        out.extend_from_slice(&[
+            self.id[0],
+            self.id[1],
+            0x80 | (self.flags0 & 0x79) | (u8::from(h.aa) << 2) | (u8::from(h.tc) << 1),
+            (self.flags1 & 0x10) | (h.rcode & 0x0f),
+            q0,
+            q1,
+            an0,
+            an1,
+            ns0,
+            ns1,
+            ar0,
+            ar1,
+        ]);
     }
 
     /// FORMERR for a query that can be read no further: the question when
@@ -370,32 +382,36 @@ impl Envelope {
         ecs: Option<(Ecs, u8)>,
     ) {
         let Some(opt) = &self.opt else { return };
-        out.push(0); // root
-        out.extend_from_slice(&TYPE_OPT.to_be_bytes());
-        out.extend_from_slice(&max_udp_payload.max(512).to_be_bytes());
-        // Extended rcode 0, version 0, flags: DO copied.
-        out.extend_from_slice(&[0, 0, if opt.dnssec_ok { 0x80 } else { 0 }, 0]);
+        // Root owner, type, payload, extended rcode 0, version 0, flags
+        // (DO copied), RDLENGTH; then the ECS option: built on the stack
+        // and copied once.
+        let mut rr = [0u8; 11 + 4 + 4 + 16];
+        rr[1..3].copy_from_slice(&TYPE_OPT.to_be_bytes());
+        rr[3..5].copy_from_slice(&max_udp_payload.max(512).to_be_bytes());
+        rr[7] = if opt.dnssec_ok { 0x80 } else { 0 };
         let Some((e, scope)) = ecs else {
-            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(&rr[..11]);
             return;
         };
-        let addr_len = usize::from(e.source).div_ceil(8);
+        let addr_len = usize::from(e.source).div_ceil(8).min(16);
         let opt_len = 4 + addr_len as u16; // at most 4 + 16
-        out.extend_from_slice(&(4 + opt_len).to_be_bytes());
-        out.extend_from_slice(&OPTION_ECS.to_be_bytes());
-        out.extend_from_slice(&opt_len.to_be_bytes());
-        let (family, octets): (u16, [u8; 16]) = match e.addr {
+        rr[9..11].copy_from_slice(&(4 + opt_len).to_be_bytes());
+        rr[11..13].copy_from_slice(&OPTION_ECS.to_be_bytes());
+        rr[13..15].copy_from_slice(&opt_len.to_be_bytes());
+        let family: u16 = match e.addr {
             IpAddr::V4(a) => {
-                let mut o = [0u8; 16];
-                o[..4].copy_from_slice(&a.octets());
-                (1, o)
+                rr[19..19 + addr_len.min(4)].copy_from_slice(&a.octets()[..addr_len.min(4)]);
+                1
             }
-            IpAddr::V6(a) => (2, a.octets()),
+            IpAddr::V6(a) => {
+                rr[19..19 + addr_len].copy_from_slice(&a.octets()[..addr_len]);
+                2
+            }
         };
-        out.extend_from_slice(&family.to_be_bytes());
-        out.push(e.source);
-        out.push(scope);
-        out.extend_from_slice(&octets[..addr_len]);
+        rr[15..17].copy_from_slice(&family.to_be_bytes());
+        rr[17] = e.source;
+        rr[18] = scope;
+        out.extend_from_slice(&rr[..19 + addr_len]);
     }
 }
 

@@ -31,7 +31,6 @@ use hickory_proto::rr::{LowerName, Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
 use super::envelope::{Envelope, Header, Question, Transport, echo_ecs};
-use super::handler::fill;
 use super::zone::{Resolution, Zone};
 use crate::health::HealthView;
 use crate::model::DcId;
@@ -119,7 +118,7 @@ fn wire_lower(name: &Name) -> Option<Box<[u8]>> {
 fn template(qname: &Name, qtype: RecordType, res: Resolution) -> Option<Template> {
     let mut m = Message::new(0, MessageType::Response, OpCode::Query);
     m.queries.push(Query::query(qname.clone(), qtype));
-    fill(&mut m, res);
+    res.fill(&mut m);
     let bytes = m.to_vec().ok()?;
     let qname_len = qname.to_bytes().ok()?.len();
     let body = bytes.get(12 + qname_len + 4..)?.into();
@@ -486,6 +485,28 @@ impl FastIndex {
         out: &mut Vec<u8>,
     ) -> bool {
         let variant = usize::from(d.choice.degraded);
+        // The common case: one datacenter, every address kept, nothing to
+        // rotate. Its template is the answer as it is.
+        if let [dc] = d.dcs()
+            && d.left_out[0] == 0
+            && let Some(t) = per_dc.get(dc.index()).map(|pair| &pair[variant])
+            && t.addresses
+                .is_some_and(|a| a.count <= 1 || d.rotate_by(a.count) == 0)
+        {
+            let header = Header {
+                aa: t.authoritative,
+                tc: false,
+                rcode: t.rcode,
+                question: true,
+                counts: t.counts,
+            };
+            out.clear();
+            env.write_header(out, header);
+            out.extend_from_slice(&packet[12..env.question.map_or(12, |q| q.end)]);
+            out.extend_from_slice(&t.body);
+            let ecs = echo_ecs(env, routed_on, Some(d.scope));
+            return finish(env, packet, header, ecs, transport, max_udp_payload, out);
+        }
         let mut parts = [None::<&Template>; crate::policy::MAX_ANSWERS];
         // Addresses each chosen datacenter keeps (per-address health).
         let mut kept = [0usize; crate::policy::MAX_ANSWERS];
@@ -550,34 +571,51 @@ impl FastIndex {
             out.extend_from_slice(&t.body);
         } else {
             out.extend_from_slice(&t.body[..a.at]);
-            // Record i of the answer is record (i + k) mod total of the
-            // chosen datacenters' records in order (round robin).
+            // Round robin: the answer is the chosen datacenters' kept
+            // addresses in order, starting at the k-th and wrapping.
             let k = d.rotate_by(total);
-            for i in 0..total {
-                let mut n = (i + k) % total;
-                for (k, part) in parts.iter().enumerate() {
-                    let Some(pa) = part.and_then(|p| p.addresses) else {
-                        continue;
-                    };
-                    if n >= kept[k] {
-                        n -= kept[k];
-                        continue;
-                    }
-                    // The n-th address this datacenter keeps.
-                    let v6 = pa.size == 28;
-                    let Some(r) = (0..pa.count).filter(|&r| !d.leaves_out(k, v6, r)).nth(n) else {
-                        return false;
-                    };
-                    let at = pa.at + r * pa.size;
-                    if let Some(p) = part {
-                        out.extend_from_slice(&p.body[at..at + pa.size]);
-                    }
-                    break;
-                }
-            }
+            emit(out, d, &parts, &kept, k, total);
+            emit(out, d, &parts, &kept, 0, k);
         }
         let ecs = echo_ecs(env, routed_on, Some(d.scope));
         finish(env, packet, header, ecs, transport, max_udp_payload, out)
+    }
+}
+
+/// Copies the kept address records `from..to` of the chosen datacenters
+/// (numbered across them in order): one copy per datacenter that keeps
+/// all of its addresses, one per record otherwise.
+fn emit(
+    out: &mut Vec<u8>,
+    d: &Decision,
+    parts: &[Option<&Template>],
+    kept: &[usize],
+    from: usize,
+    to: usize,
+) {
+    let mut base = 0;
+    for (k, part) in parts.iter().enumerate() {
+        let (Some(t), Some(a)) = (part, part.and_then(|p| p.addresses)) else {
+            continue;
+        };
+        let (lo, hi) = (from.max(base), to.min(base + kept[k]));
+        if lo < hi {
+            let (lo, hi) = (lo - base, hi - base);
+            if kept[k] == a.count {
+                out.extend_from_slice(&t.body[a.at + lo * a.size..a.at + hi * a.size]);
+            } else {
+                let v6 = a.size == 28;
+                let records = (0..a.count).filter(|&r| !d.leaves_out(k, v6, r));
+                for r in records.skip(lo).take(hi - lo) {
+                    let at = a.at + r * a.size;
+                    out.extend_from_slice(&t.body[at..at + a.size]);
+                }
+            }
+        }
+        base += kept[k];
+        if base >= to {
+            break;
+        }
     }
 }
 

@@ -157,7 +157,7 @@ fn respond(snap: &Snapshot, query: &Message, env: &Envelope, src: IpAddr) -> Opt
         svc.plan.decide(&client, health, entropy, &mut ())
     });
     let scope = res.scope;
-    fill(&mut resp, res);
+    res.fill(&mut resp);
 
     if let (Some(e), Some((ecs, scope))) = (resp_edns.as_mut(), echo_ecs(env, client.addr, scope)) {
         let cs = ClientSubnet::new(ecs.addr, ecs.source, scope);
@@ -165,15 +165,6 @@ fn respond(snap: &Snapshot, query: &Message, env: &Envelope, src: IpAddr) -> Opt
     }
     resp.edns = resp_edns;
     Some(resp)
-}
-
-/// Copies a resolution into a response message.
-pub(super) fn fill(resp: &mut Message, res: crate::dns::zone::Resolution) {
-    resp.metadata.authoritative = res.authoritative;
-    resp.metadata.response_code = res.rcode;
-    resp.answers = res.answers;
-    resp.authorities = res.authorities;
-    resp.additionals = res.additionals;
 }
 
 /// Encodes `resp` into `out`, never longer than `limit`. A response

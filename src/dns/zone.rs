@@ -91,6 +91,17 @@ pub(crate) struct Resolution {
     pub(crate) service: Option<usize>,
 }
 
+impl Resolution {
+    /// Copies the resolution into a response message.
+    pub(crate) fn fill(self, resp: &mut hickory_proto::op::Message) {
+        resp.metadata.authoritative = self.authoritative;
+        resp.metadata.response_code = self.rcode;
+        resp.answers = self.answers;
+        resp.authorities = self.authorities;
+        resp.additionals = self.additionals;
+    }
+}
+
 /// Decides a service's answer. The query path asks the service's plan;
 /// the fast-path builder forces each datacenter in turn.
 pub(crate) type Choose<'a> = dyn FnMut(&ServiceAnswers) -> Decision + 'a;

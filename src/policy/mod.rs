@@ -369,6 +369,8 @@ pub struct Plan {
     degraded_ttl: u32,
     all_down: AllDownKind,
     rotate: bool,
+    /// Whether a step reads `weights` (they are then scaled per query).
+    uses_weights: bool,
 }
 
 impl Plan {
@@ -443,6 +445,7 @@ impl Plan {
                 AllDown::Fallback(_) => AllDownKind::Fallback,
             },
             rotate: service.rotate,
+            uses_weights: spec.uses_weights(),
         }
     }
 
@@ -481,15 +484,19 @@ impl Plan {
         let state = |dc: DcId| health.get(dc.index()).copied().unwrap_or(DcHealth::UP);
         // Weights scaled by the capacity each datacenter reports (100 %
         // when it reports none): load-aware balancing.
-        let mut weights = [0u32; MAX_CANDIDATES];
-        for ((w, &configured), &dc) in weights
-            .iter_mut()
-            .zip(&self.weights)
-            .zip(&self.datacenters[..])
-        {
-            *w = configured * u32::from(state(dc).capacity.min(100));
-        }
-        let weights = &weights[..self.datacenters.len()];
+        let scaled;
+        let weights: &[u32] = if self.uses_weights {
+            let mut w = [0u32; MAX_CANDIDATES];
+            for ((w, &configured), &dc) in
+                w.iter_mut().zip(&self.weights).zip(&self.datacenters[..])
+            {
+                *w = configured * u32::from(state(dc).capacity.min(100));
+            }
+            scaled = w;
+            &scaled[..self.datacenters.len()]
+        } else {
+            &self.weights
+        };
         let class = self.geo.as_ref().map(|g| g.lookup(client.addr));
         let mut scope = class.map_or(0, |(_, s)| s);
         let mut rng = entropy;
@@ -560,7 +567,10 @@ impl Plan {
         let mut decision = self.conclude(choice, scope, rotation);
         if decision.outcome == Outcome::Answer {
             for (slot, &dc) in decision.left_out.iter_mut().zip(decision.choice.dcs()) {
-                *slot = self.left_out(dc, state(dc).down_addresses);
+                let down = state(dc).down_addresses;
+                if down != 0 {
+                    *slot = self.left_out(dc, down);
+                }
             }
         }
         trace.stage(|| Stage {
