@@ -422,6 +422,15 @@ impl FastIndex {
                     // A miss below an existing name: NXDOMAIN or referral.
                     Some(entry) => match &entry.miss {
                         Some(t) => {
+                            // hickory's encoder remembers at most 64 names
+                            // to compress against; a question with that
+                            // many labels fills them, and the general path
+                            // then spells out the SOA names the template
+                            // points at. Such names are rare: leave them
+                            // to the general path.
+                            if labels(name) > MAX_MISS_LABELS {
+                                return false;
+                            }
                             // Shift pointers by how much longer this name is
                             // than the stand-in the template was built for.
                             let Some(delta) = q.name_len.checked_sub(t.qname_len) else {
@@ -640,6 +649,22 @@ fn finish(
         env.write_opt(out, max_udp_payload, ecs);
     }
     out.len() <= limit
+}
+
+/// Most labels in a name answered from a miss template; see the caller.
+const MAX_MISS_LABELS: usize = 48;
+
+/// Labels in a lower-cased wire-format name (the root not counted).
+fn labels(name: &[u8]) -> usize {
+    let (mut at, mut n) = (0, 0);
+    while let Some(&len) = name.get(at) {
+        if len == 0 {
+            break;
+        }
+        n += 1;
+        at += 1 + usize::from(len);
+    }
+    n
 }
 
 /// The first question of a query the templates can answer: one question

@@ -234,3 +234,29 @@ fn an_opt_record_not_owned_by_the_root_gets_formerr_with_opt() {
         assert_eq!(handle_slow(&snap, &p, src, transport).unwrap(), resp);
     }
 }
+
+/// Found by the `fast_vs_general` fuzz target: NXDOMAIN for a name of 63
+/// or more labels. hickory's encoder keeps at most 64 names to compress
+/// against, so the general path spells out the SOA names that the fast
+/// path's template points at; both must send the same bytes.
+#[test]
+fn names_with_very_many_labels_get_the_same_nxdomain_from_both_paths() {
+    let (_, snap) = meridian::load(&repo().join("meridian.toml")).unwrap();
+    let src: IpAddr = "127.0.0.1".parse().unwrap();
+    for n in [40usize, 62, 63, 70, 100, 110] {
+        let mut p = hex("0100000000010000000000");
+        p.push(1); // ARCOUNT 1
+        for _ in 0..n {
+            p.extend([1, b'a']);
+        }
+        p.extend(hex("0467736c62076578616d706c6503636f6d00"));
+        p.extend(hex("00010001"));
+        p.extend(hex("00002904d0000000000000"));
+        let slow = handle_slow(&snap, &p, src, Transport::Udp).unwrap();
+        assert_eq!(header(&slow).0, 3, "NXDOMAIN for {n} labels");
+        let mut fast = Vec::new();
+        if handle_fast(&snap, &p, src, Transport::Udp, &mut fast) {
+            assert_eq!(fast, slow, "{n} labels");
+        }
+    }
+}
