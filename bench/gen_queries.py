@@ -15,6 +15,12 @@ Writes, into OUTDIR (default bench/out/queries):
               as a resolver that sends ECS to this zone would.
   static.bin  static names only, EDNS without ECS (2,500 queries)
   geo.bin     www A (80 %) / AAAA (20 %) with ECS only (5,000 queries)
+  weighted.bin, sticky.bin, chain.bin, multi.bin, geo2.bin
+              geo.bin's queries (same order, qtypes and ECS subnets) with the name
+              replaced by a service of the bench-only zone bench/zones/policies.bench.toml
+              (origin bench.example.): lb (weighted), st (sticky), chain
+              (["geo", {within_km = 6000}, "weighted"]), multi (geo, max_answers = 2)
+              and geo (a copy of www, the control). Only Meridian serves that zone.
   *.txt       dnsperf text-format equivalents ("name TYPE" per line). They cannot
               carry a per-query ECS option, so they are for eyeballing and for tools
               that need text input, not for the benchmark itself.
@@ -31,6 +37,9 @@ The output is a pure function of --seed: the same seed gives byte-identical file
   --verify HOST:PORT  instead of writing files, send a sample of mixed.bin's queries to a
                       server over UDP (loopback only) and print the rcode / answer mix per
                       category. Used by run.sh as a sanity check of every server.
+  --verify-files F,.. the query sets --verify samples (default mixed); each set is
+                      checked separately. For geo and the policy sets the answer mix is
+                      the set of addresses per answer, and the ECS scopes are counted.
 """
 
 import argparse
@@ -38,6 +47,7 @@ import collections
 import ipaddress
 import os
 import random
+import re
 import socket
 import struct
 import sys
@@ -107,6 +117,11 @@ STATIC = [
     ("_sip._tcp", "SRV", 2),
     ("app", "CNAME", 1),                              # the CNAME itself, no ECS needed
 ]
+
+# Bench-only zone (bench/zones/policies.bench.toml): query file -> service label.
+# Each of these files is geo.bin with www.gslb.example.com replaced by the service.
+POLICY_ZONE = "bench.example."
+POLICY_FILES = {"weighted": "lb", "sticky": "st", "chain": "chain", "multi": "multi", "geo2": "geo"}
 
 QTYPE = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28,
          "SRV": 33, "OPT": 41, "CAA": 257}
@@ -213,9 +228,18 @@ class Gen:
         return out
 
 
+def renamed(queries, label):
+    """geo.bin's queries for another service: same qtype and ECS, qname label.POLICY_ZONE."""
+    qname = label + "." + POLICY_ZONE
+    return [(label + "-" + qtype, qname, qtype, net, cc) for _, _, qtype, net, cc in queries]
+
+
 def all_sets(seed):
     g = Gen(seed)   # one generator, fixed order: the files depend only on the seed
-    return {"mixed": g.mixed(), "static": g.static_only(), "geo": g.geo()}
+    sets = {"mixed": g.mixed(), "static": g.static_only(), "geo": g.geo()}
+    for name, label in POLICY_FILES.items():
+        sets[name] = renamed(sets["geo"], label)
+    return sets
 
 
 def write_files(outdir, sets):
@@ -283,42 +307,60 @@ def parse_response(buf):
     return rcode, answers, scope
 
 
-def verify(target, seed, sample):
+def verify(target, seed, sample, files=("mixed",)):
     host, _, port = target.rpartition(":")
     host = host.strip("[]")
     if not ipaddress.ip_address(host).is_loopback:
         sys.exit("gen_queries: --verify only talks to loopback addresses")
     fam = socket.AF_INET6 if ":" in host else socket.AF_INET
-    queries = all_sets(seed)["mixed"][:sample]
+    sets = all_sets(seed)
+    unknown = [f for f in files if f not in sets]
+    if unknown:
+        sys.exit("gen_queries: no query set %s (known: %s)" % (", ".join(unknown), ", ".join(sets)))
     s = socket.socket(fam, socket.SOCK_DGRAM)
     s.settimeout(1.0)
-    per_cat = collections.defaultdict(collections.Counter)
-    lost = 0
-    for i, (cat, qname, qtype, net, cc) in enumerate(queries):
-        m = bytearray(message(qname, qtype, net))
-        qid = i & 0xFFFF
-        m[0:2] = struct.pack("!H", qid)
-        s.sendto(bytes(m), (host, int(port)))
-        try:
-            while True:
-                resp = s.recv(65535)
-                if struct.unpack("!H", resp[:2])[0] == qid:
-                    break
-        except socket.timeout:
-            lost += 1
-            continue
-        rcode, answers, scope = parse_response(resp)
-        addrs = [v for t, v in answers if t in ("A", "AAAA")]
-        key = RCODE.get(rcode, "rcode%d" % rcode)
-        if cat in ("www-A", "www-AAAA", "app"):
-            key += " " + (addrs[-1] if addrs else "no-address") + (" ecs" if scope is not None else "")
-        elif answers:
-            key += " answers"
-        per_cat[cat][key] += 1
-    print("verify %s: %d queries from mixed.bin, %d unanswered" % (target, len(queries), lost))
-    for cat in sorted(per_cat):
-        print("  %-9s %s" % (cat, ", ".join("%s: %d" % kv for kv in per_cat[cat].most_common())))
-    return 0 if lost < len(queries) else 1
+    bad = 0
+    qid = 0
+    for fname in files:
+        queries = sets[fname][:sample]
+        per_cat = collections.defaultdict(collections.Counter)
+        scopes = collections.defaultdict(collections.Counter)
+        lost = 0
+        for cat, qname, qtype, net, cc in queries:
+            m = bytearray(message(qname, qtype, net))
+            qid = (qid + 1) & 0xFFFF
+            m[0:2] = struct.pack("!H", qid)
+            s.sendto(bytes(m), (host, int(port)))
+            try:
+                while True:
+                    resp = s.recv(65535)
+                    if struct.unpack("!H", resp[:2])[0] == qid:
+                        break
+            except socket.timeout:
+                lost += 1
+                continue
+            rcode, answers, scope = parse_response(resp)
+            addrs = [v for t, v in answers if t in ("A", "AAAA")]
+            key = RCODE.get(rcode, "rcode%d" % rcode)
+            if fname != "mixed":
+                # geo and policy sets: the set of addresses (rotation changes the order)
+                key += " " + ("+".join(sorted(addrs)) if addrs else "no-address")
+                scopes[cat]["none" if scope is None else "/%d" % scope] += 1
+            elif cat in ("www-A", "www-AAAA", "app"):
+                key += " " + (addrs[-1] if addrs else "no-address") + (" ecs" if scope is not None else "")
+            elif answers:
+                key += " answers"
+            per_cat[cat][key] += 1
+        print("verify %s: %d queries from %s.bin, %d unanswered" % (target, len(queries), fname, lost))
+        for cat in sorted(per_cat):
+            print("  %-11s %s" % (cat, ", ".join("%s: %d" % kv for kv in per_cat[cat].most_common())))
+            if scopes[cat]:
+                top = scopes[cat].most_common()
+                print("  %-11s ECS scope %s%s" % ("", ", ".join("%s: %d" % kv for kv in top[:6]),
+                                                   ", ... (%d scopes)" % len(top) if len(top) > 6 else ""))
+        if lost == len(queries):
+            bad += 1
+    return 1 if bad else 0
 
 
 def main():
@@ -327,10 +369,13 @@ def main():
     ap.add_argument("--out", default=os.path.join(here, "out", "queries"), help="output directory")
     ap.add_argument("--seed", type=int, default=20261125, help="random seed (default 20261125)")
     ap.add_argument("--verify", metavar="HOST:PORT", help="send a sample of mixed.bin to a loopback server")
-    ap.add_argument("--sample", type=int, default=2000, help="queries sent by --verify")
+    ap.add_argument("--sample", type=int, default=2000, help="queries sent by --verify, per set")
+    ap.add_argument("--verify-files", default="mixed",
+                    help="comma/space separated query sets for --verify (default mixed)")
     args = ap.parse_args()
     if args.verify:
-        return verify(args.verify, args.seed, args.sample)
+        files = [f for f in re.split(r"[,\s]+", args.verify_files) if f]
+        return verify(args.verify, args.seed, args.sample, files)
     write_files(args.out, all_sets(args.seed))
     return 0
 

@@ -411,6 +411,27 @@ def cmd_report(args):
                                 ("50k", "avg_ms"), ("50k", "p99_ms"))]
             out.append("| " + " | ".join(cells) + " |")
 
+    # Meridian per query file against its own geo.bin row and the floor on the same file:
+    # the policies of the bench-only zone (weighted, sticky, chain, multi, geo2) beside geo.
+    if (meridian, "geo", "sat") in last and len([fl for fl in files if (meridian, fl, "sat") in last]) > 1:
+        out.append("")
+        out.append("Meridian per query file, relative to its geo.bin row and to the null-echo floor "
+                   "on the same file (µs/q ratios, sat / 50k):")
+        out.append("")
+        out.append("| queries | µs/q (sat) | µs/q @50k | p99 ms @50k | lost % (sat / 50k) | ÷ geo | ÷ null-echo |")
+        out.append("|---|---:|---:|---:|---:|---:|---:|")
+        for fl in files:
+            if (meridian, fl, "sat") not in last:
+                continue
+            g = lambda mode, key: get(meridian, fl, mode, key)
+            out.append("| %s | %s | %s | %s | %s / %s | %s / %s | %s / %s |" % (
+                fl, fmt(g("sat", "server_us_per_q")), fmt(g("50k", "server_us_per_q")), fmt(g("50k", "p99_ms"), "%.3f"),
+                fmt(g("sat", "lost_pct"), "%.3f"), fmt(g("50k", "lost_pct"), "%.3f"),
+                fmt(ratio(g("sat", "server_us_per_q"), get(meridian, "geo", "sat", "server_us_per_q"))),
+                fmt(ratio(g("50k", "server_us_per_q"), get(meridian, "geo", "50k", "server_us_per_q"))),
+                fmt(ratio(g("sat", "server_us_per_q"), floor(fl, "sat", "server_us_per_q"))),
+                fmt(ratio(g("50k", "server_us_per_q"), floor(fl, "50k", "server_us_per_q")))))
+
     # Meridian's load curve: fixed rates relative to its saturation.
     curve = [r for r in rows if r["server"] == meridian and r["mode"] in ("sat", "50k", "half", "80pct")]
     if curve:

@@ -12,10 +12,16 @@
 #   CLIENT_CPU [0]        CPU for dnsperf
 #   MERIDIAN_BIN [<repo>/target/release/meridian]
 #   MERIDIAN_ARGS [run --config <repo>/meridian.toml --listen 127.0.0.1:@PORT@]
-#                         Meridian's arguments; @PORT@ is replaced by the bench port
+#                         Meridian's arguments; @PORT@ is replaced by the bench port.
+#                         With the bench zone, the default config is a copy in the run
+#                         directory (bench_config.py) that also serves bench/zones/*.toml.
 #   PORT_BASE [5340]      meridian PORT_BASE, null-echo +1, gdnsd +2, knot +3, nsd +4
 #   FIXED_QPS [50000]     the fixed offered rate
-#   FILES ["mixed static geo"]   query files for Meridian and the null-echo floor
+#   FILES ["mixed static geo"]   query files for Meridian and the null-echo floor; also
+#                         weighted sticky chain multi geo2 (bench-only zone), e.g.
+#                         FILES="geo weighted sticky chain multi static"
+#   BENCH_ZONES [auto]    auto | 1 | 0: serve bench/zones/*.toml beside the shipped zones
+#                         (auto: only when FILES names one of their query files)
 #   PEER_FILES ["mixed static"]  query files for the peers
 #   CLIENTS [4] OUTSTANDING [100]  dnsperf -c / -q
 #   IDLE_WAIT [20]        before each run, wait up to N s for the machine to be idle
@@ -47,11 +53,12 @@ done
 SERVER_CPUS=${SERVER_CPUS:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
 MERIDIAN_BIN=${MERIDIAN_BIN:-$ROOT/target/release/meridian}
-MERIDIAN_ARGS=${MERIDIAN_ARGS:-run --config $ROOT/meridian.toml --listen 127.0.0.1:@PORT@}
 PORT_BASE=${PORT_BASE:-5340}
 FIXED_QPS=${FIXED_QPS:-50000}
 FILES=${FILES:-mixed static geo}
 PEER_FILES=${PEER_FILES:-mixed static}
+BENCH_ZONES=${BENCH_ZONES:-auto}
+POLICY_FILES="weighted sticky chain multi geo2"   # they query bench/zones/policies.bench.toml
 CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-100}
 IDLE_WAIT=${IDLE_WAIT:-20}
@@ -64,6 +71,19 @@ log() { printf '\n== %s\n' "$*"; }
 
 # ---- checks -------------------------------------------------------------------------
 [[ "$SECS" =~ ^[0-9]+$ ]] && [ "$SECS" -ge 1 ] && [ "$SECS" -le 300 ] || die "--seconds must be 1..300"
+in_list() { local x; for x in $2; do [ "$x" = "$1" ] && return 0; done; return 1; }
+case $BENCH_ZONES in auto|0|1) ;; *) die "BENCH_ZONES must be auto, 0 or 1" ;; esac
+NEED_ZONES=""
+for f in $FILES; do in_list "$f" "$POLICY_FILES" && NEED_ZONES=1; done
+for f in $PEER_FILES; do
+  in_list "$f" "$POLICY_FILES" && die "PEER_FILES: $f queries the bench-only zone, which the peers do not serve"
+done
+[ "$BENCH_ZONES" = auto ] && BENCH_ZONES=${NEED_ZONES:-0}
+[ -n "$NEED_ZONES" ] && [ "$BENCH_ZONES" = 0 ] && die "FILES=\"$FILES\" needs the bench zone, but BENCH_ZONES=0"
+if [ -n "${MERIDIAN_ARGS:-}" ] && [ "$BENCH_ZONES" = 1 ]; then
+  echo "run.sh: note: MERIDIAN_ARGS is set; its config has to serve bench/zones/*.toml itself" >&2
+  BENCH_ZONES=0
+fi
 [[ "$PORT_BASE" =~ ^[0-9]+$ ]] && [ "$PORT_BASE" -ge 1024 ] && [ "$PORT_BASE" -le 65000 ] || die "PORT_BASE must be 1024..65000"
 for c in dnsperf taskset cc dig python3 ss; do
   command -v "$c" >/dev/null || die "'$c' not found (apt-get install dnsperf util-linux gcc bind9-dnsutils python3 iproute2)"
@@ -94,7 +114,7 @@ RESULTS="$RUN/results.jsonl"
 ln -sfn "runs/$STAMP" "$OUT/latest"
 exec > >(tee "$RUN/run.log") 2>&1
 echo "run.sh: $(date -Is) results in $RUN"
-echo "run.sh: server CPUs $SERVER_CPUS, dnsperf CPU $CLIENT_CPU, $SECS s per run, files: $FILES${PEERS:+, peers: $PEER_FILES}"
+echo "run.sh: server CPUs $SERVER_CPUS, dnsperf CPU $CLIENT_CPU, $SECS s per run, files: $FILES${PEERS:+, peers: $PEER_FILES}, bench zone: $BENCH_ZONES"
 
 # ---- process bookkeeping: we only ever signal PIDs we started ----------------------
 STARTED=()           # names of servers started by this script (their PIDs are in $RUN/pids)
@@ -209,7 +229,13 @@ bench_server() { # bench_server NAME PORT KIND "FILES" CMD...
   shift 4
   log "$name"
   start_server "$name" "$port" "$kind" "$@"
-  python3 "$BENCH/gen_queries.py" --verify "127.0.0.1:$port" --sample 1000 | tee "$RUN/logs/verify-$name.txt"
+  # mixed.bin for every server; for Meridian also the geo and bench-zone files in FILES
+  local vfiles=mixed
+  if [ "$name" = meridian ]; then
+    for f in $files; do in_list "$f" "geo $POLICY_FILES" && vfiles="$vfiles,$f"; done
+  fi
+  python3 "$BENCH/gen_queries.py" --verify "127.0.0.1:$port" --sample 1000 --verify-files "$vfiles" \
+    | tee "$RUN/logs/verify-$name.txt"
   # Warm-up (not recorded): caches, page faults, CPU frequency.
   python3 "$BENCH/measure.py" run --name "$name" --mode warmup --pid "$SERVER_PID" --port "$port" \
     --queries "$QDIR/${files%% *}.bin" --seconds "$WARM" --client-cpu "$CLIENT_CPU" --retries 0 \
@@ -234,8 +260,9 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   (cd "$ROOT" && cargo build --release)
 fi
 [ -x "$MERIDIAN_BIN" ] || die "no Meridian binary at $MERIDIAN_BIN"
-if [ ! -s "$QDIR/mixed.bin" ] || [ ! -s "$QDIR/static.bin" ] || [ ! -s "$QDIR/geo.bin" ] \
-   || [ "$BENCH/gen_queries.py" -nt "$QDIR/mixed.bin" ]; then
+regen=""
+for f in mixed $FILES $PEER_FILES; do [ -s "$QDIR/$f.bin" ] || regen=1; done
+if [ -n "$regen" ] || [ "$BENCH/gen_queries.py" -nt "$QDIR/mixed.bin" ]; then
   log "generating query files"
   python3 "$BENCH/gen_queries.py" --out "$QDIR"
 fi
@@ -248,6 +275,18 @@ fi
   echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     "($(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l) modified files)"
   dnsperf -h 2>&1 | grep -m1 Version; uname -r; nproc; } > "$RUN/versions.txt"
+
+# ---- bench zone: Meridian serves a copy of meridian.toml + zones/ + bench/zones/ ----
+if [ "$BENCH_ZONES" = 1 ]; then
+  log "config with the bench zone"
+  python3 "$BENCH/bench_config.py" "$ROOT/meridian.toml" "$RUN/meridian" "$BENCH/zones"
+  if ! "$MERIDIAN_BIN" check --config "$RUN/meridian/meridian.toml" > "$RUN/logs/meridian-check.log" 2>&1; then
+    cat "$RUN/logs/meridian-check.log"; die "meridian check failed on $RUN/meridian/meridian.toml"
+  fi
+  cat "$RUN/logs/meridian-check.log"
+  MERIDIAN_ARGS="run --config $RUN/meridian/meridian.toml --listen 127.0.0.1:@PORT@"
+fi
+MERIDIAN_ARGS=${MERIDIAN_ARGS:-run --config $ROOT/meridian.toml --listen 127.0.0.1:@PORT@}
 
 # ---- peers: install and render configs ---------------------------------------------
 PEER_CMDS=()
