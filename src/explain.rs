@@ -10,6 +10,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
+use crate::dns::envelope::{Envelope, canonical};
 use crate::dns::{self, Transport};
 use crate::geo::distance::distance_km;
 use crate::model::{Coord, DcId};
@@ -65,7 +66,7 @@ pub struct Explanation {
     /// The service behind the name, when one decides the answer.
     pub service: Option<ServiceTrace>,
     /// The response as a resolver sees it.
-    pub answer: Answer,
+    pub answer: dns::Summary,
 }
 
 /// A GeoIP location.
@@ -134,23 +135,6 @@ pub struct Candidate {
     pub usable: Option<bool>,
 }
 
-/// The response.
-#[derive(Clone, Debug, Serialize)]
-pub struct Answer {
-    /// Response code.
-    pub rcode: String,
-    /// AA flag.
-    pub authoritative: bool,
-    /// TC flag.
-    pub truncated: bool,
-    /// Answer records.
-    pub records: Vec<String>,
-    /// Authority records.
-    pub authority: Vec<String>,
-    /// ECS (source, scope) in the response.
-    pub ecs: Option<(u8, u8)>,
-}
-
 /// Explains `name`/`qtype` as seen from `client`: sends the real handler
 /// a real query carrying the client as ECS, and replays the service's
 /// decision with the same inputs (client, health, per-query randomness)
@@ -183,7 +167,9 @@ pub fn explain_decision(
     let response =
         dns::handle(snap, &packet, src, Transport::Tcp).ok_or("the handler sent no response")?;
     let summary = dns::summarize(&response)?;
-    let entropy = dns::query_entropy(snap, &packet, src).ok_or("unreadable query")?;
+    let entropy = Envelope::scan(&packet)
+        .map(|e| e.entropy(snap.seed, src))
+        .ok_or("unreadable query")?;
 
     // The service behind the name (directly or through an in-zone CNAME).
     let lower = fqdn.to_ascii_lowercase();
@@ -200,7 +186,7 @@ pub fn explain_decision(
             };
             let mut trace = Trace::default();
             let client = Client {
-                addr: crate::dns::canonical_client(net.network()),
+                addr: canonical(net.network()),
             };
             let d = plan.decide(&client, snap.health.zone(zi), entropy, &mut trace);
             let names = |ids: &[DcId]| ids.iter().map(|&i| zc.dc(i).name.clone()).collect();
@@ -269,14 +255,7 @@ pub fn explain_decision(
         client: net.trunc().to_string(),
         location,
         service,
-        answer: Answer {
-            rcode: summary.rcode,
-            authoritative: summary.authoritative,
-            truncated: summary.truncated,
-            records: summary.answers,
-            authority: summary.authorities,
-            ecs: summary.ecs,
-        },
+        answer: summary,
     })
 }
 
@@ -367,10 +346,10 @@ pub fn explain(
         if a.authoritative { " aa" } else { "" },
         if a.truncated { " tc" } else { "" }
     );
-    for r in &a.records {
+    for r in &a.answers {
         let _ = writeln!(out, "           {r}");
     }
-    for r in &a.authority {
+    for r in &a.authorities {
         let _ = writeln!(out, "authority: {r}");
     }
     let _ = match a.ecs {

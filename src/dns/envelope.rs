@@ -354,21 +354,28 @@ impl Envelope {
         ]);
     }
 
+    /// The first question as the query sent it (empty when it cannot be
+    /// read), for responses to echo.
+    pub(crate) fn question_bytes<'p>(&self, packet: &'p [u8]) -> &'p [u8] {
+        self.question
+            .and_then(|q| packet.get(HEADER_LEN..q.end))
+            .unwrap_or_default()
+    }
+
     /// FORMERR for a query that can be read no further: the question when
     /// it can be read, and an OPT record when the query had one, on both
     /// paths alike.
     pub(crate) fn formerr(&self, packet: &[u8], max_udp_payload: u16, out: &mut Vec<u8>) {
         out.clear();
-        let question = self.question.map(|q| &packet[HEADER_LEN..q.end]);
         self.write_header(
             out,
             Header {
-                question: question.is_some(),
+                question: self.question.is_some(),
                 rcode: 1,
                 ..Header::default()
             },
         );
-        out.extend_from_slice(question.unwrap_or_default());
+        out.extend_from_slice(self.question_bytes(packet));
         self.write_opt(out, max_udp_payload, None);
     }
 

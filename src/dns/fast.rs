@@ -55,6 +55,19 @@ struct Template {
     addresses: Option<Addresses>,
 }
 
+impl Template {
+    /// The response header for this template as it is.
+    fn header(&self) -> Header {
+        Header {
+            aa: self.authoritative,
+            tc: false,
+            rcode: self.rcode,
+            question: true,
+            counts: self.counts,
+        }
+    }
+}
+
 /// The address records at the end of a service answer's template.
 #[derive(Clone, Copy, Debug)]
 struct Addresses {
@@ -154,8 +167,7 @@ fn find_addresses(t: &Template, rtype: RecordType, count: usize) -> Option<Addre
     };
     let size = 12 + rdlen;
     let at = t.body.len().checked_sub(count * size)?;
-    let ok = count > 0
-        && t.counts[1] == 0
+    let ok = t.counts[1] == 0
         && t.counts[2] == 0
         && t.body[at..].chunks(size).all(|r| {
             r[0] & 0xc0 == 0xc0
@@ -166,6 +178,8 @@ fn find_addresses(t: &Template, rtype: RecordType, count: usize) -> Option<Addre
     ok.then_some(Addresses { at, count, size })
 }
 
+/// Resolves a service's static parts (the decision is not needed to know
+/// which service answers, or what a miss looks like).
 fn no_choice(_: &super::zone::ServiceAnswers) -> Decision {
     Decision::empty()
 }
@@ -179,6 +193,12 @@ fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> O
             let plan = &svc.plan;
             let render =
                 |d: Decision| template(name, qtype, zone.resolve_with(name, qtype, &mut |_| d));
+            // ANY at a service name is answered as A.
+            let rtype = if qtype == RecordType::AAAA {
+                RecordType::AAAA
+            } else {
+                RecordType::A
+            };
             let per_dc = (0..zone.datacenter_count())
                 .map(|dc| {
                     let dc = DcId(u16::try_from(dc).ok()?);
@@ -188,11 +208,6 @@ fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> O
                         render(plan.forced(dc, true))?,
                     ];
                     for t in &mut pair {
-                        let rtype = if qtype == RecordType::AAAA {
-                            RecordType::AAAA
-                        } else {
-                            RecordType::A
-                        };
                         t.addresses = find_addresses(t, rtype, count);
                     }
                     Some(pair)
@@ -447,13 +462,7 @@ impl FastIndex {
         };
 
         let header = match template {
-            Some(t) => Header {
-                aa: t.authoritative,
-                tc: false,
-                rcode: t.rcode,
-                question: true,
-                counts: t.counts,
-            },
+            Some(t) => t.header(),
             None => Header {
                 rcode: 5,
                 question: true,
@@ -467,7 +476,7 @@ impl FastIndex {
         };
         out.clear();
         env.write_header(out, header);
-        out.extend_from_slice(&packet[12..q.end]);
+        out.extend_from_slice(env.question_bytes(packet));
         if let Some(t) = template {
             let start = out.len();
             out.extend_from_slice(&t.body);
@@ -494,6 +503,22 @@ impl FastIndex {
         out: &mut Vec<u8>,
     ) -> bool {
         let variant = usize::from(d.choice.degraded);
+        let ecs = echo_ecs(env, routed_on, Some(d.scope));
+        let whole = |t: &Template, out: &mut Vec<u8>| {
+            out.clear();
+            env.write_header(out, t.header());
+            out.extend_from_slice(env.question_bytes(packet));
+            out.extend_from_slice(&t.body);
+            finish(
+                env,
+                packet,
+                t.header(),
+                ecs,
+                transport,
+                max_udp_payload,
+                out,
+            )
+        };
         // The common case: one datacenter, every address kept, nothing to
         // rotate. Its template is the answer as it is.
         if let [dc] = d.dcs()
@@ -502,19 +527,7 @@ impl FastIndex {
             && t.addresses
                 .is_some_and(|a| a.count <= 1 || d.rotate_by(a.count) == 0)
         {
-            let header = Header {
-                aa: t.authoritative,
-                tc: false,
-                rcode: t.rcode,
-                question: true,
-                counts: t.counts,
-            };
-            out.clear();
-            env.write_header(out, header);
-            out.extend_from_slice(&packet[12..env.question.map_or(12, |q| q.end)]);
-            out.extend_from_slice(&t.body);
-            let ecs = echo_ecs(env, routed_on, Some(d.scope));
-            return finish(env, packet, header, ecs, transport, max_udp_payload, out);
+            return whole(t, out);
         }
         let mut parts = [None::<&Template>; crate::policy::MAX_ANSWERS];
         // Addresses each chosen datacenter keeps (per-address health).
@@ -540,53 +553,30 @@ impl FastIndex {
             }
         }
         let Some(first) = first else { return false };
-        let lead = parts.iter().flatten().next().copied();
-        let (t, a) = match lead {
-            Some(t) => (
-                t,
-                t.addresses.unwrap_or(Addresses {
-                    at: 0,
-                    count: 0,
-                    size: 1,
-                }),
-            ),
-            // None of them has an address of this family: NODATA.
-            None => (
-                first,
-                Addresses {
-                    at: first.body.len(),
-                    count: 0,
-                    size: 1,
-                },
-            ),
+        // The lead is the first datacenter with an address of the family;
+        // with none, the first one's NODATA is the answer.
+        let Some((lead, a)) = parts
+            .iter()
+            .flatten()
+            .find_map(|t| Some((*t, t.addresses?)))
+        else {
+            return whole(first, out);
         };
         // The lead's CNAME chain: its answer records before its addresses.
-        let prefix_count = t.counts[0] - a.count as u16;
+        let prefix_count = lead.counts[0] - a.count as u16;
         let header = Header {
-            aa: t.authoritative,
-            tc: false,
-            rcode: t.rcode,
-            question: true,
-            counts: if total == 0 {
-                t.counts
-            } else {
-                [prefix_count + total as u16, 0, 0]
-            },
+            counts: [prefix_count + total as u16, 0, 0],
+            ..lead.header()
         };
         out.clear();
         env.write_header(out, header);
-        out.extend_from_slice(&packet[12..env.question.map_or(12, |q| q.end)]);
-        if total == 0 {
-            out.extend_from_slice(&t.body);
-        } else {
-            out.extend_from_slice(&t.body[..a.at]);
-            // Round robin: the answer is the chosen datacenters' kept
-            // addresses in order, starting at the k-th and wrapping.
-            let k = d.rotate_by(total);
-            emit(out, d, &parts, &kept, k, total);
-            emit(out, d, &parts, &kept, 0, k);
-        }
-        let ecs = echo_ecs(env, routed_on, Some(d.scope));
+        out.extend_from_slice(env.question_bytes(packet));
+        out.extend_from_slice(&lead.body[..a.at]);
+        // Round robin: the answer is the chosen datacenters' kept
+        // addresses in order, starting at the k-th and wrapping.
+        let k = d.rotate_by(total);
+        emit(out, d, &parts, &kept, k, total);
+        emit(out, d, &parts, &kept, 0, k);
         finish(env, packet, header, ecs, transport, max_udp_payload, out)
     }
 }
@@ -645,7 +635,7 @@ fn finish(
     if out.len() > limit {
         out.clear();
         env.write_header(out, Header { tc: true, ..header }.without_records());
-        out.extend_from_slice(&packet[12..env.question.map_or(12, |q| q.end)]);
+        out.extend_from_slice(env.question_bytes(packet));
         env.write_opt(out, max_udp_payload, ecs);
     }
     out.len() <= limit

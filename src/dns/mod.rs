@@ -9,7 +9,7 @@
 
 #[cfg(target_os = "linux")]
 pub mod batch;
-mod envelope;
+pub(crate) mod envelope;
 pub mod fast;
 pub mod handler;
 pub mod records;
@@ -55,8 +55,9 @@ pub fn build_query(
     m.to_vec().map_err(|e| e.to_string())
 }
 
-/// A decoded response, summarised for people (`explain`) and tests.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A decoded response, summarised for people (`explain`, `GET /explain`)
+/// and tests.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Summary {
     /// Response code mnemonic, e.g. `NOERROR`.
     pub rcode: String,
@@ -99,18 +100,6 @@ pub fn summarize(packet: &[u8]) -> Result<Summary, String> {
             .collect(),
         ecs,
     })
-}
-
-/// The per-query randomness the handler draws for `packet` from `src`
-/// (so `explain` can replay the very decision the handler made).
-pub fn query_entropy(snap: &crate::snapshot::Snapshot, packet: &[u8], src: IpAddr) -> Option<u64> {
-    envelope::Envelope::scan(packet).map(|e| e.entropy(snap.seed, src))
-}
-
-/// The address a policy routes on for a client address (IPv4-mapped IPv6
-/// becomes IPv4), as the handler converts it.
-pub fn canonical_client(addr: IpAddr) -> IpAddr {
-    envelope::canonical(addr)
 }
 
 /// The source address used for `explain` queries without `--client`.

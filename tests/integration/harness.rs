@@ -288,7 +288,7 @@ pub async fn read_framed(s: &mut TcpStream) -> Vec<u8> {
     .expect("TCP response within the timeout")
 }
 
-/// The IPv4 addresses in the answer section.
+/// The IPv4 and IPv6 addresses in the answer section, in order.
 pub fn a_answers(m: &Message) -> Vec<String> {
     m.answers
         .iter()

@@ -883,7 +883,7 @@ async fn explain_over_the_admin_api_shows_the_live_decision() {
     );
     assert_eq!(v["service"]["stages"][0]["step"], "geo");
     assert_eq!(
-        v["answer"]["records"][0],
+        v["answer"]["answers"][0],
         "www.hc.test. 30 IN A 198.51.100.10"
     );
 
@@ -910,7 +910,7 @@ async fn explain_over_the_admin_api_shows_the_live_decision() {
         .clone();
     assert_eq!(eu["usable"], false, "{health}");
     assert!(
-        v["answer"]["records"][0]
+        v["answer"]["answers"][0]
             .as_str()
             .unwrap()
             .ends_with("192.0.2.10")

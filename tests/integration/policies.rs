@@ -21,12 +21,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{RData, RecordType};
+use hickory_proto::rr::RecordType;
 use ipnet::IpNet;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UdpSocket;
 
-use crate::harness::{EXCHANGE_TIMEOUT, Setup, TestServer, ecs_of, query, repo, write_config};
+use crate::harness::{
+    EXCHANGE_TIMEOUT, Setup, TestServer, a_answers, ecs_of, query, repo, write_config,
+};
 
 /// Tolerance of every share check, in standard deviations (see the module
 /// docs).
@@ -98,18 +100,6 @@ fn address_map(zone_text: &str) -> HashMap<String, String> {
         }
     }
     map
-}
-
-/// The address records of an answer, in order.
-fn addresses(m: &Message) -> Vec<String> {
-    m.answers
-        .iter()
-        .filter_map(|r| match &r.data {
-            RData::A(a) => Some(a.0.to_string()),
-            RData::AAAA(a) => Some(a.0.to_string()),
-            _ => None,
-        })
-        .collect()
 }
 
 /// One answer, read: the datacenters behind its addresses (each once, in
@@ -187,7 +177,7 @@ impl<'a> Client<'a> {
 
     fn read(&self, m: &Message) -> Reply {
         assert_eq!(m.metadata.response_code, ResponseCode::NoError, "{m:?}");
-        let addrs = addresses(m);
+        let addrs = a_answers(m);
         assert!(!addrs.is_empty(), "no addresses: {m:?}");
         let mut dcs: Vec<String> = Vec::new();
         for a in &addrs {
