@@ -349,6 +349,8 @@ enum AllDownKind {
 #[derive(Debug)]
 pub struct Plan {
     steps: Box<[Built]>,
+    /// Each step as config writes it, for traces.
+    step_names: Box<[String]>,
     /// The service's datacenters, by position.
     datacenters: Box<[DcId]>,
     /// Configured weight by position.
@@ -417,6 +419,7 @@ impl Plan {
         let country: Box<[_]> = dcs.iter().map(|&d| zone.dc(d).country).collect();
         Self {
             steps,
+            step_names: spec.steps.iter().map(ToString::to_string).collect(),
             datacenters: dcs.into(),
             weights: spec.weights.iter().take(dcs.len()).copied().collect(),
             name_hash: dcs
@@ -507,7 +510,7 @@ impl Plan {
                     c.reorder_first(class.order.iter().filter_map(|&d| self.position(d)));
                     trace.stage(|| Stage {
                         note: format!("GeoIP class covers /{scope}"),
-                        ..self.stage("geo", &c, scope)
+                        ..self.stage(i, &c, scope)
                     });
                     continue;
                 }
@@ -526,7 +529,7 @@ impl Plan {
                     sticky::order(c.first_tier(), weights, &self.name_hash, key);
                     trace.stage(|| Stage {
                         note: format!("hashed {}/{prefix}", sticky::masked(client.addr, prefix)),
-                        ..self.stage("sticky", &c, scope)
+                        ..self.stage(i, &c, scope)
                     });
                     continue;
                 }
@@ -549,7 +552,7 @@ impl Plan {
                 }
                 Built::Prefer(set) => c.narrow(|_, x| set & (1 << x) != 0),
             }
-            trace.stage(|| self.stage(&step_name(step), &c, scope));
+            trace.stage(|| self.stage(i, &c, scope));
         }
 
         let mut order = [DcId(0); MAX_CANDIDATES];
@@ -645,9 +648,10 @@ impl Plan {
             .map(|p| p as u8)
     }
 
-    fn stage(&self, name: &str, c: &Candidates, scope: u8) -> Stage {
+    /// The trace of step `i` with the candidates after it.
+    fn stage(&self, i: usize, c: &Candidates, scope: u8) -> Stage {
         Stage {
-            name: name.to_string(),
+            name: self.step_names[i].clone(),
             order: c
                 .ranked()
                 .iter()
@@ -658,20 +662,6 @@ impl Plan {
             note: String::new(),
             usable: Vec::new(),
         }
-    }
-}
-
-fn step_name(step: &Built) -> String {
-    match step {
-        Built::Geo => "geo".into(),
-        Built::Failover => "failover".into(),
-        Built::Weighted => "weighted".into(),
-        Built::Sticky => "sticky".into(),
-        Built::Nearest(n) => format!("nearest {n}"),
-        Built::WithinKm(_, km) => format!("within_km {km}"),
-        Built::Same(Attribute::Continent) => "same continent".into(),
-        Built::Same(Attribute::Country) => "same country".into(),
-        Built::Prefer(_) => "prefer".into(),
     }
 }
 
