@@ -76,6 +76,12 @@ impl DcHealth {
     }
 }
 
+/// The bit of [`DcHealth::down_addresses`] for the `index`-th address of
+/// a family; `None` past the first 32, which are not tracked.
+pub fn address_bit(v6: bool, index: usize) -> Option<u32> {
+    (index < 32).then(|| index as u32 + if v6 { 32 } else { 0 })
+}
+
 /// Every datacenter's health, indexed like the snapshot's zones and each
 /// zone's datacenters. Immutable once published.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

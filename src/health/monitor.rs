@@ -46,15 +46,38 @@ struct Dc {
     targets: Vec<Target>,
     /// How long a reported capacity holds.
     capacity_hold: Duration,
-    /// The capacity last computed: a report that expires changes it even
-    /// though no new report came.
-    last_capacity: u8,
+    /// What the query path last saw of it (observed state, capacity,
+    /// down addresses): a change to any part republishes, whichever path
+    /// caused it (a probe, external input, or a report that expired).
+    published: Summary,
     /// The answer addresses, IPv4 then IPv6 (per-address health).
     v4: Vec<std::net::Ipv4Addr>,
     v6: Vec<std::net::Ipv6Addr>,
 }
 
+/// A datacenter's state as the query path sees it.
+type Summary = (Observed, u8, u64);
+
 impl Dc {
+    fn summary(&self, now: tokio::time::Instant) -> Summary {
+        (self.observed(), self.capacity(now), self.down_addresses())
+    }
+
+    /// The answer addresses with their [`DcHealth::down_addresses`] bits.
+    fn address_bits(&self) -> impl Iterator<Item = (u32, std::net::IpAddr)> + '_ {
+        let v4 = self
+            .v4
+            .iter()
+            .enumerate()
+            .map(|(i, &a)| (super::address_bit(false, i), a.into()));
+        let v6 = self
+            .v6
+            .iter()
+            .enumerate()
+            .map(|(j, &a)| (super::address_bit(true, j), a.into()));
+        v4.chain(v6).filter_map(|(bit, ip)| Some((bit?, ip)))
+    }
+
     /// Answer addresses whose probe targets (those on the same IP) are all
     /// DOWN; see [`DcHealth::down_addresses`].
     fn down_addresses(&self) -> u64 {
@@ -62,19 +85,7 @@ impl Dc {
             let mut own = self.targets.iter().filter(|t| t.addr.ip() == ip).peekable();
             own.peek().is_some() && own.all(|t| t.machine.state() == TargetState::Down)
         };
-        let v4 = self
-            .v4
-            .iter()
-            .take(32)
-            .enumerate()
-            .map(|(i, &a)| (i, a.into()));
-        let v6 = self
-            .v6
-            .iter()
-            .take(32)
-            .enumerate()
-            .map(|(j, &a)| (32 + j, a.into()));
-        v4.chain(v6)
+        self.address_bits()
             .filter(|&(_, ip)| down(ip))
             .fold(0, |m, (bit, _)| m | 1 << bit)
     }
@@ -279,20 +290,20 @@ impl Monitor {
                         spawn.push((key.clone(), i, t.addr, spec.clone(), t.machine.state()));
                     }
                 }
-                state.dcs.insert(
-                    key,
-                    Dc {
-                        min_up: dc.probe.as_ref().map(|p| p.min_up),
-                        targets,
-                        capacity_hold: match dc.probe.as_ref().map(|p| &p.kind) {
-                            Some(ProbeKind::Http(h)) => h.capacity_hold,
-                            _ => Duration::ZERO,
-                        },
-                        last_capacity: 100,
-                        v4: dc.v4.clone(),
-                        v6: dc.v6.clone(),
+                let mut entry = Dc {
+                    min_up: dc.probe.as_ref().map(|p| p.min_up),
+                    targets,
+                    capacity_hold: match dc.probe.as_ref().map(|p| &p.kind) {
+                        Some(ProbeKind::Http(h)) => h.capacity_hold,
+                        _ => Duration::ZERO,
                     },
-                );
+                    published: (Observed::Unknown, 100, 0),
+                    v4: dc.v4.clone(),
+                    v6: dc.v6.clone(),
+                };
+                // What the snapshot built from this config shows.
+                entry.published = entry.summary(tokio::time::Instant::now());
+                state.dcs.insert(key, entry);
             }
         }
         drop(state);
@@ -366,7 +377,6 @@ impl Monitor {
             return;
         };
         let clock = tokio::time::Instant::now();
-        let before = (dc.observed(), dc.last_capacity, dc.down_addresses());
         let Some(t) = dc.targets.get_mut(index) else {
             return;
         };
@@ -390,21 +400,28 @@ impl Monitor {
         t.last = Some(outcome);
         t.last_at = Some(at);
         t.probes += 1;
-        let after = (dc.observed(), dc.capacity(clock), dc.down_addresses());
-        dc.last_capacity = after.1;
+        let changed = Self::settle(key, dc, clock);
         drop(state);
         if first {
             self.inner.pending.send_modify(|p| *p = p.saturating_sub(1));
         }
+        if changed {
+            self.publish();
+        }
+    }
+
+    /// Records what the query path should now see of `dc`; `true` (and a
+    /// log line per changed part) if that differs from what it last saw.
+    fn settle(key: &DcKey, dc: &mut Dc, clock: tokio::time::Instant) -> bool {
+        let (before, after) = (dc.published, dc.summary(clock));
         if after.0 != before.0 {
             tracing::warn!(zone = %key.0, datacenter = %key.1, "datacenter is now {:?} (was {:?})", after.0, before.0);
         }
         if after.1 != before.1 {
             tracing::info!(zone = %key.0, datacenter = %key.1, "capacity is now {}% (was {}%)", after.1, before.1);
         }
-        if after != before {
-            self.publish();
-        }
+        dc.published = after;
+        after != before
     }
 
     /// Waits until every probed target has its first result, or `limit`.
@@ -519,7 +536,6 @@ impl Monitor {
         let mut state = self.lock();
         let key = Self::find_dc(&state, zone, dc)?;
         let d = state.dcs.get_mut(&key).expect("found above");
-        let before = d.observed();
         let t = d
             .targets
             .iter_mut()
@@ -543,10 +559,10 @@ impl Monitor {
             t.changed_at = Some(now());
         }
         t.last_at = Some(now());
-        let after = d.observed();
+        let changed = Self::settle(&key, d, tokio::time::Instant::now());
         drop(state);
         tracing::warn!(zone = %key.0, datacenter = %key.1, %target, "external input: {s:?}");
-        if after != before {
+        if changed {
             self.publish();
         }
         Ok(())
@@ -604,11 +620,10 @@ impl Monitor {
                             "observed": h.observed,
                             "override": h.forced,
                             "capacity": h.capacity,
-                            "down_addresses": dc.v4.iter().take(32).enumerate().map(|(i, a)| (i, a.to_string()))
-                                .chain(dc.v6.iter().take(32).enumerate().map(|(j, a)| (32 + j, a.to_string())))
+                            "down_addresses": state.dcs.get(&key).map(|d| d.address_bits()
                                 .filter(|(bit, _)| h.down_addresses & (1 << bit) != 0)
-                                .map(|(_, a)| a)
-                                .collect::<Vec<_>>(),
+                                .map(|(_, ip)| ip.to_string())
+                                .collect::<Vec<_>>()).unwrap_or_default(),
                             "probe": dc.probe.as_ref().map(|p| json!({
                                 "type": match &p.kind {
                                     ProbeKind::Tcp => "tcp",

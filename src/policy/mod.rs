@@ -186,8 +186,8 @@ impl Decision {
     /// Whether the `index`-th address (of the family `v6`) of the `k`-th
     /// chosen datacenter is left out.
     pub fn leaves_out(&self, k: usize, v6: bool, index: usize) -> bool {
-        let bit = index + if v6 { 32 } else { 0 };
-        index < 32 && self.left_out.get(k).is_some_and(|m| m & (1 << bit) != 0)
+        crate::health::address_bit(v6, index)
+            .is_some_and(|bit| self.left_out.get(k).is_some_and(|m| m & (1 << bit) != 0))
     }
 
     /// Where an answer of `n` addresses starts, for round robin.

@@ -1000,3 +1000,53 @@ datacenters = ["multi", "other"]
     .await;
     drop(b);
 }
+
+/// External input drives per-address health too: marking one of a
+/// datacenter's two external targets down through the API leaves its
+/// address out at once, though the datacenter's state does not change.
+#[tokio::test]
+async fn external_input_for_one_address_leaves_it_out() {
+    let zone = r#"
+origin = "ea.test."
+ns = ["ns1.ea.test."]
+[soa]
+rname = "hostmaster.ea.test."
+serial = 1
+[records]
+ns1 = [{ type = "A", value = "192.0.2.53" }]
+[datacenters.pair]
+addresses = ["192.0.2.1", "192.0.2.2"]
+[datacenters.pair.probe]
+type = "external"
+port = 80
+[services.www]
+policy = "failover"
+datacenters = ["pair"]
+warmup = "assume_up"
+"#;
+    let s = TestServer::start(&[("ea.test.toml", zone)]).await;
+    let client = reqwest_like::Client::new(s.server.admin_addr().expect("admin API"));
+    let answer = || async {
+        let mut v = a_answers(&s.ask("www.ea.test.", RecordType::A, None).await);
+        v.sort();
+        v
+    };
+    for ip in ["192.0.2.1", "192.0.2.2"] {
+        let (code, body) = client
+            .put(&format!("/targets/ea.test/pair/{ip}"), r#"{"state":"up"}"#)
+            .await;
+        assert_eq!(code, 200, "{body}");
+    }
+    assert_eq!(answer().await, ["192.0.2.1", "192.0.2.2"]);
+    let (code, body) = client
+        .put("/targets/ea.test/pair/192.0.2.2", r#"{"state":"down"}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    // The API call has returned, and the change is published with it.
+    assert_eq!(answer().await, ["192.0.2.1"]);
+    let (code, body) = client
+        .put("/targets/ea.test/pair/192.0.2.2", r#"{"state":"up"}"#)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(answer().await, ["192.0.2.1", "192.0.2.2"]);
+}
