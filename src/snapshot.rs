@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::dns::cookie::Cookies;
 use crate::dns::fast::FastIndex;
 use crate::dns::records::DomainName;
 use crate::dns::zone::Zone;
@@ -50,6 +51,10 @@ pub struct Snapshot {
     /// Seed of the per-query randomness (`weighted`, address rotation),
     /// new for every process.
     pub(crate) seed: u64,
+    /// The NSID option's payload, when configured (RFC 5001).
+    pub(crate) nsid: Option<Arc<[u8]>>,
+    /// DNS cookies, when enabled (RFC 7873).
+    pub(crate) cookies: Option<Arc<Cookies>>,
 }
 
 impl Snapshot {
@@ -132,6 +137,8 @@ impl Snapshot {
                 use std::hash::{BuildHasher, RandomState};
                 RandomState::new().hash_one(started)
             },
+            nsid: config.server.nsid.as_deref().map(Arc::from),
+            cookies: config.server.cookies.clone().map(Arc::new),
         }
     }
 

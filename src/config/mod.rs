@@ -10,6 +10,7 @@
 
 pub mod policy;
 pub mod probe;
+mod protocol;
 mod raw;
 mod validate;
 
@@ -106,6 +107,10 @@ pub struct ServerConfig {
     pub max_probes_in_flight: u32,
     /// Admin HTTP API; `None` when disabled.
     pub admin: Option<AdminConfig>,
+    /// Name server identifier returned to queries that ask (RFC 5001).
+    pub nsid: Option<Vec<u8>>,
+    /// DNS cookies (RFC 7873, RFC 9018); `None` when disabled.
+    pub cookies: Option<crate::dns::cookie::Cookies>,
 }
 
 /// Admin HTTP API settings.

@@ -21,6 +21,19 @@ pub(super) struct RawServer {
     pub(super) wait_for_probes: Option<bool>,
     pub(super) max_probes_in_flight: Option<u32>,
     pub(super) admin: Option<RawAdmin>,
+    pub(super) nsid: Option<String>,
+    pub(super) cookies: Option<RawCookies>,
+}
+
+/// `[cookies]` in `meridian.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawCookies {
+    pub(super) enabled: Option<bool>,
+    pub(super) secret: Option<String>,
+    pub(super) secret_file: Option<String>,
+    pub(super) rotate: Option<String>,
+    pub(super) require: Option<bool>,
 }
 
 /// `[admin]` in `meridian.toml`.

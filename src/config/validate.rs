@@ -116,6 +116,8 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         65_535,
     )?;
     let admin = validate_admin(file, base, raw.admin.unwrap_or_default())?;
+    let nsid = super::protocol::validate_nsid(file, raw.nsid)?;
+    let cookies = super::protocol::validate_cookies(file, base, raw.cookies.unwrap_or_default())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match raw.threads {
         Some(n) => check_range(file, "threads", n, 1, MAX_THREADS)? as usize,
@@ -128,6 +130,8 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         wait_for_probes: raw.wait_for_probes.unwrap_or(true),
         max_probes_in_flight,
         admin,
+        nsid,
+        cookies,
         listen,
         zones_dir,
         geoip,

@@ -31,8 +31,13 @@ pub(crate) const CLASSIC_UDP_LIMIT: usize = 512;
 pub(crate) const MAX_MESSAGE: usize = u16::MAX as usize;
 
 const TYPE_OPT: u16 = 41;
+const TYPE_TSIG: u16 = 250;
+const OPTION_NSID: u16 = 3;
 const OPTION_ECS: u16 = 8;
+const OPTION_COOKIE: u16 = 10;
 const HEADER_LEN: usize = 12;
+/// TSIG error BADKEY (RFC 8945 §5.2.2).
+const TSIG_BADKEY: u16 = 17;
 
 /// A validated EDNS Client Subnet option (RFC 7871 §6).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,8 +59,34 @@ pub(crate) struct Opt {
     pub(crate) version: u8,
     /// The DO bit, copied to the response (RFC 3225 §3).
     pub(crate) dnssec_ok: bool,
-    /// Options the general path decodes itself (NSID, DAU/DHU/N3U).
+    /// Options the general path decodes itself (DAU/DHU/N3U).
     pub(crate) other_known_options: bool,
+    /// The query asks for the server's NSID (RFC 5001).
+    pub(crate) nsid: bool,
+}
+
+/// The query's COOKIE option (RFC 7873 §4): a client cookie, and the
+/// server cookie it was last given, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CookieIn {
+    pub(crate) client: [u8; 8],
+    server: [u8; 32],
+    server_len: u8,
+}
+
+impl CookieIn {
+    /// The server cookie the client sent back (empty if none).
+    pub(crate) fn server(&self) -> &[u8] {
+        &self.server[..usize::from(self.server_len)]
+    }
+}
+
+/// Where the query's TSIG record is (RFC 8945): its owner name and RDATA.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct TsigIn {
+    owner: usize,
+    rdata: usize,
+    rdlen: usize,
 }
 
 /// The first question, when it can be read without following compression.
@@ -93,9 +124,15 @@ pub(crate) struct Envelope {
     pub(crate) opt: Option<Opt>,
     /// The ECS option, if present and valid.
     pub(crate) ecs: Option<Ecs>,
+    /// The COOKIE option, if present and well formed.
+    pub(crate) cookie: Option<CookieIn>,
+    /// The TSIG record, when it is the last record (RFC 8945 §5.1).
+    pub(crate) tsig: Option<TsigIn>,
     /// The OPT record breaks a rule whose answer is FORMERR: an invalid
-    /// ECS option (RFC 7871 §6), two ECS options, an option running past
-    /// the record, or a second OPT record (RFC 6891 §6.1.1).
+    /// ECS option (RFC 7871 §6), a COOKIE option of a wrong length (RFC
+    /// 7873 §5.2.2), two ECS or COOKIE options, an option running past
+    /// the record, or a second OPT record (RFC 6891 §6.1.1); or a TSIG
+    /// record that is not the last record (RFC 8945 §5.1).
     pub(crate) bad_opt: bool,
     /// Every record the counts announce was read, and nothing follows.
     pub(crate) exact: bool,
@@ -117,6 +154,19 @@ fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
             _ => return None, // extended label types (RFC 6891 §5)
         }
     }
+}
+
+/// Skips `n` resource records starting at `at`; returns the offset after
+/// them.
+pub(crate) fn skip_records(p: &[u8], mut at: usize, n: usize) -> Option<usize> {
+    for _ in 0..n {
+        at = skip_name(p, at)?;
+        at += 10 + usize::from(be16(p, at + 8)?);
+        if at > p.len() {
+            return None;
+        }
+    }
+    Some(at)
 }
 
 /// Reads an uncompressed QNAME at byte 12, lower-casing it.
@@ -182,6 +232,22 @@ fn parse_ecs(d: &[u8]) -> Option<Ecs> {
     (net.network() == addr).then_some(Ecs { addr, source })
 }
 
+/// RFC 7873 §4 option data: an 8-byte client cookie, optionally followed
+/// by an 8- to 32-byte server cookie; any other length is FORMERR (§5.2.2).
+fn parse_cookie(d: &[u8]) -> Option<CookieIn> {
+    if d.len() != 8 && !(16..=40).contains(&d.len()) {
+        return None;
+    }
+    let mut c = CookieIn {
+        client: [0; 8],
+        server: [0; 32],
+        server_len: (d.len() - 8) as u8,
+    };
+    c.client.copy_from_slice(&d[..8]);
+    c.server[..d.len() - 8].copy_from_slice(&d[8..]);
+    Some(c)
+}
+
 impl Envelope {
     /// Reads `p`. `None` when nothing is to be sent: too short to carry an
     /// ID, or QR set (a response: answering it could start a loop between
@@ -200,6 +266,8 @@ impl Envelope {
             question: None,
             opt: None,
             ecs: None,
+            cookie: None,
+            tsig: None,
             bad_opt: false,
             exact: false,
         };
@@ -229,8 +297,24 @@ impl Envelope {
             let rtype = be16(p, at)?;
             let rdlen = usize::from(be16(p, at + 8)?);
             let rdata = p.get(at + 10..at + 10 + rdlen)?;
+            if self.tsig.is_some() {
+                // RFC 8945 §5.1: TSIG must be the last record.
+                self.tsig = None;
+                self.bad_opt = true;
+            }
             if i >= an + ns && rtype == TYPE_OPT {
                 self.read_opt(p, owner, at, rdata);
+            }
+            if rtype == TYPE_TSIG {
+                if i >= an + ns {
+                    self.tsig = Some(TsigIn {
+                        owner,
+                        rdata: at + 10,
+                        rdlen,
+                    });
+                } else {
+                    self.bad_opt = true;
+                }
             }
             at += 10 + rdlen;
         }
@@ -257,6 +341,7 @@ impl Envelope {
             version: p[at + 5],
             dnssec_ok: p[at + 6] & 0x80 != 0,
             other_known_options: false,
+            nsid: false,
         };
         let mut i = 0;
         while i < rdata.len() {
@@ -273,14 +358,21 @@ impl Envelope {
                     (None, Some(ecs)) => self.ecs = Some(ecs),
                     _ => self.bad_opt = true,
                 },
-                // NSID and DAU/DHU/N3U are decoded by the general path.
-                3 | 5..=7 => opt.other_known_options = true,
+                OPTION_COOKIE => match (self.cookie, parse_cookie(data)) {
+                    (None, Some(c)) => self.cookie = Some(c),
+                    _ => self.bad_opt = true,
+                },
+                // RFC 5001 §2.3: the request's payload is empty.
+                OPTION_NSID => opt.nsid = true,
+                // DAU/DHU/N3U are decoded by the general path.
+                5..=7 => opt.other_known_options = true,
                 _ => {}
             }
             i += 4 + usize::from(len);
         }
         if self.bad_opt {
             self.ecs = None;
+            self.cookie = None;
         }
         self.opt = Some(opt);
     }
@@ -302,9 +394,12 @@ impl Envelope {
     }
 
     /// The ECS option a policy routes on: RFC 7871 §7.1.2 says SOURCE
-    /// PREFIX-LENGTH 0 means "do not use my address".
+    /// PREFIX-LENGTH 0 means "do not use my address", and an address in
+    /// private, shared or loopback space (RFC 7871 §10; see [`private`])
+    /// says nothing about where the client is, so the resolver's own
+    /// address is the better guess.
     pub(crate) fn routing_ecs(&self) -> Option<Ecs> {
-        self.ecs.filter(|e| e.source > 0)
+        self.ecs.filter(|e| e.source > 0 && !private(e.addr))
     }
 
     /// The address a policy routes on: the ECS address when it may be
@@ -328,17 +423,16 @@ impl Envelope {
         crate::policy::weighted::mix(seed ^ crate::policy::weighted::mix(src ^ id << 48))
     }
 
-    /// Writes the response header: ID, opcode, RD and CD echoed, QR set,
-    /// QDCOUNT 1 (or 0 when `question` is false), ARCOUNT plus one when
-    /// the response carries OPT.
-    pub(crate) fn write_header(&self, out: &mut Vec<u8>, h: Header) {
-        // Built on the stack and copied once: this runs for every answer.
+    /// The response header: ID, opcode, RD and CD echoed, QR set, QDCOUNT
+    /// 1 (or 0 when `question` is false), ARCOUNT plus one when the
+    /// response carries OPT.
+    pub(crate) fn header_bytes(&self, h: Header) -> [u8; HEADER_LEN] {
         let [q0, q1] = u16::from(h.question).to_be_bytes();
         let [an0, an1] = h.counts[0].to_be_bytes();
         let [ns0, ns1] = h.counts[1].to_be_bytes();
         let opt = u16::from(self.opt.is_some());
         let [ar0, ar1] = h.counts[2].saturating_add(opt).to_be_bytes();
-        out.extend_from_slice(&[
+        [
             self.id[0],
             self.id[1],
             0x80 | (self.flags0 & 0x79) | (u8::from(h.aa) << 2) | (u8::from(h.tc) << 1),
@@ -351,7 +445,13 @@ impl Envelope {
             ns1,
             ar0,
             ar1,
-        ]);
+        ]
+    }
+
+    /// Appends the response header (see [`Self::header_bytes`]).
+    pub(crate) fn write_header(&self, out: &mut Vec<u8>, h: Header) {
+        // Built on the stack and copied once: this runs for every answer.
+        out.extend_from_slice(&self.header_bytes(h));
     }
 
     /// The first question as the query sent it (empty when it cannot be
@@ -362,64 +462,196 @@ impl Envelope {
             .unwrap_or_default()
     }
 
-    /// FORMERR for a query that can be read no further: the question when
-    /// it can be read, and an OPT record when the query had one, on both
-    /// paths alike.
-    pub(crate) fn formerr(&self, packet: &[u8], max_udp_payload: u16, out: &mut Vec<u8>) {
+    /// A response without records: the question when it can be read, and
+    /// an OPT record when the query had one, on both paths alike. `rcode`
+    /// may be an extended one (BADVERS, BADCOOKIE), whose upper bits go to
+    /// the OPT record.
+    pub(crate) fn error(
+        &self,
+        packet: &[u8],
+        rcode: u16,
+        max_udp_payload: u16,
+        opt: &OptOut<'_>,
+        out: &mut Vec<u8>,
+    ) {
         out.clear();
         self.write_header(
             out,
             Header {
                 question: self.question.is_some(),
-                rcode: 1,
+                rcode: (rcode & 0x0f) as u8,
                 ..Header::default()
             },
         );
         out.extend_from_slice(self.question_bytes(packet));
-        self.write_opt(out, max_udp_payload, None);
+        let opt = OptOut {
+            ext_rcode: (rcode >> 4) as u8,
+            ..*opt
+        };
+        self.write_opt(out, max_udp_payload, &opt);
+    }
+
+    /// FORMERR for a query that can be read no further.
+    pub(crate) fn formerr(&self, packet: &[u8], max_udp_payload: u16, out: &mut Vec<u8>) {
+        self.error(packet, 1, max_udp_payload, &OptOut::default(), out);
+    }
+
+    /// The answer to a TSIG-signed query (RFC 8945 §5.2.2): Meridian has
+    /// no TSIG keys, so every key is unknown: NOTAUTH, and an unsigned
+    /// TSIG record with error BADKEY, the query's key and algorithm names,
+    /// time and fudge, and an empty MAC. `false` when the TSIG record
+    /// cannot be read (the caller answers FORMERR).
+    pub(crate) fn badkey(
+        &self,
+        packet: &[u8],
+        max_udp_payload: u16,
+        opt: &OptOut<'_>,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let Some(t) = self.tsig else { return false };
+        out.clear();
+        self.write_header(
+            out,
+            Header {
+                question: self.question.is_some(),
+                rcode: 9,
+                counts: [0, 0, 1],
+                ..Header::default()
+            },
+        );
+        out.extend_from_slice(self.question_bytes(packet));
+        self.write_opt(out, max_udp_payload, opt);
+        // Owner: the key name, written out in full (the query's may point
+        // at parts of the query this response does not carry).
+        if copy_name(packet, t.owner, out).is_none() {
+            return false;
+        }
+        out.extend_from_slice(&[0, 250, 0, 255, 0, 0, 0, 0]); // TSIG, ANY, TTL 0
+        let rdlen_at = out.len();
+        out.extend_from_slice(&[0, 0]);
+        let rdata_start = out.len();
+        let Some(after_alg) = copy_name(packet, t.rdata, out) else {
+            return false;
+        };
+        // Time signed (6) and fudge (2) as the query sent them; then the
+        // MAC size and MAC, then the original ID, all inside the RDATA.
+        let end = t.rdata + t.rdlen;
+        let time_fudge = packet.get(after_alg..after_alg + 8);
+        let mac = be16(packet, after_alg + 8).map(usize::from);
+        let id_at = mac.map(|m| after_alg + 10 + m);
+        let orig_id = id_at.and_then(|i| packet.get(i..i + 2));
+        let (Some(time_fudge), Some(orig_id)) = (time_fudge, orig_id) else {
+            return false;
+        };
+        if id_at.is_none_or(|i| i + 6 > end) {
+            return false;
+        }
+        out.extend_from_slice(time_fudge);
+        out.extend_from_slice(&[0, 0]); // MAC size 0
+        out.extend_from_slice(orig_id);
+        out.extend_from_slice(&TSIG_BADKEY.to_be_bytes());
+        out.extend_from_slice(&[0, 0]); // other length 0
+        let rdlen = (out.len() - rdata_start) as u16;
+        out[rdlen_at..rdlen_at + 2].copy_from_slice(&rdlen.to_be_bytes());
+        true
     }
 
     /// Appends the response's OPT record when the query had one (RFC 6891
-    /// §6.1.1), with the ECS option echoed and `scope` set (RFC 7871
-    /// §7.2.1: FAMILY, SOURCE PREFIX-LENGTH and ADDRESS are copied).
-    pub(crate) fn write_opt(
-        &self,
-        out: &mut Vec<u8>,
-        max_udp_payload: u16,
-        ecs: Option<(Ecs, u8)>,
-    ) {
+    /// §6.1.1): our payload size, the extended rcode's upper bits, DO
+    /// copied (RFC 3225 §3), and the options of `o`: ECS echoed with its
+    /// scope (RFC 7871 §7.2.1: FAMILY, SOURCE PREFIX-LENGTH and ADDRESS
+    /// are copied), COOKIE and NSID.
+    pub(crate) fn write_opt(&self, out: &mut Vec<u8>, max_udp_payload: u16, o: &OptOut<'_>) {
         let Some(opt) = &self.opt else { return };
-        // Root owner, type, payload, extended rcode 0, version 0, flags
-        // (DO copied), RDLENGTH; then the ECS option: built on the stack
-        // and copied once.
-        let mut rr = [0u8; 11 + 4 + 4 + 16];
+        // Root owner, type, payload, extended rcode, version 0, flags,
+        // RDLENGTH (patched below); then the options, each built on the
+        // stack and copied once.
+        let mut rr = [0u8; 11];
         rr[1..3].copy_from_slice(&TYPE_OPT.to_be_bytes());
         rr[3..5].copy_from_slice(&max_udp_payload.max(512).to_be_bytes());
+        rr[5] = o.ext_rcode;
         rr[7] = if opt.dnssec_ok { 0x80 } else { 0 };
-        let Some((e, scope)) = ecs else {
-            out.extend_from_slice(&rr[..11]);
-            return;
-        };
-        let addr_len = usize::from(e.source).div_ceil(8).min(16);
-        let opt_len = 4 + addr_len as u16; // at most 4 + 16
-        rr[9..11].copy_from_slice(&(4 + opt_len).to_be_bytes());
-        rr[11..13].copy_from_slice(&OPTION_ECS.to_be_bytes());
-        rr[13..15].copy_from_slice(&opt_len.to_be_bytes());
-        let family: u16 = match e.addr {
-            IpAddr::V4(a) => {
-                rr[19..19 + addr_len.min(4)].copy_from_slice(&a.octets()[..addr_len.min(4)]);
-                1
-            }
-            IpAddr::V6(a) => {
-                rr[19..19 + addr_len].copy_from_slice(&a.octets()[..addr_len]);
-                2
-            }
-        };
-        rr[15..17].copy_from_slice(&family.to_be_bytes());
-        rr[17] = e.source;
-        rr[18] = scope;
-        out.extend_from_slice(&rr[..19 + addr_len]);
+        out.extend_from_slice(&rr);
+        let start = out.len();
+        if let Some((e, scope)) = o.ecs {
+            let mut opt = [0u8; 4 + 4 + 16];
+            let addr_len = usize::from(e.source).div_ceil(8).min(16);
+            opt[0..2].copy_from_slice(&OPTION_ECS.to_be_bytes());
+            opt[2..4].copy_from_slice(&(4 + addr_len as u16).to_be_bytes());
+            let family: u16 = match e.addr {
+                IpAddr::V4(a) => {
+                    let n = addr_len.min(4);
+                    opt[8..8 + n].copy_from_slice(&a.octets()[..n]);
+                    1
+                }
+                IpAddr::V6(a) => {
+                    opt[8..8 + addr_len].copy_from_slice(&a.octets()[..addr_len]);
+                    2
+                }
+            };
+            opt[4..6].copy_from_slice(&family.to_be_bytes());
+            opt[6] = e.source;
+            opt[7] = scope;
+            out.extend_from_slice(&opt[..8 + addr_len]);
+        }
+        if let Some(cookie) = &o.cookie {
+            let mut opt = [0u8; 4 + 24];
+            opt[0..2].copy_from_slice(&OPTION_COOKIE.to_be_bytes());
+            opt[2..4].copy_from_slice(&24u16.to_be_bytes());
+            opt[4..].copy_from_slice(cookie);
+            out.extend_from_slice(&opt);
+        }
+        if let Some(nsid) = o.nsid.filter(|_| opt.nsid) {
+            out.extend_from_slice(&OPTION_NSID.to_be_bytes());
+            out.extend_from_slice(&(nsid.len().min(512) as u16).to_be_bytes());
+            out.extend_from_slice(&nsid[..nsid.len().min(512)]);
+        }
+        let rdlen = (out.len() - start) as u16;
+        out[start - 2..start].copy_from_slice(&rdlen.to_be_bytes());
     }
+}
+
+/// The options a response's OPT record carries besides its fixed fields.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct OptOut<'a> {
+    /// The ECS option to echo, and its scope.
+    pub(crate) ecs: Option<(Ecs, u8)>,
+    /// Upper eight bits of an extended rcode.
+    pub(crate) ext_rcode: u8,
+    /// The client cookie and a fresh server cookie.
+    pub(crate) cookie: Option<[u8; 24]>,
+    /// The server's NSID, sent when the query asked for it.
+    pub(crate) nsid: Option<&'a [u8]>,
+}
+
+/// Appends the (possibly compressed) name at `at` in `p` to `out` in full;
+/// returns the offset after the name in `p`.
+fn copy_name(p: &[u8], mut at: usize, out: &mut Vec<u8>) -> Option<usize> {
+    let mut end = None;
+    let mut written = 0;
+    for _ in 0..128 {
+        let len = *p.get(at)?;
+        match len & 0xc0 {
+            0x00 => {
+                let label = p.get(at..at + 1 + usize::from(len))?;
+                written += label.len();
+                if written > 255 {
+                    return None;
+                }
+                out.extend_from_slice(label);
+                if len == 0 {
+                    return Some(end.unwrap_or(at + 1));
+                }
+                at += label.len();
+            }
+            0xc0 => {
+                end.get_or_insert(at + 2);
+                at = usize::from(be16(p, at)? & 0x3fff);
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// The header fields a response sets.
@@ -463,14 +695,41 @@ pub(crate) fn scope_in_family(ecs_addr: IpAddr, routed: IpAddr, scope: u8) -> u8
 }
 
 /// The ECS option to echo and its scope: the query's valid option, with
-/// the scope of the decision when the policy routed on it, else 0.
+/// the scope of the decision when the policy routed on it. A decision
+/// routed on the resolver's address instead of a private ECS address
+/// holds for exactly the subnet the resolver sent (scope = source), so a
+/// resolver never applies it to its other clients. Else 0: the answer is
+/// the same for every client.
 pub(crate) fn echo_ecs(env: &Envelope, routed_on: IpAddr, scope: Option<u8>) -> Option<(Ecs, u8)> {
     let ecs = env.ecs?;
     let scope = match (env.routing_ecs(), scope) {
         (Some(e), Some(s)) => scope_in_family(e.addr, routed_on, s),
+        (None, Some(_)) if ecs.source > 0 => ecs.source,
         _ => 0,
     };
     Some((ecs, scope))
+}
+
+/// Whether an ECS address is in space that tells nothing about where a
+/// client is: RFC 1918 and RFC 6598 (100.64.0.0/10) private and shared
+/// space, loopback, link-local and "this network" (0.0.0.0/8) in IPv4;
+/// unique local (RFC 4193, fc00::/7), link-local and loopback in IPv6
+/// (IPv4-mapped addresses as their IPv4).
+pub(crate) fn private(addr: IpAddr) -> bool {
+    match canonical(addr) {
+        IpAddr::V4(a) => {
+            let [o0, o1, ..] = a.octets();
+            a.is_private()
+                || a.is_loopback()
+                || a.is_link_local()
+                || o0 == 0
+                || (o0 == 100 && (o1 & 0xc0) == 64)
+        }
+        IpAddr::V6(a) => {
+            let s0 = a.segments()[0];
+            a.is_loopback() || (s0 & 0xfe00) == 0xfc00 || (s0 & 0xffc0) == 0xfe80
+        }
+    }
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{LowerName, Name, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
-use super::envelope::{Envelope, Header, Question, Transport, echo_ecs};
+use super::envelope::{Envelope, Header, OptOut, Question, Transport, echo_ecs};
 use super::zone::{Resolution, Zone};
 use crate::health::HealthView;
 use crate::model::DcId;
@@ -53,6 +53,10 @@ struct Template {
     /// `body` (they run to the end, all of one size) and how many there
     /// are. `None` where the answer has none, or other records follow.
     addresses: Option<Addresses>,
+    /// Where the additional section starts in `body` when it may be left
+    /// out of a response that does not fit (RFC 2181 §9); `None` when
+    /// there is none, or it holds a referral's glue (RFC 9471).
+    optional_at: Option<usize>,
 }
 
 impl Template {
@@ -88,6 +92,9 @@ enum Response {
         plan: Arc<Plan>,
         per_dc: Box<[[Template; 2]]>,
         all_down: Option<Template>,
+        /// The name is a CNAME (chain) to the service: with ECS in the
+        /// query, the answer is this first CNAME alone (RFC 7871 §7.2.1).
+        first_cname: Option<Template>,
     },
 }
 
@@ -132,18 +139,33 @@ fn template(qname: &Name, qtype: RecordType, res: Resolution) -> Option<Template
     let mut m = Message::new(0, MessageType::Response, OpCode::Query);
     m.queries.push(Query::query(qname.clone(), qtype));
     res.fill(&mut m);
+    let referral = m
+        .authorities
+        .iter()
+        .any(|r| r.record_type() == RecordType::NS);
     let bytes = m.to_vec().ok()?;
     let qname_len = qname.to_bytes().ok()?.len();
-    let body = bytes.get(12 + qname_len + 4..)?.into();
+    let body: Box<[u8]> = bytes.get(12 + qname_len + 4..)?.into();
     let count = |i: usize| u16::from_be_bytes([bytes[i], bytes[i + 1]]);
+    let counts = [count(6), count(8), count(10)];
+    let optional_at = if counts[2] > 0 && !referral {
+        Some(super::envelope::skip_records(
+            &body,
+            0,
+            usize::from(counts[0]) + usize::from(counts[1]),
+        )?)
+    } else {
+        None
+    };
     Some(Template {
         body,
         fixups: Box::new([]),
         qname_len,
-        counts: [count(6), count(8), count(10)],
+        counts,
         authoritative: bytes[2] & 0x04 != 0,
         rcode: bytes[3] & 0x0f,
         addresses: None,
+        optional_at,
     })
 }
 
@@ -186,6 +208,16 @@ fn no_choice(_: &super::zone::ServiceAnswers) -> Decision {
 
 fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> Option<Response> {
     let probe = zone.resolve_with(name, qtype, &mut no_choice);
+    let via_cname = probe
+        .answers
+        .first()
+        .is_some_and(|r| r.record_type() == RecordType::CNAME);
+    let first_cname = || {
+        let mut r = zone.resolve_with(name, qtype, &mut no_choice);
+        r.scope = Some(0);
+        r.first_cname_only();
+        template(name, qtype, r)
+    };
     match probe.service {
         None => Some(Response::Static(template(name, qtype, probe)?)),
         Some(service) => {
@@ -222,6 +254,11 @@ fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> O
                 plan: Arc::clone(plan),
                 per_dc: per_dc.into_boxed_slice(),
                 all_down,
+                first_cname: if via_cname {
+                    Some(first_cname()?)
+                } else {
+                    None
+                },
             })
         }
     }
@@ -349,12 +386,15 @@ impl FastIndex {
     /// Answers `packet` into `out` if it is a query the fast path handles;
     /// returns `false` (and leaves `out` unspecified) to defer to the slow
     /// path.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn answer(
         &self,
         serving: Serving<'_>,
+        env: &Envelope,
         packet: &[u8],
         src: IpAddr,
         transport: Transport,
+        base: &OptOut<'_>,
         out: &mut Vec<u8>,
     ) -> bool {
         let Serving {
@@ -362,21 +402,13 @@ impl FastIndex {
             max_udp_payload,
             seed,
         } = serving;
-        let Some(env) = Envelope::scan(packet) else {
-            return false;
-        };
-        // QUERY only, EDNS version 0 only: the general path answers the
-        // rest (NOTIMP, BADVERS).
+        // QUERY only: the general path answers the rest (NOTIMP). The
+        // handler has already answered what the envelope decides alone
+        // (FORMERR for a bad OPT, BADVERS, BADKEY, BADCOOKIE).
         if env.opcode() != 0 || env.opt.is_some_and(|o| o.version != 0 || o.ext_rcode != 0) {
             return false;
         }
-        if env.bad_opt {
-            // RFC 7871 §6 and RFC 6891 §6.1.1: FORMERR, as the general
-            // path answers it (the same envelope writes both).
-            env.formerr(packet, max_udp_payload, out);
-            return true;
-        }
-        let Some(q) = simple_question(&env) else {
+        let Some(q) = simple_question(env) else {
             return false;
         };
         let name = q.name();
@@ -392,10 +424,15 @@ impl FastIndex {
                 match resp {
                     Response::Static(t) => (Some(t), None, 0),
                     Response::Dynamic {
+                        first_cname: Some(t),
+                        ..
+                    } if env.ecs.is_some() => (Some(t), None, 0),
+                    Response::Dynamic {
                         zone,
                         plan,
                         per_dc,
                         all_down,
+                        ..
                     } => {
                         let addr = env.client_addr(src);
                         let entropy = env.entropy(seed, src);
@@ -403,13 +440,13 @@ impl FastIndex {
                         let t = match (d.outcome, all_down) {
                             (Outcome::Answer, _) => {
                                 return self.assemble(
-                                    &env,
+                                    env,
                                     packet,
                                     &d,
                                     per_dc,
                                     addr,
                                     transport,
-                                    max_udp_payload,
+                                    (max_udp_payload, base),
                                     out,
                                 );
                             }
@@ -471,20 +508,32 @@ impl FastIndex {
         };
         // REFUSED carries no ECS (as in the slow path); answers do.
         let ecs = match template {
-            Some(_) => echo_ecs(&env, scope.map_or(src, |s| s.0), scope.map(|s| s.1)),
+            Some(_) => echo_ecs(env, scope.map_or(src, |s| s.0), scope.map(|s| s.1)),
             None => None,
         };
         out.clear();
         env.write_header(out, header);
         out.extend_from_slice(env.question_bytes(packet));
+        let mut optional_at = None;
         if let Some(t) = template {
             let start = out.len();
             out.extend_from_slice(&t.body);
             if delta > 0 && relocate(&mut out[start..], &t.fixups, delta).is_none() {
                 return false;
             }
+            optional_at = t.optional_at.map(|at| start + at);
         }
-        finish(&env, packet, header, ecs, transport, max_udp_payload, out)
+        let opt = OptOut { ecs, ..*base };
+        finish(
+            env,
+            packet,
+            header,
+            &opt,
+            optional_at,
+            transport,
+            max_udp_payload,
+            out,
+        )
     }
 
     /// Writes a service's answer from the templates of the chosen
@@ -499,11 +548,14 @@ impl FastIndex {
         per_dc: &[[Template; 2]],
         routed_on: IpAddr,
         transport: Transport,
-        max_udp_payload: u16,
+        (max_udp_payload, base): (u16, &OptOut<'_>),
         out: &mut Vec<u8>,
     ) -> bool {
         let variant = usize::from(d.choice.degraded);
-        let ecs = echo_ecs(env, routed_on, Some(d.scope));
+        let opt = OptOut {
+            ecs: echo_ecs(env, routed_on, Some(d.scope)),
+            ..*base
+        };
         let whole = |t: &Template, out: &mut Vec<u8>| {
             out.clear();
             env.write_header(out, t.header());
@@ -513,7 +565,8 @@ impl FastIndex {
                 env,
                 packet,
                 t.header(),
-                ecs,
+                &opt,
+                None,
                 transport,
                 max_udp_payload,
                 out,
@@ -577,7 +630,16 @@ impl FastIndex {
         let k = d.rotate_by(total);
         emit(out, d, &parts, &kept, k, total);
         emit(out, d, &parts, &kept, 0, k);
-        finish(env, packet, header, ecs, transport, max_udp_payload, out)
+        finish(
+            env,
+            packet,
+            header,
+            &opt,
+            None,
+            transport,
+            max_udp_payload,
+            out,
+        )
     }
 }
 
@@ -618,26 +680,44 @@ fn emit(
     }
 }
 
-/// Appends OPT, then truncates if the response exceeds the limit (RFC
-/// 2181 §9: TC, with the question and OPT only, so the client retries
-/// over TCP). `false` if even that does not fit.
+/// Appends OPT, then fits the response to the limit (RFC 2181 §9): first
+/// without the additional section where that may be left out (from
+/// `optional_at` in `out`), else truncated (TC, with the question and OPT
+/// only, so the client retries over TCP). `false` if even that does not
+/// fit.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     env: &Envelope,
     packet: &[u8],
     header: Header,
-    ecs: Option<(crate::dns::envelope::Ecs, u8)>,
+    opt: &OptOut<'_>,
+    optional_at: Option<usize>,
     transport: Transport,
     max_udp_payload: u16,
     out: &mut Vec<u8>,
 ) -> bool {
-    env.write_opt(out, max_udp_payload, ecs);
+    env.write_opt(out, max_udp_payload, opt);
     let limit = env.limit(transport, max_udp_payload);
-    if out.len() > limit {
-        out.clear();
-        env.write_header(out, Header { tc: true, ..header }.without_records());
-        out.extend_from_slice(env.question_bytes(packet));
-        env.write_opt(out, max_udp_payload, ecs);
+    if out.len() <= limit {
+        return true;
     }
+    if let Some(at) = optional_at {
+        out.truncate(at);
+        let [an, ns, _] = header.counts;
+        let h = Header {
+            counts: [an, ns, 0],
+            ..header
+        };
+        out[..12].copy_from_slice(&env.header_bytes(h));
+        env.write_opt(out, max_udp_payload, opt);
+        if out.len() <= limit {
+            return true;
+        }
+    }
+    out.clear();
+    env.write_header(out, Header { tc: true, ..header }.without_records());
+    out.extend_from_slice(env.question_bytes(packet));
+    env.write_opt(out, max_udp_payload, opt);
     out.len() <= limit
 }
 

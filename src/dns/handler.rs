@@ -7,13 +7,13 @@
 
 use std::net::IpAddr;
 
-use hickory_proto::op::{Edns, Message, MessageType, Metadata, OpCode, Query, ResponseCode};
-use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
+use hickory_proto::op::{Message, MessageType, Metadata, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{DNSClass, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
+use super::cookie;
 pub use super::envelope::Transport;
-use super::envelope::{Envelope, echo_ecs};
+use super::envelope::{Ecs, Envelope, OptOut, canonical, echo_ecs};
 use crate::policy::Client;
 use crate::snapshot::Snapshot;
 
@@ -29,6 +29,16 @@ pub fn handle(
     handle_into(snap, packet, src, transport, &mut out).then_some(out)
 }
 
+/// What answering a query came to.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Handled {
+    /// `out` holds a response to send.
+    pub send: bool,
+    /// The query carried a valid server cookie (RFC 7873 §5.2.4): its
+    /// source address is proven, so response rate limiting exempts it.
+    pub cookie_valid: bool,
+}
+
 /// Answers one query packet into `out` (cleared first; reuse it across
 /// queries to avoid allocating). Returns `false` when nothing is to be
 /// sent. Tries the template fast path first, then the general path.
@@ -39,16 +49,42 @@ pub fn handle_into(
     transport: Transport,
     out: &mut Vec<u8>,
 ) -> bool {
-    if handle_fast(snap, packet, src, transport, out) {
-        return true;
-    }
-    out.clear();
-    match handle_slow(snap, packet, src, transport) {
-        Some(bytes) => {
-            out.extend_from_slice(&bytes);
-            true
-        }
-        None => false,
+    handle_query(snap, packet, src, transport, out).send
+}
+
+/// [`handle_into`], also saying whether the query had a valid server
+/// cookie.
+pub fn handle_query(
+    snap: &Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    out: &mut Vec<u8>,
+) -> Handled {
+    handle_query_at(snap, packet, src, transport, cookie::now(), out)
+}
+
+/// [`handle_query`] at cookie time `now` (seconds since the epoch, modulo
+/// 2^32), for tests that compare the two paths byte for byte.
+#[doc(hidden)]
+pub fn handle_query_at(
+    snap: &Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    now: u32,
+    out: &mut Vec<u8>,
+) -> Handled {
+    let Some(env) = Envelope::scan(packet) else {
+        return Handled::default();
+    };
+    let ctx = Context::new(snap, env, src, now);
+    let send = ctx.envelope_reply(snap, packet, transport, out)
+        || ctx.fast(snap, packet, src, transport, out)
+        || ctx.slow(snap, packet, src, transport, out);
+    Handled {
+        send,
+        cookie_valid: ctx.cookie_valid,
     }
 }
 
@@ -61,42 +97,176 @@ pub fn handle_fast(
     transport: Transport,
     out: &mut Vec<u8>,
 ) -> bool {
-    let serving = super::fast::Serving {
-        health: &snap.health,
-        max_udp_payload: snap.max_udp_payload,
-        seed: snap.seed,
-    };
-    snap.fast.answer(serving, packet, src, transport, out)
+    handle_fast_at(snap, packet, src, transport, cookie::now(), out)
 }
 
-/// The general path: hickory parses the query and encodes the response.
-/// It is the reference the fast path is tested against.
+/// [`handle_fast`] at cookie time `now`.
+#[doc(hidden)]
+pub fn handle_fast_at(
+    snap: &Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    now: u32,
+    out: &mut Vec<u8>,
+) -> bool {
+    let Some(env) = Envelope::scan(packet) else {
+        return false;
+    };
+    let ctx = Context::new(snap, env, src, now);
+    ctx.envelope_reply(snap, packet, transport, out) || ctx.fast(snap, packet, src, transport, out)
+}
+
+/// The general path alone: hickory parses the query and encodes the
+/// response. It is the reference the fast path is tested against.
 pub fn handle_slow(
     snap: &Snapshot,
     packet: &[u8],
     src: IpAddr,
     transport: Transport,
 ) -> Option<Vec<u8>> {
+    handle_slow_at(snap, packet, src, transport, cookie::now())
+}
+
+/// [`handle_slow`] at cookie time `now`.
+#[doc(hidden)]
+pub fn handle_slow_at(
+    snap: &Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    now: u32,
+) -> Option<Vec<u8>> {
     let env = Envelope::scan(packet)?;
+    let ctx = Context::new(snap, env, src, now);
     let mut out = Vec::new();
-    let response = Message::from_vec(packet)
-        .ok()
-        .and_then(|query| respond(snap, &query, &env, src));
-    match response {
-        Some(response) => {
-            let limit = env.limit(transport, snap.max_udp_payload);
-            encode_into(&response, limit, &mut out);
-        }
-        // FORMERR with the question and OPT where they can be read, as
-        // the fast path sends it.
-        None => env.formerr(packet, snap.max_udp_payload, &mut out),
-    }
+    let _ = ctx.envelope_reply(snap, packet, transport, &mut out)
+        || ctx.slow(snap, packet, src, transport, &mut out);
     Some(out)
 }
 
-/// Builds the response message; `None` for FORMERR, which the envelope
-/// writes.
-fn respond(snap: &Snapshot, query: &Message, env: &Envelope, src: IpAddr) -> Option<Message> {
+/// A scanned query and what every response to it carries.
+struct Context<'s> {
+    env: Envelope,
+    /// The OPT options of every response: cookie and NSID.
+    base: OptOut<'s>,
+    cookie_valid: bool,
+}
+
+impl<'s> Context<'s> {
+    fn new(snap: &'s Snapshot, env: Envelope, src: IpAddr, now: u32) -> Self {
+        let mut base = OptOut {
+            nsid: snap.nsid.as_deref(),
+            ..OptOut::default()
+        };
+        let mut cookie_valid = false;
+        if let (Some(c), Some(cookies)) = (&env.cookie, &snap.cookies) {
+            let src = canonical(src);
+            cookie_valid =
+                !c.server().is_empty() && cookies.verify(&c.client, c.server(), src, now);
+            // A fresh server cookie with every response (RFC 9018 §4.3
+            // allows reuse for half an hour; minting costs one hash).
+            let mut both = [0u8; 24];
+            both[..8].copy_from_slice(&c.client);
+            both[8..].copy_from_slice(&cookies.mint(&c.client, src, now));
+            base.cookie = Some(both);
+        }
+        Self {
+            env,
+            base,
+            cookie_valid,
+        }
+    }
+
+    /// The answers decided by the envelope alone, the same on both paths:
+    /// FORMERR for a bad OPT or TSIG placement, BADKEY for a signed query,
+    /// BADVERS, and BADCOOKIE where cookies are required.
+    fn envelope_reply(
+        &self,
+        snap: &Snapshot,
+        packet: &[u8],
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let env = &self.env;
+        let max = snap.max_udp_payload;
+        if env.bad_opt {
+            env.formerr(packet, max, out);
+            return true;
+        }
+        if env.tsig.is_some() {
+            if !env.badkey(packet, max, &self.base, out) {
+                env.formerr(packet, max, out);
+            }
+            return true;
+        }
+        if env.opt.is_some_and(|o| o.version > 0) {
+            // RFC 6891 §6.1.3: BADVERS (16), with our highest version (0)
+            // and the question, as BIND sends it.
+            env.error(packet, 16, max, &self.base, out);
+            return true;
+        }
+        let require = snap.cookies.as_ref().is_some_and(|c| c.require);
+        if require && transport == Transport::Udp && env.cookie.is_some() && !self.cookie_valid {
+            // RFC 7873 §5.2.3: BADCOOKIE (23) with a fresh cookie; the
+            // client retries with it.
+            env.error(packet, 23, max, &self.base, out);
+            return true;
+        }
+        false
+    }
+
+    fn fast(
+        &self,
+        snap: &Snapshot,
+        packet: &[u8],
+        src: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let serving = super::fast::Serving {
+            health: &snap.health,
+            max_udp_payload: snap.max_udp_payload,
+            seed: snap.seed,
+        };
+        snap.fast
+            .answer(serving, &self.env, packet, src, transport, &self.base, out)
+    }
+
+    fn slow(
+        &self,
+        snap: &Snapshot,
+        packet: &[u8],
+        src: IpAddr,
+        transport: Transport,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        let env = &self.env;
+        let response = Message::from_vec(packet)
+            .ok()
+            .and_then(|query| respond(snap, &query, env, src));
+        match response {
+            Some((mut response, ecs)) => {
+                let limit = env.limit(transport, snap.max_udp_payload);
+                let opt = OptOut { ecs, ..self.base };
+                encode_into(env, &mut response, &opt, limit, snap.max_udp_payload, out);
+            }
+            // FORMERR with the question and OPT where they can be read, as
+            // the fast path sends it.
+            None => env.formerr(packet, snap.max_udp_payload, out),
+        }
+        true
+    }
+}
+
+/// Builds the response message (without OPT, which the envelope writes)
+/// and the ECS option to echo; `None` for FORMERR.
+fn respond(
+    snap: &Snapshot,
+    query: &Message,
+    env: &Envelope,
+    src: IpAddr,
+) -> Option<(Message, Option<(Ecs, u8)>)> {
     let mut md = Metadata::response_from_request(&query.metadata);
     md.message_type = MessageType::Response;
     let mut resp = Message::new(md.id, MessageType::Response, md.op_code);
@@ -104,35 +274,16 @@ fn respond(snap: &Snapshot, query: &Message, env: &Envelope, src: IpAddr) -> Opt
     // At most the first question is echoed: a response must never grow
     // with the number of questions a client sends.
     resp.queries.extend(query.queries.first().cloned());
-
-    // RFC 6891 §6.1.1: a response to a query with OPT carries OPT.
-    let mut resp_edns = query.edns.as_ref().map(|q| {
-        let mut e = Edns::new();
-        e.set_max_payload(snap.max_udp_payload);
-        // RFC 3225 §3: "The DO bit of the query MUST be copied in the
-        // response." (Meridian does not sign; AD stays clear.)
-        e.set_dnssec_ok(q.flags().dnssec_ok);
-        e
-    });
-    let fail = |mut resp: Message, resp_edns: Option<Edns>, code: ResponseCode| {
+    let fail = |mut resp: Message, code: ResponseCode| {
         resp.metadata.response_code = code;
-        resp.edns = resp_edns;
-        Some(resp)
+        Some((resp, None))
     };
 
     if query.metadata.op_code != OpCode::Query {
-        return fail(resp, resp_edns, ResponseCode::NotImp);
+        return fail(resp, ResponseCode::NotImp);
     }
-    if let Some(e) = &query.edns
-        && e.version() > 0
-    {
-        // RFC 6891 §6.1.3: BADVERS, with our highest version (0).
-        resp.queries.clear();
-        return fail(resp, resp_edns, ResponseCode::BADVERS);
-    }
-    // A bad ECS option or OPT record (RFC 7871 §6, RFC 6891 §6.1.1), or
-    // other than one question (RFC 9619): FORMERR.
-    if env.bad_opt || query.queries.len() != 1 {
+    // Other than one question (RFC 9619): FORMERR.
+    if query.queries.len() != 1 {
         return None;
     }
     let q: &Query = &query.queries[0];
@@ -142,10 +293,10 @@ fn respond(snap: &Snapshot, query: &Message, env: &Envelope, src: IpAddr) -> Opt
     }
     // Only the Internet class is served; zone transfers are not offered.
     if q.query_class() != DNSClass::IN || matches!(qtype, RecordType::AXFR | RecordType::IXFR) {
-        return fail(resp, resp_edns, ResponseCode::Refused);
+        return fail(resp, ResponseCode::Refused);
     }
     let Some((zone_index, zone)) = snap.find_zone(q.name()) else {
-        return fail(resp, resp_edns, ResponseCode::Refused);
+        return fail(resp, ResponseCode::Refused);
     };
 
     let client = Client {
@@ -153,28 +304,52 @@ fn respond(snap: &Snapshot, query: &Message, env: &Envelope, src: IpAddr) -> Opt
     };
     let entropy = env.entropy(snap.seed, src);
     let health = snap.health.zone(zone_index);
-    let res = zone.resolve_with(q.name(), qtype, &mut |svc| {
+    let mut res = zone.resolve_with(q.name(), qtype, &mut |svc| {
         svc.plan.decide(&client, health, entropy, &mut ())
     });
+    if env.ecs.is_some() {
+        res.first_cname_only();
+    }
     let scope = res.scope;
     res.fill(&mut resp);
-
-    if let (Some(e), Some((ecs, scope))) = (resp_edns.as_mut(), echo_ecs(env, client.addr, scope)) {
-        let cs = ClientSubnet::new(ecs.addr, ecs.source, scope);
-        e.options_mut().insert(EdnsOption::Subnet(cs));
-    }
-    resp.edns = resp_edns;
-    Some(resp)
+    Some((resp, echo_ecs(env, client.addr, scope)))
 }
 
-/// Encodes `resp` into `out`, never longer than `limit`. A response
-/// that does not fit is sent truncated instead (TC, the question and OPT
-/// only) so the client retries over TCP (RFC 2181 §9, RFC 7766); if even
-/// that does not fit, without OPT, then with the header alone.
-fn encode_into(resp: &Message, limit: usize, out: &mut Vec<u8>) {
-    *out = to_bytes(resp);
+/// Encodes `resp` with the OPT record `opt` into `out`, never longer
+/// than `limit` (RFC 2181 §9): first whole; then without the additional
+/// section, unless it holds a referral's glue (RFC 9471); then truncated
+/// (TC, the question and OPT only) so the client retries over TCP; if
+/// even that does not fit, without OPT, then with the header alone.
+fn encode_into(
+    env: &Envelope,
+    resp: &mut Message,
+    opt: &OptOut<'_>,
+    limit: usize,
+    max_udp_payload: u16,
+    out: &mut Vec<u8>,
+) {
+    let encode = |m: &Message, with_opt: bool, out: &mut Vec<u8>| {
+        *out = to_bytes(m);
+        if with_opt && env.opt.is_some() && out.len() >= 12 {
+            let ar = u16::from_be_bytes([out[10], out[11]]).saturating_add(1);
+            out[10..12].copy_from_slice(&ar.to_be_bytes());
+            env.write_opt(out, max_udp_payload, opt);
+        }
+    };
+    encode(resp, true, out);
     if out.len() <= limit {
         return;
+    }
+    let referral = resp
+        .authorities
+        .iter()
+        .any(|r| r.record_type() == RecordType::NS);
+    if !resp.additionals.is_empty() && !referral {
+        resp.additionals.clear();
+        encode(resp, true, out);
+        if out.len() <= limit {
+            return;
+        }
     }
     let mut tc = Message::new(
         resp.metadata.id,
@@ -184,14 +359,11 @@ fn encode_into(resp: &Message, limit: usize, out: &mut Vec<u8>) {
     tc.metadata = resp.metadata;
     tc.metadata.truncation = true;
     tc.queries.extend(resp.queries.first().cloned());
-    tc.edns = resp.edns.clone();
     for strip in 0..3 {
-        match strip {
-            0 => {}
-            1 => tc.edns = None,
-            _ => tc.queries.clear(),
+        if strip == 2 {
+            tc.queries.clear();
         }
-        *out = to_bytes(&tc);
+        encode(&tc, strip == 0, out);
         if out.len() <= limit {
             return;
         }

@@ -9,6 +9,7 @@
 
 #[cfg(target_os = "linux")]
 pub mod batch;
+pub mod cookie;
 pub(crate) mod envelope;
 pub mod fast;
 pub mod handler;
@@ -16,7 +17,9 @@ pub mod records;
 pub mod server;
 pub mod zone;
 
-pub use handler::{Transport, handle, handle_fast, handle_into, handle_slow};
+pub use handler::{
+    Handled, Transport, handle, handle_fast, handle_into, handle_query, handle_slow,
+};
 
 use std::net::{IpAddr, SocketAddr};
 

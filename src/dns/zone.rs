@@ -102,6 +102,29 @@ impl Resolution {
     }
 }
 
+impl Resolution {
+    /// RFC 7871 §7.2.1: with ECS in the query, an in-zone CNAME whose
+    /// target's answer is tailored is answered alone, with its own (zero)
+    /// scope, and the resolver follows it. Otherwise a resolver would cache
+    /// the static CNAME once per client network.
+    pub(crate) fn first_cname_only(&mut self) {
+        let starts_with_cname = self
+            .answers
+            .first()
+            .is_some_and(|r| r.record_type() == RecordType::CNAME);
+        if self.scope.is_none() || !starts_with_cname {
+            return;
+        }
+        self.answers.truncate(1);
+        self.authorities.clear();
+        self.additionals.clear();
+        self.rcode = ResponseCode::NoError;
+        self.authoritative = true;
+        self.scope = None;
+        self.service = None;
+    }
+}
+
 /// Decides a service's answer. The query path asks the service's plan;
 /// the fast-path builder forces each datacenter in turn.
 pub(crate) type Choose<'a> = dyn FnMut(&ServiceAnswers) -> Decision + 'a;

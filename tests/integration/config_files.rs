@@ -228,7 +228,7 @@ async fn a_bad_reload_keeps_the_running_config() {
     })
     .await;
     let zone_file = s.dir.path().join("zones/gslb.example.com.toml");
-    let ask = || s.ask("www.gslb.example.com.", RecordType::A, Some("10.2.0.0/24"));
+    let ask = || s.ask("www.gslb.example.com.", RecordType::A, Some("11.2.0.0/24"));
     assert_eq!(a_answers(&ask().await), ["198.51.100.10"]);
 
     // Broken: a typo in a reference. Reload fails, answers are unchanged.

@@ -16,13 +16,13 @@ const AP_SOUTHEAST: &str = "203.0.113.10";
 async fn ecs_from_each_country_reaches_the_nearest_datacenter() {
     let s = TestServer::example().await;
     let cases = [
-        ("10.1.0.0/24", "US", US_EAST),
-        ("10.2.0.0/24", "DE", EU_WEST),
-        ("10.3.0.0/24", "JP", AP_SOUTHEAST),
-        ("10.4.0.0/24", "IN", AP_SOUTHEAST),
-        ("10.5.0.0/24", "AU", AP_SOUTHEAST),
-        ("10.6.0.0/24", "BR", US_EAST),
-        ("10.7.0.0/24", "PT (city coordinates)", EU_WEST),
+        ("11.1.0.0/24", "US", US_EAST),
+        ("11.2.0.0/24", "DE", EU_WEST),
+        ("11.3.0.0/24", "JP", AP_SOUTHEAST),
+        ("11.4.0.0/24", "IN", AP_SOUTHEAST),
+        ("11.5.0.0/24", "AU", AP_SOUTHEAST),
+        ("11.6.0.0/24", "BR", US_EAST),
+        ("11.7.0.0/24", "PT (city coordinates)", EU_WEST),
         ("2001:db8:2::/56", "DE over IPv6", EU_WEST),
         ("2001:db8:3::/56", "JP over IPv6", AP_SOUTHEAST),
     ];
@@ -45,7 +45,7 @@ async fn ecs_from_each_country_reaches_the_nearest_datacenter() {
         .ask(
             "www.gslb.example.com.",
             RecordType::AAAA,
-            Some("10.2.0.0/24"),
+            Some("11.2.0.0/24"),
         )
         .await;
     assert_eq!(a_answers(&r), ["2001:db8:20::10"]);
@@ -55,19 +55,19 @@ async fn ecs_from_each_country_reaches_the_nearest_datacenter() {
 async fn ecs_scope_is_the_widest_prefix_with_the_same_answer() {
     let s = TestServer::example().await;
     // 10.7/16 (PT), 10.8/16 and 10.9/16 (DE) rank the datacenters the
-    // same way, so 10.8.0.0/15 is one block although the database has /16s.
+    // same way, so 11.8.0.0/15 is one block although the database has /16s.
     let r = s
-        .ask("www.gslb.example.com.", RecordType::A, Some("10.8.1.0/24"))
+        .ask("www.gslb.example.com.", RecordType::A, Some("11.8.1.0/24"))
         .await;
     assert_eq!(ecs_of(&r).unwrap().2, 15);
     // Whatever the scope, every address inside it gets the same answer.
     for subnet in [
-        "10.1.0.0/24",
-        "10.3.0.0/24",
-        "10.8.1.0/24",
-        "10.10.0.0/24",
+        "11.1.0.0/24",
+        "11.3.0.0/24",
+        "11.8.1.0/24",
+        "11.10.0.0/24",
         "192.168.7.0/24",
-        "10.5.200.0/24",
+        "11.5.200.0/24",
     ] {
         let r = s
             .ask("www.gslb.example.com.", RecordType::A, Some(subnet))
@@ -131,11 +131,11 @@ async fn without_ecs_the_source_address_is_used() {
 async fn static_answers_carry_scope_zero() {
     let s = TestServer::example().await;
     let r = s
-        .ask("mail.gslb.example.com.", RecordType::A, Some("10.3.0.0/24"))
+        .ask("mail.gslb.example.com.", RecordType::A, Some("11.3.0.0/24"))
         .await;
     assert_eq!(ecs_of(&r).unwrap().2, 0, "valid for every client");
     let r = s
-        .ask("nope.gslb.example.com.", RecordType::A, Some("10.3.0.0/24"))
+        .ask("nope.gslb.example.com.", RecordType::A, Some("11.3.0.0/24"))
         .await;
     assert_eq!(r.metadata.response_code, ResponseCode::NXDomain);
     assert_eq!(ecs_of(&r).unwrap().2, 0);
@@ -148,7 +148,7 @@ async fn malformed_ecs_gets_formerr() {
     let mut q = query("www.gslb.example.com.", RecordType::A, None);
     q.edns.as_mut().unwrap().options_mut().insert(
         hickory_proto::rr::rdata::opt::EdnsOption::Subnet(
-            hickory_proto::rr::rdata::opt::ClientSubnet::new("10.3.0.0".parse().unwrap(), 12, 0),
+            hickory_proto::rr::rdata::opt::ClientSubnet::new("11.3.0.0".parse().unwrap(), 12, 0),
         ),
     );
     let r = s.udp(&q).await;
@@ -158,7 +158,7 @@ async fn malformed_ecs_gets_formerr() {
         .to_vec()
         .unwrap();
     // OPT RR is last: replace its empty RDATA with one ECS option.
-    let ecs = [0u8, 8, 0, 9, 0, 1, 33, 0, 10, 3, 0, 0, 0];
+    let ecs = [0u8, 8, 0, 9, 0, 1, 33, 0, 11, 3, 0, 0, 0];
     let rdlen_at = bytes.len() - 2;
     bytes[rdlen_at..].copy_from_slice(&(ecs.len() as u16).to_be_bytes());
     bytes.extend_from_slice(&ecs);
@@ -166,7 +166,7 @@ async fn malformed_ecs_gets_formerr() {
     assert_eq!(raw[3] & 0x0f, 1, "FORMERR");
     // The server is still fine.
     let r = s
-        .ask("www.gslb.example.com.", RecordType::A, Some("10.2.0.0/24"))
+        .ask("www.gslb.example.com.", RecordType::A, Some("11.2.0.0/24"))
         .await;
     assert_eq!(a_answers(&r), [EU_WEST]);
 }
@@ -204,8 +204,8 @@ BR = ["v4only"]
 AF = ["ap-southeast"]
 OC = ["us-east"]
 [services.www.networks]
-"10.3.5.0/24" = ["eu-west"]
-"10.1.0.0/17" = ["ap-southeast"]
+"11.3.5.0/24" = ["eu-west"]
+"11.1.0.0/17" = ["ap-southeast"]
 "2001:db8:3:1::/64" = ["eu-west"]
 "#;
 
@@ -217,22 +217,22 @@ async fn overrides_beat_distance_in_documented_order() {
         async move { s.ask("www.tuned.test.", RecordType::A, Some(subnet)).await }
     };
     // Country beats distance: JP would be ap-southeast.
-    assert_eq!(a_answers(&ask("10.3.0.0/24").await), [US_EAST]);
+    assert_eq!(a_answers(&ask("11.3.0.0/24").await), [US_EAST]);
     // A network override beats the country.
-    let r = ask("10.3.5.0/24").await;
+    let r = ask("11.3.5.0/24").await;
     assert_eq!(a_answers(&r), [EU_WEST]);
     assert_eq!(ecs_of(&r).unwrap().2, 24);
-    let r = ask("10.1.0.0/24").await;
+    let r = ask("11.1.0.0/24").await;
     assert_eq!(a_answers(&r), [AP_SOUTHEAST]);
     assert_eq!(ecs_of(&r).unwrap().2, 17);
     // The other half of the US /16 is ranked by distance again.
-    assert_eq!(a_answers(&ask("10.1.128.0/24").await), [US_EAST]);
+    assert_eq!(a_answers(&ask("11.1.128.0/24").await), [US_EAST]);
     // Continent beats distance (ZA is in AF, AU in OC).
-    assert_eq!(a_answers(&ask("10.11.0.0/24").await), [AP_SOUTHEAST]);
-    assert_eq!(a_answers(&ask("10.5.0.0/24").await), [US_EAST]);
+    assert_eq!(a_answers(&ask("11.11.0.0/24").await), [AP_SOUTHEAST]);
+    assert_eq!(a_answers(&ask("11.5.0.0/24").await), [US_EAST]);
     // Unknown clients (no database entry; unknown country) get `default`.
-    assert_eq!(a_answers(&ask("192.168.1.0/24").await), [EU_WEST]);
-    assert_eq!(a_answers(&ask("10.10.0.0/24").await), [EU_WEST]);
+    assert_eq!(a_answers(&ask("198.18.1.0/24").await), [EU_WEST]);
+    assert_eq!(a_answers(&ask("11.10.0.0/24").await), [EU_WEST]);
     // IPv6 network override.
     let r = s
         .ask("www.tuned.test.", RecordType::A, Some("2001:db8:3:1::/64"))
@@ -248,11 +248,11 @@ async fn overrides_beat_distance_in_documented_order() {
 async fn nodata_when_the_chosen_datacenter_lacks_the_family() {
     let s = TestServer::start(&[("tuned.test.toml", TUNED)]).await;
     let r = s
-        .ask("www.tuned.test.", RecordType::A, Some("10.6.0.0/24"))
+        .ask("www.tuned.test.", RecordType::A, Some("11.6.0.0/24"))
         .await;
     assert_eq!(a_answers(&r), ["192.0.2.77"]);
     let r = s
-        .ask("www.tuned.test.", RecordType::AAAA, Some("10.6.0.0/24"))
+        .ask("www.tuned.test.", RecordType::AAAA, Some("11.6.0.0/24"))
         .await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert!(r.answers.is_empty());
@@ -262,12 +262,14 @@ async fn nodata_when_the_chosen_datacenter_lacks_the_family() {
         ecs_of(&r).unwrap().2 > 0,
         "NODATA here depends on the client"
     );
-    // The same NODATA reached through a CNAME still carries the SOA.
+    // Through a CNAME, with ECS, the CNAME is answered alone (RFC 7871
+    // §7.2.1), whatever its target's answer.
     let r = s
-        .ask("alias.tuned.test.", RecordType::AAAA, Some("10.6.0.0/24"))
+        .ask("alias.tuned.test.", RecordType::AAAA, Some("11.6.0.0/24"))
         .await;
     assert_eq!(r.answers.len(), 1, "just the CNAME");
-    assert_eq!(r.authorities[0].record_type(), RecordType::SOA);
+    assert!(r.authorities.is_empty());
+    assert_eq!(ecs_of(&r).unwrap().2, 0);
 }
 
 #[tokio::test]
@@ -281,13 +283,13 @@ async fn geoip2_city_schema_uses_record_coordinates() {
     .await;
     // Vladivostok is Russian but nearer Singapore than Dublin.
     let r = s
-        .ask("www.gslb.example.com.", RecordType::A, Some("10.20.0.0/24"))
+        .ask("www.gslb.example.com.", RecordType::A, Some("11.20.0.0/24"))
         .await;
     assert_eq!(a_answers(&r), [AP_SOUTHEAST]);
     // A Russian record without coordinates falls back to the country
     // centroid, west of the Urals: Dublin.
     let r = s
-        .ask("www.gslb.example.com.", RecordType::A, Some("10.21.0.0/24"))
+        .ask("www.gslb.example.com.", RecordType::A, Some("11.21.0.0/24"))
         .await;
     assert_eq!(a_answers(&r), [EU_WEST]);
 }
@@ -343,7 +345,7 @@ async fn ipv6_scopes_never_span_the_ipv4_mapped_range() {
         .ask(
             "www.gslb.example.com.",
             RecordType::A,
-            Some("::ffff:10.3.0.0/120"),
+            Some("::ffff:11.3.0.0/120"),
         )
         .await;
     assert_eq!(a_answers(&r), [AP_SOUTHEAST]);

@@ -46,20 +46,20 @@ struct Flat {
 type TestNetwork = (&'static str, &'static str, Option<(f32, f32)>);
 
 pub const TEST_NETWORKS: &[TestNetwork] = &[
-    ("10.1.0.0/16", "US", None),
-    ("10.2.0.0/16", "DE", None),
-    ("10.3.0.0/16", "JP", None),
-    ("10.4.0.0/16", "IN", None),
-    ("10.5.0.0/16", "AU", None),
-    ("10.6.0.0/16", "BR", None),
+    ("11.1.0.0/16", "US", None),
+    ("11.2.0.0/16", "DE", None),
+    ("11.3.0.0/16", "JP", None),
+    ("11.4.0.0/16", "IN", None),
+    ("11.5.0.0/16", "AU", None),
+    ("11.6.0.0/16", "BR", None),
     // City precision: Lisbon, in the record itself.
-    ("10.7.0.0/16", "PT", Some((38.72, -9.14))),
+    ("11.7.0.0/16", "PT", Some((38.72, -9.14))),
     // Two adjacent networks of one country: one /15 block for ECS.
-    ("10.8.0.0/16", "DE", None),
-    ("10.9.0.0/16", "DE", None),
+    ("11.8.0.0/16", "DE", None),
+    ("11.9.0.0/16", "DE", None),
     // A country code the country table does not know.
-    ("10.10.0.0/16", "ZZ", None),
-    ("10.11.0.0/16", "ZA", None),
+    ("11.10.0.0/16", "ZZ", None),
+    ("11.11.0.0/16", "ZA", None),
     // Queries from loopback without ECS are routed as Japan.
     ("127.0.0.0/8", "JP", None),
     ("2001:db8:2::/48", "DE", None),
@@ -98,7 +98,7 @@ pub fn geoip2_test_db() -> Vec<u8> {
         continent: [("code", "EU")].into(),
         location: Some([("latitude", 43.12), ("longitude", 131.89)].into()),
     };
-    w.insert("10.20.0.0/16".parse::<IpNet>().unwrap(), &vladivostok)
+    w.insert("11.20.0.0/16".parse::<IpNet>().unwrap(), &vladivostok)
         .unwrap();
     let moscow_country_only = Geoip2 {
         country: [("iso_code", "RU")].into(),
@@ -106,7 +106,7 @@ pub fn geoip2_test_db() -> Vec<u8> {
         location: None,
     };
     w.insert(
-        "10.21.0.0/16".parse::<IpNet>().unwrap(),
+        "11.21.0.0/16".parse::<IpNet>().unwrap(),
         &moscow_country_only,
     )
     .unwrap();

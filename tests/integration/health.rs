@@ -198,7 +198,7 @@ where
 
 async fn www_from_germany(s: &TestServer) -> Vec<String> {
     a_answers(
-        &s.ask("www.hc.test.", RecordType::A, Some("10.2.0.0/24"))
+        &s.ask("www.hc.test.", RecordType::A, Some("11.2.0.0/24"))
             .await,
     )
 }
@@ -218,7 +218,7 @@ async fn a_dead_datacenter_leaves_the_answers_and_comes_back() {
     })
     .await;
     let r = s
-        .ask("www.hc.test.", RecordType::A, Some("10.2.0.0/24"))
+        .ask("www.hc.test.", RecordType::A, Some("11.2.0.0/24"))
         .await;
     assert_eq!(r.answers[0].ttl, 15, "degraded TTL: half of 30 by default");
     assert!(ecs_of(&r).unwrap().2 > 0, "still a per-client answer");
@@ -252,7 +252,7 @@ async fn a_dead_datacenter_leaves_the_answers_and_comes_back() {
     })
     .await;
     let r = s
-        .ask("www.hc.test.", RecordType::A, Some("10.2.0.0/24"))
+        .ask("www.hc.test.", RecordType::A, Some("11.2.0.0/24"))
         .await;
     assert_eq!(r.answers[0].ttl, 30);
 }
@@ -304,7 +304,7 @@ async fn every_all_down_choice_behaves_as_documented() {
         })
         .await;
         let r = s
-            .ask("www.hc.test.", RecordType::A, Some("10.2.0.0/24"))
+            .ask("www.hc.test.", RecordType::A, Some("11.2.0.0/24"))
             .await;
         match kind {
             // Fail open: the healthy-state answer, with the degraded TTL.
@@ -364,7 +364,7 @@ async fn drain_and_force_up_via_the_admin_api_persist() {
     // (The first server still holds the admin port only if fixed; ours is :0.)
     let again = again.expect("second server");
     let r =
-        crate::harness::udp_query_at(again.local_addrs()[0], "www.hc.test.", Some("10.2.0.0/24"))
+        crate::harness::udp_query_at(again.local_addrs()[0], "www.hc.test.", Some("11.2.0.0/24"))
             .await;
     assert_eq!(a_answers(&r), ["192.0.2.10"]);
     drop(again);
@@ -577,7 +577,7 @@ async fn a_hanging_target_does_not_slow_dns() {
     let before = held.load(Ordering::SeqCst);
     for _ in 0..300 {
         let r = s
-            .ask("www.hc.test.", RecordType::A, Some("10.2.0.0/24"))
+            .ask("www.hc.test.", RecordType::A, Some("11.2.0.0/24"))
             .await;
         assert_eq!(a_answers(&r), ["192.0.2.10"]);
     }
@@ -877,7 +877,7 @@ async fn weights_follow_the_capacity_backends_report() {
 async fn explain_over_the_admin_api_shows_the_live_decision() {
     let (_backends, s) = hc_server("", "", "").await;
     let client = reqwest_like::Client::new(s.server.admin_addr().expect("admin API"));
-    let url = "/explain?name=www.hc.test&type=A&client=10.2.0.0/24";
+    let url = "/explain?name=www.hc.test&type=A&client=11.2.0.0/24";
     let (code, body) = client.get(url).await;
     assert_eq!(code, 200, "{body}");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();

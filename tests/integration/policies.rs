@@ -422,8 +422,8 @@ async fn weighted_splits_by_weight_and_the_standby_waits_for_both() {
     // fra 3, ams 1, lon 0: 4,000 queries from varying clients (the answer
     // does not depend on them) and with distinct query IDs.
     let clients = [
-        Some("10.2.0.0/24"),
-        Some("10.1.7.0/24"),
+        Some("11.2.0.0/24"),
+        Some("11.1.7.0/24"),
         Some("192.0.2.0/24"),
         Some("2001:db8:3::/56"),
         None,
@@ -466,7 +466,7 @@ async fn weighted_splits_by_weight_and_the_standby_waits_for_both() {
     // Both weighted ones drained: only the standby, with the degraded TTL.
     drain(&s, WEIGHTED_ZONE, "ams").await;
     let standby = c
-        .tally(WEIGHTED_WWW, Some("10.2.0.0/24"), 200, |r| {
+        .tally(WEIGHTED_WWW, Some("11.2.0.0/24"), 200, |r| {
             assert_eq!(r.ttl, 15, "degraded_ttl: {r:?}");
             assert_eq!(r.scope, Some(0));
         })
@@ -496,9 +496,9 @@ async fn max_answers_two_gives_two_distinct_datacenters() {
     for i in 0..n {
         let name = "pool.weighted.example.com.";
         let r = if i % 25 == 0 {
-            c.ask_tcp(name, RecordType::A, Some("10.3.0.0/24")).await
+            c.ask_tcp(name, RecordType::A, Some("11.3.0.0/24")).await
         } else {
-            c.ask(name, RecordType::A, Some("10.3.0.0/24")).await
+            c.ask(name, RecordType::A, Some("11.3.0.0/24")).await
         };
         assert_eq!(r.addrs.len(), 2, "{r:?}");
         assert_eq!(r.dcs.len(), 2, "two distinct datacenters: {r:?}");
@@ -580,7 +580,7 @@ async fn sticky_networks_keep_their_datacenter_and_only_a_drained_ones_move() {
     let nets: Vec<(String, String)> = (0..300)
         .map(|i| {
             let (b, c) = (64 + i / 256, i % 256);
-            (format!("100.{b}.{c}.0/24"), format!("100.{b}.{c}.77/32"))
+            (format!("101.{b}.{c}.0/24"), format!("101.{b}.{c}.77/32"))
         })
         .collect();
     let mut first = Vec::new();
@@ -695,7 +695,7 @@ async fn round_robin_rotates_over_every_address_unless_told_not_to() {
         let r = if i % 20 == 0 {
             c.ask_tcp("www.rr.example.com.", RecordType::A, None).await
         } else {
-            c.ask("www.rr.example.com.", RecordType::A, Some("10.1.0.0/24"))
+            c.ask("www.rr.example.com.", RecordType::A, Some("11.1.0.0/24"))
                 .await
         };
         assert!(is_rotation(&r.addrs, &east), "{:?}", r.addrs);
@@ -756,9 +756,9 @@ async fn chain_nearest_two_then_weighted() {
     // is the geo block: that of the plain geo service over the same
     // datacenters.
     let cases: [(&str, &str, &[&str]); 4] = [
-        ("Germany", "10.2.0.0/24", &["eu-central", "eu-south"]),
-        ("United States", "10.1.0.0/24", &["us-east", "us-west"]),
-        ("Japan", "10.3.0.0/24", &["ap-northeast", "ap-southeast"]),
+        ("Germany", "11.2.0.0/24", &["eu-central", "eu-south"]),
+        ("United States", "11.1.0.0/24", &["us-east", "us-west"]),
+        ("Japan", "11.3.0.0/24", &["ap-northeast", "ap-southeast"]),
         (
             "Germany over IPv6",
             "2001:db8:2::/56",
@@ -800,11 +800,11 @@ async fn chain_nearest_two_then_weighted() {
     drain(&s, "nearest.example.com", "eu-central").await;
     drain(&s, "nearest.example.com", "eu-south").await;
     let fallback = c
-        .tally(WWW, Some("10.2.0.0/24"), 100, |r| assert_eq!(r.ttl, 15))
+        .tally(WWW, Some("11.2.0.0/24"), 100, |r| assert_eq!(r.ttl, 15))
         .await;
     assert_eq!(seen(&fallback), set(&["eu-west"]), "{fallback:?}");
     drain(&s, "nearest.example.com", "eu-west").await;
-    let next = c.tally(WWW, Some("10.2.0.0/24"), 50, |_| {}).await;
+    let next = c.tally(WWW, Some("11.2.0.0/24"), 50, |_| {}).await;
     assert_eq!(seen(&next), set(&["us-east"]), "then us-east (6591 km)");
     for dc in ["eu-central", "eu-south", "eu-west"] {
         undrain(&s, "nearest.example.com", dc).await;
@@ -816,14 +816,14 @@ async fn chain_nearest_two_then_weighted() {
         // eu-south 518 km and eu-west 1088 km from eu-central.
         (
             "Germany",
-            "10.2.0.0/24",
+            "11.2.0.0/24",
             &["eu-central", "eu-south", "eu-west"],
         ),
         // Lisbon: nearest eu-west; eu-central is 1088 km from it, eu-south
         // 1416 km (though nearer Lisbon than eu-central is).
-        ("Portugal", "10.7.0.0/24", &["eu-west", "eu-central"]),
-        ("United States", "10.1.0.0/24", &["us-east"]),
-        ("Japan", "10.3.0.0/24", &["ap-northeast"]),
+        ("Portugal", "11.7.0.0/24", &["eu-west", "eu-central"]),
+        ("United States", "11.1.0.0/24", &["us-east"]),
+        ("Japan", "11.3.0.0/24", &["ap-northeast"]),
     ];
     for (who, ecs, want) in cases {
         let geo_scope = c
@@ -864,8 +864,8 @@ async fn chain_same_continent_then_weighted_else_nearest() {
     let cases: [(&str, &str, &[&str], f64); 9] = [
         // Two datacenters in Europe, weight 1 each: both, evenly, though
         // eu-central is far nearer Germany and eu-west nearer Lisbon.
-        ("Germany", "10.2.0.0/24", &["eu-central", "eu-west"], 0.5),
-        ("Portugal", "10.7.0.0/24", &["eu-central", "eu-west"], 0.5),
+        ("Germany", "11.2.0.0/24", &["eu-central", "eu-west"], 0.5),
+        ("Portugal", "11.7.0.0/24", &["eu-central", "eu-west"], 0.5),
         (
             "Germany over IPv6",
             "2001:db8:2::/56",
@@ -875,20 +875,20 @@ async fn chain_same_continent_then_weighted_else_nearest() {
         // North America: us-east 2, us-west 1.
         (
             "United States",
-            "10.1.0.0/24",
+            "11.1.0.0/24",
             &["us-east", "us-west"],
             2.0 / 3.0,
         ),
         // Asia: the one datacenter there, also for India.
-        ("Japan", "10.3.0.0/24", &["ap-southeast"], 1.0),
-        ("India", "10.4.0.0/24", &["ap-southeast"], 1.0),
+        ("Japan", "11.3.0.0/24", &["ap-southeast"], 1.0),
+        ("India", "11.4.0.0/24", &["ap-southeast"], 1.0),
         // No datacenter on the continent: the nearest, every time (not
         // weighted among the North American ones for Brazil).
-        ("Australia", "10.5.0.0/24", &["ap-southeast"], 1.0),
-        ("Brazil", "10.6.0.0/24", &["us-east"], 1.0),
+        ("Australia", "11.5.0.0/24", &["ap-southeast"], 1.0),
+        ("Brazil", "11.6.0.0/24", &["us-east"], 1.0),
         // Not in the GeoIP database: no continent; geo's default order
         // (config order).
-        ("unknown", "192.168.1.0/24", &["us-east"], 1.0),
+        ("unknown", "198.18.1.0/24", &["us-east"], 1.0),
     ];
     for (who, ecs, want, share) in cases {
         let geo_scope = c
@@ -914,16 +914,16 @@ async fn chain_same_continent_then_weighted_else_nearest() {
     // Europe down: Germany goes to the nearest datacenter elsewhere
     // (us-east, 6591 km), degraded.
     drain(&s, ZONE, "eu-central").await;
-    let one = c.tally(WWW, Some("10.2.0.0/24"), 100, |_| {}).await;
+    let one = c.tally(WWW, Some("11.2.0.0/24"), 100, |_| {}).await;
     assert_eq!(seen(&one), set(&["eu-west"]), "{one:?}");
     drain(&s, ZONE, "eu-west").await;
     let away = c
-        .tally(WWW, Some("10.2.0.0/24"), 100, |r| assert_eq!(r.ttl, 15))
+        .tally(WWW, Some("11.2.0.0/24"), 100, |r| assert_eq!(r.ttl, 15))
         .await;
     assert_eq!(seen(&away), set(&["us-east"]), "{away:?}");
     undrain(&s, ZONE, "eu-central").await;
     undrain(&s, ZONE, "eu-west").await;
-    let back = c.tally(WWW, Some("10.2.0.0/24"), 100, |_| {}).await;
+    let back = c.tally(WWW, Some("11.2.0.0/24"), 100, |_| {}).await;
     assert_eq!(seen(&back), set(&["eu-central", "eu-west"]), "{back:?}");
 }
 
@@ -938,7 +938,7 @@ async fn chain_prefer_primaries_then_backups_in_failover_order() {
 
     let n = 400;
     let primaries = c
-        .tally(WWW, Some("10.2.0.0/24"), n, |r| {
+        .tally(WWW, Some("11.2.0.0/24"), n, |r| {
             assert_eq!(r.ttl, 60);
             assert_eq!(r.scope, Some(0), "nothing depends on the client");
         })
@@ -990,7 +990,7 @@ async fn chain_same_country_then_sticky() {
     // German networks (three /16s of the test database): each sticks to
     // one of the three German datacenters; together they use all three.
     let german: Vec<String> = (0..150)
-        .map(|i| format!("10.{}.{}.0/24", [2, 8, 9][i % 3], i))
+        .map(|i| format!("11.{}.{}.0/24", [2, 8, 9][i % 3], i))
         .collect();
     let mut first = Vec::new();
     for net in &german {
@@ -1018,11 +1018,11 @@ async fn chain_same_country_then_sticky() {
     // The United States: us-east or us-west per network, both used.
     let mut us = BTreeSet::new();
     for i in 0..40 {
-        let net = format!("10.1.{i}.0/24");
+        let net = format!("11.1.{i}.0/24");
         let r = c.ask(WWW, RecordType::A, Some(&net)).await;
         assert_eq!(r.scope, Some(24));
         let again = c
-            .ask(WWW, RecordType::A, Some(&format!("10.1.{i}.9/32")))
+            .ask(WWW, RecordType::A, Some(&format!("11.1.{i}.9/32")))
             .await;
         assert_eq!(again.dc(), r.dc(), "{net}");
         us.insert(r.dc().to_string());
@@ -1035,11 +1035,11 @@ async fn chain_same_country_then_sticky() {
     // One datacenter in the country, or none: the nearest, whatever the
     // network; still scoped to the /24.
     let fixed = [
-        ("Japan", "10.3", "jp-tyo"),
-        ("Portugal", "10.7", "de-fra"),
-        ("Brazil", "10.6", "us-east"),
-        ("India", "10.4", "jp-tyo"),
-        ("Australia", "10.5", "jp-tyo"),
+        ("Japan", "11.3", "jp-tyo"),
+        ("Portugal", "11.7", "de-fra"),
+        ("Brazil", "11.6", "us-east"),
+        ("India", "11.4", "jp-tyo"),
+        ("Australia", "11.5", "jp-tyo"),
     ];
     for (who, prefix, want) in fixed {
         for i in 0..10 {
@@ -1074,7 +1074,7 @@ async fn chain_same_country_then_sticky() {
         }
     }
     assert_eq!(
-        c.ask(WWW, RecordType::A, Some("10.7.0.0/24")).await.dc(),
+        c.ask(WWW, RecordType::A, Some("11.7.0.0/24")).await.dc(),
         "de-muc"
     );
     undrain(&s, ZONE, "de-fra").await;
@@ -1095,7 +1095,7 @@ async fn same_steps_see_the_country_of_clients_under_a_network_override() {
     // continent (module docs of src/policy).
     const FILE: &str = "chain-sticky-country.example.toml";
     let country = format!(
-        "{}\n[services.www.networks]\n\"10.2.5.0/24\" = [\"us-east\", \"de-ber\", \"de-muc\"]\n",
+        "{}\n[services.www.networks]\n\"11.2.5.0/24\" = [\"us-east\", \"de-ber\", \"de-muc\"]\n",
         example(FILE)
     );
     let s = serve(FILE, &country).await;
@@ -1106,7 +1106,7 @@ async fn same_steps_see_the_country_of_clients_under_a_network_override() {
         .ask(
             "www.country.example.com.",
             RecordType::A,
-            Some("10.2.5.0/24"),
+            Some("11.2.5.0/24"),
         )
         .await;
     assert!(
@@ -1116,7 +1116,7 @@ async fn same_steps_see_the_country_of_clients_under_a_network_override() {
 
     const CONTINENT: &str = "chain-continent.example.toml";
     let continent = format!(
-        "{}\n[services.www.networks]\n\"10.2.5.0/24\" = [\"us-east\", \"eu-west\"]\n",
+        "{}\n[services.www.networks]\n\"11.2.5.0/24\" = [\"us-east\", \"eu-west\"]\n",
         example(CONTINENT)
     );
     let s = serve(CONTINENT, &continent).await;
@@ -1125,7 +1125,7 @@ async fn same_steps_see_the_country_of_clients_under_a_network_override() {
     let counts = c
         .tally(
             "www.continent.example.com.",
-            Some("10.2.5.0/24"),
+            Some("11.2.5.0/24"),
             50,
             |_| {},
         )
@@ -1154,7 +1154,7 @@ fn explain_prints_each_step_and_the_answered_datacenter() {
     );
     // Each run is a new process with a new seed: the weighted draw may
     // differ between runs, the report must always agree with itself.
-    for client in ["10.2.0.0/24", "10.2.1.0/24", "10.8.0.0/24", "10.1.0.0/24"] {
+    for client in ["11.2.0.0/24", "11.2.1.0/24", "11.8.0.0/24", "11.1.0.0/24"] {
         let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
             .args([
                 "explain",
@@ -1202,7 +1202,7 @@ fn explain_prints_each_step_and_the_answered_datacenter() {
             map[answered[0]], chosen,
             "the decision is the answered datacenter:\n{report}"
         );
-        let nearest_two = if client.starts_with("10.1.") {
+        let nearest_two = if client.starts_with("11.1.") {
             ["us-east", "us-west"]
         } else {
             ["eu-central", "eu-south"]

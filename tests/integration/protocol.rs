@@ -180,7 +180,7 @@ async fn any_is_answered_minimally() {
         .ask(
             "www.gslb.example.com.",
             RecordType::ANY,
-            Some("10.2.0.0/24"),
+            Some("11.2.0.0/24"),
         )
         .await;
     assert_eq!(a_answers(&r), ["198.51.100.10"]);
@@ -207,7 +207,7 @@ async fn edns_is_echoed_and_bad_versions_rejected() {
     assert!(r.metadata.authoritative);
 
     // RFC 3225 §3: DO is copied into the response.
-    let mut q = query("www.gslb.example.com.", RecordType::A, Some("10.2.0.0/24"));
+    let mut q = query("www.gslb.example.com.", RecordType::A, Some("11.2.0.0/24"));
     q.edns.as_mut().unwrap().set_dnssec_ok(true);
     for r in [s.udp(&q).await, s.tcp(&q).await] {
         assert!(r.edns.as_ref().unwrap().flags().dnssec_ok);
@@ -259,7 +259,7 @@ async fn names_match_case_insensitively_and_keep_the_query_case() {
     assert_eq!(r.queries[0].name().to_ascii(), "MaIl.GsLb.ExAmPlE.cOm.");
     assert_eq!(r.answers[0].name.to_ascii(), "MaIl.GsLb.ExAmPlE.cOm.");
     let r = s
-        .ask("WWW.GSLB.EXAMPLE.COM.", RecordType::A, Some("10.3.0.0/24"))
+        .ask("WWW.GSLB.EXAMPLE.COM.", RecordType::A, Some("11.3.0.0/24"))
         .await;
     assert_eq!(r.answers[0].name.to_ascii(), "WWW.GSLB.EXAMPLE.COM.");
     assert_eq!(a_answers(&r), ["203.0.113.10"]);
@@ -269,12 +269,23 @@ async fn names_match_case_insensitively_and_keep_the_query_case() {
 async fn in_zone_cnames_are_followed() {
     let s = both().await;
     // app -> www (a geo service): the chain plus the geo answer.
-    let r = s
-        .ask("app.gslb.example.com.", RecordType::A, Some("10.2.0.0/24"))
-        .await;
+    let r = s.ask("app.gslb.example.com.", RecordType::A, None).await;
     assert_eq!(types(&r.answers), [RecordType::CNAME, RecordType::A]);
+    // With ECS, RFC 7871 §7.2.1: only the first CNAME, with its own
+    // scope (0, the same for every client), so a resolver caches it once
+    // and asks for the tailored target itself.
+    let r = s
+        .ask("app.gslb.example.com.", RecordType::A, Some("11.2.0.0/24"))
+        .await;
+    assert_eq!(types(&r.answers), [RecordType::CNAME]);
+    assert_eq!(r.metadata.response_code, ResponseCode::NoError);
+    assert!(r.metadata.authoritative);
+    assert_eq!(crate::harness::ecs_of(&r).unwrap().2, 0);
+    // The target, asked for directly, is tailored.
+    let r = s
+        .ask("www.gslb.example.com.", RecordType::A, Some("11.2.0.0/24"))
+        .await;
     assert_eq!(a_answers(&r), ["198.51.100.10"]);
-    // ECS scope comes from the service at the end of the chain.
     assert!(crate::harness::ecs_of(&r).unwrap().2 > 0);
 
     let r = s.ask("a.edge.test.", RecordType::A, None).await;

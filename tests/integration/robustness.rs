@@ -20,7 +20,7 @@ fn handler_survives_mutated_queries() {
     let (_, snap) = meridian::load(&crate::harness::repo().join("meridian.toml")).unwrap();
     let src: IpAddr = "127.0.0.1".parse().unwrap();
     let seeds: Vec<Vec<u8>> = [
-        query("www.gslb.example.com.", RecordType::A, Some("10.1.0.0/24")),
+        query("www.gslb.example.com.", RecordType::A, Some("11.1.0.0/24")),
         query("app.gslb.example.com.", RecordType::AAAA, None),
         query("gslb.example.com.", RecordType::ANY, Some("2001:db8::/56")),
     ]
@@ -98,7 +98,7 @@ async fn garbage_over_udp_never_stops_the_server() {
     sock.send_to(&as_response.to_vec().unwrap(), s.addr)
         .await
         .unwrap();
-    let valid = query("www.gslb.example.com.", RecordType::A, Some("10.2.0.0/24"));
+    let valid = query("www.gslb.example.com.", RecordType::A, Some("11.2.0.0/24"));
     sock.send_to(&valid.to_vec().unwrap(), s.addr)
         .await
         .unwrap();
