@@ -347,7 +347,7 @@ impl Monitor {
                 // address, even when probe settings change: a dead
                 // datacenter must not come back because its interval did.
                 let mut previous = old.remove(&key).map(|p| p.targets).unwrap_or_default();
-                let targets = match &dc.probe {
+                let mut targets = match &dc.probe {
                     None => Vec::new(),
                     Some(spec) => spec
                         .targets
@@ -372,7 +372,6 @@ impl Monitor {
                         })
                         .collect(),
                 };
-                let mut targets = targets;
                 if let Some(spec) = &dc.probe {
                     for (i, t) in targets.iter_mut().enumerate() {
                         t.awaited = false;
