@@ -1,8 +1,10 @@
 //! Health: what probes observe, what operators override, and the view the
 //! query path reads.
 //!
-//! Probes report pass/fail plus RTT (`probe`); one pure state machine per
-//! target turns those into UP/DOWN with rise/fall hysteresis (`state`); the
+//! Probes report a [`Verdict`] plus RTT (`probe`); one pure state machine
+//! per target turns those into UP/DOWN with rise/fall hysteresis (`state`),
+//! and a probe that failed because of this host (a local fault: no file
+//! descriptors, no buffers, no route from here) moves it neither way; the
 //! monitor (`monitor`) runs the probes and publishes a new [`HealthView`]
 //! inside a new snapshot whenever a datacenter's state changes. Operator
 //! overrides (drain, force-up) are kept apart from observations and
@@ -16,6 +18,30 @@ pub mod state;
 use serde::{Deserialize, Serialize};
 
 use crate::model::{DcId, Warmup};
+
+/// What one probe found out about its target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The target passed.
+    Pass,
+    /// The target failed: refused, reset, timed out, wrong status, body or
+    /// rcode, TLS failure.
+    Fail,
+    /// The probe could not be run because of this host (see
+    /// [`probe::classify`]): it says nothing about the target.
+    LocalFault,
+}
+
+impl Verdict {
+    /// The name `/status` shows (`last_result`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Pass => "pass",
+            Self::Fail => "fail",
+            Self::LocalFault => "local_fault",
+        }
+    }
+}
 
 /// What the probes say about a datacenter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

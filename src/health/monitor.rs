@@ -7,6 +7,14 @@
 //! result under a mutex that only the monitor and the admin API take. The
 //! query path never touches it: it reads the published snapshot. A target
 //! that hangs costs its own task a timeout and nothing else.
+//!
+//! A probe that could not run because of this host (a local fault, see
+//! [`super::probe::classify`]) leaves the target's state as it was. It is
+//! counted and shown per target in `/status`, logged at most once a minute
+//! per target, and after [`STALE_AFTER_FALLS`] × `fall` intervals of
+//! nothing else, `/status` marks the kept state as stale. The datacenter
+//! is never failed over for it: this host's trouble would move clients
+//! away from a datacenter that is fine.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -22,7 +30,7 @@ use tokio_util::task::TaskTracker;
 use super::overrides::{DcKey, Overrides};
 use super::probe::{Outcome, Prober};
 use super::state::{Machine, TargetState};
-use super::{DcHealth, HealthView, Observed, Override};
+use super::{DcHealth, HealthView, Observed, Override, Verdict};
 use crate::config::Config;
 use crate::model::{ProbeKind, ProbeSpec};
 use crate::snapshot::Snapshot;
@@ -37,6 +45,86 @@ struct Target {
     probes: u64,
     /// The last capacity the target reported, and when.
     capacity: Option<(u8, tokio::time::Instant)>,
+    /// Counted in the first round's `pending`, and not yet probed since.
+    awaited: bool,
+    /// Probes that failed because of this host.
+    local: LocalFaults,
+}
+
+//------------ LocalFaults --------------------------------------------------
+
+/// A local fault lasting longer than this many times `fall` intervals
+/// marks the target's kept state as stale in `/status`.
+pub const STALE_AFTER_FALLS: u32 = 10;
+
+/// At most one WARN per target per this long about local faults.
+pub const LOCAL_FAULT_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// One target's local faults: a count since start and the current run of
+/// them. Time is passed in, so the rules are tested without a clock.
+#[derive(Debug, Default)]
+struct LocalFaults {
+    /// Since the target was first configured (reloads keep it).
+    count: u64,
+    /// Wall-clock time of the last one.
+    last_at: Option<SystemTime>,
+    /// Probes have failed locally since then, and nothing else happened.
+    run: Option<Run>,
+    /// When the last WARN about this target was logged.
+    warned_at: Option<tokio::time::Instant>,
+}
+
+/// A run of consecutive local faults.
+#[derive(Debug)]
+struct Run {
+    since: tokio::time::Instant,
+    since_wall: SystemTime,
+    /// The latest reason.
+    reason: String,
+    /// Local faults in this run.
+    count: u64,
+}
+
+impl LocalFaults {
+    /// Records a local fault; returns whether to log a WARN (at most once
+    /// per [`LOCAL_FAULT_LOG_EVERY`], however often faults come and go).
+    fn fault(&mut self, reason: String, now: tokio::time::Instant, wall: SystemTime) -> bool {
+        self.count += 1;
+        self.last_at = Some(wall);
+        match &mut self.run {
+            Some(run) => {
+                run.reason = reason;
+                run.count += 1;
+            }
+            None => {
+                self.run = Some(Run {
+                    since: now,
+                    since_wall: wall,
+                    reason,
+                    count: 1,
+                });
+            }
+        }
+        let warn = self
+            .warned_at
+            .is_none_or(|at| now.saturating_duration_since(at) >= LOCAL_FAULT_LOG_EVERY);
+        if warn {
+            self.warned_at = Some(now);
+        }
+        warn
+    }
+
+    /// A probe reached the target: ends the run, if any, and returns it.
+    fn clear(&mut self) -> Option<Run> {
+        self.run.take()
+    }
+
+    /// Whether the current run has lasted longer than `after`.
+    fn stale(&self, now: tokio::time::Instant, after: Duration) -> bool {
+        self.run
+            .as_ref()
+            .is_some_and(|r| now.saturating_duration_since(r.since) > after)
+    }
 }
 
 #[derive(Debug)]
@@ -46,6 +134,9 @@ struct Dc {
     targets: Vec<Target>,
     /// How long a reported capacity holds.
     capacity_hold: Duration,
+    /// How long local faults may last before `/status` calls the kept
+    /// state stale: [`STALE_AFTER_FALLS`] × `fall` × `interval`.
+    stale_after: Duration,
     /// What the query path last saw of it (observed state, capacity,
     /// down addresses): a change to any part republishes, whichever path
     /// caused it (a probe, external input, or a report that expired).
@@ -256,7 +347,7 @@ impl Monitor {
                 // address, even when probe settings change: a dead
                 // datacenter must not come back because its interval did.
                 let mut previous = old.remove(&key).map(|p| p.targets).unwrap_or_default();
-                let targets = match &dc.probe {
+                let mut targets = match &dc.probe {
                     None => Vec::new(),
                     Some(spec) => spec
                         .targets
@@ -275,17 +366,21 @@ impl Monitor {
                                 changed_at: None,
                                 probes: 0,
                                 capacity: None,
+                                awaited: false,
+                                local: LocalFaults::default(),
                             },
                         })
                         .collect(),
                 };
                 if let Some(spec) = &dc.probe {
-                    for (i, t) in targets.iter().enumerate() {
+                    for (i, t) in targets.iter_mut().enumerate() {
+                        t.awaited = false;
                         if spec.kind == ProbeKind::External {
                             continue;
                         }
                         if t.machine.state() == TargetState::Unknown {
                             pending += 1;
+                            t.awaited = true;
                         }
                         spawn.push((key.clone(), i, t.addr, spec.clone(), t.machine.state()));
                     }
@@ -297,6 +392,10 @@ impl Monitor {
                         Some(ProbeKind::Http(h)) => h.capacity_hold,
                         _ => Duration::ZERO,
                     },
+                    stale_after: dc.probe.as_ref().map_or(Duration::ZERO, |p| {
+                        p.interval
+                            .saturating_mul(STALE_AFTER_FALLS.saturating_mul(p.fall))
+                    }),
                     published: (Observed::Unknown, 100, 0),
                     v4: dc.v4.clone(),
                     v6: dc.v6.clone(),
@@ -383,9 +482,13 @@ impl Monitor {
         if let Some(c) = outcome.capacity {
             t.capacity = Some((c, clock));
         }
-        let first = t.machine.state() == TargetState::Unknown;
-        let changed = t.machine.observe(outcome.ok);
+        // The first result ends the start-up wait for this target, a local
+        // fault too: waiting longer would not tell more, and the target's
+        // state stays Unknown for `warmup` to decide.
+        let first = std::mem::take(&mut t.awaited);
+        let changed = t.machine.observe(outcome.verdict);
         let at = now();
+        Self::note_local_fault(key, t, &outcome, clock, at, dc.stale_after);
         if let Some(s) = changed {
             t.changed_at = Some(at);
             match &outcome.error {
@@ -407,6 +510,51 @@ impl Monitor {
         }
         if changed {
             self.publish();
+        }
+    }
+
+    /// Keeps `t`'s local-fault record up to date with `outcome`, logging
+    /// a WARN at most once per [`LOCAL_FAULT_LOG_EVERY`] while they last
+    /// and an INFO when they end.
+    fn note_local_fault(
+        key: &DcKey,
+        t: &mut Target,
+        outcome: &Outcome,
+        clock: tokio::time::Instant,
+        at: SystemTime,
+        stale_after: Duration,
+    ) {
+        if outcome.verdict != Verdict::LocalFault {
+            if let Some(run) = t.local.clear() {
+                tracing::info!(
+                    zone = %key.0, datacenter = %key.1, target = %t.addr,
+                    "probes reach the target again after {} local faults in {:.1?}",
+                    run.count,
+                    clock.saturating_duration_since(run.since),
+                );
+            }
+            return;
+        }
+        let reason = outcome.error.clone().unwrap_or_default();
+        if t.local.fault(reason.clone(), clock, at) {
+            let lasted = t
+                .local
+                .run
+                .as_ref()
+                .map_or(Duration::ZERO, |r| clock.saturating_duration_since(r.since));
+            let stale = if t.local.stale(clock, stale_after) {
+                " and may be stale"
+            } else {
+                ""
+            };
+            tracing::warn!(
+                zone = %key.0, datacenter = %key.1, target = %t.addr,
+                "probe failed on this host, not at the target: {reason}; \
+                 state {:?} is kept{stale} (local faults for {:.0?}, {} since start)",
+                t.machine.state(),
+                lasted,
+                t.local.count,
+            );
         }
     }
 
@@ -535,7 +683,9 @@ impl Monitor {
     ) -> Result<(), ActionError> {
         let mut state = self.lock();
         let key = Self::find_dc(&state, zone, dc)?;
-        let d = state.dcs.get_mut(&key).expect("found above");
+        let d = state.dcs.get_mut(&key).ok_or_else(|| {
+            ActionError::NotFound(format!("no datacenter {dc:?} in zone {:?}", key.0))
+        })?;
         let t = d
             .targets
             .iter_mut()
@@ -572,6 +722,7 @@ impl Monitor {
     pub fn status(&self) -> Value {
         let snap = self.inner.swap.load_full();
         let state = self.lock();
+        let clock = tokio::time::Instant::now();
         let unix = |t: Option<SystemTime>| {
             t.and_then(|t| t.duration_since(SystemTime::UNIX_EPOCH).ok())
                 .map(|d| d.as_secs_f64())
@@ -600,7 +751,7 @@ impl Monitor {
                                         json!({
                                             "target": t.addr.to_string(),
                                             "state": t.machine.state(),
-                                            "last_result": t.last.as_ref().map(|o| if o.ok { "pass" } else { "fail" }),
+                                            "last_result": t.last.as_ref().map(|o| o.verdict.name()),
                                             "last_error": t.last.as_ref().and_then(|o| o.error.clone()),
                                             "rtt_ms": t.last.as_ref().map(|o| o.rtt.as_secs_f64() * 1000.0),
                                             "reported_capacity": t.capacity.map(|c| c.0),
@@ -609,6 +760,11 @@ impl Monitor {
                                             "probes": t.probes,
                                             "last_probe_unix": unix(t.last_at),
                                             "last_change_unix": unix(t.changed_at),
+                                            "local_fault": t.local.run.as_ref().map(|r| r.reason.as_str()),
+                                            "local_fault_since_unix": unix(t.local.run.as_ref().map(|r| r.since_wall)),
+                                            "local_fault_stale": t.local.stale(clock, d.stale_after),
+                                            "local_faults": t.local.count,
+                                            "last_local_fault_unix": unix(t.local.last_at),
                                         })
                                     })
                                     .collect()
@@ -682,5 +838,49 @@ impl Monitor {
         self.inner.token.cancel();
         self.inner.tasks.close();
         self.inner.tasks.wait().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn local_faults_are_counted_and_warned_about_once_a_minute() {
+        let t0 = tokio::time::Instant::now();
+        let wall = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let mut l = LocalFaults::default();
+        // Probes every second for three minutes: a WARN at 0, 60, 120 s.
+        let warned: Vec<u64> = (0..180u64)
+            .filter(|&i| l.fault(format!("fault {i}"), t0 + SECOND * i as u32, wall))
+            .collect();
+        assert_eq!(warned, [0, 60, 120]);
+        assert_eq!(l.count, 180);
+        let run = l.run.as_ref().expect("a run");
+        assert_eq!((run.count, run.reason.as_str()), (180, "fault 179"));
+        assert_eq!(run.since, t0);
+        // Faults that come and go do not warn more often.
+        let run = l.clear().expect("ended");
+        assert_eq!(run.count, 180);
+        assert!(l.clear().is_none());
+        assert!(!l.fault("again".into(), t0 + SECOND * 130, wall));
+        assert!(l.fault("again".into(), t0 + SECOND * 180, wall));
+        assert_eq!(l.count, 182);
+        assert_eq!(l.run.as_ref().map(|r| r.since), Some(t0 + SECOND * 130));
+    }
+
+    #[test]
+    fn a_long_run_of_local_faults_makes_the_state_stale() {
+        let t0 = tokio::time::Instant::now();
+        let after = SECOND * 30;
+        let mut l = LocalFaults::default();
+        assert!(!l.stale(t0, after));
+        l.fault("EMFILE".into(), t0, SystemTime::UNIX_EPOCH);
+        assert!(!l.stale(t0 + after, after));
+        assert!(l.stale(t0 + after + SECOND, after));
+        l.clear();
+        assert!(!l.stale(t0 + after * 2, after));
     }
 }

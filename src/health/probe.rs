@@ -1,9 +1,17 @@
-//! Probes: one check of one target, reported as pass/fail plus RTT. A
+//! Probes: one check of one target, reported as a [`Verdict`] plus RTT. A
 //! probe never decides UP or DOWN; the state machine does.
+//!
+//! A probe that fails tells apart the target failing from this host
+//! failing to probe it ([`classify`]). Only the first may count against
+//! the target: when this host runs out of file descriptors or has no route,
+//! every probe fails at once, and counting those would fail every healthy
+//! datacenter over in `fall` intervals.
 
-use std::net::SocketAddr;
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use super::Verdict;
 use crate::dns::records::DomainName;
 use crate::model::{DnsProbe, HttpMethod, HttpProbe, ProbeKind};
 
@@ -13,11 +21,11 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// The result of one probe.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {
-    /// Passed.
-    pub ok: bool,
+    /// Passed, failed, or could not run because of this host.
+    pub verdict: Verdict,
     /// Time from start to result.
     pub rtt: Duration,
-    /// Why it failed.
+    /// Why it did not pass.
     pub error: Option<String>,
     /// Spare capacity the target reported (HTTP probes, header
     /// [`CAPACITY_HEADER`]), in percent.
@@ -51,6 +59,145 @@ pub fn parse_capacity(value: &str) -> Result<Option<u8>, String> {
         }
     }
     Ok(capacity)
+}
+
+//------------ Local faults ------------------------------------------------
+
+/// Whose fault a probe error is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// The target's (or the network's beyond this host): it counts.
+    Target,
+    /// This host's: it says nothing about the target.
+    Local,
+}
+
+/// Where in a probe an I/O error arose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Creating or binding a socket, or connecting a UDP socket (a route
+    /// lookup): nothing has been sent, so any error is this host's.
+    Setup,
+    /// Connecting, sending or receiving (or somewhere inside the HTTP
+    /// client): the error may come from the target.
+    Exchange,
+}
+
+/// Classifies an I/O error `errno` at `step`. `has_route` is asked only
+/// for "unreachable" errors, which both this host's routing table and an
+/// ICMP message from a router near the target (or a failed ARP lookup on
+/// the target's own link) produce; only the first is this host's fault.
+///
+/// Local at [`Step::Exchange`]:
+/// * out of resources: `EMFILE`, `ENFILE` (descriptors), `ENOBUFS`,
+///   `ENOMEM`;
+/// * no local address or port to connect from: `EADDRNOTAVAIL`,
+///   `EADDRINUSE`;
+/// * a local firewall: `EPERM`, `EACCES` (remote rejections arrive as ICMP
+///   and map to refused or unreachable, never to these);
+/// * `ENETUNREACH`, `EHOSTUNREACH`, `ENETDOWN` when `has_route()` says
+///   this host has no route to the target.
+///
+/// Everything else (refused, reset, timed out, ...) is the target's.
+pub fn classify(errno: i32, step: Step, has_route: impl FnOnce() -> bool) -> Fault {
+    if step == Step::Setup {
+        return Fault::Local;
+    }
+    match errno {
+        libc::EMFILE
+        | libc::ENFILE
+        | libc::ENOBUFS
+        | libc::ENOMEM
+        | libc::EADDRNOTAVAIL
+        | libc::EADDRINUSE
+        | libc::EPERM
+        | libc::EACCES => Fault::Local,
+        libc::ENETUNREACH | libc::EHOSTUNREACH | libc::ENETDOWN => {
+            if has_route() {
+                Fault::Target
+            } else {
+                Fault::Local
+            }
+        }
+        _ => Fault::Target,
+    }
+}
+
+/// Whether this host has a route to `target`: a UDP socket's connect
+/// looks the route up without sending anything. `false` too when no
+/// socket can be had.
+pub fn has_route(target: SocketAddr) -> bool {
+    std::net::UdpSocket::bind(unspecified(target))
+        .and_then(|s| s.connect(target))
+        .is_ok()
+}
+
+/// The wildcard address of `target`'s family, port 0.
+fn unspecified(target: SocketAddr) -> SocketAddr {
+    if target.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    }
+}
+
+/// The OS error number somewhere in `e`'s chain of sources, including
+/// inside `io::Error`s that wrap another error (as the HTTP client's
+/// connect errors do).
+pub fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if let Some(io) = err.downcast_ref::<io::Error>() {
+            if let Some(code) = io.raw_os_error() {
+                return Some(code);
+            }
+            if let Some(inner) = io.get_ref() {
+                next = Some(inner);
+                continue;
+            }
+        }
+        next = err.source();
+    }
+    None
+}
+
+/// Why a probe did not pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Failure {
+    fault: Fault,
+    reason: String,
+}
+
+impl Failure {
+    /// The target's failure.
+    fn target(reason: impl Into<String>) -> Self {
+        Self {
+            fault: Fault::Target,
+            reason: reason.into(),
+        }
+    }
+
+    /// This host's failure.
+    fn local(reason: impl Into<String>) -> Self {
+        Self {
+            fault: Fault::Local,
+            reason: reason.into(),
+        }
+    }
+
+    /// An I/O error of `what` (a socket call) at `step` of a probe of
+    /// `target`.
+    fn io(what: &str, step: Step, e: &io::Error, target: SocketAddr) -> Self {
+        let fault = match e.raw_os_error() {
+            Some(errno) => classify(errno, step, || has_route(target)),
+            None if step == Step::Setup => Fault::Local,
+            None => Fault::Target,
+        };
+        Self {
+            fault,
+            reason: format!("{what}: {e}"),
+        }
+    }
 }
 
 /// A ready-to-run probe for one target.
@@ -123,54 +270,75 @@ impl Prober {
         let start = Instant::now();
         let result = match tokio::time::timeout(timeout, self.check(target)).await {
             Ok(r) => r,
-            Err(_) => Err(format!("timed out after {timeout:?}")),
+            Err(_) => Err(Failure::target(format!("timed out after {timeout:?}"))),
         };
         let rtt = start.elapsed();
         match result {
             Ok(capacity) => Outcome {
-                ok: true,
+                verdict: Verdict::Pass,
                 rtt,
                 error: None,
                 capacity,
             },
-            Err(e) => Outcome {
-                ok: false,
+            Err(f) => Outcome {
+                verdict: match f.fault {
+                    Fault::Target => Verdict::Fail,
+                    Fault::Local => Verdict::LocalFault,
+                },
                 rtt,
-                error: Some(e),
+                error: Some(f.reason),
                 capacity: None,
             },
         }
     }
 
-    async fn check(&self, target: SocketAddr) -> Result<Option<u8>, String> {
+    async fn check(&self, target: SocketAddr) -> Result<Option<u8>, Failure> {
         match self {
-            Self::External => Err("external targets are not probed".into()),
-            Self::Tcp => tokio::net::TcpStream::connect(target)
-                .await
-                .map(|_| None)
-                .map_err(|e| format!("connect: {e}")),
-            Self::Http { client, url, spec } => http(client, url, spec).await,
+            Self::External => Err(Failure::local("external targets are not probed")),
+            Self::Tcp => tcp(target).await.map(|()| None),
+            Self::Http { client, url, spec } => http(client, url, spec, target).await,
             Self::Dns(d) => dns(target, &d.name, d.qtype, d.rcode).await.map(|()| None),
         }
     }
 }
 
-async fn http(client: &reqwest::Client, url: &str, spec: &HttpProbe) -> Result<Option<u8>, String> {
+/// Connects, in two steps so that an error creating the socket is known
+/// to be this host's.
+async fn tcp(target: SocketAddr) -> Result<(), Failure> {
+    let socket = if target.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| Failure::io("socket", Step::Setup, &e, target))?;
+    socket
+        .connect(target)
+        .await
+        .map(drop)
+        .map_err(|e| Failure::io("connect", Step::Exchange, &e, target))
+}
+
+async fn http(
+    client: &reqwest::Client,
+    url: &str,
+    spec: &HttpProbe,
+    target: SocketAddr,
+) -> Result<Option<u8>, Failure> {
     let request = match spec.method {
         HttpMethod::Get => client.get(url),
         HttpMethod::Head => client.head(url),
     };
-    let mut response = request.send().await.map_err(|e| describe(&e))?;
+    let mut response = request.send().await.map_err(|e| http_failure(&e, target))?;
     let status = response.status().as_u16();
     if !spec
         .expect_status
         .iter()
         .any(|&(lo, hi)| (lo..=hi).contains(&status))
     {
-        return Err(format!("status {status}"));
+        return Err(Failure::target(format!("status {status}")));
     }
     let capacity = match response.headers().get(CAPACITY_HEADER) {
-        Some(v) => parse_capacity(v.to_str().unwrap_or(""))?,
+        Some(v) => parse_capacity(v.to_str().unwrap_or("")).map_err(Failure::target)?,
         None => None,
     };
     let Some(needle) = &spec.expect_body else {
@@ -178,7 +346,11 @@ async fn http(client: &reqwest::Client, url: &str, spec: &HttpProbe) -> Result<O
     };
     let mut body = Vec::new();
     while body.len() < BODY_LIMIT {
-        match response.chunk().await.map_err(|e| describe(&e))? {
+        match response
+            .chunk()
+            .await
+            .map_err(|e| http_failure(&e, target))?
+        {
             Some(chunk) => body.extend_from_slice(&chunk),
             None => break,
         }
@@ -190,10 +362,26 @@ async fn http(client: &reqwest::Client, url: &str, spec: &HttpProbe) -> Result<O
     if found {
         Ok(capacity)
     } else {
-        Err(format!(
+        Err(Failure::target(format!(
             "body does not contain {needle:?} (first {} bytes read)",
             body.len()
-        ))
+        )))
+    }
+}
+
+/// An HTTP client error, classified by the OS error inside it. The client
+/// does not say which socket call failed, so this is [`Step::Exchange`]:
+/// creating the socket fails with resource errors, which are local there
+/// too.
+fn http_failure(e: &reqwest::Error, target: SocketAddr) -> Failure {
+    match os_error(e) {
+        // The OS error alone: the client's wrapping ("error sending
+        // request for url ...: client error (Connect): tcp open error")
+        // adds nothing an operator needs.
+        Some(errno) if classify(errno, Step::Exchange, || has_route(target)) == Fault::Local => {
+            Failure::local(io::Error::from_raw_os_error(errno).to_string())
+        }
+        _ => Failure::target(describe(e)),
     }
 }
 
@@ -209,37 +397,34 @@ fn describe(e: &reqwest::Error) -> String {
     text
 }
 
-async fn dns(target: SocketAddr, name: &DomainName, qtype: u16, want: u8) -> Result<(), String> {
-    let bind: SocketAddr = if target.is_ipv4() {
-        "0.0.0.0:0".parse().expect("valid")
-    } else {
-        "[::]:0".parse().expect("valid")
-    };
-    let socket = tokio::net::UdpSocket::bind(bind)
+async fn dns(target: SocketAddr, name: &DomainName, qtype: u16, want: u8) -> Result<(), Failure> {
+    let socket = tokio::net::UdpSocket::bind(unspecified(target))
         .await
-        .map_err(|e| format!("bind: {e}"))?;
+        .map_err(|e| Failure::io("bind", Step::Setup, &e, target))?;
+    // A UDP connect only looks up the route: its errors are this host's.
     socket
         .connect(target)
         .await
-        .map_err(|e| format!("connect: {e}"))?;
+        .map_err(|e| Failure::io("connect", Step::Setup, &e, target))?;
     let id = probe_id();
-    let query = crate::dns::probe_query(name, qtype, id)?;
+    // A query that cannot be built is not the target's fault.
+    let query = crate::dns::probe_query(name, qtype, id).map_err(Failure::local)?;
     socket
         .send(&query)
         .await
-        .map_err(|e| format!("send: {e}"))?;
+        .map_err(|e| Failure::io("send", Step::Exchange, &e, target))?;
     let mut buf = vec![0u8; 4096];
     loop {
         let n = socket
             .recv(&mut buf)
             .await
-            .map_err(|e| format!("receive: {e}"))?;
+            .map_err(|e| Failure::io("receive", Step::Exchange, &e, target))?;
         // Ignore stray datagrams; the timeout bounds the wait.
         if let Some(rcode) = crate::dns::response_rcode(&buf[..n], id) {
             return if rcode == want {
                 Ok(())
             } else {
-                Err(format!("rcode {rcode}, expected {want}"))
+                Err(Failure::target(format!("rcode {rcode}, expected {want}")))
             };
         }
     }
@@ -254,4 +439,159 @@ fn probe_id() -> u16 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
     ((n.wrapping_mul(0x9e37_79b9) ^ t) >> 8) as u16
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A route check that must not be asked.
+    fn unasked() -> bool {
+        panic!("the route check is only for unreachable errors")
+    }
+
+    #[test]
+    fn resource_address_and_firewall_errors_are_local() {
+        for errno in [
+            libc::EMFILE,
+            libc::ENFILE,
+            libc::ENOBUFS,
+            libc::ENOMEM,
+            libc::EADDRNOTAVAIL,
+            libc::EADDRINUSE,
+            libc::EPERM,
+            libc::EACCES,
+        ] {
+            assert_eq!(
+                classify(errno, Step::Exchange, unasked),
+                Fault::Local,
+                "{}",
+                io::Error::from_raw_os_error(errno)
+            );
+        }
+    }
+
+    #[test]
+    fn what_the_target_or_its_network_does_is_the_targets_fault() {
+        for errno in [
+            libc::ECONNREFUSED,
+            libc::ECONNRESET,
+            libc::ETIMEDOUT,
+            libc::EPIPE,
+            libc::ECONNABORTED,
+            libc::EPROTO,
+        ] {
+            assert_eq!(
+                classify(errno, Step::Exchange, unasked),
+                Fault::Target,
+                "{}",
+                io::Error::from_raw_os_error(errno)
+            );
+        }
+    }
+
+    #[test]
+    fn unreachable_is_local_only_without_a_route_from_here() {
+        for errno in [libc::ENETUNREACH, libc::EHOSTUNREACH, libc::ENETDOWN] {
+            // No route in this host's table: our fault.
+            assert_eq!(classify(errno, Step::Exchange, || false), Fault::Local);
+            // A route, and still unreachable: an ICMP error from near the
+            // target, or no ARP answer on its link. The target is gone.
+            assert_eq!(classify(errno, Step::Exchange, || true), Fault::Target);
+        }
+    }
+
+    #[test]
+    fn any_error_before_sending_is_local() {
+        for errno in [libc::EMFILE, libc::EAFNOSUPPORT, libc::ECONNREFUSED, 0] {
+            assert_eq!(classify(errno, Step::Setup, unasked), Fault::Local);
+        }
+        let e = io::Error::other("no errno");
+        let target: SocketAddr = (Ipv4Addr::LOCALHOST, 1).into();
+        assert_eq!(
+            Failure::io("bind", Step::Setup, &e, target).fault,
+            Fault::Local
+        );
+        assert_eq!(
+            Failure::io("recv", Step::Exchange, &e, target).fault,
+            Fault::Target
+        );
+        let emfile = io::Error::from_raw_os_error(libc::EMFILE);
+        let f = Failure::io("socket", Step::Setup, &emfile, target);
+        assert_eq!(f.fault, Fault::Local);
+        assert!(f.reason.starts_with("socket: "), "{}", f.reason);
+        assert!(f.reason.ends_with("(os error 24)"), "{}", f.reason);
+    }
+
+    /// An error with a source, like the HTTP client's layers.
+    #[derive(Debug)]
+    struct Layer(Box<dyn std::error::Error + Send + Sync>);
+
+    impl std::fmt::Display for Layer {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("layer")
+        }
+    }
+
+    impl std::error::Error for Layer {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&*self.0)
+        }
+    }
+
+    #[test]
+    fn the_os_error_is_found_under_layers_and_inside_io_errors() {
+        let emfile = || io::Error::from_raw_os_error(libc::EMFILE);
+        assert_eq!(os_error(&emfile()), Some(libc::EMFILE));
+        let layered = Layer(Box::new(Layer(Box::new(emfile()))));
+        assert_eq!(os_error(&layered), Some(libc::EMFILE));
+        // An io::Error that wraps an error that holds the OS error.
+        let wrapped = io::Error::other(Layer(Box::new(emfile())));
+        assert_eq!(os_error(&Layer(Box::new(wrapped))), Some(libc::EMFILE));
+        assert_eq!(os_error(&io::Error::other("none")), None);
+        assert_eq!(os_error(&Layer(Box::new(io::Error::other("none")))), None);
+    }
+
+    /// A loopback port nothing listens on (bound, then closed).
+    fn closed_port() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    }
+
+    #[tokio::test]
+    async fn a_refused_http_connection_is_found_in_the_client_error_and_counts() {
+        install_crypto_provider();
+        let target = closed_port();
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client");
+        let e = client
+            .get(format!("http://{target}/"))
+            .send()
+            .await
+            .expect_err("nothing listens");
+        assert_eq!(os_error(&e), Some(libc::ECONNREFUSED), "{}", describe(&e));
+        let f = http_failure(&e, target);
+        assert_eq!(f.fault, Fault::Target);
+        assert!(f.reason.contains("refused"), "{}", f.reason);
+    }
+
+    #[tokio::test]
+    async fn a_refused_tcp_probe_fails_the_target() {
+        let target = closed_port();
+        let o = Prober::Tcp.run(target, Duration::from_secs(2)).await;
+        assert_eq!(o.verdict, Verdict::Fail, "{o:?}");
+        assert!(
+            o.error
+                .as_deref()
+                .is_some_and(|e| e.starts_with("connect: ")),
+            "{o:?}"
+        );
+    }
+
+    #[test]
+    fn loopback_has_a_route() {
+        assert!(has_route((Ipv4Addr::LOCALHOST, 53).into()));
+    }
 }

@@ -1,5 +1,5 @@
 //! The anti-flap state machine of one probe target. Pure: no clock, no
-//! I/O; it sees only pass/fail results in order.
+//! I/O; it sees only probe verdicts in order.
 //!
 //! * Before any result the target is Unknown. The first result decides at
 //!   once (a pass makes it Up, a failure Down), so the first round of
@@ -8,8 +8,13 @@
 //! * Down becomes Up after `rise` consecutive passes.
 //! * A result in the current direction resets the opposite count, so a
 //!   target flapping faster than `rise`/`fall` keeps its state.
+//! * A local fault (the probe could not run because of this host) is no
+//!   result at all: the state and both counts stay as they were, so a
+//!   target is judged only on the probes that reached it.
 
 use serde::Serialize;
+
+use super::Verdict;
 
 /// A target's state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -70,8 +75,16 @@ impl Machine {
         }
     }
 
-    /// Feeds one result; returns the new state if it changed.
-    pub fn observe(&mut self, pass: bool) -> Option<TargetState> {
+    /// Feeds one verdict; returns the new state if it changed.
+    pub fn observe(&mut self, verdict: Verdict) -> Option<TargetState> {
+        let pass = match verdict {
+            Verdict::Pass => true,
+            Verdict::Fail => false,
+            // Nothing was learnt about the target: a failure here would
+            // let this host's trouble (EMFILE, no route) fail healthy
+            // datacenters over, and a pass would hide a dead one.
+            Verdict::LocalFault => return None,
+        };
         if pass {
             self.passes = self.passes.saturating_add(1);
             self.failures = 0;
@@ -108,12 +121,22 @@ mod tests {
     use super::*;
     use TargetState::{Down, Unknown, Up};
 
+    /// `+` a pass, `-` a failure, `L` a local fault.
+    fn verdict(c: char) -> Verdict {
+        match c {
+            '+' => Verdict::Pass,
+            '-' => Verdict::Fail,
+            'L' => Verdict::LocalFault,
+            c => panic!("no verdict {c:?}"),
+        }
+    }
+
     fn run(rise: u32, fall: u32, results: &str) -> Vec<TargetState> {
         let mut m = Machine::new(rise, fall);
         results
             .chars()
             .map(|c| {
-                m.observe(c == '+');
+                m.observe(verdict(c));
                 m.state()
             })
             .collect()
@@ -164,7 +187,8 @@ mod tests {
                             let pass = bits & (1 << i) != 0;
                             let before = m.state();
                             history.push(pass);
-                            let changed = m.observe(pass);
+                            let changed =
+                                m.observe(if pass { Verdict::Pass } else { Verdict::Fail });
                             let tail = |v: bool, n: u32| {
                                 history.len() >= n as usize
                                     && history[history.len() - n as usize..]
@@ -195,10 +219,70 @@ mod tests {
     #[test]
     fn external_input_sets_state_and_restarts_counts() {
         let mut m = Machine::new(2, 2);
-        m.observe(true);
+        m.observe(Verdict::Pass);
         assert_eq!(m.set(Down), Some(Down));
         assert_eq!(m.set(Down), None);
-        assert_eq!(m.observe(true), None);
-        assert_eq!(m.observe(true), Some(Up));
+        assert_eq!(m.observe(Verdict::Pass), None);
+        assert_eq!(m.observe(Verdict::Pass), Some(Up));
+    }
+
+    #[test]
+    fn local_faults_change_neither_state_nor_counts() {
+        // Any number of local faults keeps Up, Down and Unknown.
+        assert_eq!(run(2, 2, "+LLLLLLLL"), [Up; 9]);
+        assert_eq!(run(2, 2, "-LLLLLLLL"), [Down; 9]);
+        assert_eq!(run(2, 2, "LLL"), [Unknown; 3]);
+        // ... and the count in progress: one failure before and one after
+        // make `fall = 2`, one pass before and one after make `rise = 2`.
+        assert_eq!(run(2, 2, "+-LL-"), [Up, Up, Up, Up, Down]);
+        assert_eq!(run(2, 2, "-+LL+"), [Down, Down, Down, Down, Up]);
+        let mut m = Machine::new(3, 3);
+        m.observe(Verdict::Pass);
+        m.observe(Verdict::Fail);
+        m.observe(Verdict::Fail);
+        let before = m;
+        for _ in 0..1000 {
+            assert_eq!(m.observe(Verdict::LocalFault), None);
+        }
+        assert_eq!(m, before);
+        assert_eq!((m.state(), m.passes(), m.failures()), (Up, 0, 2));
+    }
+
+    #[test]
+    fn local_faults_anywhere_are_as_if_those_probes_never_ran() {
+        // Every sequence of pass, fail and local fault up to length 7 for
+        // rise/fall 1..=3: the states are those of the same sequence with
+        // the local faults removed, each local fault repeating the state
+        // before it.
+        for rise in 1..=3u32 {
+            for fall in 1..=3u32 {
+                for len in 1..=7u32 {
+                    for mut code in 0..3u32.pow(len) {
+                        let mut seq = String::new();
+                        for _ in 0..len {
+                            seq.push(['+', '-', 'L'][(code % 3) as usize]);
+                            code /= 3;
+                        }
+                        let without: String = seq.chars().filter(|&c| c != 'L').collect();
+                        let mut reference = run(rise, fall, &without).into_iter();
+                        let mut last = Unknown;
+                        let expected: Vec<TargetState> = seq
+                            .chars()
+                            .map(|c| {
+                                if c != 'L' {
+                                    last = reference.next().expect("one state per result");
+                                }
+                                last
+                            })
+                            .collect();
+                        assert_eq!(
+                            run(rise, fall, &seq),
+                            expected,
+                            "{seq} rise {rise} fall {fall}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }
