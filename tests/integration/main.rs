@@ -11,4 +11,5 @@ mod harness;
 mod health;
 mod policies;
 mod protocol;
+mod protocol_hardening;
 mod robustness;
