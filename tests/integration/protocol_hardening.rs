@@ -338,3 +338,107 @@ async fn cookies_are_answered_by_default_and_can_be_turned_off() {
     );
     assert!(matches!(r.answers[0].data, RData::A(_)));
 }
+
+/// Reads the server's stderr into `lines` until it closes.
+fn collect_lines(
+    stderr: tokio::process::ChildStderr,
+) -> (
+    std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use tokio::io::AsyncBufReadExt;
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = std::sync::Arc::clone(&lines);
+    let task = tokio::spawn(async move {
+        let mut reader = tokio::io::BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = reader.next_line().await {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    (lines, task)
+}
+
+#[tokio::test]
+async fn malformed_options_never_reach_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = crate::harness::example_zone();
+    let config = crate::harness::write_config(
+        dir.path(),
+        &Setup {
+            zones: &[("gslb.example.com.toml", &zone)],
+            ..Setup::default()
+        },
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the meridian binary starts");
+    let (lines, reader) = collect_lines(child.stderr.take().unwrap());
+    // The bound address, from the start-up log.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(20);
+    let addr: std::net::SocketAddr = loop {
+        let found = lines.lock().unwrap().iter().find_map(|l| {
+            let at = l.find("local=")? + "local=".len();
+            l[at..].split_whitespace().next()?.parse().ok()
+        });
+        let ready = lines.lock().unwrap().iter().any(|l| l.contains("ready"));
+        if let (Some(a), true) = (found, ready) {
+            break a;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no ready line: {:?}",
+            lines.lock().unwrap()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let before = lines.lock().unwrap().len();
+
+    // OPT options cut short: a code without its length; a length of 8
+    // with two bytes of data; ECS with a length its data does not have.
+    let base = query("www.gslb.example.com.", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let rdatas: [&[u8]; 3] = [&[0, 10], &[0, 10, 0, 8, 1, 2], &[0, 8, 0, 2, 0]];
+    let mut formerr = 0;
+    for i in 0..3_000 {
+        let mut p = base.clone();
+        let rdata = rdatas[i % rdatas.len()];
+        // The OPT record is last: patch its RDLENGTH and data.
+        let opt_at = p.len() - 11;
+        p.truncate(opt_at + 9);
+        p.extend_from_slice(&(rdata.len() as u16).to_be_bytes());
+        p.extend_from_slice(rdata);
+        let r = if i % 100 == 0 {
+            tcp_exchange(addr, &p).await
+        } else {
+            udp_exchange(addr, &p).await
+        };
+        formerr += usize::from(r[3] & 0x0f == 1);
+    }
+    assert_eq!(formerr, 3_000, "every one is FORMERR");
+
+    // Stop the server (by its PID) and read what it logged.
+    let pid = child.id().expect("running");
+    let _ = std::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), child.wait()).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), reader).await;
+    let lines = lines.lock().unwrap();
+    let after = &lines[before..];
+    assert!(
+        after.iter().all(|l| !l.contains("WARN")),
+        "no warning per query: {after:?}"
+    );
+    assert!(
+        after.len() <= 3,
+        "3,000 bad queries, {} log lines: {after:?}",
+        after.len()
+    );
+}
