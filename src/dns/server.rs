@@ -191,10 +191,40 @@ async fn connection(
                 return;
             }
         }
-        if reader.buffer().is_empty()
+        // RFC 7766 §6.2.1: answer every complete message as soon as it is
+        // read. Hold the answer back only while the next query is already
+        // here in full, so a pipelined batch still leaves in one write; the
+        // first bytes of a query alone must not delay it, since the rest
+        // may never come.
+        if !holds_complete_message(reader.buffer())
             && !matches!(tokio::time::timeout(idle, writer.flush()).await, Ok(Ok(())))
         {
             return;
         }
+    }
+}
+
+/// Whether `buf` starts with a whole length-prefixed message (RFC 1035
+/// §4.2.2): two length octets and that many more.
+fn holds_complete_message(buf: &[u8]) -> bool {
+    match buf {
+        [hi, lo, rest @ ..] => rest.len() >= usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_complete_only_with_its_length_and_all_its_octets() {
+        assert!(!holds_complete_message(&[]));
+        assert!(!holds_complete_message(&[0]));
+        assert!(holds_complete_message(&[0, 0]));
+        assert!(!holds_complete_message(&[0, 3, 1, 2]));
+        assert!(holds_complete_message(&[0, 3, 1, 2, 3]));
+        assert!(holds_complete_message(&[0, 3, 1, 2, 3, 0]));
+        assert!(!holds_complete_message(&[1, 0, 0]));
     }
 }
