@@ -2,6 +2,7 @@
 //! next query, one client cannot take every connection slot, and a full
 //! server makes room by closing its oldest idle connection.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use hickory_proto::op::Message;
@@ -102,4 +103,180 @@ async fn pipelined_complete_queries_are_all_answered_in_order() {
         let r = Message::from_vec(&read_framed(&mut conn).await).unwrap();
         assert_eq!(r.metadata.id, q.metadata.id);
     }
+}
+
+//------------ Signals during start-up --------------------------------------
+
+/// The real binary, killed if the test ends without stopping it.
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `signal` (a `kill` name such as "HUP") to the process `pid`.
+fn send_signal(pid: u32, signal: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill -{signal} {pid}");
+}
+
+/// Stderr lines of a child, read on a thread.
+struct Log {
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+    seen: Vec<String>,
+}
+
+impl Log {
+    fn new(stderr: std::process::ChildStderr) -> Self {
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Self {
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits up to `limit` for a line containing `needle`; returns it.
+    async fn wait_for(&mut self, needle: &str, limit: Duration) -> String {
+        self.try_wait_for(needle, limit)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// Like `wait_for`, but says what went wrong instead of panicking.
+    async fn try_wait_for(&mut self, needle: &str, limit: Duration) -> Result<String, String> {
+        if let Some(l) = self.seen.iter().find(|l| l.contains(needle)) {
+            return Ok(l.clone());
+        }
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            match tokio::time::timeout_at(deadline, self.lines.recv()).await {
+                Ok(Some(line)) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return Ok(line);
+                    }
+                }
+                Ok(None) => {
+                    return Err(format!(
+                        "stderr closed before {needle:?}; log: {:#?}",
+                        self.seen
+                    ));
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "no {needle:?} within {limit:?}; log: {:#?}",
+                        self.seen
+                    ));
+                }
+            }
+        }
+    }
+
+    fn position(&self, needle: &str) -> Option<usize> {
+        self.seen.iter().position(|l| l.contains(needle))
+    }
+}
+
+#[tokio::test]
+async fn sighup_during_start_up_is_queued_not_fatal() {
+    // A probe target that accepts and never answers: the first probe round
+    // waits for its full timeout, so start-up takes about 3 s.
+    let hang = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hang_addr = hang.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        let mut conns = Vec::new();
+        while let Ok((c, _)) = hang.accept().await {
+            conns.push(c);
+        }
+    });
+    let zone = format!(
+        "{}\n[datacenters.us-east.probe]\ntype = \"http\"\ntargets = [\"{hang_addr}\"]\n\
+         interval = \"10s\"\ntimeout = \"3s\"\njitter = 0.0\n",
+        crate::harness::example_zone()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::harness::write_config(
+        dir.path(),
+        &Setup {
+            zones: &[("gslb.example.com.toml", &zone)],
+            server_toml: "wait_for_probes = true\n[admin]\nenabled = false\n",
+            ..Setup::default()
+        },
+    );
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Child(child);
+    let pid = child.0.id();
+    let mut log = Log::new(child.0.stderr.take().unwrap());
+    // Start-up has begun (the config is loaded) and the probe round is
+    // about to hold it for seconds.
+    log.wait_for("snapshot built", Duration::from_secs(10))
+        .await;
+    send_signal(pid, "HUP");
+    let queued = log
+        .try_wait_for("reload queued", Duration::from_secs(5))
+        .await;
+    let exited = child.0.try_wait().unwrap();
+    assert!(
+        exited.is_none(),
+        "SIGHUP during start-up killed it: {exited:?}"
+    );
+    queued.unwrap();
+    assert!(
+        log.position("meridian: ready").is_none(),
+        "the signal was sent during start-up: {:#?}",
+        log.seen
+    );
+    assert!(child.0.try_wait().unwrap().is_none(), "still running");
+    let listening = log
+        .wait_for("listening on UDP and TCP", Duration::from_secs(15))
+        .await;
+    log.wait_for("meridian: ready", Duration::from_secs(5))
+        .await;
+    log.wait_for("configuration reloaded", Duration::from_secs(10))
+        .await;
+    // And it serves.
+    let addr: SocketAddr = listening
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("local="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {listening:?}"));
+    let r = crate::harness::udp_query_at(addr, "mail.gslb.example.com.", None).await;
+    assert_eq!(a_answers(&r), ["192.0.2.25"]);
+    assert!(child.0.try_wait().unwrap().is_none(), "still running");
+    // SIGTERM by PID: a clean exit.
+    send_signal(pid, "TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < deadline, "exits after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status:?}");
+    holder.abort();
 }
