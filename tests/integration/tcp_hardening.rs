@@ -105,6 +105,183 @@ async fn pipelined_complete_queries_are_all_answered_in_order() {
     }
 }
 
+//------------ Connection slots ---------------------------------------------
+
+/// A TCP connection from `from` (any 127/8 address works on Linux).
+async fn connect_from(from: &str, to: SocketAddr) -> TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.bind(format!("{from}:0").parse().unwrap()).unwrap();
+    sock.connect(to).await.unwrap()
+}
+
+/// One query on `conn`, answered within `PROMPT`.
+async fn ask_on(conn: &mut TcpStream) {
+    let q = query("mail.gslb.example.com.", RecordType::A, None);
+    conn.write_all(&framed(&q)).await.unwrap();
+    let r = answer_promptly(conn).await;
+    assert_eq!(r.metadata.id, q.metadata.id);
+}
+
+/// Whether the server closed `conn` (EOF or reset) within `limit`.
+async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
+    let mut buf = [0u8; 64];
+    matches!(
+        tokio::time::timeout(limit, conn.read(&mut buf)).await,
+        Ok(Ok(0) | Err(_))
+    )
+}
+
+#[tokio::test]
+async fn a_full_listener_closes_its_oldest_idle_connection_for_a_newcomer() {
+    // Idle and busy timeouts far beyond the test: only making room can
+    // admit the newcomer.
+    let s = example_with(
+        "tcp_max_connections = 8
+tcp_max_connections_per_client = 8
+         tcp_idle_timeout = 60
+tcp_busy_idle_timeout = 60",
+    )
+    .await;
+    // One client takes every slot, each connection answered once (so the
+    // server holds it) and then idle, oldest first.
+    let mut hog = Vec::new();
+    for _ in 0..8 {
+        let mut c = connect_from("127.0.0.1", s.addr).await;
+        ask_on(&mut c).await;
+        hog.push(c);
+    }
+    // Another client is answered at once, not after an idle timeout.
+    let mut newcomer = connect_from("127.0.0.2", s.addr).await;
+    ask_on(&mut newcomer).await;
+    // The oldest idle connection made room; the others are still open.
+    assert!(
+        closed_within(&mut hog[0], PROMPT).await,
+        "the oldest idle connection is closed"
+    );
+    for c in &mut hog[1..] {
+        ask_on(c).await;
+    }
+    assert_eq!(s.server.tcp_stats().closed_for_room, 1);
+    // Again: now the newcomer has been idle the longest (the others have
+    // just been used), so it goes, not the oldest connection.
+    let mut second = connect_from("127.0.0.3", s.addr).await;
+    ask_on(&mut second).await;
+    assert!(closed_within(&mut newcomer, PROMPT).await);
+    ask_on(&mut hog[1]).await;
+    assert_eq!(s.server.tcp_stats().closed_for_room, 2);
+}
+
+#[tokio::test]
+async fn one_client_address_cannot_take_every_slot() {
+    let s = example_with(
+        "tcp_max_connections = 16
+tcp_max_connections_per_client = 3
+tcp_idle_timeout = 60",
+    )
+    .await;
+    let mut mine = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect_from("127.0.0.1", s.addr).await;
+        ask_on(&mut c).await;
+        mine.push(c);
+    }
+    // The fourth from the same address is closed at once, unanswered.
+    let mut fourth = connect_from("127.0.0.1", s.addr).await;
+    let q = query("mail.gslb.example.com.", RecordType::A, None);
+    let _ = fourth.write_all(&framed(&q)).await; // may already be reset
+    assert!(closed_within(&mut fourth, PROMPT).await, "refused");
+    assert_eq!(s.server.tcp_stats().refused_client_limit, 1);
+    // Other addresses are unaffected, and so are the three.
+    let mut other = connect_from("127.0.0.2", s.addr).await;
+    ask_on(&mut other).await;
+    for c in &mut mine {
+        ask_on(c).await;
+    }
+    // A closed connection gives its share back (once the server has seen
+    // the close: poll).
+    drop(mine.pop());
+    let deadline = tokio::time::Instant::now() + PROMPT;
+    loop {
+        let mut c = connect_from("127.0.0.1", s.addr).await;
+        let q = query("mail.gslb.example.com.", RecordType::A, None);
+        if c.write_all(&framed(&q)).await.is_ok() {
+            let mut len = [0u8; 2];
+            if let Ok(Ok(_)) = tokio::time::timeout(PROMPT, c.read_exact(&mut len)).await {
+                break;
+            }
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a slot freed by a closed connection is given again"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn idle_connections_get_the_short_timeout_when_slots_run_low() {
+    // 4 slots: a 4th connection puts the listener above 3/4.
+    let s = example_with(
+        "tcp_max_connections = 4
+tcp_max_connections_per_client = 4
+         tcp_idle_timeout = 60
+tcp_busy_idle_timeout = 1",
+    )
+    .await;
+    // Alone, a connection keeps the long timeout...
+    let mut first = connect_from("127.0.0.1", s.addr).await;
+    ask_on(&mut first).await;
+    assert!(
+        !closed_within(&mut first, Duration::from_millis(1500)).await,
+        "no pressure yet: the 60 s timeout"
+    );
+    // ...until the slots run low: then it goes at once (it has been idle
+    // over 1 s already), and the others after ~1 s idle, until the
+    // pressure clears at half the slots.
+    let mut rest = Vec::new();
+    for _ in 0..3 {
+        let mut c = connect_from("127.0.0.1", s.addr).await;
+        ask_on(&mut c).await;
+        rest.push(c);
+    }
+    assert!(
+        closed_within(&mut first, PROMPT).await,
+        "idle before the pressure began, closed once it did"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while s.server.tcp_stats().open > 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "idle connections under pressure close after 1 s, not 60 s: {:?}",
+            s.server.tcp_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop(rest);
+}
+
+#[test]
+fn tcp_slot_keys_are_checked() {
+    use std::path::Path;
+    let parse = |t: &str| meridian::config::parse_server(Path::new("m.toml"), t);
+    let d = parse("").unwrap();
+    assert_eq!(d.tcp_max_connections_per_client, 32);
+    assert_eq!(d.tcp_busy_idle_timeout, Duration::from_secs(2));
+    // Unset, the busy timeout follows a shorter idle timeout down.
+    let c = parse("tcp_idle_timeout = 1").unwrap();
+    assert_eq!(c.tcp_busy_idle_timeout, Duration::from_secs(1));
+    let e = parse("tcp_idle_timeout = 5\ntcp_busy_idle_timeout = 6").unwrap_err();
+    assert_eq!(e.key, "tcp_busy_idle_timeout");
+    assert!(e.reason.contains("1 to 5"), "{e}");
+    let e = parse("tcp_busy_idle_timeout = 0").unwrap_err();
+    assert_eq!(e.key, "tcp_busy_idle_timeout");
+    let e = parse("tcp_max_connections_per_client = 0").unwrap_err();
+    assert_eq!(e.key, "tcp_max_connections_per_client");
+    assert!(e.reason.contains("1 to 65535"), "{e}");
+    let e = parse("tcp_max_connections_per_client = 65536").unwrap_err();
+    assert_eq!(e.key, "tcp_max_connections_per_client");
+}
+
 //------------ Signals during start-up --------------------------------------
 
 /// The real binary, killed if the test ends without stopping it.
