@@ -457,3 +457,121 @@ async fn sighup_during_start_up_is_queued_not_fatal() {
     assert!(status.success(), "{status:?}");
     holder.abort();
 }
+
+//------------ File descriptors ---------------------------------------------
+
+/// Starts the real binary on 127.0.0.1:0 under `sh -c "<limits>; exec …"`.
+fn spawn_meridian(config: &std::path::Path, limits: &str) -> (Child, Log) {
+    let mut child = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!("{limits}; exec \"$0\" \"$@\""))
+        .arg(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = Log::new(child.stderr.take().unwrap());
+    (Child(child), log)
+}
+
+/// The DNS address from a "listening on UDP and TCP" line.
+fn listen_addr(line: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix("local="))
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+}
+
+#[tokio::test]
+async fn a_full_tcp_listener_never_takes_the_descriptors_probes_need() {
+    // A TCP probe target that accepts and closes.
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let backend_addr = backend.local_addr().unwrap();
+    let holder = tokio::spawn(async move {
+        while let Ok((c, _)) = backend.accept().await {
+            drop(c);
+        }
+    });
+    let zone = format!(
+        "{}\n[datacenters.us-east.probe]\ntype = \"tcp\"\ntargets = [\"{backend_addr}\"]\n\
+         interval = \"200ms\"\ntimeout = \"150ms\"\nfall = 1\njitter = 0.0\n",
+        crate::harness::example_zone()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = crate::harness::write_config(
+        dir.path(),
+        &Setup {
+            zones: &[("gslb.example.com.toml", &zone)],
+            server_toml: "threads = 1\nmax_probes_in_flight = 32\n\
+                          tcp_max_connections = 1024\ntcp_max_connections_per_client = 1024\n\
+                          tcp_idle_timeout = 60\ntcp_busy_idle_timeout = 60\n\
+                          [admin]\nenabled = false\n",
+            ..Setup::default()
+        },
+    );
+    // 128 open files, raisable to 160: far below 1,024 connections.
+    let (mut child, mut log) = spawn_meridian(&config, "ulimit -S -n 128; ulimit -H -n 160");
+    let raised = log
+        .wait_for("raised the open-files limit", Duration::from_secs(10))
+        .await;
+    assert!(
+        raised.contains("from=128") && raised.contains("to=160"),
+        "{raised}"
+    );
+    // 160 - (1 listener × (1 UDP socket + listener + 1 pending) + 32
+    // probes + 64 reserve) = 61.
+    let lowered = log
+        .wait_for("tcp_max_connections lowered", Duration::from_secs(10))
+        .await;
+    assert!(lowered.contains("from 1024 to 61"), "{lowered}");
+    assert!(lowered.contains("max_probes_in_flight"), "{lowered}");
+    let addr = listen_addr(
+        &log.wait_for("listening on UDP and TCP", Duration::from_secs(10))
+            .await,
+    );
+    log.wait_for("meridian: ready", Duration::from_secs(10))
+        .await;
+    // Twice as many clients as the cap, one after another, each holding
+    // its connection: every one is answered (the oldest idle connection
+    // makes room), and the server never runs out of descriptors.
+    let mut held = Vec::new();
+    for i in 0..122u32 {
+        let from = format!("127.0.{}.{}", 1 + i / 200, 1 + i % 200);
+        let mut c = connect_from(&from, addr).await;
+        ask_on(&mut c).await;
+        held.push(c);
+    }
+    log.wait_for(
+        "closing the connection idle the longest",
+        Duration::from_secs(5),
+    )
+    .await;
+    // Probes kept passing all along: us-east is still answered.
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r =
+            crate::harness::udp_query_at(addr, "www.gslb.example.com.", Some("10.1.0.0/24")).await;
+        assert_eq!(a_answers(&r), ["192.0.2.10"]);
+    }
+    assert!(child.0.try_wait().unwrap().is_none(), "still running");
+    drop(held);
+    send_signal(child.0.id(), "TERM");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while child.0.try_wait().unwrap().is_none() {
+        assert!(std::time::Instant::now() < deadline, "exits after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Drain what is left of the log and check nothing ran out.
+    let _ = log.try_wait_for("\u{0}", Duration::from_secs(2)).await;
+    for line in &log.seen {
+        assert!(
+            !line.contains("Down") && !line.contains("Too many open files"),
+            "{line}"
+        );
+    }
+    holder.abort();
+}
