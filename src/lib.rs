@@ -258,18 +258,35 @@ fn raise_fd_limit() -> u64 {
 /// descriptors for probes, the admin API and the server's own files, so
 /// that listeners full of connections can never starve a probe into a
 /// false failover.
-fn tcp_settings(config: &Config, limit: u64, listeners: usize, admin: bool) -> TcpSettings {
+///
+/// `admin_connections` is the admin API's connection cap, 0 when it does
+/// not run.
+fn tcp_settings(
+    config: &Config,
+    limit: u64,
+    listeners: usize,
+    admin_connections: u64,
+) -> TcpSettings {
     let server = &config.server;
     let needs = fdlimit::Needs {
         listeners: listeners as u64,
         udp_sockets: server.threads as u64,
         probes: u64::from(server.max_probes_in_flight),
-        admin: if admin { fdlimit::ADMIN_RESERVE + 1 } else { 0 },
+        // Its connections and its listener.
+        admin: if admin_connections > 0 {
+            admin_connections + 1
+        } else {
+            0
+        },
     };
     let cap = fdlimit::tcp_cap(limit, server.tcp_max_connections, &needs);
     if cap < server.tcp_max_connections {
         tracing::warn!(
-            "tcp_max_connections lowered from {} to {cap} per listen address: {listeners}              listen address(es) at {} connections each, max_probes_in_flight ({}), the admin              API ({}) and a reserve of {} would exceed the open-files limit ({limit}); raise              the limit (ulimit -n, systemd LimitNOFILE=) or lower tcp_max_connections or              max_probes_in_flight",
+            "tcp_max_connections lowered from {} to {cap} per listen address: {listeners} \
+             listen address(es) at {} connections each, max_probes_in_flight ({}), the admin \
+             API ({}) and a reserve of {} would exceed the open-files limit ({limit}); raise \
+             the limit (ulimit -n, systemd LimitNOFILE=) or lower tcp_max_connections or \
+             max_probes_in_flight",
             server.tcp_max_connections,
             server.tcp_max_connections,
             server.max_probes_in_flight,
@@ -391,7 +408,13 @@ impl Server {
             }
             None => None,
         };
-        let tcp = tcp_settings(&config, fd_limit, sockets.len(), admin_addr.is_some());
+        // The admin API's cap is `[admin] max_connections` (default 64).
+        let admin_connections = if admin_addr.is_some() {
+            fdlimit::ADMIN_RESERVE
+        } else {
+            0
+        };
+        let tcp = tcp_settings(&config, fd_limit, sockets.len(), admin_connections);
         let tcp_stats = Arc::new(TcpStats::default());
         let mut addrs = Vec::with_capacity(sockets.len());
         let mut threads = Vec::new();

@@ -136,10 +136,8 @@ async fn a_full_listener_closes_its_oldest_idle_connection_for_a_newcomer() {
     // Idle and busy timeouts far beyond the test: only making room can
     // admit the newcomer.
     let s = example_with(
-        "tcp_max_connections = 8
-tcp_max_connections_per_client = 8
-         tcp_idle_timeout = 60
-tcp_busy_idle_timeout = 60",
+        "tcp_max_connections = 8\ntcp_max_connections_per_client = 8\n\
+         tcp_idle_timeout = 60\ntcp_busy_idle_timeout = 60",
     )
     .await;
     // One client takes every slot, each connection answered once (so the
@@ -174,9 +172,7 @@ tcp_busy_idle_timeout = 60",
 #[tokio::test]
 async fn one_client_address_cannot_take_every_slot() {
     let s = example_with(
-        "tcp_max_connections = 16
-tcp_max_connections_per_client = 3
-tcp_idle_timeout = 60",
+        "tcp_max_connections = 16\ntcp_max_connections_per_client = 3\ntcp_idle_timeout = 60",
     )
     .await;
     let mut mine = Vec::new();
@@ -222,10 +218,8 @@ tcp_idle_timeout = 60",
 async fn idle_connections_get_the_short_timeout_when_slots_run_low() {
     // 4 slots: a 4th connection puts the listener above 3/4.
     let s = example_with(
-        "tcp_max_connections = 4
-tcp_max_connections_per_client = 4
-         tcp_idle_timeout = 60
-tcp_busy_idle_timeout = 1",
+        "tcp_max_connections = 4\ntcp_max_connections_per_client = 4\n\
+         tcp_idle_timeout = 60\ntcp_busy_idle_timeout = 1",
     )
     .await;
     // Alone, a connection keeps the long timeout...
