@@ -244,7 +244,7 @@ pub async fn serve_tcp(
                     stats.refused_client_limit.fetch_add(1, Ordering::Relaxed);
                     if let Some(n) = refused_log.hit() {
                         tracing::warn!(
-                            client = %peer.ip(),
+                            latest = %peer.ip(),
                             refused = n,
                             limit = settings.max_connections_per_client,
                             "tcp connections refused: client at tcp_max_connections_per_client"
@@ -411,5 +411,18 @@ mod tests {
         assert!(holds_complete_message(&[0, 3, 1, 2, 3]));
         assert!(holds_complete_message(&[0, 3, 1, 2, 3, 0]));
         assert!(!holds_complete_message(&[1, 0, 0]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_events_are_logged_once_a_second_with_their_count() {
+        let mut every = LogEvery::default();
+        assert_eq!(every.hit(), Some(1), "the first is logged");
+        for _ in 0..1000 {
+            assert_eq!(every.hit(), None);
+            tokio::time::advance(Duration::from_micros(500)).await;
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(every.hit(), Some(1001), "then one line for the rest");
+        assert_eq!(every.hit(), None);
     }
 }

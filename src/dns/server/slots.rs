@@ -213,7 +213,8 @@ impl Slots {
         });
     }
 
-    /// Wakes a full accept loop; a no-op (and no lock) otherwise.
+    /// Wakes the accept loop of a full table; a no-op (and no lock)
+    /// otherwise.
     fn notify_if_full(&self, t: &Table) {
         if t.free.is_empty() {
             self.changed.notify_waiters();
@@ -282,9 +283,9 @@ impl Drop for Slot {
                 t.per_client.remove(&e.client);
             }
         }
-        // Notify while the table still looks full to a waiter that
-        // checked before this drop.
-        self.slots.changed.notify_waiters();
+        // Only a full table has an accept loop waiting on it. The waiter
+        // takes the lock next, so it sees this slot free.
+        self.slots.notify_if_full(&t);
         t.free.push(self.index);
         self.slots.update_pressure(&t);
     }
