@@ -30,6 +30,7 @@ pub mod admin;
 pub mod config;
 pub mod dns;
 pub mod explain;
+mod fdlimit;
 pub mod geo;
 pub mod health;
 pub mod model;
@@ -46,7 +47,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
-use crate::dns::server::{TcpSettings, serve_tcp, serve_udp};
+use crate::dns::server::{TcpCounters, TcpSettings, TcpStats, serve_tcp, serve_udp};
 use crate::geo::{GeoDb, GeoError};
 use crate::snapshot::Snapshot;
 
@@ -232,6 +233,75 @@ fn first_round_limit(config: &Config) -> std::time::Duration {
         + std::time::Duration::from_secs(1)
 }
 
+/// Raises the open-files limit to the hard limit and returns it
+/// (`u64::MAX` when it cannot be read).
+fn raise_fd_limit() -> u64 {
+    match fdlimit::raise_nofile_limit() {
+        Ok((before, after)) => {
+            if after > before {
+                tracing::info!(
+                    from = before,
+                    to = after,
+                    "raised the open-files limit (RLIMIT_NOFILE) to its hard limit"
+                );
+            }
+            after
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read or raise the open-files limit; TCP caps are not checked against it");
+            u64::MAX
+        }
+    }
+}
+
+/// Fits the TCP connection caps under the open-files `limit`, keeping
+/// descriptors for probes, the admin API and the server's own files, so
+/// that listeners full of connections can never starve a probe into a
+/// false failover.
+///
+/// `admin_connections` is the admin API's connection cap, 0 when it does
+/// not run.
+fn tcp_settings(
+    config: &Config,
+    limit: u64,
+    listeners: usize,
+    admin_connections: u64,
+) -> TcpSettings {
+    let server = &config.server;
+    let needs = fdlimit::Needs {
+        listeners: listeners as u64,
+        udp_sockets: server.threads as u64,
+        probes: u64::from(server.max_probes_in_flight),
+        // Its connections and its listener.
+        admin: if admin_connections > 0 {
+            admin_connections + 1
+        } else {
+            0
+        },
+    };
+    let cap = fdlimit::tcp_cap(limit, server.tcp_max_connections, &needs);
+    if cap < server.tcp_max_connections {
+        tracing::warn!(
+            "tcp_max_connections lowered from {} to {cap} per listen address: {listeners} \
+             listen address(es) at {} connections each, max_probes_in_flight ({}), the admin \
+             API ({}) and a reserve of {} would exceed the open-files limit ({limit}); raise \
+             the limit (ulimit -n, systemd LimitNOFILE=) or lower tcp_max_connections or \
+             max_probes_in_flight",
+            server.tcp_max_connections,
+            server.tcp_max_connections,
+            server.max_probes_in_flight,
+            needs.admin,
+            fdlimit::BASE_RESERVE,
+        );
+    }
+    TcpSettings {
+        idle_timeout: server.tcp_idle_timeout,
+        busy_idle_timeout: server.tcp_busy_idle_timeout,
+        max_connections: cap,
+        max_connections_per_client: server.tcp_max_connections_per_client,
+    }
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
@@ -241,6 +311,7 @@ pub struct Server {
     addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     monitor: health::monitor::Monitor,
+    tcp_stats: Arc<TcpStats>,
     token: CancellationToken,
     tasks: TaskTracker,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -269,6 +340,8 @@ impl Server {
 
     /// Like [`Self::start`], with every start-up option.
     pub async fn start_with(config_path: &Path, options: StartOptions) -> Result<Self, Error> {
+        // First, before sockets, probes and files take descriptors.
+        let fd_limit = raise_fd_limit();
         let path = config_path.to_path_buf();
         let (config, snapshot) = tokio::task::spawn_blocking(move || load(&path))
             .await
@@ -335,10 +408,14 @@ impl Server {
             }
             None => None,
         };
-        let tcp = TcpSettings {
-            idle_timeout: config.server.tcp_idle_timeout,
-            max_connections: config.server.tcp_max_connections,
+        // The admin API's cap is `[admin] max_connections` (default 64).
+        let admin_connections = if admin_addr.is_some() {
+            fdlimit::ADMIN_RESERVE
+        } else {
+            0
         };
+        let tcp = tcp_settings(&config, fd_limit, sockets.len(), admin_connections);
+        let tcp_stats = Arc::new(TcpStats::default());
         let mut addrs = Vec::with_capacity(sockets.len());
         let mut threads = Vec::new();
         for (udp, listener) in sockets {
@@ -361,7 +438,13 @@ impl Server {
                     })?;
                 threads.push(handle);
             }
-            tasks.spawn(serve_tcp(listener, Arc::clone(&state), tcp, token.clone()));
+            tasks.spawn(serve_tcp(
+                listener,
+                Arc::clone(&state),
+                tcp,
+                Arc::clone(&tcp_stats),
+                token.clone(),
+            ));
         }
         tasks.close();
         Ok(Self {
@@ -371,6 +454,7 @@ impl Server {
             addrs,
             admin_addr,
             monitor,
+            tcp_stats,
             token,
             tasks,
             threads: std::sync::Mutex::new(threads),
@@ -385,6 +469,13 @@ impl Server {
     /// The health monitor (probes, overrides, status).
     pub fn monitor(&self) -> &health::monitor::Monitor {
         &self.monitor
+    }
+
+    /// DNS-over-TCP counters, over every listener: connections open,
+    /// refused by the per-client limit, closed to make room, failed
+    /// accepts.
+    pub fn tcp_stats(&self) -> TcpCounters {
+        self.tcp_stats.read()
     }
 
     /// The bound addresses (UDP and TCP share each one).
@@ -410,6 +501,8 @@ impl Server {
             || new.threads != old.threads
             || new.tcp_idle_timeout != old.tcp_idle_timeout
             || new.tcp_max_connections != old.tcp_max_connections
+            || new.tcp_max_connections_per_client != old.tcp_max_connections_per_client
+            || new.tcp_busy_idle_timeout != old.tcp_busy_idle_timeout
             || new.admin != old.admin
             || new.state_file != old.state_file
             || new.max_probes_in_flight != old.max_probes_in_flight

@@ -151,14 +151,9 @@ fn main() -> ExitCode {
 
 async fn run(config: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
     use tokio::signal::unix::{SignalKind, signal};
-    let listen = (!listen.is_empty()).then_some(listen);
-    let server = match meridian::Server::start(&config, listen).await {
-        Ok(s) => std::sync::Arc::new(s),
-        Err(e) => {
-            tracing::error!("{e}");
-            return ExitCode::FAILURE;
-        }
-    };
+    // Handlers first: until they are installed a SIGHUP kills the process
+    // (its default action), and start-up can take seconds while the first
+    // round of probes runs.
     let (Ok(mut hup), Ok(mut term)) = (
         signal(SignalKind::hangup()),
         signal(SignalKind::terminate()),
@@ -166,17 +161,47 @@ async fn run(config: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
         tracing::error!("cannot install signal handlers");
         return ExitCode::FAILURE;
     };
+    tracing::info!(config = %config.display(), "starting");
+    let listen = (!listen.is_empty()).then_some(listen);
+    let start = meridian::Server::start(&config, listen);
+    tokio::pin!(start);
+    // A reload asked for during start-up is done once the server is up:
+    // the config may have changed after start-up read it.
+    let mut reload_queued = false;
+    let started = loop {
+        tokio::select! {
+            r = &mut start => break r,
+            _ = hup.recv() => {
+                if !reload_queued {
+                    tracing::info!("SIGHUP during start-up: reload queued until the server is ready");
+                }
+                reload_queued = true;
+            }
+            _ = term.recv() => {
+                tracing::info!("shutting down during start-up");
+                return ExitCode::SUCCESS;
+            }
+            _ = tokio::signal::ctrl_c() => {
+                tracing::info!("shutting down during start-up");
+                return ExitCode::SUCCESS;
+            }
+        }
+    };
+    let server = match started {
+        Ok(s) => std::sync::Arc::new(s),
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
     tracing::info!("ready");
+    if reload_queued {
+        tracing::info!("performing the reload queued during start-up");
+        reload(&server).await;
+    }
     loop {
         tokio::select! {
-            _ = hup.recv() => {
-                let s = std::sync::Arc::clone(&server);
-                match tokio::task::spawn_blocking(move || s.reload()).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => tracing::error!("reload failed, keeping the running configuration: {e}"),
-                    Err(e) => tracing::error!("reload failed: {e}"),
-                }
-            }
+            _ = hup.recv() => reload(&server).await,
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
         }
@@ -186,4 +211,15 @@ async fn run(config: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
         server.shutdown().await;
     }
     ExitCode::SUCCESS
+}
+
+/// Reloads off the runtime threads (it walks the GeoIP database); failures
+/// are logged and the running configuration kept.
+async fn reload(server: &std::sync::Arc<meridian::Server>) {
+    let s = std::sync::Arc::clone(server);
+    match tokio::task::spawn_blocking(move || s.reload()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!("reload failed, keeping the running configuration: {e}"),
+        Err(e) => tracing::error!("reload failed: {e}"),
+    }
 }

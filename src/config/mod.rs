@@ -38,6 +38,14 @@ pub const MAX_THREADS: u32 = 256;
 pub const DEFAULT_TCP_IDLE_TIMEOUT_SECS: u64 = 10;
 /// Concurrent TCP connections accepted per listen address.
 pub const DEFAULT_TCP_MAX_CONNECTIONS: u32 = 1024;
+/// Concurrent TCP connections per client address (IPv6: per /64) and
+/// listen address. A resolver needs a handful; 32 leaves room for a farm
+/// behind one address, while one client can hold at most 1/32 of the
+/// default 1,024 slots.
+pub const DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT: u32 = 32;
+/// Idle timeout, in seconds, while a listener has more than 3/4 of its
+/// TCP slots taken (RFC 7766 §6.2.3). Capped by `tcp_idle_timeout`.
+pub const DEFAULT_TCP_BUSY_IDLE_TIMEOUT_SECS: u64 = 2;
 /// Default TTL of static records.
 pub const DEFAULT_RECORD_TTL: u32 = 3600;
 /// Default TTL of service answers.
@@ -99,6 +107,12 @@ pub struct ServerConfig {
     pub tcp_idle_timeout: Duration,
     /// Concurrent TCP connections per listen address.
     pub tcp_max_connections: u32,
+    /// Concurrent TCP connections per client address (IPv6: per /64), per
+    /// listen address.
+    pub tcp_max_connections_per_client: u32,
+    /// TCP idle timeout while more than 3/4 of a listener's slots are
+    /// taken; at most `tcp_idle_timeout`.
+    pub tcp_busy_idle_timeout: Duration,
     /// Where operator overrides (drain, force-up) persist.
     pub state_file: PathBuf,
     /// Run the first round of probes before answering.

@@ -17,6 +17,8 @@ pub(super) struct RawServer {
     pub(super) threads: Option<u32>,
     pub(super) tcp_idle_timeout: Option<u64>,
     pub(super) tcp_max_connections: Option<u32>,
+    pub(super) tcp_max_connections_per_client: Option<u32>,
+    pub(super) tcp_busy_idle_timeout: Option<u64>,
     pub(super) state_file: Option<String>,
     pub(super) wait_for_probes: Option<bool>,
     pub(super) max_probes_in_flight: Option<u32>,

@@ -10,8 +10,9 @@ use ipnet::IpNet;
 use super::raw::{RawAdmin, RawServer, RawService, RawZone};
 use super::{
     ConfigError, DEFAULT_GEOIP, DEFAULT_LISTEN, DEFAULT_MAX_UDP_PAYLOAD, DEFAULT_RECORD_TTL,
-    DEFAULT_SERVICE_TTL, DEFAULT_TCP_IDLE_TIMEOUT_SECS, DEFAULT_TCP_MAX_CONNECTIONS,
-    DEFAULT_ZONES_DIR, MAX_THREADS, MAX_TTL, ServerConfig,
+    DEFAULT_SERVICE_TTL, DEFAULT_TCP_BUSY_IDLE_TIMEOUT_SECS, DEFAULT_TCP_IDLE_TIMEOUT_SECS,
+    DEFAULT_TCP_MAX_CONNECTIONS, DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_ZONES_DIR,
+    MAX_THREADS, MAX_TTL, ServerConfig,
 };
 use crate::dns::records::{DomainName, StaticRecord, parse_name, parse_record};
 use crate::model::{
@@ -106,6 +107,20 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         1,
         65_535,
     )?;
+    let tcp_max_connections_per_client = check_range(
+        file,
+        "tcp_max_connections_per_client",
+        raw.tcp_max_connections_per_client
+            .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT),
+        1,
+        65_535,
+    )?;
+    // Unset, it follows a short `tcp_idle_timeout` down; set, it must not
+    // exceed it (a "shorter" timeout that is longer means nothing).
+    let busy_idle = match raw.tcp_busy_idle_timeout {
+        Some(v) => check_range(file, "tcp_busy_idle_timeout", v, 1, idle)?,
+        None => DEFAULT_TCP_BUSY_IDLE_TIMEOUT_SECS.min(idle),
+    };
     let state_file = path_key("state_file", raw.state_file, super::DEFAULT_STATE_FILE)?;
     let max_probes_in_flight = check_range(
         file,
@@ -139,6 +154,8 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         max_udp_payload,
         tcp_idle_timeout: Duration::from_secs(idle),
         tcp_max_connections,
+        tcp_max_connections_per_client,
+        tcp_busy_idle_timeout: Duration::from_secs(busy_idle),
     })
 }
 

@@ -4,23 +4,28 @@
 //! without spawning a task or crossing a channel: answering is synchronous
 //! and cheap, so an async task per packet would only add cost. There is one
 //! socket per serving thread and listen address, all bound with
-//! `SO_REUSEPORT`. Each TCP connection gets a tokio task (bounded by a
-//! semaphore) that reads length-prefixed queries (RFC 1035 §4.2.2),
-//! answers them in order and closes after an idle timeout (RFC 7766
-//! §6.2.3).
+//! `SO_REUSEPORT`. Each TCP connection gets a tokio task that reads
+//! length-prefixed queries (RFC 1035 §4.2.2), answers them in order and
+//! closes after an idle timeout (RFC 7766 §6.2.3). A slot table per
+//! listener ([`slots`]) caps connections per listener and per client, and
+//! makes room for a newcomer by closing the connection idle the longest.
+
+mod slots;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
 use tokio::io::{BufReader, BufWriter};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use self::slots::{ClientKey, Refused, Slot, Slots};
 use super::handler::{Transport, handle_into};
 use crate::snapshot::Snapshot;
 
@@ -29,8 +34,59 @@ use crate::snapshot::Snapshot;
 pub struct TcpSettings {
     /// Close a connection idle this long.
     pub idle_timeout: Duration,
+    /// The idle timeout while more than 3/4 of the slots are taken.
+    pub busy_idle_timeout: Duration,
     /// Concurrent connections per listener.
     pub max_connections: u32,
+    /// Concurrent connections per client address (IPv6: per /64), per
+    /// listener.
+    pub max_connections_per_client: u32,
+}
+
+impl TcpSettings {
+    /// The idle timeout in force, under pressure or not.
+    fn idle(&self, pressure: bool) -> Duration {
+        if pressure {
+            self.busy_idle_timeout.min(self.idle_timeout)
+        } else {
+            self.idle_timeout
+        }
+    }
+}
+
+/// What the TCP listeners did, shared by all of them.
+#[derive(Debug, Default)]
+pub struct TcpStats {
+    open: AtomicU64,
+    refused_client_limit: AtomicU64,
+    closed_for_room: AtomicU64,
+    accept_errors: AtomicU64,
+}
+
+/// A reading of [`TcpStats`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpCounters {
+    /// Connections open now.
+    pub open: u64,
+    /// Connections closed at once because their client already held
+    /// `tcp_max_connections_per_client`.
+    pub refused_client_limit: u64,
+    /// Idle connections closed to admit a new one on a full listener.
+    pub closed_for_room: u64,
+    /// Failed accepts (for example EMFILE: out of file descriptors).
+    pub accept_errors: u64,
+}
+
+impl TcpStats {
+    /// The counters now.
+    pub fn read(&self) -> TcpCounters {
+        TcpCounters {
+            open: self.open.load(Ordering::Relaxed),
+            refused_client_limit: self.refused_client_limit.load(Ordering::Relaxed),
+            closed_for_room: self.closed_for_room.load(Ordering::Relaxed),
+            accept_errors: self.accept_errors.load(Ordering::Relaxed),
+        }
+    }
 }
 
 /// How often a blocked UDP thread wakes to check for shutdown.
@@ -97,45 +153,136 @@ fn serve_udp_simple(
     }
 }
 
+/// First pause after a failed accept; it doubles while accepts keep
+/// failing, up to `ACCEPT_BACKOFF_MAX`.
+const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(10);
+/// Longest pause after a failed accept: the listener stays responsive once
+/// file descriptors free up, and a failing accept costs nothing meanwhile.
+const ACCEPT_BACKOFF_MAX: Duration = Duration::from_millis(250);
+
+/// Allows one log line per second for an event that can repeat per
+/// connection, and counts the occurrences it stood for.
+#[derive(Debug, Default)]
+struct LogEvery {
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl LogEvery {
+    /// Records one occurrence; `Some(n)` when it is time to log `n`.
+    fn hit(&mut self) -> Option<u64> {
+        self.since += 1;
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|l| now.duration_since(l) < Duration::from_secs(1))
+        {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
 /// Accepts TCP connections on `listener` until `token` is cancelled.
+///
+/// A connection is accepted before it gets a slot, so its address can be
+/// checked: a client at its limit is reset at once, and when the listener
+/// is full the connection idle the longest is asked to close. The accept
+/// loop holds at most one connection waiting for a slot.
 pub async fn serve_tcp(
     listener: TcpListener,
     state: Arc<ArcSwap<Snapshot>>,
     settings: TcpSettings,
+    stats: Arc<TcpStats>,
     token: CancellationToken,
 ) {
-    let permits = Arc::new(Semaphore::new(settings.max_connections as usize));
+    let slots = Slots::new(
+        settings.max_connections,
+        settings.max_connections_per_client,
+    );
     let tracker = TaskTracker::new();
-    loop {
-        // Wait for a free slot before accepting, so excess clients queue in
-        // the kernel backlog instead of being accepted and starved.
-        let permit = tokio::select! {
-            () = token.cancelled() => break,
-            p = Arc::clone(&permits).acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => break,
-            },
-        };
+    let mut backoff = ACCEPT_BACKOFF_MIN;
+    let (mut accept_log, mut refused_log, mut room_log) = (
+        LogEvery::default(),
+        LogEvery::default(),
+        LogEvery::default(),
+    );
+    'accept: loop {
         let (stream, peer) = tokio::select! {
             () = token.cancelled() => break,
             r = listener.accept() => match r {
-                Ok(x) => x,
+                Ok(x) => {
+                    backoff = ACCEPT_BACKOFF_MIN;
+                    x
+                }
                 Err(e) => {
-                    tracing::debug!(error = %e, "tcp accept error");
-                    // E.g. EMFILE: back off briefly instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    // E.g. EMFILE: the connection stays in the backlog and
+                    // the listener stays readable. Back off instead of
+                    // spinning, and log once a second, not per attempt.
+                    stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                    if let Some(n) = accept_log.hit() {
+                        tracing::warn!(error = %e, failures = n, "tcp accept failing; backing off");
+                    }
+                    tokio::select! {
+                        () = token.cancelled() => break,
+                        () = tokio::time::sleep(backoff) => {}
+                    }
+                    backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                     continue;
                 }
             },
         };
+        let client = ClientKey::of(peer.ip());
+        let slot = loop {
+            let changed = slots.changed().notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            match slots.admit(client, &token) {
+                Ok(slot) => break slot,
+                Err(Refused::ClientLimit) => {
+                    stats.refused_client_limit.fetch_add(1, Ordering::Relaxed);
+                    if let Some(n) = refused_log.hit() {
+                        tracing::warn!(
+                            latest = %peer.ip(),
+                            refused = n,
+                            limit = settings.max_connections_per_client,
+                            "tcp connections refused: client at tcp_max_connections_per_client"
+                        );
+                    }
+                    // Reset rather than close: no TIME_WAIT state kept here
+                    // for a client that is already over its share.
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    continue 'accept;
+                }
+                Err(Refused::Full) => {
+                    if slots.make_room() {
+                        stats.closed_for_room.fetch_add(1, Ordering::Relaxed);
+                        if let Some(n) = room_log.hit() {
+                            tracing::info!(
+                                closed = n,
+                                limit = settings.max_connections,
+                                "tcp listener full: closing the connection idle the longest"
+                            );
+                        }
+                    }
+                    tokio::select! {
+                        () = token.cancelled() => break 'accept,
+                        () = changed => {}
+                    }
+                }
+            }
+        };
         let state = Arc::clone(&state);
-        let token = token.clone();
+        let stats = Arc::clone(&stats);
+        let close = slot.close_token().clone();
+        stats.open.fetch_add(1, Ordering::Relaxed);
         tracker.spawn(async move {
             tokio::select! {
-                () = token.cancelled() => {}
-                () = connection(stream, peer, state, settings.idle_timeout) => {}
+                () = close.cancelled() => {}
+                () = connection(stream, peer, state, settings, slot) => {}
             }
-            drop(permit);
+            stats.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
     tracker.close();
@@ -146,7 +293,8 @@ async fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     state: Arc<ArcSwap<Snapshot>>,
-    idle: Duration,
+    settings: TcpSettings,
+    mut slot: Slot,
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
@@ -157,15 +305,26 @@ async fn connection(
     let mut query = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(4096);
     loop {
+        // Idle until the first byte of the next query: the only state in
+        // which the slot table may close this connection to make room.
+        if reader.buffer().is_empty() {
+            slot.idle();
+            if !next_query_starts(&mut reader, &mut slot, &settings).await || !slot.busy() {
+                return;
+            }
+        }
+        // The rest of the query, the answer and the write are bounded by
+        // the idle timeout in force, so a client that sends a length and
+        // stalls, or never reads its answers, cannot hold its slot.
+        let limit = settings.idle(*slot.pressure().borrow());
         let mut len = [0u8; 2];
-        match tokio::time::timeout(idle, reader.read_exact(&mut len)).await {
+        match tokio::time::timeout(limit, reader.read_exact(&mut len)).await {
             Ok(Ok(_)) => {}
-            _ => return, // EOF, error or idle timeout
+            _ => return, // EOF, error or timeout
         }
         let len = usize::from(u16::from_be_bytes(len));
         query.resize(len, 0);
-        // A client that sends a length and then stalls is idle too.
-        match tokio::time::timeout(idle, reader.read_exact(&mut query)).await {
+        match tokio::time::timeout(limit, reader.read_exact(&mut query)).await {
             Ok(Ok(_)) => {}
             _ => return,
         }
@@ -176,9 +335,6 @@ async fn connection(
             let snap = state.load();
             handle_into(&snap, &query, peer.ip(), Transport::Tcp, &mut out)
         };
-        // Writes are bounded by the idle timeout too: a client that sends
-        // queries but never reads the answers must not hold its slot (and
-        // so, with enough of them, all of TCP) forever.
         if answered {
             let Ok(n) = u16::try_from(out.len()) else {
                 return;
@@ -187,14 +343,86 @@ async fn connection(
                 writer.write_all(&n.to_be_bytes()).await?;
                 writer.write_all(&out).await
             };
-            if !matches!(tokio::time::timeout(idle, write).await, Ok(Ok(()))) {
+            if !matches!(tokio::time::timeout(limit, write).await, Ok(Ok(()))) {
                 return;
             }
         }
-        if reader.buffer().is_empty()
-            && !matches!(tokio::time::timeout(idle, writer.flush()).await, Ok(Ok(())))
+        // RFC 7766 §6.2.1: answer every complete message as soon as it is
+        // read. Hold the answer back only while the next query is already
+        // here in full, so a pipelined batch still leaves in one write; the
+        // first bytes of a query alone must not delay it, since the rest
+        // may never come.
+        if !holds_complete_message(reader.buffer())
+            && !matches!(
+                tokio::time::timeout(limit, writer.flush()).await,
+                Ok(Ok(()))
+            )
         {
             return;
         }
+    }
+}
+
+/// Waits, idle, for the first byte of the next query: true when it came,
+/// false on EOF, error or idle timeout. The timeout is counted from the
+/// start of the wait and shrinks to the busy one as soon as the listener
+/// comes under pressure (RFC 7766 §6.2.3: "servers MAY use a shorter
+/// idle timeout" when resources are short).
+async fn next_query_starts<R: tokio::io::AsyncRead + Unpin>(
+    reader: &mut BufReader<R>,
+    slot: &mut Slot,
+    settings: &TcpSettings,
+) -> bool {
+    let since = Instant::now();
+    loop {
+        let pressure = *slot.pressure().borrow_and_update();
+        let deadline = since + settings.idle(pressure);
+        tokio::select! {
+            r = reader.fill_buf() => return matches!(r, Ok(b) if !b.is_empty()),
+            () = tokio::time::sleep_until(deadline) => return false,
+            r = slot.pressure().changed() => {
+                if r.is_err() {
+                    return false;
+                }
+            }
+        }
+    }
+}
+
+/// Whether `buf` starts with a whole length-prefixed message (RFC 1035
+/// §4.2.2): two length octets and that many more.
+fn holds_complete_message(buf: &[u8]) -> bool {
+    match buf {
+        [hi, lo, rest @ ..] => rest.len() >= usize::from(u16::from_be_bytes([*hi, *lo])),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_is_complete_only_with_its_length_and_all_its_octets() {
+        assert!(!holds_complete_message(&[]));
+        assert!(!holds_complete_message(&[0]));
+        assert!(holds_complete_message(&[0, 0]));
+        assert!(!holds_complete_message(&[0, 3, 1, 2]));
+        assert!(holds_complete_message(&[0, 3, 1, 2, 3]));
+        assert!(holds_complete_message(&[0, 3, 1, 2, 3, 0]));
+        assert!(!holds_complete_message(&[1, 0, 0]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn repeated_events_are_logged_once_a_second_with_their_count() {
+        let mut every = LogEvery::default();
+        assert_eq!(every.hit(), Some(1), "the first is logged");
+        for _ in 0..1000 {
+            assert_eq!(every.hit(), None);
+            tokio::time::advance(Duration::from_micros(500)).await;
+        }
+        tokio::time::advance(Duration::from_millis(500)).await;
+        assert_eq!(every.hit(), Some(1001), "then one line for the rest");
+        assert_eq!(every.hit(), None);
     }
 }

@@ -13,3 +13,4 @@ mod policies;
 mod protocol;
 mod protocol_hardening;
 mod robustness;
+mod tcp_hardening;
