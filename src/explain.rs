@@ -162,8 +162,15 @@ pub fn explain_decision(
         network: db_net.map(|n| n.to_string()),
     });
 
-    let src = dns::EXPLAIN_SOURCE.ip();
-    let packet = dns::build_query(&fqdn, &qtype, Some((net.network(), prefix)), 0x4d45)?;
+    // A private address in ECS is not routed on (RFC 7871 §10): explain
+    // such a client as the source of the query instead, as when it asks
+    // Meridian directly.
+    let (src, ecs) = if crate::dns::envelope::private(ip) {
+        (ip, None)
+    } else {
+        (dns::EXPLAIN_SOURCE.ip(), Some((net.network(), prefix)))
+    };
+    let packet = dns::build_query(&fqdn, &qtype, ecs, 0x4d45)?;
     let response =
         dns::handle(snap, &packet, src, Transport::Tcp).ok_or("the handler sent no response")?;
     let summary = dns::summarize(&response)?;

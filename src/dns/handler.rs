@@ -12,6 +12,7 @@ use hickory_proto::rr::{DNSClass, RecordType};
 use hickory_proto::serialize::binary::BinEncodable;
 
 use super::cookie;
+use super::counters::{Event, count};
 pub use super::envelope::Transport;
 use super::envelope::{Ecs, Envelope, OptOut, canonical, echo_ecs};
 use crate::policy::Client;
@@ -191,11 +192,15 @@ impl<'s> Context<'s> {
         let env = &self.env;
         let max = snap.max_udp_payload;
         if env.bad_opt {
+            count(Event::FormErr);
             env.formerr(packet, max, out);
             return true;
         }
         if env.tsig.is_some() {
-            if !env.badkey(packet, max, &self.base, out) {
+            if env.badkey(packet, max, &self.base, out) {
+                count(Event::BadKey);
+            } else {
+                count(Event::FormErr);
                 env.formerr(packet, max, out);
             }
             return true;
@@ -203,6 +208,7 @@ impl<'s> Context<'s> {
         if env.opt.is_some_and(|o| o.version > 0) {
             // RFC 6891 §6.1.3: BADVERS (16), with our highest version (0)
             // and the question, as BIND sends it.
+            count(Event::BadVers);
             env.error(packet, 16, max, &self.base, out);
             return true;
         }
@@ -210,6 +216,7 @@ impl<'s> Context<'s> {
         if require && transport == Transport::Udp && env.cookie.is_some() && !self.cookie_valid {
             // RFC 7873 §5.2.3: BADCOOKIE (23) with a fresh cookie; the
             // client retries with it.
+            count(Event::BadCookie);
             env.error(packet, 23, max, &self.base, out);
             return true;
         }
@@ -253,7 +260,10 @@ impl<'s> Context<'s> {
             }
             // FORMERR with the question and OPT where they can be read, as
             // the fast path sends it.
-            None => env.formerr(packet, snap.max_udp_payload, out),
+            None => {
+                count(Event::FormErr);
+                env.formerr(packet, snap.max_udp_payload, out);
+            }
         }
         true
     }

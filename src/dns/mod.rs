@@ -10,6 +10,7 @@
 #[cfg(target_os = "linux")]
 pub mod batch;
 pub mod cookie;
+pub mod counters;
 pub(crate) mod envelope;
 pub mod fast;
 pub mod handler;

@@ -830,7 +830,7 @@ impl Monitor {
                 json!({ "zone": origin, "datacenters": dcs, "services": services })
             })
             .collect();
-        json!({ "zones": zones })
+        json!({ "zones": zones, "dns": crate::dns::counters::counts() })
     }
 
     /// Stops every probe and waits for the tasks to end.

@@ -184,6 +184,9 @@ async fn a_query_signed_with_an_unknown_key_gets_badkey() {
             assert_eq!(&rest[14..], &[0, 0]);
         }
     }
+    // Counted, not logged.
+    let status = s.server.monitor().status();
+    assert!(status["dns"]["badkey"].as_u64().unwrap() >= 4, "{status}");
     // A TSIG record that is not the last record: FORMERR (RFC 8945 §5.1).
     let (mut p, _) = signed_query(false);
     let ar = u16::from_be_bytes([p[10], p[11]]) + 1;
