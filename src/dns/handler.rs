@@ -79,7 +79,7 @@ pub fn handle_query_at(
     let Some(env) = Envelope::scan(packet) else {
         return Handled::default();
     };
-    let ctx = Context::new(snap, env, src, now);
+    let ctx = Context::new(snap, &env, src, now);
     let send = ctx.envelope_reply(snap, packet, transport, out)
         || ctx.fast(snap, packet, src, transport, out)
         || ctx.slow(snap, packet, src, transport, out);
@@ -114,7 +114,7 @@ pub fn handle_fast_at(
     let Some(env) = Envelope::scan(packet) else {
         return false;
     };
-    let ctx = Context::new(snap, env, src, now);
+    let ctx = Context::new(snap, &env, src, now);
     ctx.envelope_reply(snap, packet, transport, out) || ctx.fast(snap, packet, src, transport, out)
 }
 
@@ -139,7 +139,7 @@ pub fn handle_slow_at(
     now: u32,
 ) -> Option<Vec<u8>> {
     let env = Envelope::scan(packet)?;
-    let ctx = Context::new(snap, env, src, now);
+    let ctx = Context::new(snap, &env, src, now);
     let mut out = Vec::new();
     let _ = ctx.envelope_reply(snap, packet, transport, &mut out)
         || ctx.slow(snap, packet, src, transport, &mut out);
@@ -148,14 +148,14 @@ pub fn handle_slow_at(
 
 /// A scanned query and what every response to it carries.
 struct Context<'s> {
-    env: Envelope,
+    env: &'s Envelope,
     /// The OPT options of every response: cookie and NSID.
     base: OptOut<'s>,
     cookie_valid: bool,
 }
 
 impl<'s> Context<'s> {
-    fn new(snap: &'s Snapshot, env: Envelope, src: IpAddr, now: u32) -> Self {
+    fn new(snap: &'s Snapshot, env: &'s Envelope, src: IpAddr, now: u32) -> Self {
         let mut base = OptOut {
             nsid: snap.nsid.as_deref(),
             ..OptOut::default()
@@ -189,7 +189,7 @@ impl<'s> Context<'s> {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> bool {
-        let env = &self.env;
+        let env = self.env;
         let max = snap.max_udp_payload;
         if env.bad_opt {
             count(Event::FormErr);
@@ -237,7 +237,7 @@ impl<'s> Context<'s> {
             seed: snap.seed,
         };
         snap.fast
-            .answer(serving, &self.env, packet, src, transport, &self.base, out)
+            .answer(serving, self.env, packet, src, transport, &self.base, out)
     }
 
     fn slow(
@@ -248,7 +248,7 @@ impl<'s> Context<'s> {
         transport: Transport,
         out: &mut Vec<u8>,
     ) -> bool {
-        let env = &self.env;
+        let env = self.env;
         let response = Message::from_vec(packet)
             .ok()
             .and_then(|query| respond(snap, &query, env, src));
