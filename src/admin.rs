@@ -136,10 +136,22 @@ async fn json_errors(request: Request, next: Next) -> Response {
         return response;
     }
     let status = response.status();
-    let reason = status.canonical_reason().unwrap_or("error");
-    let mut fixed = error(status, reason.to_ascii_lowercase());
-    if let Some(allow) = response.headers().get(header::ALLOW) {
-        fixed.headers_mut().insert(header::ALLOW, allow.clone());
+    let allow = response.headers().get(header::ALLOW).cloned();
+    // axum's rejections carry a short plain-text reason: keep it.
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .filter(|t| !t.trim().is_empty());
+    let reason = text.unwrap_or_else(|| {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    });
+    let mut fixed = error(status, reason.trim());
+    if let Some(allow) = allow {
+        fixed.headers_mut().insert(header::ALLOW, allow);
     }
     fixed
 }
@@ -365,7 +377,7 @@ impl Settings {
 /// Sent, if the socket takes it at once, to a connection over the cap.
 const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
 content-type: application/json\r\n\
-content-length: 42\r\n\
+content-length: 43\r\n\
 connection: close\r\n\r\n\
 {\"error\":\"too many admin connections open\"}";
 
@@ -674,5 +686,19 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for AdminSer
             });
             Ok(response)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_answer_is_well_formed() {
+        let text = std::str::from_utf8(BUSY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(v["error"].is_string());
     }
 }
