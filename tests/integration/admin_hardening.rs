@@ -64,6 +64,22 @@ async fn exchange(addr: SocketAddr, request: &[u8]) -> (u16, String) {
     (code, body)
 }
 
+/// Reads one `/health` answer from a kept-alive connection.
+async fn read_health(conn: &mut TcpStream) {
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    // The body is {"status":"ok"}: read until it is complete.
+    while !response.ends_with(b"}") {
+        let n = tokio::time::timeout(EXCHANGE_TIMEOUT, conn.read(&mut buf))
+            .await
+            .expect("answer")
+            .unwrap();
+        assert!(n > 0, "closed before the answer");
+        response.extend_from_slice(&buf[..n]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 200"), "{response:?}");
+}
+
 fn get(path: &str, addr: SocketAddr) -> Vec<u8> {
     format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").into_bytes()
 }
@@ -146,6 +162,21 @@ async fn a_partial_head_is_closed_after_header_timeout() {
     let took = closed_at - started;
     assert!(took >= Duration::from_millis(250), "{took:?}");
     assert!(took < Duration::from_secs(3), "{took:?}");
+
+    // The same for a later request on a kept-alive connection: its head
+    // is due within header_timeout of its first byte, idle or not.
+    let mut conn = TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.unwrap();
+    read_health(&mut conn).await;
+    let started = Instant::now();
+    conn.write_all(b"GET /health HTTP/1.1\r\nHo").await.unwrap();
+    let (_, closed_at) = until_closed(&mut conn, Duration::from_secs(5))
+        .await
+        .expect("a stalled second head is closed");
+    let took = closed_at - started;
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert!(took < Duration::from_secs(3), "{took:?}");
 }
 
 /// A kept-alive connection is closed after `idle_timeout` between
@@ -158,18 +189,7 @@ async fn a_kept_alive_connection_is_closed_after_idle_timeout() {
     let request = format!("GET /health HTTP/1.1\r\nHost: {addr}\r\n\r\n");
     for _ in 0..2 {
         conn.write_all(request.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        let mut buf = [0u8; 1024];
-        // The body is {"status":"ok"}: read until it is complete.
-        while !response.ends_with(b"}") {
-            let n = tokio::time::timeout(EXCHANGE_TIMEOUT, conn.read(&mut buf))
-                .await
-                .expect("answer")
-                .unwrap();
-            assert!(n > 0, "closed before the answer");
-            response.extend_from_slice(&buf[..n]);
-        }
-        assert!(response.starts_with(b"HTTP/1.1 200"));
+        read_health(&mut conn).await;
     }
     let answered = Instant::now();
     let (bytes, closed_at) = until_closed(&mut conn, Duration::from_secs(10))
