@@ -161,21 +161,12 @@ pub struct Overrides {
 }
 
 impl Overrides {
-    /// Reads `path`; a missing file means no overrides. Removes the
-    /// temporary file older releases wrote through (`<stem>.json.tmp`),
-    /// which a crash or a full disk could leave behind.
+    /// Reads `path`; a missing file means no overrides. First removes
+    /// temporary files a crash left behind: this release's
+    /// (`.<name>.XXXXXX.tmp`) and the one older releases wrote through
+    /// (`<stem>.json.tmp`, also left by a full disk).
     pub fn load(path: &Path) -> Result<Self, String> {
-        let legacy_tmp = path.with_extension("json.tmp");
-        // `remove_file` on a symlink removes the link, never its target.
-        match std::fs::remove_file(&legacy_tmp) {
-            Ok(()) => {
-                tracing::info!(path = %legacy_tmp.display(), "removed a stale temporary state file")
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => {
-                tracing::warn!(path = %legacy_tmp.display(), error = %e, "cannot remove a stale temporary state file")
-            }
-        }
+        remove_stale_temporaries(path);
         let map = match std::fs::read_to_string(path) {
             Ok(text) => parse(&text).map_err(|e| format!("{}: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -224,7 +215,7 @@ impl Overrides {
                 .unwrap_or(Path::new("."));
             std::fs::create_dir_all(dir)?;
             let mut tmp = tempfile::Builder::new()
-                .prefix(".meridian-state.")
+                .prefix(&temporary_prefix(&self.path))
                 .suffix(".tmp")
                 .permissions(world_readable())
                 .tempfile_in(dir)?;
@@ -235,6 +226,47 @@ impl Overrides {
             std::fs::File::open(dir)?.sync_all()
         };
         write().map_err(|e| format!("{}: cannot save overrides: {e}", self.path.display()))
+    }
+}
+
+/// `.meridian-state.json.` for `meridian-state.json`: temporary files
+/// are named after the state file, so cleaning up never touches another
+/// file's.
+fn temporary_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    format!(".{}.", name.as_deref().unwrap_or("state"))
+}
+
+/// Removes the temporary files of `path` that an interrupted save left.
+/// `remove_file` on a symlink removes the link, never its target.
+fn remove_stale_temporaries(path: &Path) {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = temporary_prefix(path);
+    let mut stale = vec![path.with_extension("json.tmp")];
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        stale.extend(entries.filter_map(Result::ok).filter_map(|e| {
+            let name = e.file_name();
+            let name = name.to_str()?;
+            let ours = name.starts_with(&prefix) && name.ends_with(".tmp");
+            let file = e.file_type().is_ok_and(|t| !t.is_dir());
+            (ours && file).then(|| e.path())
+        }));
+    }
+    for tmp in stale {
+        match std::fs::remove_file(&tmp) {
+            Ok(()) => {
+                tracing::info!(path = %tmp.display(), "removed a stale temporary state file");
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(
+                path = %tmp.display(),
+                error = %e,
+                "cannot remove a stale temporary state file"
+            ),
+        }
     }
 }
 
@@ -297,13 +329,22 @@ mod tests {
     }
 
     #[test]
-    fn a_stale_temporary_file_is_removed_at_load() {
+    fn stale_temporary_files_are_removed_at_load() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("meridian-state.json");
-        let stale = dir.path().join("meridian-state.json.tmp");
-        std::fs::write(&stale, "{\"version\": 1, \"overr").unwrap();
+        let legacy = dir.path().join("meridian-state.json.tmp");
+        let crashed = dir.path().join(".meridian-state.json.a1B2c3.tmp");
+        let other = dir.path().join(".other-state.json.a1B2c3.tmp");
+        for f in [&legacy, &crashed, &other] {
+            std::fs::write(f, "{\"version\": 1, \"overr").unwrap();
+        }
         Overrides::load(&path).unwrap();
-        assert!(!stale.exists());
+        assert!(!legacy.exists());
+        assert!(!crashed.exists());
+        assert!(
+            other.exists(),
+            "another state file's temporary is left alone"
+        );
     }
 
     #[test]
