@@ -12,22 +12,60 @@
 //!
 //! With a token configured, every request but `/health` needs
 //! `Authorization: Bearer TOKEN`.
+//!
+//! # The listener
+//!
+//! The API shares the process's file descriptors with the probes and the
+//! DNS listeners, so a crowd of idle clients here must not be able to make
+//! probes fail (and a healthy datacenter fail over). [`serve`] runs its own
+//! accept loop over hyper instead of `axum::serve`, which has no limits:
+//!
+//! * at most `max_connections` connections; one more is answered `503`
+//!   (when the socket takes it at once) and closed on accept;
+//! * a connection must send a complete request head within
+//!   `header_timeout` of connecting, or of the first byte of a later
+//!   request; it may then take `request_timeout` for the body and the
+//!   answer, and sit idle `idle_timeout` between requests;
+//! * heads are limited to [`MAX_HEAD_BYTES`] and bodies to
+//!   [`MAX_BODY_BYTES`] (`413`).
+//!
+//! Every response the router makes is JSON, errors included.
 
-use std::sync::Arc;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{StatusCode, header};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
 
+use crate::config::AdminConfig;
 use crate::health::Override;
 use crate::health::monitor::{ActionError, Monitor};
+
+/// Largest request body (only `PUT /targets/...` reads one, a few bytes
+/// long); larger ones get `413 Payload Too Large`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest request head (request line and headers); larger ones get
+/// hyper's `431` and the connection is closed.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 #[derive(Clone)]
 struct AppState {
@@ -49,6 +87,73 @@ fn action_result(r: Result<Option<String>, ActionError>) -> Response {
         Err(e @ ActionError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
         Err(e @ ActionError::Storage(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
     }
+}
+
+/// Headers that must appear at most once. Two `Host` headers let a proxy
+/// and this server disagree on which site was asked for (the rebinding
+/// check reads one); two `Authorization` headers, which token was given.
+const SINGLE_HEADERS: [header::HeaderName; 2] = [header::HOST, header::AUTHORIZATION];
+
+/// Refuses what no endpoint should see, before routing: repeated
+/// single-value headers and declared bodies over [`MAX_BODY_BYTES`].
+async fn check_request(request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    for name in &SINGLE_HEADERS {
+        if headers.get_all(name).iter().nth(1).is_some() {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("more than one {name} header: send exactly one"),
+            );
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return too_large();
+    }
+    next.run(request).await
+}
+
+fn too_large() -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("request body over {MAX_BODY_BYTES} bytes"),
+    )
+}
+
+/// Makes every error response JSON: axum's own rejections (405 without a
+/// body, a path that does not decode as text/plain) get
+/// `{"error": REASON}` with their status kept.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if is_json || response.status().is_success() {
+        return response;
+    }
+    let status = response.status();
+    let allow = response.headers().get(header::ALLOW).cloned();
+    // axum's rejections carry a short plain-text reason: keep it.
+    let text = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .ok()
+        .and_then(|b| String::from_utf8(b.to_vec()).ok())
+        .filter(|t| !t.trim().is_empty());
+    let reason = text.unwrap_or_else(|| {
+        status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase()
+    });
+    let mut fixed = error(status, reason.trim());
+    if let Some(allow) = allow {
+        fixed.headers_mut().insert(header::ALLOW, allow);
+    }
+    fixed
 }
 
 /// Equal-time comparison, so the token cannot be guessed byte by byte.
@@ -176,11 +281,15 @@ async fn set_target(
     Path((zone, dc, target)): Path<(String, String, String)>,
     body: Result<Json<TargetInput>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let Ok(Json(input)) = body else {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "body must be {\"state\": \"up\"} or {\"state\": \"down\"}",
-        );
+    let input = match body {
+        Ok(Json(input)) => input,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(),
+        Err(_) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "body must be {\"state\": \"up\"} or {\"state\": \"down\"}",
+            );
+        }
     };
     let up = match input.state.as_str() {
         "up" => true,
@@ -199,7 +308,8 @@ async fn set_target(
     )
 }
 
-/// The router (exposed for tests that drive it without a socket).
+/// The router (exposed for tests and fuzzing, which drive it without a
+/// socket).
 pub fn router(monitor: Monitor, token: Option<String>) -> Router {
     let app = AppState {
         monitor,
@@ -218,20 +328,377 @@ pub fn router(monitor: Monitor, token: Option<String>) -> Router {
         .merge(protected)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(app)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(check_request))
+        .layer(axum::middleware::from_fn(json_errors))
 }
 
-/// Serves the API on `listener` until `token` is cancelled.
+//------------ The listener ---------------------------------------------------
+
+/// What [`serve`] needs besides the listener: the token and the limits.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Bearer token; `None` serves without one (loopback only).
+    pub token: Option<String>,
+    /// Connections served at once.
+    pub max_connections: usize,
+    /// Time allowed for a request head.
+    pub header_timeout: Duration,
+    /// Time a kept-alive connection may sit between requests.
+    pub idle_timeout: Duration,
+    /// Time allowed for a request's body and answer.
+    pub request_timeout: Duration,
+}
+
+impl Settings {
+    /// The configured settings, or the defaults when the API runs only
+    /// because `--admin-listen` asked for it.
+    pub fn from_config(config: Option<&AdminConfig>) -> Self {
+        use crate::config as c;
+        match config {
+            Some(a) => Self {
+                token: a.token.clone(),
+                max_connections: a.max_connections as usize,
+                header_timeout: a.header_timeout,
+                idle_timeout: a.idle_timeout,
+                request_timeout: a.request_timeout,
+            },
+            None => Self {
+                token: None,
+                max_connections: c::DEFAULT_ADMIN_MAX_CONNECTIONS as usize,
+                header_timeout: c::DEFAULT_ADMIN_HEADER_TIMEOUT,
+                idle_timeout: c::DEFAULT_ADMIN_IDLE_TIMEOUT,
+                request_timeout: c::DEFAULT_ADMIN_REQUEST_TIMEOUT,
+            },
+        }
+    }
+}
+
+/// Sent, if the socket takes it at once, to a connection over the cap.
+const BUSY: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\n\
+content-type: application/json\r\n\
+content-length: 43\r\n\
+connection: close\r\n\r\n\
+{\"error\":\"too many admin connections open\"}";
+
+/// How long accepting pauses after an error such as EMFILE, so a full
+/// descriptor table does not become a busy loop.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Serves the API on `listener` until `shutdown` is cancelled, then lets
+/// requests in progress finish (each within its own timeouts).
 pub async fn serve(
     listener: TcpListener,
     monitor: Monitor,
-    token: Option<String>,
+    settings: Settings,
     shutdown: CancellationToken,
 ) {
-    let app = router(monitor, token);
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
-    {
-        tracing::error!("admin API stopped: {e}");
+    let app = router(monitor, settings.token.clone());
+    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let connections = TaskTracker::new();
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            r = listener.accept() => r,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of descriptors or memory: the probes need them more.
+                // Connection-level errors (a client that reset before we
+                // got to it) also land here; the pause costs little.
+                if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                    tracing::warn!(error = %e, "admin API: accept failed");
+                    last_warning = Some(Instant::now());
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                }
+            }
+        };
+        let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
+            // Over the cap: say so without waiting, and close. A write
+            // that would block is skipped; the close is what matters.
+            let _ = stream.try_write(BUSY);
+            drop(stream);
+            continue;
+        };
+        connections.spawn(connection(
+            stream,
+            app.clone(),
+            Timeouts::from(&settings),
+            shutdown.clone(),
+            permit,
+        ));
+    }
+    connections.close();
+    connections.wait().await;
+}
+
+/// Serves one connection until the client closes it, a timeout expires or
+/// shutdown; the permit returns the slot when it ends.
+async fn connection(
+    stream: TcpStream,
+    app: Router,
+    timeouts: Timeouts,
+    shutdown: CancellationToken,
+    _permit: OwnedSemaphorePermit,
+) {
+    let _ = stream.set_nodelay(true);
+    let watch = Arc::new(Watch::new(timeouts));
+    let io = TokioIo::new(Watched {
+        inner: stream,
+        watch: Arc::clone(&watch),
+    });
+    let service = AdminService {
+        router: app,
+        watch: Arc::clone(&watch),
+    };
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .keep_alive(true)
+        .max_header_size(MAX_HEAD_BYTES)
+        // Our own watch does this job, for idle connections too.
+        .header_read_timeout(None);
+    let conn = builder.serve_connection(io, service);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        let deadline = watch.deadline();
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(error = %e, "admin connection ended");
+                }
+                return;
+            }
+            () = tokio::time::sleep_until(deadline) => {
+                if Instant::now() >= watch.deadline() {
+                    // Dropping the connection closes the socket.
+                    tracing::debug!(phase = ?watch.phase(), "admin connection timed out");
+                    return;
+                }
+            }
+            () = watch.changed.notified() => {}
+            () = shutdown.cancelled(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// The three timeouts a connection lives under.
+#[derive(Clone, Copy, Debug)]
+struct Timeouts {
+    header: Duration,
+    idle: Duration,
+    request: Duration,
+}
+
+impl From<&Settings> for Timeouts {
+    fn from(s: &Settings) -> Self {
+        Self {
+            header: s.header_timeout,
+            idle: s.idle_timeout,
+            request: s.request_timeout,
+        }
+    }
+}
+
+/// Where a connection is between requests, which decides its deadline.
+#[derive(Clone, Copy, Debug)]
+enum Phase {
+    /// Connected, nothing received yet: the first head is due within the
+    /// header timeout.
+    Connected { since: Instant },
+    /// Between requests, nothing of the next one received: idle timeout.
+    Idle { since: Instant },
+    /// Part of a head received: header timeout from its first byte.
+    Head { since: Instant },
+    /// The router has the request: the request timeout runs inside the
+    /// service; this deadline is only a backstop.
+    Busy { since: Instant },
+}
+
+/// Shared by a connection's socket wrapper, its service and its watchdog.
+#[derive(Debug)]
+struct Watch {
+    timeouts: Timeouts,
+    phase: Mutex<Phase>,
+    /// Woken when the deadline may have moved earlier.
+    changed: Notify,
+}
+
+impl Watch {
+    fn new(timeouts: Timeouts) -> Self {
+        Self {
+            timeouts,
+            phase: Mutex::new(Phase::Connected {
+                since: Instant::now(),
+            }),
+            changed: Notify::new(),
+        }
+    }
+
+    fn phase(&self) -> Phase {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self, phase: Phase) {
+        *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase;
+        self.changed.notify_one();
+    }
+
+    fn deadline(&self) -> Instant {
+        let t = self.timeouts;
+        match self.phase() {
+            Phase::Connected { since } | Phase::Head { since } => since + t.header,
+            Phase::Idle { since } => since + t.idle,
+            Phase::Busy { since } => since + t.request + t.header,
+        }
+    }
+
+    /// Bytes arrived: the first ones of a request start its head.
+    fn read(&self) {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if let Phase::Idle { .. } = *phase {
+            *phase = Phase::Head {
+                since: Instant::now(),
+            };
+            drop(phase);
+            self.changed.notify_one();
+        }
+    }
+
+    /// Bytes left: a client reading a long answer is not idle.
+    fn wrote(&self) {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        if let Phase::Idle { since } = &mut *phase {
+            *since = Instant::now();
+        }
+    }
+}
+
+/// The socket, reporting reads and writes to the [`Watch`].
+struct Watched {
+    inner: TcpStream,
+    watch: Arc<Watch>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.watch.read();
+        }
+        r
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.watch.wrote();
+        }
+        r
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = r
+            && n > 0
+        {
+            self.watch.wrote();
+        }
+        r
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The router as a hyper service, marking each request's start and end on
+/// the [`Watch`] and bounding it by the request timeout.
+#[derive(Clone)]
+struct AdminService {
+    router: Router,
+    watch: Arc<Watch>,
+}
+
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for AdminService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Response, Infallible>> + Send>>;
+
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        // hyper calls the service once the head is complete.
+        self.watch.set(Phase::Busy {
+            since: Instant::now(),
+        });
+        let router = self.router.clone();
+        let watch = Arc::clone(&self.watch);
+        Box::pin(async move {
+            let request = request.map(axum::body::Body::new);
+            let limit = watch.timeouts.request;
+            let response = match tokio::time::timeout(limit, router.oneshot(request)).await {
+                Ok(Ok(response)) => response,
+                Ok(Err(never)) => match never {},
+                Err(_) => {
+                    let mut r = error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        format!("request not complete within {limit:?} (request_timeout)"),
+                    );
+                    r.headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    r
+                }
+            };
+            watch.set(Phase::Idle {
+                since: Instant::now(),
+            });
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_busy_answer_is_well_formed() {
+        let text = std::str::from_utf8(BUSY).unwrap();
+        let (head, body) = text.split_once("\r\n\r\n").unwrap();
+        assert!(head.contains(&format!("content-length: {}", body.len())));
+        let v: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert!(v["error"].is_string());
     }
 }

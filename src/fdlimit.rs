@@ -13,10 +13,6 @@
 /// opened on reload, and some slack.
 pub(crate) const BASE_RESERVE: u64 = 64;
 
-/// Connections the admin API may hold at once (its `[admin]
-/// max_connections` default).
-pub(crate) const ADMIN_RESERVE: u64 = 64;
-
 /// What the server keeps open besides TCP connections.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Needs {

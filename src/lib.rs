@@ -396,12 +396,16 @@ impl Server {
         let admin_addr = match admin_listener {
             Some(listener) => {
                 let addr = listener.local_addr().ok();
-                let admin_token = config.server.admin.as_ref().and_then(|a| a.token.clone());
-                tracing::info!(addr = ?addr, "admin API listening");
+                let settings = admin::Settings::from_config(config.server.admin.as_ref());
+                tracing::info!(
+                    addr = ?addr,
+                    max_connections = settings.max_connections,
+                    "admin API listening"
+                );
                 tasks.spawn(admin::serve(
                     listener,
                     monitor.clone(),
-                    admin_token,
+                    settings,
                     token.clone(),
                 ));
                 addr
@@ -410,7 +414,7 @@ impl Server {
         };
         // The admin API's cap is `[admin] max_connections` (default 64).
         let admin_connections = if admin_addr.is_some() {
-            fdlimit::ADMIN_RESERVE
+            admin::Settings::from_config(config.server.admin.as_ref()).max_connections as u64
         } else {
             0
         };

@@ -134,10 +134,37 @@ pub struct AdminConfig {
     pub listen: SocketAddr,
     /// Bearer token required on every request except `GET /health`.
     pub token: Option<String>,
+    /// Connections served at once (`max_connections`); more are closed
+    /// on accept, so an idle crowd cannot use up file descriptors.
+    pub max_connections: u32,
+    /// How long a client may take to send a request's head: from connect
+    /// for the first request, from its first byte for later ones.
+    pub header_timeout: Duration,
+    /// How long a kept-alive connection may sit between requests.
+    pub idle_timeout: Duration,
+    /// How long one request may take once its head is in: reading the
+    /// body and answering.
+    pub request_timeout: Duration,
 }
 
 /// Default admin API address: loopback only.
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:5380";
+/// Default `[admin] max_connections`.
+pub const DEFAULT_ADMIN_MAX_CONNECTIONS: u32 = 64;
+/// Largest `[admin] max_connections`.
+pub const MAX_ADMIN_CONNECTIONS: u32 = 4096;
+/// Default `[admin] header_timeout`.
+pub const DEFAULT_ADMIN_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default `[admin] idle_timeout`.
+pub const DEFAULT_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `[admin] request_timeout`.
+pub const DEFAULT_ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Shortest admin timeout accepted (any of the three).
+pub const MIN_ADMIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// Longest `[admin] header_timeout` and `request_timeout`.
+pub const MAX_ADMIN_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest `[admin] idle_timeout`.
+pub const MAX_ADMIN_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 /// Default state file, relative to the config file.
 pub const DEFAULT_STATE_FILE: &str = "meridian-state.json";
 /// Default bound on probes in flight.

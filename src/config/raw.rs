@@ -46,6 +46,10 @@ pub(super) struct RawAdmin {
     pub(super) listen: Option<String>,
     pub(super) token: Option<String>,
     pub(super) token_file: Option<String>,
+    pub(super) max_connections: Option<u32>,
+    pub(super) header_timeout: Option<String>,
+    pub(super) idle_timeout: Option<String>,
+    pub(super) request_timeout: Option<String>,
 }
 
 /// One file in the zones directory.

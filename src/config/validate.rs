@@ -207,7 +207,56 @@ fn validate_admin(
             "a non-loopback admin address needs `token` or `token_file`",
         ));
     }
-    Ok(Some(super::AdminConfig { listen, token }))
+    let max_connections = check_range(
+        file,
+        "admin.max_connections",
+        raw.max_connections
+            .unwrap_or(super::DEFAULT_ADMIN_MAX_CONNECTIONS),
+        1,
+        super::MAX_ADMIN_CONNECTIONS,
+    )?;
+    let timeout = |key: &str, text: Option<&str>, default: Duration, max: Duration| {
+        let Some(text) = text else { return Ok(default) };
+        let d = super::probe::parse_duration(text).ok_or_else(|| {
+            ConfigError::new(
+                file,
+                key,
+                format!("{text:?} is not a duration such as \"500ms\", \"5s\" or \"1m\""),
+            )
+        })?;
+        let min = super::MIN_ADMIN_TIMEOUT;
+        if d < min || d > max {
+            return Err(ConfigError::new(
+                file,
+                key,
+                format!("{text} is out of range ({min:?} to {max:?})"),
+            ));
+        }
+        Ok(d)
+    };
+    Ok(Some(super::AdminConfig {
+        listen,
+        token,
+        max_connections,
+        header_timeout: timeout(
+            "admin.header_timeout",
+            raw.header_timeout.as_deref(),
+            super::DEFAULT_ADMIN_HEADER_TIMEOUT,
+            super::MAX_ADMIN_REQUEST_TIMEOUT,
+        )?,
+        idle_timeout: timeout(
+            "admin.idle_timeout",
+            raw.idle_timeout.as_deref(),
+            super::DEFAULT_ADMIN_IDLE_TIMEOUT,
+            super::MAX_ADMIN_IDLE_TIMEOUT,
+        )?,
+        request_timeout: timeout(
+            "admin.request_timeout",
+            raw.request_timeout.as_deref(),
+            super::DEFAULT_ADMIN_REQUEST_TIMEOUT,
+            super::MAX_ADMIN_REQUEST_TIMEOUT,
+        )?,
+    }))
 }
 
 fn ttl(file: &Path, key: &str, value: Option<u32>, default: u32) -> Result<u32, ConfigError> {

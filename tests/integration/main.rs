@@ -3,6 +3,7 @@
 //! Integration tests: the real server on 127.0.0.1:0, real DNS packets over
 //! UDP and TCP.
 
+mod admin_hardening;
 mod config_files;
 mod fast_path;
 mod fuzz_findings;
