@@ -548,7 +548,7 @@ async fn a_full_tcp_listener_never_takes_the_descriptors_probes_need() {
     for _ in 0..5 {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let r =
-            crate::harness::udp_query_at(addr, "www.gslb.example.com.", Some("10.1.0.0/24")).await;
+            crate::harness::udp_query_at(addr, "www.gslb.example.com.", Some("11.1.0.0/24")).await;
         assert_eq!(a_answers(&r), ["192.0.2.10"]);
     }
     assert!(child.0.try_wait().unwrap().is_none(), "still running");
