@@ -26,6 +26,13 @@
 //! * [`Server`] binds sockets, runs the loops, and reloads on request: a
 //!   bad config is reported and the old snapshot stays in service.
 
+// Unsafe code only where a system call needs it (`dns::batch`'s
+// recvmmsg/sendmmsg, `fdlimit`'s setrlimit, `snapshot`'s malloc_trim),
+// each allowed there by name. No unwrap or expect outside tests: a panic
+// on input from the network would take the server down.
+#![deny(unsafe_code)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod admin;
 pub mod config;
 pub mod dns;
@@ -345,7 +352,7 @@ impl Server {
         let path = config_path.to_path_buf();
         let (config, snapshot) = tokio::task::spawn_blocking(move || load(&path))
             .await
-            .expect("load does not panic")?;
+            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         let overrides =
             health::overrides::Overrides::load(&config.server.state_file).map_err(Error::State)?;
         let listen = options

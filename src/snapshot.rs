@@ -24,6 +24,7 @@ use crate::policy::geo::{GeoPolicy, Keep};
 
 /// Building walks the GeoIP database with large temporary vectors; give
 /// the freed memory back to the system so it does not stay resident.
+#[allow(unsafe_code)]
 fn release_free_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only releases free heap memory.

@@ -212,7 +212,13 @@ fn step(
             ));
         }
     };
-    let (k, v) = table.iter().next().expect("one key");
+    let Some((k, v)) = table.iter().next() else {
+        return Err(ConfigError::new(
+            file,
+            key,
+            format!("a step is a name ({STEP_NAMES}) or a table with one key ({STEP_TABLES})"),
+        ));
+    };
     let skey = format!("{key}.{k}");
     let bad = |what: &str| Err(ConfigError::new(file, skey.clone(), what.to_string()));
     match (k.as_str(), v) {

@@ -8,6 +8,7 @@
 //! request handler; hickory-proto stays the parser and encoder of record.
 
 #[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // recvmmsg and sendmmsg
 pub mod batch;
 pub mod cookie;
 pub mod counters;

@@ -185,7 +185,9 @@ impl Zone {
             service_keys.push(touch(&s.fqdn));
         }
         for (key, record) in pending {
-            let node = nodes.get_mut(&key).expect("touched above");
+            let Some(node) = nodes.get_mut(&key) else {
+                continue; // every key was touched above
+            };
             let t = record.record_type();
             if t == RecordType::NS && key != apex {
                 node.cut = true;
@@ -197,7 +199,9 @@ impl Zone {
         }
         let mut services = Vec::with_capacity(z.services.len());
         for (i, (s, plan)) in z.services.iter().zip(plans).enumerate() {
-            nodes.get_mut(&service_keys[i]).expect("touched").service = Some(i);
+            if let Some(node) = nodes.get_mut(&service_keys[i]) {
+                node.service = Some(i); // touched above
+            }
             let a = z
                 .datacenters
                 .iter()

@@ -239,10 +239,9 @@ impl GeoDb {
         v6: bool,
         mut f: impl FnMut(IpNet, usize, &dyn Fn() -> Option<Location>),
     ) {
-        let root: ipnetwork::IpNetwork = if v6 {
-            "::/0".parse().expect("valid")
-        } else {
-            "0.0.0.0/0".parse().expect("valid")
+        let root = if v6 { "::/0" } else { "0.0.0.0/0" };
+        let Ok(root) = root.parse::<ipnetwork::IpNetwork>() else {
+            return;
         };
         let Ok(iter) = self.reader.within(root, WithinOptions::default()) else {
             return; // e.g. IPv6 in an IPv4-only database: no data.

@@ -162,8 +162,14 @@ impl GeoPolicy {
             tables[usize::from(v6)] = Some(builder.finish(&overrides));
         }
         let [v4, v6] = tables;
-        this.v4 = v4.expect("built");
-        this.v6 = v6.expect("built");
+        // Both are built by the loop above; `None` would leave the family's
+        // default (empty) table.
+        if let Some(v4) = v4 {
+            this.v4 = v4;
+        }
+        if let Some(v6) = v6 {
+            this.v6 = v6;
+        }
         this
     }
 

@@ -712,7 +712,8 @@ impl Classes {
     /// A new id for `class` even if an equal one exists: table blocks
     /// with different ids never merge.
     pub fn distinct(&mut self, class: GeoClass) -> u32 {
-        let id = u32::try_from(self.list.len()).expect("fewer than 2^32 classes");
+        // At most one class per GeoIP network: far fewer than 2^32.
+        let id = u32::try_from(self.list.len()).unwrap_or(u32::MAX);
         self.list.push(class);
         id
     }
