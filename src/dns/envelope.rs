@@ -203,13 +203,18 @@ fn read_question(p: &[u8]) -> Option<Question> {
 }
 
 /// RFC 7871 §6 option data; `None` for anything that is FORMERR: an
-/// unknown family, a prefix longer than the family, an address whose
+/// unknown family, a non-zero scope, a prefix longer than the family, an address whose
 /// length is not exactly the prefix's octets, or bits set beyond the
 /// prefix ("ADDRESS ... MUST be truncated to the number of bits indicated
 /// by the SOURCE PREFIX-LENGTH field").
 fn parse_ecs(d: &[u8]) -> Option<Ecs> {
     let family = be16(d, 0)?;
     let source = *d.get(2)?;
+    // "SCOPE PREFIX-LENGTH ... MUST be set to 0 in queries" (RFC 7871 §6);
+    // BIND answers FORMERR too.
+    if *d.get(3)? != 0 {
+        return None;
+    }
     let addr_bytes = d.get(4..)?;
     let addr_len = usize::from(source).div_ceil(8);
     if addr_bytes.len() != addr_len {
