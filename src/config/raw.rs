@@ -21,6 +21,25 @@ pub(super) struct RawServer {
     pub(super) wait_for_probes: Option<bool>,
     pub(super) max_probes_in_flight: Option<u32>,
     pub(super) admin: Option<RawAdmin>,
+    pub(super) rrl: Option<RawRrl>,
+}
+
+/// `[rrl]` in `meridian.toml`. Integers are read wide so that an
+/// out-of-range value gets a range error, not a serde overflow message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRrl {
+    pub(super) enabled: Option<bool>,
+    pub(super) responses_per_second: Option<i64>,
+    pub(super) nxdomains_per_second: Option<i64>,
+    pub(super) referrals_per_second: Option<i64>,
+    pub(super) errors_per_second: Option<i64>,
+    pub(super) window: Option<i64>,
+    pub(super) slip: Option<i64>,
+    pub(super) ipv4_prefix_length: Option<i64>,
+    pub(super) ipv6_prefix_length: Option<i64>,
+    pub(super) exempt: Option<Vec<String>>,
+    pub(super) table_size: Option<i64>,
 }
 
 /// `[admin]` in `meridian.toml`.

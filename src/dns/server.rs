@@ -22,6 +22,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::handler::{Transport, handle_into};
+use super::rrl::Limiter;
 use crate::snapshot::Snapshot;
 
 /// TCP limits.
@@ -43,6 +44,7 @@ const UDP_SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 pub fn serve_udp(
     socket: std::net::UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
+    rrl: Arc<Limiter>,
     token: CancellationToken,
 ) {
     if let Err(e) = socket.set_read_timeout(Some(UDP_SHUTDOWN_POLL)) {
@@ -50,10 +52,10 @@ pub fn serve_udp(
     }
     #[cfg(target_os = "linux")]
     {
-        super::batch::serve(&socket, &state, &token);
+        super::batch::serve(&socket, &state, &rrl, &token);
     }
     #[cfg(not(target_os = "linux"))]
-    serve_udp_simple(socket, state, token);
+    serve_udp_simple(socket, state, rrl, token);
 }
 
 /// One query per system call: the portable loop.
@@ -61,6 +63,7 @@ pub fn serve_udp(
 fn serve_udp_simple(
     socket: std::net::UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
+    rrl: Arc<Limiter>,
     token: CancellationToken,
 ) {
     // Large enough for any datagram; EDNS clients may send big queries.
@@ -91,7 +94,13 @@ fn serve_udp_simple(
             let snap = state.load();
             handle_into(&snap, &buf[..len], src.ip(), Transport::Udp, &mut out)
         };
-        if answered && let Err(e) = socket.send_to(&out, src) {
+        // One query per batch here: the clock is read per query.
+        // TODO(cookies): exempt clients with a valid server cookie.
+        let send = answered
+            && rrl
+                .batch()
+                .is_none_or(|b| b.check(src.ip(), &mut out, false));
+        if send && let Err(e) = socket.send_to(&out, src) {
             tracing::debug!(error = %e, %src, "udp send error");
         }
     }
