@@ -12,3 +12,4 @@ mod health;
 mod policies;
 mod protocol;
 mod robustness;
+mod rrl;
