@@ -488,16 +488,31 @@ fn question_hash(r: &[u8]) -> u64 {
     let Some(end) = skip_name(r, 12) else {
         return 0;
     };
+    // The name and the type, eight bytes at a time. Case-folding the type
+    // too only merges type 65 with 97 (and so on): harmless.
+    let end = (end + 2).min(r.len());
     let mut h: u64 = 0x9e37_79b9_7f4a_7c15;
-    for chunk in r[12..end].chunks(8) {
-        let mut w = [0u8; 8];
-        w[..chunk.len()].copy_from_slice(chunk);
-        h = mix(h ^ lower8(u64::from_le_bytes(w)), 0xa076_1d64_78bd_642f);
+    let mut at = 12;
+    while at < end {
+        let word = match r.get(at..at + 8) {
+            Some(w) => u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]),
+            None => {
+                let mut w = [0u8; 8];
+                w[..r.len() - at].copy_from_slice(&r[at..]);
+                u64::from_le_bytes(w)
+            }
+        };
+        // Bytes past `end` (the class, the next section) are masked off.
+        let take = end - at;
+        let word = if take < 8 {
+            word & ((1u64 << (8 * take)) - 1)
+        } else {
+            word
+        };
+        h = mix(h ^ lower8(word), 0xa076_1d64_78bd_642f);
+        at += 8;
     }
-    let qtype = r
-        .get(end..end + 2)
-        .map_or(0, |t| u16::from_be_bytes([t[0], t[1]]));
-    mix(h ^ u64::from(qtype), 0xe703_7ed1_a0b4_28db)
+    mix(h, 0xe703_7ed1_a0b4_28db)
 }
 
 /// Cuts `response` down to its header, question and OPT record, with no

@@ -369,6 +369,15 @@ fn classification_reads_the_header() {
     assert_ne!(h(&answer("a.t.example.")), h(&answer("b.t.example.")));
     assert_ne!(h(&answer("a.t.example.")), h(&nodata("a.t.example.")));
     assert_eq!(h(&answer("a.t.example.")), h(&answer("A.T.EXAMPLE.")));
+    // Only the question counts, not what follows it, even where the
+    // packet ends right after the type.
+    let mut cut = answer("a.long-enough-name.t.example.");
+    let whole = question_hash(&cut);
+    truncate(&mut cut, true);
+    assert_eq!(question_hash(&cut), whole);
+    let len = cut.len();
+    cut.truncate(len - 2 - 11); // no class, no OPT
+    assert_eq!(question_hash(&cut), whole);
     assert_eq!(h(&error(ResponseCode::Refused)), 0);
 }
 
