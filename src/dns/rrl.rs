@@ -339,6 +339,9 @@ impl Batch<'_> {
         if rate.per_tick == 0 {
             return true;
         }
+        // An IPv4-mapped address is an IPv4 client: a /56 of the mapped
+        // range would otherwise put every IPv4 client in one budget.
+        let client = client.to_canonical();
         let key = self.limiter.key(&self.policy, client, kind, question);
         let verdict = self.limiter.account(key, self.now, rate, self.policy.slip);
         // Exempt networks are looked up only when a limit is hit, so the

@@ -261,6 +261,10 @@ fn clients_are_grouped_by_prefix() {
     assert_eq!(burst(&l, t, "2001:db8:0:100::1", &a, 10).0, 10);
     assert_eq!(burst(&l, t, "2001:db8:0:1ff::2", &a, 1).0, 0);
     assert_eq!(burst(&l, t, "2001:db8:0:200::1", &a, 10).0, 10);
+    // IPv4-mapped IPv6 is IPv4: grouped by /24, not by a /56 that would
+    // cover every IPv4 client.
+    assert_eq!(burst(&l, t, "::ffff:192.0.2.9", &a, 1).0, 0);
+    assert_eq!(burst(&l, t, "::ffff:192.0.4.1", &a, 10).0, 10);
 
     let mut c = config();
     c.ipv4_prefix_length = 32;
