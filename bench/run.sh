@@ -22,6 +22,10 @@
 #                         FILES="geo weighted sticky chain multi static"
 #   BENCH_ZONES [auto]    auto | 1 | 0: serve bench/zones/*.toml beside the shipped zones
 #                         (auto: only when FILES names one of their query files)
+#   RRL [high]            high | off | shipped: response rate limiting in the config copy.
+#                         high = on, every limit 1,000,000/s (never hit: measures its cost);
+#                         off = disabled; shipped = meridian.toml's own limits, which one
+#                         load generator on 127.0.0.1 exceeds at once (most queries dropped)
 #   PEER_FILES ["mixed static"]  query files for the peers
 #   CLIENTS [4] OUTSTANDING [100]  dnsperf -c / -q
 #   IDLE_WAIT [20]        before each run, wait up to N s for the machine to be idle
@@ -58,6 +62,7 @@ FIXED_QPS=${FIXED_QPS:-50000}
 FILES=${FILES:-mixed static geo}
 PEER_FILES=${PEER_FILES:-mixed static}
 BENCH_ZONES=${BENCH_ZONES:-auto}
+RRL=${RRL:-high}
 POLICY_FILES="weighted sticky chain multi geo2"   # they query bench/zones/policies.bench.toml
 CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-100}
@@ -73,6 +78,7 @@ log() { printf '\n== %s\n' "$*"; }
 [[ "$SECS" =~ ^[0-9]+$ ]] && [ "$SECS" -ge 1 ] && [ "$SECS" -le 300 ] || die "--seconds must be 1..300"
 in_list() { local x; for x in $2; do [ "$x" = "$1" ] && return 0; done; return 1; }
 case $BENCH_ZONES in auto|0|1) ;; *) die "BENCH_ZONES must be auto, 0 or 1" ;; esac
+case $RRL in high|off|shipped) ;; *) die "RRL must be high, off or shipped" ;; esac
 NEED_ZONES=""
 for f in $FILES; do in_list "$f" "$POLICY_FILES" && NEED_ZONES=1; done
 for f in $PEER_FILES; do
@@ -83,6 +89,10 @@ done
 if [ -n "${MERIDIAN_ARGS:-}" ] && [ "$BENCH_ZONES" = 1 ]; then
   echo "run.sh: note: MERIDIAN_ARGS is set; its config has to serve bench/zones/*.toml itself" >&2
   BENCH_ZONES=0
+fi
+if [ -n "${MERIDIAN_ARGS:-}" ] && [ "$RRL" != shipped ]; then
+  echo "run.sh: note: MERIDIAN_ARGS is set; RRL=$RRL is not applied (its config decides)" >&2
+  RRL=shipped
 fi
 [[ "$PORT_BASE" =~ ^[0-9]+$ ]] && [ "$PORT_BASE" -ge 1024 ] && [ "$PORT_BASE" -le 65000 ] || die "PORT_BASE must be 1024..65000"
 for c in dnsperf taskset cc dig python3 ss; do
@@ -114,7 +124,7 @@ RESULTS="$RUN/results.jsonl"
 ln -sfn "runs/$STAMP" "$OUT/latest"
 exec > >(tee "$RUN/run.log") 2>&1
 echo "run.sh: $(date -Is) results in $RUN"
-echo "run.sh: server CPUs $SERVER_CPUS, dnsperf CPU $CLIENT_CPU, $SECS s per run, files: $FILES${PEERS:+, peers: $PEER_FILES}, bench zone: $BENCH_ZONES"
+echo "run.sh: server CPUs $SERVER_CPUS, dnsperf CPU $CLIENT_CPU, $SECS s per run, files: $FILES${PEERS:+, peers: $PEER_FILES}, bench zone: $BENCH_ZONES, rrl: $RRL"
 
 # ---- process bookkeeping: we only ever signal PIDs we started ----------------------
 STARTED=()           # names of servers started by this script (their PIDs are in $RUN/pids)
@@ -276,10 +286,12 @@ fi
     "($(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l) modified files)"
   dnsperf -h 2>&1 | grep -m1 Version; uname -r; nproc; } > "$RUN/versions.txt"
 
-# ---- bench zone: Meridian serves a copy of meridian.toml + zones/ + bench/zones/ ----
-if [ "$BENCH_ZONES" = 1 ]; then
-  log "config with the bench zone"
-  python3 "$BENCH/bench_config.py" "$ROOT/meridian.toml" "$RUN/meridian" "$BENCH/zones"
+# ---- config copy: meridian.toml + zones/ (+ bench/zones/), with the RRL setting ----
+if [ "$BENCH_ZONES" = 1 ] || [ "$RRL" != shipped ]; then
+  log "config copy (bench zone: $BENCH_ZONES, rrl: $RRL)"
+  EXTRA_ZONES=()
+  [ "$BENCH_ZONES" = 1 ] && EXTRA_ZONES=("$BENCH/zones")
+  python3 "$BENCH/bench_config.py" --rrl "$RRL" "$ROOT/meridian.toml" "$RUN/meridian" "${EXTRA_ZONES[@]}"
   if ! "$MERIDIAN_BIN" check --config "$RUN/meridian/meridian.toml" > "$RUN/logs/meridian-check.log" 2>&1; then
     cat "$RUN/logs/meridian-check.log"; die "meridian check failed on $RUN/meridian/meridian.toml"
   fi

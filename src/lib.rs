@@ -54,6 +54,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
+use crate::dns::rrl::Limiter;
 use crate::dns::server::{TcpCounters, TcpSettings, TcpStats, serve_tcp, serve_udp};
 use crate::geo::{GeoDb, GeoError};
 use crate::snapshot::Snapshot;
@@ -319,6 +320,7 @@ pub struct Server {
     admin_addr: Option<SocketAddr>,
     monitor: health::monitor::Monitor,
     tcp_stats: Arc<TcpStats>,
+    rrl: Arc<Limiter>,
     token: CancellationToken,
     tasks: TaskTracker,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -427,6 +429,15 @@ impl Server {
         };
         let tcp = tcp_settings(&config, fd_limit, sockets.len(), admin_connections);
         let tcp_stats = Arc::new(TcpStats::default());
+        // One limiter for every UDP thread of every address: a client's
+        // queries reach several threads, and its budget must be one.
+        let rrl = Arc::new(Limiter::new(&config.server.rrl));
+        {
+            let (tcp_stats, rrl) = (Arc::clone(&tcp_stats), Arc::clone(&rrl));
+            monitor.attach_stats(Box::new(
+                move || serde_json::json!({ "tcp": tcp_stats.read(), "rrl": rrl.stats() }),
+            ));
+        }
         let mut addrs = Vec::with_capacity(sockets.len());
         let mut threads = Vec::new();
         for (udp, listener) in sockets {
@@ -438,10 +449,10 @@ impl Server {
             tracing::info!(%local, udp_threads = udp.len(), "listening on UDP and TCP");
             addrs.push(local);
             for socket in udp {
-                let (state, token) = (Arc::clone(&state), token.clone());
+                let (state, rrl, token) = (Arc::clone(&state), Arc::clone(&rrl), token.clone());
                 let handle = std::thread::Builder::new()
                     .name(format!("udp {local}"))
-                    .spawn(move || serve_udp(socket, state, token))
+                    .spawn(move || serve_udp(socket, state, rrl, token))
                     .map_err(|source| Error::Bind {
                         addr: local,
                         proto: "udp",
@@ -466,6 +477,7 @@ impl Server {
             admin_addr,
             monitor,
             tcp_stats,
+            rrl,
             token,
             tasks,
             threads: std::sync::Mutex::new(threads),
@@ -487,6 +499,11 @@ impl Server {
     /// accepts.
     pub fn tcp_stats(&self) -> TcpCounters {
         self.tcp_stats.read()
+    }
+
+    /// The response rate limiter (its counters: [`Limiter::stats`]).
+    pub fn rrl(&self) -> &Limiter {
+        &self.rrl
     }
 
     /// The bound addresses (UDP and TCP share each one).
@@ -517,12 +534,14 @@ impl Server {
             || new.admin != old.admin
             || new.state_file != old.state_file
             || new.max_probes_in_flight != old.max_probes_in_flight
+            || new.rrl.table_size != old.rrl.table_size
         {
             tracing::warn!(
                 "listen addresses, threads, TCP limits, [admin] (including the token), \
-                 state_file and max_probes_in_flight change only on restart"
+                 state_file, max_probes_in_flight and rrl.table_size change only on restart"
             );
         }
+        self.rrl.configure(&config.server.rrl);
         // Targets that stay keep their state; the new snapshot starts with
         // the health the monitor already knows.
         self.monitor.configure(&config);

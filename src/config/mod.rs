@@ -19,6 +19,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 use crate::model::ZoneConfig;
@@ -125,6 +126,85 @@ pub struct ServerConfig {
     pub nsid: Option<Vec<u8>>,
     /// DNS cookies (RFC 7873, RFC 9018); `None` when disabled.
     pub cookies: Option<crate::dns::cookie::Cookies>,
+    /// Response rate limiting on UDP (`[rrl]`).
+    pub rrl: RrlConfig,
+}
+
+/// Response rate limiting (`[rrl]`), as BIND, Knot and NSD do it: each
+/// client prefix gets a budget of responses per second per kind of
+/// response; beyond it, responses are dropped, and every `slip`-th dropped
+/// one is sent truncated instead. See README, "Response rate limiting".
+#[derive(Clone, Debug, PartialEq)]
+pub struct RrlConfig {
+    /// Limit at all.
+    pub enabled: bool,
+    /// Answers (NOERROR with records, and NODATA) per second per client
+    /// prefix and question; 0 = no limit.
+    pub responses_per_second: u32,
+    /// NXDOMAIN responses per second per client prefix; 0 = no limit.
+    pub nxdomains_per_second: u32,
+    /// Referrals per second per client prefix; 0 = no limit.
+    pub referrals_per_second: u32,
+    /// Error responses (FORMERR, SERVFAIL, REFUSED, NOTIMP, ...) per
+    /// second per client prefix; 0 = no limit.
+    pub errors_per_second: u32,
+    /// Seconds of history: a client that went over its limit is answered
+    /// again after at most this long without queries.
+    pub window: u32,
+    /// Every `slip`-th dropped response is sent truncated; 0 = never.
+    pub slip: u8,
+    /// Clients are grouped by IPv4 prefixes of this length.
+    pub ipv4_prefix_length: u8,
+    /// Clients are grouped by IPv6 prefixes of this length.
+    pub ipv6_prefix_length: u8,
+    /// Client networks that are never limited.
+    pub exempt: Vec<IpNet>,
+    /// Entries in the shared table (a power of two; 8 bytes each).
+    pub table_size: u32,
+}
+
+/// `[rrl] enabled`: on, because an authoritative server on the internet
+/// is otherwise an amplifier for spoofed queries.
+pub const DEFAULT_RRL_ENABLED: bool = true;
+/// `[rrl] responses_per_second`.
+pub const DEFAULT_RRL_RESPONSES_PER_SECOND: u32 = 20;
+/// `[rrl] nxdomains_per_second`.
+pub const DEFAULT_RRL_NXDOMAINS_PER_SECOND: u32 = 10;
+/// `[rrl] referrals_per_second`.
+pub const DEFAULT_RRL_REFERRALS_PER_SECOND: u32 = 20;
+/// `[rrl] errors_per_second`.
+pub const DEFAULT_RRL_ERRORS_PER_SECOND: u32 = 10;
+/// `[rrl] window`, seconds (BIND's default).
+pub const DEFAULT_RRL_WINDOW: u32 = 15;
+/// `[rrl] slip` (BIND's default).
+pub const DEFAULT_RRL_SLIP: u8 = 2;
+/// `[rrl] ipv4_prefix_length`.
+pub const DEFAULT_RRL_IPV4_PREFIX_LENGTH: u8 = 24;
+/// `[rrl] ipv6_prefix_length`.
+pub const DEFAULT_RRL_IPV6_PREFIX_LENGTH: u8 = 56;
+/// `[rrl] table_size`: 2 MiB.
+pub const DEFAULT_RRL_TABLE_SIZE: u32 = 1 << 18;
+/// Highest `[rrl] *_per_second`.
+pub const MAX_RRL_RATE: u32 = 1_000_000;
+/// Highest `[rrl] table_size` (128 MiB).
+pub const MAX_RRL_TABLE_SIZE: u32 = 1 << 24;
+
+impl Default for RrlConfig {
+    fn default() -> Self {
+        Self {
+            enabled: DEFAULT_RRL_ENABLED,
+            responses_per_second: DEFAULT_RRL_RESPONSES_PER_SECOND,
+            nxdomains_per_second: DEFAULT_RRL_NXDOMAINS_PER_SECOND,
+            referrals_per_second: DEFAULT_RRL_REFERRALS_PER_SECOND,
+            errors_per_second: DEFAULT_RRL_ERRORS_PER_SECOND,
+            window: DEFAULT_RRL_WINDOW,
+            slip: DEFAULT_RRL_SLIP,
+            ipv4_prefix_length: DEFAULT_RRL_IPV4_PREFIX_LENGTH,
+            ipv6_prefix_length: DEFAULT_RRL_IPV6_PREFIX_LENGTH,
+            exempt: Vec::new(),
+            table_size: DEFAULT_RRL_TABLE_SIZE,
+        }
+    }
 }
 
 /// Admin HTTP API settings.

@@ -25,6 +25,7 @@ pub(super) struct RawServer {
     pub(super) admin: Option<RawAdmin>,
     pub(super) nsid: Option<String>,
     pub(super) cookies: Option<RawCookies>,
+    pub(super) rrl: Option<RawRrl>,
 }
 
 /// `[cookies]` in `meridian.toml`.
@@ -36,6 +37,24 @@ pub(super) struct RawCookies {
     pub(super) secret_file: Option<String>,
     pub(super) rotate: Option<String>,
     pub(super) require: Option<bool>,
+}
+
+/// `[rrl]` in `meridian.toml`. Integers are read wide so that an
+/// out-of-range value gets a range error, not a serde overflow message.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawRrl {
+    pub(super) enabled: Option<bool>,
+    pub(super) responses_per_second: Option<i64>,
+    pub(super) nxdomains_per_second: Option<i64>,
+    pub(super) referrals_per_second: Option<i64>,
+    pub(super) errors_per_second: Option<i64>,
+    pub(super) window: Option<i64>,
+    pub(super) slip: Option<i64>,
+    pub(super) ipv4_prefix_length: Option<i64>,
+    pub(super) ipv6_prefix_length: Option<i64>,
+    pub(super) exempt: Option<Vec<String>>,
+    pub(super) table_size: Option<i64>,
 }
 
 /// `[admin]` in `meridian.toml`.

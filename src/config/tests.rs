@@ -267,3 +267,71 @@ fn admin_settings_are_checked() {
     )
     .unwrap();
 }
+
+#[test]
+fn rrl_is_on_by_default_and_its_keys_are_checked() {
+    let s = parse_server(Path::new("m.toml"), "").unwrap();
+    assert_eq!(s.rrl, RrlConfig::default());
+    assert!(s.rrl.enabled);
+    let s = parse_server(
+        Path::new("m.toml"),
+        "[rrl]\nenabled = false\nresponses_per_second = 0\nslip = 0\nwindow = 1\n\
+         ipv4_prefix_length = 32\nipv6_prefix_length = 64\ntable_size = 5000\n\
+         exempt = [\"192.0.2.0/24\", \"2001:db8::/32\", \"198.51.100.7\"]",
+    )
+    .unwrap();
+    assert!(!s.rrl.enabled);
+    assert_eq!(s.rrl.responses_per_second, 0);
+    assert_eq!((s.rrl.slip, s.rrl.window), (0, 1));
+    assert_eq!(
+        (s.rrl.ipv4_prefix_length, s.rrl.ipv6_prefix_length),
+        (32, 64)
+    );
+    assert_eq!(s.rrl.table_size, 8192, "rounded up to a power of two");
+    assert_eq!(
+        s.rrl.exempt,
+        ["192.0.2.0/24", "2001:db8::/32", "198.51.100.7/32"]
+            .map(|n| n.parse::<ipnet::IpNet>().unwrap())
+    );
+    for (text, key, reason) in [
+        ("slip = 11", "rrl.slip", "out of range (0 to 10)"),
+        ("window = 0", "rrl.window", "out of range (1 to 3600)"),
+        (
+            "errors_per_second = -1",
+            "rrl.errors_per_second",
+            "out of range",
+        ),
+        (
+            "nxdomains_per_second = 1000001",
+            "rrl.nxdomains_per_second",
+            "out of range",
+        ),
+        (
+            "ipv4_prefix_length = 33",
+            "rrl.ipv4_prefix_length",
+            "out of range",
+        ),
+        (
+            "ipv6_prefix_length = 129",
+            "rrl.ipv6_prefix_length",
+            "out of range",
+        ),
+        ("table_size = 10", "rrl.table_size", "out of range"),
+        (
+            "exempt = [\"10.0.0.1/8\"]",
+            "rrl.exempt[0]",
+            "did you mean \"10.0.0.0/8\"",
+        ),
+        ("exempt = [\"localhost\"]", "rrl.exempt[0]", "CIDR"),
+        (
+            "exempt = [\"10.0.0.0/8\", \"10.0.0.0/8\"]",
+            "rrl.exempt[1]",
+            "listed twice",
+        ),
+        ("responses = 5", "rrl.responses", "unknown field"),
+    ] {
+        let e = parse_server(Path::new("m.toml"), &format!("[rrl]\n{text}")).unwrap_err();
+        assert_eq!(e.key, key, "{text}: {e}");
+        assert!(e.reason.contains(reason), "{text}: {e}");
+    }
+}

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
-use super::raw::{RawAdmin, RawServer, RawService, RawZone};
+use super::raw::{RawAdmin, RawRrl, RawServer, RawService, RawZone};
 use super::{
     ConfigError, DEFAULT_GEOIP, DEFAULT_LISTEN, DEFAULT_MAX_UDP_PAYLOAD, DEFAULT_RECORD_TTL,
     DEFAULT_SERVICE_TTL, DEFAULT_TCP_BUSY_IDLE_TIMEOUT_SECS, DEFAULT_TCP_IDLE_TIMEOUT_SECS,
@@ -133,6 +133,7 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
     let admin = validate_admin(file, base, raw.admin.unwrap_or_default())?;
     let nsid = super::protocol::validate_nsid(file, raw.nsid)?;
     let cookies = super::protocol::validate_cookies(file, base, raw.cookies.unwrap_or_default())?;
+    let rrl = validate_rrl(file, raw.rrl.unwrap_or_default())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match raw.threads {
         Some(n) => check_range(file, "threads", n, 1, MAX_THREADS)? as usize,
@@ -147,6 +148,7 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         admin,
         nsid,
         cookies,
+        rrl,
         listen,
         zones_dir,
         geoip,
@@ -257,6 +259,101 @@ fn validate_admin(
             super::MAX_ADMIN_REQUEST_TIMEOUT,
         )?,
     }))
+}
+
+/// `[rrl]`: ranges, and exempt networks in CIDR form without host bits.
+fn validate_rrl(file: &Path, raw: RawRrl) -> Result<super::RrlConfig, ConfigError> {
+    use super::RrlConfig;
+    let d = RrlConfig::default();
+    let int = |key: &str, value: Option<i64>, default: u32, min: u32, max: u32| {
+        let v = check_range(
+            file,
+            &format!("rrl.{key}"),
+            value.unwrap_or(i64::from(default)),
+            i64::from(min),
+            i64::from(max),
+        )?;
+        // In range, so it fits.
+        Ok::<u32, ConfigError>(u32::try_from(v).unwrap_or(max))
+    };
+    let rate = |key: &str, value: Option<i64>, default: u32| {
+        int(key, value, default, 0, super::MAX_RRL_RATE)
+    };
+    let mut exempt: Vec<IpNet> = Vec::new();
+    for (i, text) in raw.exempt.unwrap_or_default().iter().enumerate() {
+        let key = format!("rrl.exempt[{i}]");
+        // A bare address is a one-address network.
+        let net: IpNet = text
+            .parse()
+            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
+            .map_err(|_| {
+                ConfigError::new(
+                    file,
+                    key.clone(),
+                    format!("{text:?} is not a network in CIDR notation such as \"192.0.2.0/24\""),
+                )
+            })?;
+        if net.trunc() != net {
+            return Err(ConfigError::new(
+                file,
+                key,
+                format!("host bits set; did you mean \"{}\"?", net.trunc()),
+            ));
+        }
+        if exempt.contains(&net) {
+            return Err(ConfigError::new(file, key, "listed twice"));
+        }
+        exempt.push(net);
+    }
+    let table_size = int(
+        "table_size",
+        raw.table_size,
+        d.table_size,
+        1024,
+        super::MAX_RRL_TABLE_SIZE,
+    )?
+    .next_power_of_two();
+    Ok(RrlConfig {
+        enabled: raw.enabled.unwrap_or(d.enabled),
+        responses_per_second: rate(
+            "responses_per_second",
+            raw.responses_per_second,
+            d.responses_per_second,
+        )?,
+        nxdomains_per_second: rate(
+            "nxdomains_per_second",
+            raw.nxdomains_per_second,
+            d.nxdomains_per_second,
+        )?,
+        referrals_per_second: rate(
+            "referrals_per_second",
+            raw.referrals_per_second,
+            d.referrals_per_second,
+        )?,
+        errors_per_second: rate(
+            "errors_per_second",
+            raw.errors_per_second,
+            d.errors_per_second,
+        )?,
+        window: int("window", raw.window, d.window, 1, 3600)?,
+        slip: int("slip", raw.slip, d.slip.into(), 0, 10)? as u8,
+        ipv4_prefix_length: int(
+            "ipv4_prefix_length",
+            raw.ipv4_prefix_length,
+            d.ipv4_prefix_length.into(),
+            0,
+            32,
+        )? as u8,
+        ipv6_prefix_length: int(
+            "ipv6_prefix_length",
+            raw.ipv6_prefix_length,
+            d.ipv6_prefix_length.into(),
+            0,
+            128,
+        )? as u8,
+        exempt,
+        table_size,
+    })
 }
 
 fn ttl(file: &Path, key: &str, value: Option<u32>, default: u32) -> Result<u32, ConfigError> {

@@ -13,7 +13,8 @@ use arc_swap::ArcSwap;
 use socket2::{SockAddr, SockAddrStorage};
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{Transport, handle_into};
+use super::handler::{Transport, handle_query};
+use super::rrl::Limiter;
 use crate::snapshot::Snapshot;
 
 /// Queries taken per `recvmmsg`.
@@ -24,7 +25,12 @@ const QUERY_BUFFER: usize = 4096;
 
 /// Serves `socket` until `token` is cancelled (the socket has a read
 /// timeout, so a blocked receive returns to check).
-pub fn serve(socket: &UdpSocket, state: &Arc<ArcSwap<Snapshot>>, token: &CancellationToken) {
+pub fn serve(
+    socket: &UdpSocket,
+    state: &Arc<ArcSwap<Snapshot>>,
+    rrl: &Limiter,
+    token: &CancellationToken,
+) {
     let fd = socket.as_raw_fd();
     let mut bufs = vec![[0u8; QUERY_BUFFER]; BATCH];
     let mut outs: Vec<Vec<u8>> = (0..BATCH).map(|_| Vec::with_capacity(4096)).collect();
@@ -85,6 +91,8 @@ pub fn serve(socket: &UdpSocket, state: &Arc<ArcSwap<Snapshot>>, token: &Cancell
         }
         let received = n as usize;
         let snap = state.load();
+        // One clock read and one settings load for the whole batch.
+        let limits = rrl.batch();
         let mut ready = 0;
         for i in 0..received {
             let h = &msgs[i].msg_hdr;
@@ -105,17 +113,24 @@ pub fn serve(socket: &UdpSocket, state: &Arc<ArcSwap<Snapshot>>, token: &Cancell
                 continue;
             }
             let len = (msgs[i].msg_len as usize).min(QUERY_BUFFER);
-            if handle_into(
+            let handled = handle_query(
                 &snap,
                 &bufs[i][..len],
                 src.ip(),
                 Transport::Udp,
                 &mut outs[ready],
-            ) {
+            );
+            // A valid server cookie proves the source address: exempt.
+            if handled.send
+                && limits
+                    .as_ref()
+                    .is_none_or(|l| l.check(src.ip(), &mut outs[ready], handled.cookie_valid))
+            {
                 send_names[ready] = peer;
                 ready += 1;
             }
         }
+        drop(limits);
         drop(snap);
         let mut sent = 0;
         while sent < ready {

@@ -16,6 +16,7 @@ pub(crate) mod envelope;
 pub mod fast;
 pub mod handler;
 pub mod records;
+pub mod rrl;
 pub mod server;
 pub mod zone;
 

@@ -27,6 +27,7 @@ use tokio_util::task::TaskTracker;
 
 use self::slots::{ClientKey, Refused, Slot, Slots};
 use super::handler::{Transport, handle_into};
+use super::rrl::Limiter;
 use crate::snapshot::Snapshot;
 
 /// TCP limits.
@@ -64,7 +65,7 @@ pub struct TcpStats {
 }
 
 /// A reading of [`TcpStats`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct TcpCounters {
     /// Connections open now.
     pub open: u64,
@@ -99,6 +100,7 @@ const UDP_SHUTDOWN_POLL: Duration = Duration::from_millis(200);
 pub fn serve_udp(
     socket: std::net::UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
+    rrl: Arc<Limiter>,
     token: CancellationToken,
 ) {
     if let Err(e) = socket.set_read_timeout(Some(UDP_SHUTDOWN_POLL)) {
@@ -106,10 +108,10 @@ pub fn serve_udp(
     }
     #[cfg(target_os = "linux")]
     {
-        super::batch::serve(&socket, &state, &token);
+        super::batch::serve(&socket, &state, &rrl, &token);
     }
     #[cfg(not(target_os = "linux"))]
-    serve_udp_simple(socket, state, token);
+    serve_udp_simple(socket, state, rrl, token);
 }
 
 /// One query per system call: the portable loop.
@@ -117,6 +119,7 @@ pub fn serve_udp(
 fn serve_udp_simple(
     socket: std::net::UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
+    rrl: Arc<Limiter>,
     token: CancellationToken,
 ) {
     // Large enough for any datagram; EDNS clients may send big queries.
@@ -143,11 +146,17 @@ fn serve_udp_simple(
         if src.port() == 0 {
             continue; // cannot be answered; often spoofed
         }
-        let answered = {
+        let handled = {
             let snap = state.load();
-            handle_into(&snap, &buf[..len], src.ip(), Transport::Udp, &mut out)
+            super::handler::handle_query(&snap, &buf[..len], src.ip(), Transport::Udp, &mut out)
         };
-        if answered && let Err(e) = socket.send_to(&out, src) {
+        // One query per batch here: the clock is read per query. A valid
+        // server cookie proves the source address: exempt.
+        let send = handled.send
+            && rrl
+                .batch()
+                .is_none_or(|b| b.check(src.ip(), &mut out, handled.cookie_valid));
+        if send && let Err(e) = socket.send_to(&out, src) {
             tracing::debug!(error = %e, %src, "udp send error");
         }
     }

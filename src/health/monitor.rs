@@ -252,7 +252,6 @@ pub struct Monitor {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
 struct Inner {
     state: Mutex<State>,
     swap: Arc<ArcSwap<Snapshot>>,
@@ -262,6 +261,20 @@ struct Inner {
     tasks: TaskTracker,
     token: CancellationToken,
     generation_token: Mutex<CancellationToken>,
+    /// The server's own counters (TCP, rate limiting), for `/status`.
+    server_stats: std::sync::OnceLock<ServerStats>,
+}
+
+/// Reads the server's counters as JSON; see [`Monitor::attach_stats`].
+pub type ServerStats = Box<dyn Fn() -> Value + Send + Sync>;
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inner")
+            .field("state", &self.state)
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
 }
 
 fn now() -> SystemTime {
@@ -310,6 +323,7 @@ impl Monitor {
                 published,
                 tasks: TaskTracker::new(),
                 generation_token: Mutex::new(token.child_token()),
+                server_stats: std::sync::OnceLock::new(),
                 token,
             }),
         }
@@ -718,7 +732,13 @@ impl Monitor {
         Ok(())
     }
 
-    /// Everything, for `GET /status`.
+    /// Adds the server's own counters to [`Self::status`]: `read` returns
+    /// a JSON object whose keys join the top level. Set once, at start-up.
+    pub fn attach_stats(&self, read: ServerStats) {
+        let _ = self.inner.server_stats.set(read);
+    }
+
+    /// Everything `/status` shows.
     pub fn status(&self) -> Value {
         let snap = self.inner.swap.load_full();
         let state = self.lock();
@@ -830,7 +850,13 @@ impl Monitor {
                 json!({ "zone": origin, "datacenters": dcs, "services": services })
             })
             .collect();
-        json!({ "zones": zones, "dns": crate::dns::counters::counts() })
+        let mut status = json!({ "zones": zones, "dns": crate::dns::counters::counts() });
+        if let (Some(read), Some(map)) = (self.inner.server_stats.get(), status.as_object_mut())
+            && let serde_json::Value::Object(extra) = read()
+        {
+            map.extend(extra);
+        }
+        status
     }
 
     /// Stops every probe and waits for the tasks to end.

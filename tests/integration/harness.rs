@@ -153,10 +153,18 @@ pub fn write_config(dir: &Path, setup: &Setup<'_>) -> PathBuf {
     } else {
         "[admin]\nlisten = \"127.0.0.1:0\"\n"
     };
+    // Response rate limiting is on by default, and tests send hundreds of
+    // identical queries from 127.0.0.1 within a second: off unless the
+    // test configures it (tests/integration/rrl.rs does).
+    let rrl = if setup.server_toml.contains("[rrl]") {
+        ""
+    } else {
+        "[rrl]\nenabled = false\n"
+    };
     std::fs::write(
         &path,
         format!(
-            "zones = \"zones\"\ngeoip = \"test.mmdb\"\n{}\n{admin}",
+            "zones = \"zones\"\ngeoip = \"test.mmdb\"\n{}\n{admin}{rrl}",
             setup.server_toml
         ),
     )

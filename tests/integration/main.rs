@@ -14,4 +14,5 @@ mod policies;
 mod protocol;
 mod protocol_hardening;
 mod robustness;
+mod rrl;
 mod tcp_hardening;

@@ -445,3 +445,40 @@ async fn malformed_options_never_reach_the_log() {
         after.len()
     );
 }
+
+#[tokio::test]
+async fn a_valid_server_cookie_exempts_a_client_from_rate_limits() {
+    let zone = crate::harness::example_zone();
+    let s = TestServer::start_with(Setup {
+        zones: &[("gslb.example.com.toml", &zone)],
+        server_toml: "[rrl]\nresponses_per_second = 5\nslip = 0",
+        ..Setup::default()
+    })
+    .await;
+    let q = || query("mail.gslb.example.com.", RecordType::A, None);
+    // Learn a server cookie (this spends one of the five).
+    let first = s.udp(&with_option(q(), 10, &CLIENT_COOKIE)).await;
+    let cookie = option(&first, 10).expect("a cookie");
+    // With it, every query is answered: the cookie proves the address,
+    // so a spoofed flood cannot be behind it.
+    for i in 0..100 {
+        let r = s.udp(&with_option(q(), 10, &cookie)).await;
+        assert_eq!(r.answers.len(), 1, "query {i} with a valid cookie");
+    }
+    // Without one, the same client is limited: with slip 0, the limited
+    // responses are dropped, so a bounded wait sees silence.
+    let plain = q().to_vec().unwrap();
+    let mut answered = 0;
+    for _ in 0..30 {
+        let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        sock.send_to(&plain, s.addr).await.unwrap();
+        let mut buf = [0u8; 1500];
+        let got = tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            sock.recv_from(&mut buf),
+        )
+        .await;
+        answered += usize::from(got.is_ok());
+    }
+    assert!(answered <= 8, "{answered} of 30 answered without a cookie");
+}
