@@ -47,7 +47,8 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
     Duration::try_from_secs_f64(secs).ok()
 }
 
-fn duration(
+/// Reads an optional duration key within `[min, max]`.
+pub(super) fn duration(
     file: &Path,
     key: String,
     text: Option<&str>,

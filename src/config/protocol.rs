@@ -71,18 +71,14 @@ pub(super) fn validate_cookies(
         })?),
         None => None,
     };
-    let rotate = match raw.rotate.as_deref() {
-        None => DEFAULT_ROTATE,
-        Some(text) => super::probe::parse_duration(text)
-            .filter(|d| (MIN_ROTATE..=MAX_ROTATE).contains(d))
-            .ok_or_else(|| {
-                ConfigError::new(
-                    file,
-                    "cookies.rotate",
-                    format!("{text:?}: use a duration from \"1h\" to \"720h\""),
-                )
-            })?,
-    };
+    let rotate = super::probe::duration(
+        file,
+        "cookies.rotate".into(),
+        raw.rotate.as_deref(),
+        DEFAULT_ROTATE,
+        MIN_ROTATE,
+        MAX_ROTATE,
+    )?;
     if raw.enabled == Some(false) {
         return Ok(None);
     }

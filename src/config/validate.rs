@@ -218,23 +218,8 @@ fn validate_admin(
         super::MAX_ADMIN_CONNECTIONS,
     )?;
     let timeout = |key: &str, text: Option<&str>, default: Duration, max: Duration| {
-        let Some(text) = text else { return Ok(default) };
-        let d = super::probe::parse_duration(text).ok_or_else(|| {
-            ConfigError::new(
-                file,
-                key,
-                format!("{text:?} is not a duration such as \"500ms\", \"5s\" or \"1m\""),
-            )
-        })?;
         let min = super::MIN_ADMIN_TIMEOUT;
-        if d < min || d > max {
-            return Err(ConfigError::new(
-                file,
-                key,
-                format!("{text} is out of range ({min:?} to {max:?})"),
-            ));
-        }
-        Ok(d)
+        super::probe::duration(file, key.to_string(), text, default, min, max)
     };
     Ok(Some(super::AdminConfig {
         listen,

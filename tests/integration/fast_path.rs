@@ -18,28 +18,8 @@ use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{Name, RecordType};
 use meridian::dns::Transport;
 
-/// Both paths at one fixed cookie time, so a query with a COOKIE option
-/// gets the same server cookie from each.
-const COOKIE_TIME: u32 = 1_800_000_000;
+use crate::harness::{handle_fast, handle_slow};
 
-fn handle_fast(
-    snap: &meridian::snapshot::Snapshot,
-    packet: &[u8],
-    src: std::net::IpAddr,
-    transport: Transport,
-    out: &mut Vec<u8>,
-) -> bool {
-    meridian::dns::handler::handle_fast_at(snap, packet, src, transport, COOKIE_TIME, out)
-}
-
-fn handle_slow(
-    snap: &meridian::snapshot::Snapshot,
-    packet: &[u8],
-    src: std::net::IpAddr,
-    transport: Transport,
-) -> Option<Vec<u8>> {
-    meridian::dns::handler::handle_slow_at(snap, packet, src, transport, COOKIE_TIME)
-}
 use meridian::snapshot::Snapshot;
 
 use meridian::health::{DcHealth, HealthView, Observed, Override};

@@ -7,28 +7,7 @@ use std::net::IpAddr;
 
 use meridian::dns::{Transport, handle};
 
-/// Both paths at one fixed cookie time, so a query with a COOKIE option
-/// gets the same server cookie from each.
-const COOKIE_TIME: u32 = 1_800_000_000;
-
-fn handle_fast(
-    snap: &meridian::snapshot::Snapshot,
-    packet: &[u8],
-    src: std::net::IpAddr,
-    transport: Transport,
-    out: &mut Vec<u8>,
-) -> bool {
-    meridian::dns::handler::handle_fast_at(snap, packet, src, transport, COOKIE_TIME, out)
-}
-
-fn handle_slow(
-    snap: &meridian::snapshot::Snapshot,
-    packet: &[u8],
-    src: std::net::IpAddr,
-    transport: Transport,
-) -> Option<Vec<u8>> {
-    meridian::dns::handler::handle_slow_at(snap, packet, src, transport, COOKIE_TIME)
-}
+use crate::harness::{handle_fast, handle_slow};
 
 use crate::harness::{Rng, TestServer, repo, tcp_exchange, udp_exchange};
 

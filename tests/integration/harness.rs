@@ -346,3 +346,28 @@ impl Rng {
         &items[self.below(items.len())]
     }
 }
+
+/// Both handler paths at one fixed cookie time, so a query with a COOKIE
+/// option gets the same server cookie from each (differential tests).
+const COOKIE_TIME: u32 = 1_800_000_000;
+
+/// The fast path alone, at [`COOKIE_TIME`].
+pub fn handle_fast(
+    snap: &meridian::snapshot::Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: meridian::dns::Transport,
+    out: &mut Vec<u8>,
+) -> bool {
+    meridian::dns::handler::handle_fast_at(snap, packet, src, transport, COOKIE_TIME, out)
+}
+
+/// The general path alone, at [`COOKIE_TIME`].
+pub fn handle_slow(
+    snap: &meridian::snapshot::Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: meridian::dns::Transport,
+) -> Option<Vec<u8>> {
+    meridian::dns::handler::handle_slow_at(snap, packet, src, transport, COOKIE_TIME)
+}
