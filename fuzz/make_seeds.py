@@ -6,7 +6,11 @@
 Packet seeds are raw DNS queries, built here by hand (no DNS library), for
 the names of zones/gslb.example.com.toml. The query ID also steers the fuzz
 targets (see fuzz/src/lib.rs): ID byte 0 & 7 picks the source address, ID
-byte 1 the datacenters' health. Zone seeds are the shipped zone file, the
+byte 1 the datacenters' health. opt_ecs seeds are in that target's input
+language (fuzz/src/opt_query.rs): the same two ID bytes, header byte 2, a
+name and a type index, then operations that build the OPT records and what
+follows them. tcp_stream seeds are packet seeds framed as a TCP client
+writes them (two-byte length, message), several per stream. Zone seeds are the shipped zone file, the
 shipped meridian.toml and variants with the other features.
 
 Existing *.bin / *.toml files in the seed directories are replaced, so the
@@ -163,6 +167,10 @@ def packet_seeds():
     s["repro-two-long-questions-noedns"] = (header(0x1234, qd=2)
                                             + question(long_name("a"), "A")
                                             + question(long_name("b"), "A"))
+    # NXDOMAIN for a name of 63 labels below the origin (a2fa9e6: the
+    # fast path's label table held 48).
+    s["repro-nxdomain-63-labels"] = query(0x0100, ".".join(["a"] * 63) + "." + ORIGIN,
+                                          "A", E(1232))
     return s
 
 
@@ -194,8 +202,162 @@ def fast_seeds():
                                             opt(1232, ecs(1, 22, bytes([10, 1, 3]))))
     repro = packet_seeds()
     for key in ("repro-ecs-4-octets-for-24-clean", "repro-ecs-2-octets-for-24-clean",
-                "repro-opt-owner-pointer-v1"):
+                "repro-opt-owner-pointer-v1", "repro-nxdomain-63-labels"):
         s[key] = repro[key]
+    return s
+
+
+# The opt_ecs target's input language (fuzz/src/opt_query.rs): four bytes
+# (query ID, header byte 2, name and type indices), then operations.
+OE_NAMES = ["www", "WwW", "app", "@", "mail", "nope", "a.b.www", "example.org",
+            "status", "ns1", "_sip._tcp", "."]
+OE_TYPES = ["A", "AAAA", "ANY", "TXT", "SOA", "NS", "MX", "SRV", "CNAME", "OPT",
+            "TSIG", "AXFR", "DS", "CAA", "PTR", "PRIVATE"]
+
+
+def oe(qid, ops=b"", name_="www", qtype="A", flags0=0):
+    q = OE_NAMES.index(name_) | OE_TYPES.index(qtype) << 4
+    return struct.pack(">HBB", qid, flags0, q) + ops
+
+
+def oe_opt(payload=1232, version=0, do=False, owner_not_root=False, ext_rcode=False):
+    flags = (0x80 if do else 0) | (1 if owner_not_root else 0) | (2 if ext_rcode else 0)
+    return struct.pack(">BHBB", 0, payload, version, flags)
+
+
+def oe_ecs_raw(family, source, scope, addr):
+    assert len(addr) < 18
+    return struct.pack(">BHBBB", 1, family, source, scope, len(addr)) + addr
+
+
+def oe_ecs(v6, source, addr, scope=None):
+    """A well-formed ECS option (the builder masks the address)."""
+    scope_byte = 0 if scope is None else 0x80 | scope
+    want = (source + 7) // 8
+    return bytes([2, 1 if v6 else 0, source, scope_byte]) + addr[:want].ljust(want, b"\x00")
+
+
+def oe_cookie(data):
+    return bytes([3, len(data)]) + data
+
+
+def oe_nsid(data=b""):
+    return bytes([4, len(data)]) + data
+
+
+def oe_option(code, declared, data):
+    return struct.pack(">BHHB", 5, code, declared, len(data)) + data
+
+
+def oe_fragment(data):
+    return bytes([6, len(data)]) + data
+
+
+def oe_tsig(mac_len=32):
+    return bytes([7, mac_len]) + bytes(range(mac_len))
+
+
+OE_A = b"\x08"
+
+
+def opt_ecs_seeds():
+    s = {}
+    v4_8888 = bytes([8, 8, 8, 8])
+    v6_google = bytes.fromhex("2a0014504001") + bytes(10)
+    mapped = bytes(10) + b"\xff\xff" + bytes([81, 2, 69, 142])
+    # Valid ECS, both families, several prefixes, from several sources
+    # (the low bits of the first ID byte) and health views (second byte).
+    s["ecs4-24"] = oe(0x0200, oe_opt() + oe_ecs(False, 24, v4_8888))
+    s["ecs4-32-do"] = oe(0x0301, oe_opt(do=True) + oe_ecs(False, 32, bytes([81, 2, 69, 142])))
+    s["ecs4-0"] = oe(0x0402, oe_opt() + oe_ecs(False, 0, b""))
+    s["ecs4-20-masked"] = oe(0x0503, oe_opt() + oe_ecs(False, 20, bytes([1, 0, 0x1f])))
+    s["ecs6-56-aaaa"] = oe(0x0504, oe_opt() + oe_ecs(True, 56, v6_google), qtype="AAAA")
+    s["ecs6-0"] = oe(0x0605, oe_opt() + oe_ecs(True, 0, b""))
+    s["ecs6-mapped-120"] = oe(0x0606, oe_opt() + oe_ecs(True, 120, mapped))
+    s["ecs6-128"] = oe(0x0007, oe_opt(4096) + oe_ecs(True, 128, v6_google))
+    s["ecs4-app-cname"] = oe(0x0208, oe_opt() + oe_ecs(False, 24, v4_8888), name_="app")
+    s["ecs4-mixed-case"] = oe(0x0309, oe_opt() + oe_ecs(False, 16, v4_8888), name_="WwW")
+    s["ecs4-nxdomain"] = oe(0x040a, oe_opt() + oe_ecs(False, 24, v4_8888), name_="nope")
+    s["ecs4-outside-zone"] = oe(0x050b, oe_opt() + oe_ecs(False, 24, v4_8888), name_="example.org")
+    s["ecs4-apex-any"] = oe(0x060c, oe_opt(512) + oe_ecs(False, 24, v4_8888), name_="@", qtype="ANY")
+    # Invalid ECS (RFC 7871 §6): FORMERR.
+    s["bad-ecs-too-many-octets"] = oe(0x0210, oe_opt() + oe_ecs_raw(1, 24, 0, v4_8888))
+    s["bad-ecs-too-few-octets"] = oe(0x0311, oe_opt() + oe_ecs_raw(1, 24, 0, v4_8888[:2]))
+    s["bad-ecs-v4-prefix-33"] = oe(0x0412, oe_opt() + oe_ecs_raw(1, 33, 0, v4_8888 + b"\x00"))
+    s["bad-ecs-v6-prefix-129"] = oe(0x0513, oe_opt() + oe_ecs_raw(2, 129, 0, v6_google + b"\x00"))
+    s["bad-ecs-bits-beyond-prefix"] = oe(0x0614, oe_opt() + oe_ecs_raw(1, 20, 0, bytes([10, 1, 0x0f])))
+    s["bad-ecs-family-3"] = oe(0x0715, oe_opt() + oe_ecs_raw(3, 8, 0, b"\x0a"))
+    s["bad-ecs-short"] = oe(0x0016, oe_opt() + oe_option(8, 3, b"\x00\x01\x18"))
+    s["bad-two-ecs"] = oe(0x0117, oe_opt() + oe_ecs(False, 24, v4_8888) + oe_ecs(True, 48, v6_google))
+    # Finding 1: a non-zero scope in a query ("MUST be set to 0").
+    s["ecs4-scope-in-query"] = oe(0x0218, oe_opt() + oe_ecs(False, 24, v4_8888, scope=24))
+    # Truncated options: data past the RDATA, a header cut short.
+    s["truncated-ecs"] = oe(0x0320, oe_opt() + oe_option(8, 10, b"\x00\x01\x18\x00"))
+    s["truncated-unknown"] = oe(0x0421, oe_opt() + oe_option(65001, 8, b"\xab\xcd"))
+    s["truncated-header-2"] = oe(0x0522, oe_opt() + oe_fragment(b"\x00\x0a"))
+    s["truncated-after-ecs"] = oe(0x0623, oe_opt() + oe_ecs(False, 24, v4_8888) + oe_fragment(b"\x00\x0a\x00"))
+    # COOKIE (RFC 7873): client only, client + server, malformed lengths.
+    client = bytes.fromhex("0b64b4dcd7b0cc8f")
+    s["cookie-8"] = oe(0x0230, oe_opt() + oe_cookie(client))
+    s["cookie-24"] = oe(0x0331, oe_opt() + oe_cookie(client + bytes.fromhex("0100000069300b5b") + bytes(8)))
+    s["cookie-40"] = oe(0x0432, oe_opt() + oe_cookie(client + bytes(32)))
+    s["cookie-5-malformed"] = oe(0x0533, oe_opt() + oe_cookie(client[:5]))
+    s["cookie-12-malformed"] = oe(0x0634, oe_opt() + oe_cookie(client + bytes(4)))
+    s["cookie-and-ecs"] = oe(0x0735, oe_opt() + oe_ecs(False, 24, v4_8888) + oe_cookie(client))
+    # NSID (RFC 5001): the request is empty.
+    s["nsid-request"] = oe(0x0040, oe_opt() + oe_nsid())
+    s["nsid-and-ecs"] = oe(0x0141, oe_opt() + oe_nsid() + oe_ecs(True, 56, v6_google), qtype="AAAA")
+    s["nsid-with-data"] = oe(0x0242, oe_opt() + oe_nsid(b"\x01\x02"))
+    # EDNS version 1: BADVERS (RFC 6891 §6.1.3).
+    s["badvers-1"] = oe(0x0350, oe_opt(version=1))
+    s["badvers-1-ecs"] = oe(0x0451, oe_opt(version=1) + oe_ecs(False, 24, v4_8888))
+    s["badvers-255-bad-ecs"] = oe(0x0552, oe_opt(version=255) + oe_ecs_raw(1, 24, 0, v4_8888))
+    # Two OPT records (RFC 6891 §6.1.1): FORMERR.
+    s["two-opts"] = oe(0x0660, oe_opt() + oe_ecs(False, 24, v4_8888) + oe_opt())
+    s["two-opts-split-by-a"] = oe(0x0761, oe_opt() + OE_A + oe_cookie(client))
+    # Records after the OPT: an A record, TSIG (unknown key), TSIG first.
+    s["opt-then-a"] = oe(0x0070, oe_opt() + oe_ecs(False, 24, v4_8888) + OE_A)
+    s["opt-then-tsig"] = oe(0x0171, oe_opt() + oe_ecs(False, 24, v4_8888) + oe_tsig())
+    s["tsig-then-opt"] = oe(0x0272, oe_tsig(16) + oe_opt() + oe_nsid())
+    s["tsig-only"] = oe(0x0373, oe_tsig(0))
+    # Odd OPT records and queries.
+    s["opt-owner-not-root"] = oe(0x0480, oe_opt(owner_not_root=True) + oe_ecs(False, 24, v4_8888))
+    s["opt-ext-rcode"] = oe(0x0581, oe_opt(ext_rcode=True))
+    s["opt-payload-0"] = oe(0x0682, oe_opt(0) + oe_ecs(False, 8, v4_8888), name_="@", qtype="ANY")
+    s["opt-payload-65535-do"] = oe(0x0783, oe_opt(65535, do=True), name_="@", qtype="NS")
+    s["unknown-options-ignored"] = oe(0x0084, oe_opt() + oe_option(65001, 4, b"\xde\xad\xbe\xef")
+                                      + oe_option(12, 0, b"") + oe_ecs(False, 24, v4_8888))
+    s["qtype-opt"] = oe(0x0185, oe_opt(), qtype="OPT")
+    s["opcode-notify-ecs"] = oe(0x0286, oe_opt() + oe_ecs(False, 24, v4_8888), name_="@",
+                                qtype="SOA", flags0=4 << 3)
+    s["qr-set"] = oe(0x0387, oe_opt() + oe_ecs(False, 24, v4_8888), flags0=0x80)
+    s["no-opt"] = oe(0x0488, b"", name_="mail")
+    s["root-ns-ecs"] = oe(0x0589, oe_opt() + oe_ecs(False, 24, v4_8888), name_=".", qtype="NS")
+    return s
+
+
+def frame(msg):
+    return struct.pack(">H", len(msg)) + msg
+
+
+def tcp_seeds():
+    """Byte streams as a TCP client writes them (length-prefixed)."""
+    p = packet_seeds()
+    s = {}
+    s["one-query"] = frame(p["www-a-noedns"])
+    s["three-pipelined"] = (frame(p["www-ecs4-24"]) + frame(p["www-ecs6-56"])
+                            + frame(p["apex-soa-edns"]))
+    s["query-short-message-query"] = (frame(p["mail-a-edns"]) + frame(b"\x00\x01\x02\x03\x04")
+                                      + frame(p["www-a-noedns"]))
+    s["query-zero-length"] = frame(p["apex-ns-noedns"]) + frame(b"")
+    s["query-then-cut-message"] = frame(p["app-a-cname-chain"]) + frame(p["www-ecs4-24"])[:20]
+    s["query-then-cut-length"] = frame(p["sip-srv"]) + b"\x00"
+    s["qr-set-then-query"] = frame(p["qr-set"]) + frame(p["nxdomain-edns"])
+    s["bad-ecs-then-good"] = frame(p["bad-ecs-too-many-octets"]) + frame(p["www-ecs4-32-do"])
+    s["frame-longer-than-query"] = frame(p["www-a-noedns"] + b"\xde\xad\xbe\xef") + frame(p["apex-any-edns"])
+    s["two-long-questions"] = frame(p["repro-two-long-questions-noedns"]) + frame(p["edns-version-1"])
+    s["opcode-notify-then-axfr"] = frame(p["opcode-notify"]) + frame(p["class-ch-axfr"])
+    s["compressed-then-two-additionals"] = frame(p["compressed-qname"]) + frame(p["two-additionals"])
     return s
 
 
@@ -378,6 +540,8 @@ def main():
     write(os.path.join(CORPUS, "packet"), packet_seeds(), ".bin", "wb")
     write(os.path.join(CORPUS, "fast_vs_general"), fast_seeds(), ".bin", "wb")
     write(os.path.join(CORPUS, "zone_config"), zone_seeds(), ".toml", "w")
+    write(os.path.join(CORPUS, "opt_ecs"), opt_ecs_seeds(), ".bin", "wb")
+    write(os.path.join(CORPUS, "tcp_stream"), tcp_seeds(), ".bin", "wb")
 
 
 if __name__ == "__main__":

@@ -8,8 +8,11 @@
 
 use hickory_proto::op::Message;
 use libfuzzer_sys::fuzz_target;
-use meridian::dns::{Transport, handle_fast, handle_slow};
+use meridian::dns::Transport;
+use meridian::dns::handler::{handle_fast_at, handle_slow_at};
 use meridian_fuzz::{ecs, hex, qname_has_upper, snapshot_for, source};
+
+const COOKIE_TIME: u32 = 1_800_000_000;
 
 fuzz_target!(|data: &[u8]| {
     let snap = snapshot_for(data);
@@ -17,7 +20,9 @@ fuzz_target!(|data: &[u8]| {
     let mut fast = Vec::new();
     for transport in [Transport::Udp, Transport::Tcp] {
         fast.clear();
-        if !handle_fast(snap, data, src, transport, &mut fast) {
+        // One cookie time for both paths, so a COOKIE option gets the
+        // same server cookie from each.
+        if !handle_fast_at(snap, data, src, transport, COOKIE_TIME, &mut fast) {
             continue;
         }
         let context = || {
@@ -27,7 +32,7 @@ fuzz_target!(|data: &[u8]| {
                 hex(&fast)
             )
         };
-        let Some(slow) = handle_slow(snap, data, src, transport) else {
+        let Some(slow) = handle_slow_at(snap, data, src, transport, COOKIE_TIME) else {
             panic!(
                 "the fast path answered, the general path sends nothing\n{}",
                 context()

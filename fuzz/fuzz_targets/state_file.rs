@@ -16,7 +16,10 @@ fuzz_target!(|data: &[u8]| {
             let saved = render(&map);
             let again = parse(&saved)
                 .unwrap_or_else(|e| panic!("the saved form does not parse: {e}\n{saved}"));
-            assert_eq!(again, map, "the saved form reads back differently:\n{saved}");
+            assert_eq!(
+                again, map,
+                "the saved form reads back differently:\n{saved}"
+            );
         }
         Err(e) => {
             // The message is shown to operators: it must render.

@@ -9,6 +9,8 @@
 //! choices from it: the low three bits of the first ID byte pick the source
 //! address, the second ID byte picks the health of the datacenters.
 
+pub mod opt_query;
+
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::Path;
 use std::sync::LazyLock;

@@ -262,3 +262,29 @@ fn names_with_very_many_labels_get_the_same_nxdomain_from_both_paths() {
         }
     }
 }
+
+/// Finding 1 of the `opt_ecs` fuzz target (issue 11; seed
+/// `fuzz/corpus/opt_ecs/ecs4-scope-in-query.bin`): an ECS option whose
+/// SCOPE PREFIX-LENGTH is not 0 in a query is answered as if it were
+/// valid. RFC 7871 §6: "In queries, it MUST be set to 0"; BIND answers
+/// FORMERR. Both paths must send the FORMERR the envelope writes for any
+/// other invalid ECS option: the question, then an empty OPT record.
+#[tokio::test]
+async fn ecs_with_a_scope_in_the_query_gets_formerr() {
+    // www.gslb.example.com A; OPT (payload 1232) with ECS family 1,
+    // source /24, scope /24, address 8.8.8.
+    let mut p = hex("021800000001000000000001");
+    p.extend(hex("037777770467736c62076578616d706c6503636f6d0000010001"));
+    p.extend(hex("00002904d000000000000b"));
+    p.extend(hex("0008000700011818080808"));
+    let s = TestServer::example().await;
+    let snap = s.server.snapshot();
+    let src: IpAddr = "127.0.0.1".parse().unwrap();
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let resp = handle(&snap, &p, src, transport).unwrap();
+        assert_formerr_with_question_and_opt(&p, &resp);
+        assert_eq!(handle_slow(&snap, &p, src, transport).unwrap(), resp);
+    }
+    assert_formerr_with_question_and_opt(&p, &udp_exchange(s.addr, &p).await);
+    assert_formerr_with_question_and_opt(&p, &tcp_exchange(s.addr, &p).await);
+}
