@@ -307,7 +307,7 @@ pub fn build(data: &[u8]) -> (Vec<u8>, Model) {
                 let scope = if s & 0x80 != 0 { s & 0x7f } else { 0 };
                 let n = usize::from(source).div_ceil(8);
                 let mut addr = r.bytes(n);
-                if source % 8 != 0
+                if !source.is_multiple_of(8)
                     && let Some(last) = addr.last_mut()
                 {
                     *last &= 0xffu8 << (8 - source % 8);
@@ -476,7 +476,7 @@ pub fn ecs_verdict(d: &[u8]) -> EcsVerdict {
         return EcsVerdict::Invalid;
     }
     // Bits beyond the prefix in the last octet.
-    if source % 8 != 0
+    if !source.is_multiple_of(8)
         && let Some(last) = addr.last()
         && last & (0xffu8 >> (source % 8)) != 0
     {
