@@ -291,7 +291,9 @@ impl Envelope {
         let mut at = match (qd, &self.question) {
             (0, _) => HEADER_LEN,
             (_, Some(q)) => q.end,
-            (_, None) => return None,
+            // A question the fast path cannot read (compression): skip
+            // it, so the OPT record is still found and both paths see it.
+            (_, None) => skip_name(p, HEADER_LEN)? + 4,
         };
         for _ in 1..qd {
             at = skip_name(p, at)? + 4;

@@ -292,8 +292,10 @@ fn respond(
     if query.metadata.op_code != OpCode::Query {
         return fail(resp, ResponseCode::NotImp);
     }
-    // Other than one question (RFC 9619): FORMERR.
-    if query.queries.len() != 1 {
+    // Other than one question (RFC 9619): FORMERR. So is a query whose
+    // OPT record hickory reads but the envelope cannot find: the response
+    // OPT (and every EDNS rule) comes from the envelope.
+    if query.queries.len() != 1 || query.edns.is_some() != env.opt.is_some() {
         return None;
     }
     let q: &Query = &query.queries[0];

@@ -288,3 +288,22 @@ async fn ecs_with_a_scope_in_the_query_gets_formerr() {
     assert_formerr_with_question_and_opt(&p, &udp_exchange(s.addr, &p).await);
     assert_formerr_with_question_and_opt(&p, &tcp_exchange(s.addr, &p).await);
 }
+
+/// Finding 2 (packet, after the merge of issue 11's work): a question
+/// whose name is compressed hid the OPT record from the envelope, so an
+/// EDNS version 255 query got REFUSED without OPT instead of BADVERS.
+#[test]
+fn a_compressed_question_does_not_hide_the_opt_record() {
+    let (_, snap) = meridian::load(&crate::harness::repo().join("meridian.toml")).unwrap();
+    let src: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let p =
+        hex("031a0000000100000000000103777762c0000039000100002904d0ebffffff0000000021000808080800");
+    let resp = handle(&snap, &p, src, Transport::Udp).expect("answered");
+    // BADVERS (16): rcode 0 in the header, 1 in the OPT's extended rcode.
+    assert_eq!(resp[3] & 0x0f, 0);
+    let ar = u16::from_be_bytes([resp[10], resp[11]]);
+    assert_eq!(ar, 1, "the OPT record is there");
+    let opt = &resp[resp.len() - 11..];
+    assert_eq!(&opt[..3], &[0, 0, 41]);
+    assert_eq!(opt[5], 1, "extended rcode: BADVERS");
+}
