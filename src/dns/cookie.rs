@@ -177,13 +177,7 @@ pub fn parse_secret(text: &str) -> Option<[u8; 16]> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex"))
-            .collect()
-    }
+    use crate::dns::envelope::hex;
 
     /// A cookie under a fixed secret: the RFC 9018 hash is checked
     /// against the RFC's test vector by [`rfc9018_vector`], with the

@@ -76,13 +76,32 @@ pub fn handle_query_at(
     now: u32,
     out: &mut Vec<u8>,
 ) -> Handled {
+    run(snap, packet, (src, transport, now), Paths::Both, out)
+}
+
+/// Which paths may answer.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Paths {
+    Both,
+    Fast,
+    Slow,
+}
+
+/// Scans `packet` and answers it from the envelope alone or by `paths`.
+fn run(
+    snap: &Snapshot,
+    packet: &[u8],
+    (src, transport, now): (IpAddr, Transport, u32),
+    paths: Paths,
+    out: &mut Vec<u8>,
+) -> Handled {
     let Some(env) = Envelope::scan(packet) else {
         return Handled::default();
     };
     let ctx = Context::new(snap, &env, src, now);
     let send = ctx.envelope_reply(snap, packet, transport, out)
-        || ctx.fast(snap, packet, src, transport, out)
-        || ctx.slow(snap, packet, src, transport, out);
+        || (paths != Paths::Slow && ctx.fast(snap, packet, src, transport, out))
+        || (paths != Paths::Fast && ctx.slow(snap, packet, src, transport, out));
     Handled {
         send,
         cookie_valid: ctx.cookie_valid,
@@ -111,11 +130,7 @@ pub fn handle_fast_at(
     now: u32,
     out: &mut Vec<u8>,
 ) -> bool {
-    let Some(env) = Envelope::scan(packet) else {
-        return false;
-    };
-    let ctx = Context::new(snap, &env, src, now);
-    ctx.envelope_reply(snap, packet, transport, out) || ctx.fast(snap, packet, src, transport, out)
+    run(snap, packet, (src, transport, now), Paths::Fast, out).send
 }
 
 /// The general path alone: hickory parses the query and encodes the
@@ -138,12 +153,10 @@ pub fn handle_slow_at(
     transport: Transport,
     now: u32,
 ) -> Option<Vec<u8>> {
-    let env = Envelope::scan(packet)?;
-    let ctx = Context::new(snap, &env, src, now);
     let mut out = Vec::new();
-    let _ = ctx.envelope_reply(snap, packet, transport, &mut out)
-        || ctx.slow(snap, packet, src, transport, &mut out);
-    Some(out)
+    run(snap, packet, (src, transport, now), Paths::Slow, &mut out)
+        .send
+        .then_some(out)
 }
 
 /// A scanned query and what every response to it carries.
