@@ -61,8 +61,13 @@ fn answering_common_queries_does_not_allocate() {
     for transport in [meridian::dns::Transport::Udp, meridian::dns::Transport::Tcp] {
         for q in &queries {
             let before = ALLOCATIONS.load(Ordering::Relaxed);
-            assert!(meridian::dns::handle_fast(
-                &snap, q, src, transport, &mut out
+            assert!(meridian::dns::handler::handle_fast_at(
+                &snap,
+                q,
+                src,
+                transport,
+                1_800_000_000,
+                &mut out
             ));
             let after = ALLOCATIONS.load(Ordering::Relaxed);
             assert_eq!(
@@ -100,11 +105,12 @@ fn rate_limiting_does_not_allocate() {
     for q in &queries {
         // Enough to pass, drop and slip each kind.
         for _ in 0..20 {
-            assert!(meridian::dns::handle_fast(
+            assert!(meridian::dns::handler::handle_fast_at(
                 &snap,
                 q,
                 src,
                 meridian::dns::Transport::Udp,
+                1_800_000_000,
                 &mut out
             ));
             let before = mine();

@@ -144,7 +144,7 @@ fn be16(p: &[u8], at: usize) -> Option<u16> {
 
 /// Skips a (possibly compressed) name starting at `at`; returns the offset
 /// after it.
-fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
+pub(crate) fn skip_name(p: &[u8], mut at: usize) -> Option<usize> {
     loop {
         let len = *p.get(at)?;
         match len & 0xc0 {

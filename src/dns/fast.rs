@@ -207,17 +207,7 @@ fn no_choice(_: &super::zone::ServiceAnswers) -> Decision {
 }
 
 fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> Option<Response> {
-    let probe = zone.resolve_with(name, qtype, &mut no_choice);
-    let via_cname = probe
-        .answers
-        .first()
-        .is_some_and(|r| r.record_type() == RecordType::CNAME);
-    let first_cname = || {
-        let mut r = zone.resolve_with(name, qtype, &mut no_choice);
-        r.scope = Some(0);
-        r.first_cname_only();
-        template(name, qtype, r)
-    };
+    let mut probe = zone.resolve_with(name, qtype, &mut no_choice);
     match probe.service {
         None => Some(Response::Static(template(name, qtype, probe)?)),
         Some(service) => {
@@ -254,8 +244,9 @@ fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> O
                 plan: Arc::clone(plan),
                 per_dc: per_dc.into_boxed_slice(),
                 all_down,
-                first_cname: if via_cname {
-                    Some(first_cname()?)
+                first_cname: if probe.tailored_via_cname() {
+                    probe.first_cname_only();
+                    Some(template(name, qtype, probe)?)
                 } else {
                     None
                 },
@@ -402,10 +393,11 @@ impl FastIndex {
             max_udp_payload,
             seed,
         } = serving;
-        // QUERY only: the general path answers the rest (NOTIMP). The
-        // handler has already answered what the envelope decides alone
-        // (FORMERR for a bad OPT, BADVERS, BADKEY, BADCOOKIE).
-        if env.opcode() != 0 || env.opt.is_some_and(|o| o.version != 0 || o.ext_rcode != 0) {
+        // QUERY only, and no extended rcode in the query: the general path
+        // answers the rest (NOTIMP). The handler has already answered what
+        // the envelope decides alone (FORMERR for a bad OPT, BADVERS,
+        // BADKEY, BADCOOKIE).
+        if env.opcode() != 0 || env.opt.is_some_and(|o| o.ext_rcode != 0) {
             return false;
         }
         let Some(q) = simple_question(env) else {

@@ -62,7 +62,8 @@ pub fn handle_query(
     transport: Transport,
     out: &mut Vec<u8>,
 ) -> Handled {
-    handle_query_at(snap, packet, src, transport, cookie::now(), out)
+    // The clock is read only for a query that carries a cookie.
+    run(snap, packet, (src, transport, None), Paths::Both, out)
 }
 
 /// [`handle_query`] at cookie time `now` (seconds since the epoch, modulo
@@ -76,7 +77,7 @@ pub fn handle_query_at(
     now: u32,
     out: &mut Vec<u8>,
 ) -> Handled {
-    run(snap, packet, (src, transport, now), Paths::Both, out)
+    run(snap, packet, (src, transport, Some(now)), Paths::Both, out)
 }
 
 /// Which paths may answer.
@@ -88,10 +89,11 @@ enum Paths {
 }
 
 /// Scans `packet` and answers it from the envelope alone or by `paths`.
+/// `now` is the cookie time; `None` reads the clock if a cookie needs it.
 fn run(
     snap: &Snapshot,
     packet: &[u8],
-    (src, transport, now): (IpAddr, Transport, u32),
+    (src, transport, now): (IpAddr, Transport, Option<u32>),
     paths: Paths,
     out: &mut Vec<u8>,
 ) -> Handled {
@@ -108,19 +110,8 @@ fn run(
     }
 }
 
-/// The fast path alone (for the differential tests): `true` if it answered
-/// into `out`, `false` if it declined the query.
-pub fn handle_fast(
-    snap: &Snapshot,
-    packet: &[u8],
-    src: IpAddr,
-    transport: Transport,
-    out: &mut Vec<u8>,
-) -> bool {
-    handle_fast_at(snap, packet, src, transport, cookie::now(), out)
-}
-
-/// [`handle_fast`] at cookie time `now`.
+/// The fast path alone (for the differential tests), at cookie time
+/// `now`: `true` if it answered into `out`, `false` if it declined.
 #[doc(hidden)]
 pub fn handle_fast_at(
     snap: &Snapshot,
@@ -130,21 +121,12 @@ pub fn handle_fast_at(
     now: u32,
     out: &mut Vec<u8>,
 ) -> bool {
-    run(snap, packet, (src, transport, now), Paths::Fast, out).send
+    run(snap, packet, (src, transport, Some(now)), Paths::Fast, out).send
 }
 
-/// The general path alone: hickory parses the query and encodes the
-/// response. It is the reference the fast path is tested against.
-pub fn handle_slow(
-    snap: &Snapshot,
-    packet: &[u8],
-    src: IpAddr,
-    transport: Transport,
-) -> Option<Vec<u8>> {
-    handle_slow_at(snap, packet, src, transport, cookie::now())
-}
-
-/// [`handle_slow`] at cookie time `now`.
+/// The general path alone, at cookie time `now`: hickory parses the
+/// query and encodes the response. It is the reference the fast path is
+/// tested against.
 #[doc(hidden)]
 pub fn handle_slow_at(
     snap: &Snapshot,
@@ -154,9 +136,15 @@ pub fn handle_slow_at(
     now: u32,
 ) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    run(snap, packet, (src, transport, now), Paths::Slow, &mut out)
-        .send
-        .then_some(out)
+    run(
+        snap,
+        packet,
+        (src, transport, Some(now)),
+        Paths::Slow,
+        &mut out,
+    )
+    .send
+    .then_some(out)
 }
 
 /// A scanned query and what every response to it carries.
@@ -168,7 +156,7 @@ struct Context<'s> {
 }
 
 impl<'s> Context<'s> {
-    fn new(snap: &'s Snapshot, env: &'s Envelope, src: IpAddr, now: u32) -> Self {
+    fn new(snap: &'s Snapshot, env: &'s Envelope, src: IpAddr, now: Option<u32>) -> Self {
         let mut base = OptOut {
             nsid: snap.nsid.as_deref(),
             ..OptOut::default()
@@ -176,6 +164,7 @@ impl<'s> Context<'s> {
         let mut cookie_valid = false;
         if let (Some(c), Some(cookies)) = (&env.cookie, &snap.cookies) {
             let src = canonical(src);
+            let now = now.unwrap_or_else(cookie::now);
             cookie_valid =
                 !c.server().is_empty() && cookies.verify(&c.client, c.server(), src, now);
             // A fresh server cookie with every response (RFC 9018 §4.3
@@ -332,7 +321,7 @@ fn respond(
     let mut res = zone.resolve_with(q.name(), qtype, &mut |svc| {
         svc.plan.decide(&client, health, entropy, &mut ())
     });
-    if env.ecs.is_some() {
+    if env.ecs.is_some() && res.tailored_via_cname() {
         res.first_cname_only();
     }
     let scope = res.scope;

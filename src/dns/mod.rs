@@ -20,9 +20,7 @@ pub mod rrl;
 pub mod server;
 pub mod zone;
 
-pub use handler::{
-    Handled, Transport, handle, handle_fast, handle_into, handle_query, handle_slow,
-};
+pub use handler::{Handled, Transport, handle, handle_into, handle_query};
 
 use std::net::{IpAddr, SocketAddr};
 

@@ -68,6 +68,7 @@ use std::time::{Duration, Instant};
 use arc_swap::ArcSwap;
 use ipnet::IpNet;
 
+use super::envelope::skip_name;
 use crate::config::RrlConfig;
 
 /// Clock resolution: ticks per second. Balances are kept in 1/TICKS
@@ -452,21 +453,6 @@ pub fn classify(response: &[u8]) -> Option<(Kind, u64)> {
         0
     };
     Some((kind, question))
-}
-
-/// Where the name at `at` ends (after its root label or pointer).
-fn skip_name(r: &[u8], mut at: usize) -> Option<usize> {
-    // 128 labels of one byte each exceed the 255-byte name limit.
-    for _ in 0..128 {
-        let len = *r.get(at)?;
-        match len {
-            0 => return Some(at + 1),
-            l if l & 0xc0 == 0xc0 => return (at + 2 <= r.len()).then_some(at + 2),
-            l if l & 0xc0 != 0 => return None,
-            l => at += 1 + usize::from(l),
-        }
-    }
-    None
 }
 
 /// ASCII-lowercases eight bytes at once (leaving every other byte alone).

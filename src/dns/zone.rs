@@ -103,18 +103,22 @@ impl Resolution {
 }
 
 impl Resolution {
+    /// Whether a service decided the answer at the end of an in-zone
+    /// CNAME chain.
+    pub(crate) fn tailored_via_cname(&self) -> bool {
+        self.service.is_some()
+            && self
+                .answers
+                .first()
+                .is_some_and(|r| r.record_type() == RecordType::CNAME)
+    }
+
     /// RFC 7871 §7.2.1: with ECS in the query, an in-zone CNAME whose
-    /// target's answer is tailored is answered alone, with its own (zero)
-    /// scope, and the resolver follows it. Otherwise a resolver would cache
-    /// the static CNAME once per client network.
+    /// target's answer is tailored ([`Self::tailored_via_cname`]) is
+    /// answered alone, with its own (zero) scope, and the resolver follows
+    /// it. Otherwise a resolver would cache the static CNAME once per
+    /// client network.
     pub(crate) fn first_cname_only(&mut self) {
-        let starts_with_cname = self
-            .answers
-            .first()
-            .is_some_and(|r| r.record_type() == RecordType::CNAME);
-        if self.scope.is_none() || !starts_with_cname {
-            return;
-        }
         self.answers.truncate(1);
         self.authorities.clear();
         self.additionals.clear();
