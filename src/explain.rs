@@ -10,7 +10,7 @@ use std::net::IpAddr;
 
 use serde::Serialize;
 
-use crate::dns::envelope::{Envelope, canonical};
+use crate::dns::envelope::Envelope;
 use crate::dns::{self, Transport};
 use crate::geo::distance::distance_km;
 use crate::model::{Coord, DcId};
@@ -59,8 +59,11 @@ fn fmt_coord(c: Coord) -> String {
 pub struct Explanation {
     /// `NAME TYPE`.
     pub query: String,
-    /// The client network, sent as EDNS Client Subnet.
+    /// The client network.
     pub client: String,
+    /// Whether the client was sent as EDNS Client Subnet; a private
+    /// address is sent as the query's source instead (RFC 7871 §10).
+    pub sent_as_ecs: bool,
     /// Where the GeoIP database places the client.
     pub location: Option<Place>,
     /// The service behind the name, when one decides the answer.
@@ -174,9 +177,11 @@ pub fn explain_decision(
     let response =
         dns::handle(snap, &packet, src, Transport::Tcp).ok_or("the handler sent no response")?;
     let summary = dns::summarize(&response)?;
-    let entropy = Envelope::scan(&packet)
-        .map(|e| e.entropy(snap.seed, src))
-        .ok_or("unreadable query")?;
+    let env = Envelope::scan(&packet).ok_or("unreadable query")?;
+    let entropy = env.entropy(snap.seed, src);
+    // The address the handler routed on (the ECS address, or the source
+    // for a private one or a /0 prefix).
+    let routed = env.client_addr(src);
 
     // The service behind the name (directly or through an in-zone CNAME).
     let lower = fqdn.to_ascii_lowercase();
@@ -192,9 +197,7 @@ pub fn explain_decision(
                 continue;
             };
             let mut trace = Trace::default();
-            let client = Client {
-                addr: canonical(net.network()),
-            };
+            let client = Client { addr: routed };
             let d = plan.decide(&client, snap.health.zone(zi), entropy, &mut trace);
             let names = |ids: &[DcId]| ids.iter().map(|&i| zc.dc(i).name.clone()).collect();
             let km = |id: DcId| match (loc.and_then(|l| l.coord), zc.dc(id).location) {
@@ -260,6 +263,7 @@ pub fn explain_decision(
     Ok(Explanation {
         query: format!("{fqdn} {qtype}"),
         client: net.trunc().to_string(),
+        sent_as_ecs: ecs.is_some(),
         location,
         service,
         answer: summary,
@@ -276,7 +280,12 @@ pub fn explain(
     let e = explain_decision(snap, name, qtype, client)?;
     let mut out = String::new();
     let _ = writeln!(out, "query:     {}", e.query);
-    let _ = writeln!(out, "client:    {} (sent as EDNS Client Subnet)", e.client);
+    let how = if e.sent_as_ecs {
+        "sent as EDNS Client Subnet"
+    } else {
+        "a private address: sent as the query's source"
+    };
+    let _ = writeln!(out, "client:    {} ({how})", e.client);
     let _ = match &e.location {
         Some(l) => writeln!(
             out,

@@ -50,7 +50,7 @@ pub struct Snapshot {
     /// Health of every datacenter, indexed like `zones`.
     pub health: Arc<HealthView>,
     /// Seed of the per-query randomness (`weighted`, address rotation),
-    /// new for every process.
+    /// drawn anew by every build (start-up and each reload).
     pub(crate) seed: u64,
     /// The NSID option's payload, when configured (RFC 5001).
     pub(crate) nsid: Option<Arc<[u8]>>,

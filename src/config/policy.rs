@@ -201,18 +201,12 @@ fn step(
     datacenters: &[DcId],
     value: &toml::Value,
 ) -> Result<Step, ConfigError> {
-    let table = match value {
+    let entry = match value {
         toml::Value::String(s) => return named_step(file, key, s),
-        toml::Value::Table(t) if t.len() == 1 => t,
-        _ => {
-            return Err(ConfigError::new(
-                file,
-                key,
-                format!("a step is a name ({STEP_NAMES}) or a table with one key ({STEP_TABLES})"),
-            ));
-        }
+        toml::Value::Table(t) if t.len() == 1 => t.iter().next(),
+        _ => None,
     };
-    let Some((k, v)) = table.iter().next() else {
+    let Some((k, v)) = entry else {
         return Err(ConfigError::new(
             file,
             key,

@@ -79,15 +79,26 @@ impl Cookies {
         }
     }
 
+    /// The rotation period `timestamp` falls in.
+    fn period(&self, timestamp: u32) -> u64 {
+        u64::from(timestamp) / self.rotate_secs
+    }
+
     /// The secret of the rotation period `timestamp` falls in.
     fn secret(&self, timestamp: u32) -> [u8; 16] {
-        let period = u64::from(timestamp) / self.rotate_secs;
+        let period = self.period(timestamp);
         let h = SipHasher24x128::new_with_key(&self.master).hash(&period.to_le_bytes());
         h.as_bytes()
     }
 
-    /// RFC 9018 §4.4's hash of a server cookie with `timestamp`.
-    fn hash(&self, client: &[u8; CLIENT_COOKIE_LEN], ip: IpAddr, timestamp: u32) -> [u8; 8] {
+    /// RFC 9018 §4.4's hash of a server cookie with `timestamp`, under
+    /// `secret` (that of the timestamp's period).
+    fn hash(
+        secret: &[u8; 16],
+        client: &[u8; CLIENT_COOKIE_LEN],
+        ip: IpAddr,
+        timestamp: u32,
+    ) -> [u8; 8] {
         let mut input = [0u8; CLIENT_COOKIE_LEN + 8 + 16];
         input[..8].copy_from_slice(client);
         input[8] = VERSION;
@@ -102,9 +113,45 @@ impl Cookies {
                 32
             }
         };
-        SipHasher24::new_with_key(&self.secret(timestamp))
+        SipHasher24::new_with_key(secret)
             .hash(&input[..len])
             .to_le_bytes()
+    }
+
+    /// Checks the server cookie a query brought (`server`, maybe empty)
+    /// and mints the one its response carries, deriving the period's
+    /// secret once when both fall in the same period (nearly always).
+    pub fn respond(
+        &self,
+        client: &[u8; CLIENT_COOKIE_LEN],
+        server: &[u8],
+        ip: IpAddr,
+        now: u32,
+    ) -> (bool, [u8; SERVER_COOKIE_LEN]) {
+        let current = self.secret(now);
+        let secret_of = |stamp: u32| {
+            if self.period(stamp) == self.period(now) {
+                current
+            } else {
+                self.secret(stamp)
+            }
+        };
+        let valid = !server.is_empty() && Self::check(client, server, ip, now, secret_of);
+        (valid, Self::stamp(&current, client, ip, now))
+    }
+
+    /// A server cookie stamped `now` under `secret`.
+    fn stamp(
+        secret: &[u8; 16],
+        client: &[u8; CLIENT_COOKIE_LEN],
+        ip: IpAddr,
+        now: u32,
+    ) -> [u8; SERVER_COOKIE_LEN] {
+        let mut out = [0u8; SERVER_COOKIE_LEN];
+        out[0] = VERSION;
+        out[4..8].copy_from_slice(&now.to_be_bytes());
+        out[8..].copy_from_slice(&Self::hash(secret, client, ip, now));
+        out
     }
 
     /// A fresh server cookie for `client` at `ip` (the packet's source),
@@ -115,11 +162,7 @@ impl Cookies {
         ip: IpAddr,
         now: u32,
     ) -> [u8; SERVER_COOKIE_LEN] {
-        let mut out = [0u8; SERVER_COOKIE_LEN];
-        out[0] = VERSION;
-        out[4..8].copy_from_slice(&now.to_be_bytes());
-        out[8..].copy_from_slice(&self.hash(client, ip, now));
-        out
+        Self::stamp(&self.secret(now), client, ip, now)
     }
 
     /// Whether `server` is a cookie this server (or one sharing its
@@ -130,6 +173,18 @@ impl Cookies {
         server: &[u8],
         ip: IpAddr,
         now: u32,
+    ) -> bool {
+        Self::check(client, server, ip, now, |stamp| self.secret(stamp))
+    }
+
+    /// [`Self::verify`] with the secret of a timestamp's period from
+    /// `secret_of`.
+    fn check(
+        client: &[u8; CLIENT_COOKIE_LEN],
+        server: &[u8],
+        ip: IpAddr,
+        now: u32,
+        secret_of: impl Fn(u32) -> [u8; 16],
     ) -> bool {
         let Ok(server) = <&[u8; SERVER_COOKIE_LEN]>::try_from(server) else {
             return false;
@@ -145,7 +200,7 @@ impl Cookies {
         }
         // Equal-time comparison: the hash must not be guessable byte by
         // byte from response timing.
-        let expected = self.hash(client, ip, stamp);
+        let expected = Self::hash(&secret_of(stamp), client, ip, stamp);
         expected
             .iter()
             .zip(&server[8..])
@@ -245,6 +300,16 @@ mod tests {
         let before = 3600 * 1000 - 1;
         let sc = c.mint(&client, ip, before);
         assert!(c.verify(&client, &sc, ip, before + 600));
+        // respond() derives the current secret once and agrees with
+        // verify() and mint(), across the rollover too.
+        let (valid, fresh) = c.respond(&client, &sc, ip, before + 600);
+        assert!(valid);
+        assert_eq!(fresh, c.mint(&client, ip, before + 600));
+        assert!(c.respond(&client, &sc, ip, before).0);
+        assert!(!c.respond(&client, &[], ip, before).0);
+        let mut bad = sc;
+        bad[15] ^= 1;
+        assert!(!c.respond(&client, &bad, ip, before + 600).0);
         // The derived secrets of two periods differ.
         assert_ne!(c.secret(before), c.secret(before + 1));
     }

@@ -165,13 +165,13 @@ impl<'s> Context<'s> {
         if let (Some(c), Some(cookies)) = (&env.cookie, &snap.cookies) {
             let src = canonical(src);
             let now = now.unwrap_or_else(cookie::now);
-            cookie_valid =
-                !c.server().is_empty() && cookies.verify(&c.client, c.server(), src, now);
+            let (valid, server) = cookies.respond(&c.client, c.server(), src, now);
+            cookie_valid = valid;
             // A fresh server cookie with every response (RFC 9018 §4.3
             // allows reuse for half an hour; minting costs one hash).
             let mut both = [0u8; 24];
             both[..8].copy_from_slice(&c.client);
-            both[8..].copy_from_slice(&cookies.mint(&c.client, src, now));
+            both[8..].copy_from_slice(&server);
             base.cookie = Some(both);
         }
         Self {

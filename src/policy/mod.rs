@@ -457,20 +457,9 @@ impl Plan {
         self.ttl
     }
 
-    /// The service's datacenters, in config order.
-    pub fn datacenters(&self) -> &[DcId] {
-        &self.datacenters
-    }
-
     /// The GeoIP table the plan reads, if any.
     pub fn geo(&self) -> Option<&GeoPolicy> {
         self.geo.as_deref()
-    }
-
-    /// Whether the answer can differ between clients (some step reads
-    /// the client address).
-    pub fn depends_on_client(&self) -> bool {
-        self.geo.is_some() || self.steps.iter().any(|s| matches!(s, Built::Sticky))
     }
 
     /// Decides the answer for `client`, with `health` the zone's

@@ -22,6 +22,7 @@ pub fn mix(mut x: u64) -> u64 {
 pub(crate) fn standbys_last(tier: &mut [u8], weights: &[u32]) -> usize {
     let mut out = [0u8; super::MAX_CANDIDATES];
     let mut n = 0;
+    let mut weighted = 0;
     for pass in [true, false] {
         for &c in tier.iter() {
             if (weights[usize::from(c)] > 0) == pass {
@@ -29,11 +30,10 @@ pub(crate) fn standbys_last(tier: &mut [u8], weights: &[u32]) -> usize {
                 n += 1;
             }
         }
+        if pass {
+            weighted = n;
+        }
     }
-    let weighted = tier
-        .iter()
-        .filter(|&&c| weights[usize::from(c)] > 0)
-        .count();
     tier.copy_from_slice(&out[..tier.len()]);
     weighted
 }
