@@ -268,23 +268,11 @@ fn validate_rrl(file: &Path, raw: RawRrl) -> Result<super::RrlConfig, ConfigErro
     for (i, text) in raw.exempt.unwrap_or_default().iter().enumerate() {
         let key = format!("rrl.exempt[{i}]");
         // A bare address is a one-address network.
-        let net: IpNet = text
-            .parse()
-            .or_else(|_| text.parse::<IpAddr>().map(IpNet::from))
-            .map_err(|_| {
-                ConfigError::new(
-                    file,
-                    key.clone(),
-                    format!("{text:?} is not a network in CIDR notation such as \"192.0.2.0/24\""),
-                )
-            })?;
-        if net.trunc() != net {
-            return Err(ConfigError::new(
-                file,
-                key,
-                format!("host bits set; did you mean \"{}\"?", net.trunc()),
-            ));
-        }
+        let text = match text.parse::<IpAddr>() {
+            Ok(addr) => IpNet::from(addr).to_string(),
+            Err(_) => text.clone(),
+        };
+        let net = parse_network(file, &key, &text)?;
         if exempt.contains(&net) {
             return Err(ConfigError::new(file, key, "listed twice"));
         }
@@ -961,6 +949,36 @@ fn validate_fallback(
     }
 }
 
+/// A client network in CIDR form: no host bits, and no IPv4-mapped IPv6
+/// network (such clients are handled as IPv4, so it would never match).
+fn parse_network(file: &Path, key: &str, text: &str) -> Result<IpNet, ConfigError> {
+    let net: IpNet = text.parse().map_err(|_| {
+        ConfigError::new(
+            file,
+            key,
+            format!("{text:?} is not a network in CIDR notation such as \"192.0.2.0/24\""),
+        )
+    })?;
+    if let IpNet::V6(v6) = net
+        && let Some(v4) = v6.network().to_ipv4_mapped()
+    {
+        let hint = format!("{v4}/{}", v6.prefix_len().saturating_sub(96));
+        return Err(ConfigError::new(
+            file,
+            key,
+            format!("IPv4-mapped clients are routed as IPv4: write {hint:?} instead"),
+        ));
+    }
+    if net.trunc() != net {
+        return Err(ConfigError::new(
+            file,
+            key,
+            format!("host bits set; did you mean \"{}\"?", net.trunc()),
+        ));
+    }
+    Ok(net)
+}
+
 pub(super) fn validate_networks(
     file: &Path,
     key: &str,
@@ -972,30 +990,7 @@ pub(super) fn validate_networks(
     let mut out = Vec::with_capacity(raw.len());
     for (cidr, list) in raw {
         let nkey = format!("{key}.networks.{}", key_part(cidr));
-        let net: IpNet = cidr.parse().map_err(|_| {
-            ConfigError::new(
-                file,
-                nkey.clone(),
-                "not a network in CIDR notation such as \"192.0.2.0/24\"",
-            )
-        })?;
-        if let IpNet::V6(v6) = net
-            && let Some(v4) = v6.network().to_ipv4_mapped()
-        {
-            let hint = format!("{v4}/{}", v6.prefix_len().saturating_sub(96));
-            return Err(ConfigError::new(
-                file,
-                nkey,
-                format!("IPv4-mapped clients are routed as IPv4: write {hint:?} instead"),
-            ));
-        }
-        if net.trunc() != net {
-            return Err(ConfigError::new(
-                file,
-                nkey,
-                format!("host bits set; did you mean \"{}\"?", net.trunc()),
-            ));
-        }
+        let net = parse_network(file, &nkey, cidr)?;
         if !seen.insert(net) {
             return Err(ConfigError::new(file, nkey, "listed twice"));
         }
