@@ -402,10 +402,13 @@ impl Server {
             }
         }
         monitor.publish();
-        let admin_addr = match admin_listener {
+        // The admin API's connections count against the descriptor budget
+        // (`[admin] max_connections`, default 64).
+        let (admin_addr, admin_connections) = match admin_listener {
             Some(listener) => {
                 let addr = listener.local_addr().ok();
                 let settings = admin::Settings::from_config(config.server.admin.as_ref());
+                let connections = settings.max_connections as u64;
                 tracing::info!(
                     addr = ?addr,
                     max_connections = settings.max_connections,
@@ -417,15 +420,9 @@ impl Server {
                     settings,
                     token.clone(),
                 ));
-                addr
+                (addr, connections)
             }
-            None => None,
-        };
-        // The admin API's cap is `[admin] max_connections` (default 64).
-        let admin_connections = if admin_addr.is_some() {
-            admin::Settings::from_config(config.server.admin.as_ref()).max_connections as u64
-        } else {
-            0
+            None => (None, 0),
         };
         let tcp = tcp_settings(&config, fd_limit, sockets.len(), admin_connections);
         let tcp_stats = Arc::new(TcpStats::default());

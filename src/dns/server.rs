@@ -317,8 +317,8 @@ async fn connection(
         // Idle until the first byte of the next query: the only state in
         // which the slot table may close this connection to make room.
         if reader.buffer().is_empty() {
-            slot.idle();
-            if !next_query_starts(&mut reader, &mut slot, &settings).await || !slot.busy() {
+            let since = slot.idle();
+            if !next_query_starts(&mut reader, &mut slot, &settings, since).await || !slot.busy() {
                 return;
             }
         }
@@ -381,8 +381,8 @@ async fn next_query_starts<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     slot: &mut Slot,
     settings: &TcpSettings,
+    since: Instant,
 ) -> bool {
-    let since = Instant::now();
     loop {
         let pressure = *slot.pressure().borrow_and_update();
         let deadline = since + settings.idle(pressure);

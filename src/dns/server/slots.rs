@@ -243,15 +243,18 @@ impl Slot {
         &mut self.pressure
     }
 
-    /// Marks the connection idle: waiting for the next query.
-    pub(super) fn idle(&self) {
+    /// Marks the connection idle: waiting for the next query. Returns
+    /// when it became idle (read once, outside the lock).
+    pub(super) fn idle(&self) -> Instant {
+        let now = Instant::now();
         let mut t = self.slots.lock();
         if let Some(e) = &mut t.entries[self.index]
             && matches!(e.state, State::Busy)
         {
-            e.state = State::Idle(Instant::now());
+            e.state = State::Idle(now);
             self.slots.notify_if_full(&t);
         }
+        now
     }
 
     /// Marks the connection busy: a query has started to arrive. False
