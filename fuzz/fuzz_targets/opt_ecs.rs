@@ -3,7 +3,7 @@
 //! truncated options, several OPT records, TSIG and other records after
 //! the OPT; see `meridian_fuzz::opt_query`), the target builds it and
 //! sends it through the handler the socket loops call (`handle_into`) and
-//! through the general path alone (`handle_slow`), over UDP and TCP.
+//! through the general path alone (`handle_slow_at`), over UDP and TCP.
 //!
 //! Besides the rules every response follows (`check_response`), it checks
 //! the response code against what the RFCs owe the OPT records, read from
@@ -28,7 +28,7 @@
 //!   family (32 or 128), and 0 when the source prefix is 0 (the client
 //!   asked that its address not be used, §7.1.2, so nothing is tailored
 //!   to it);
-//! * the same response code from `handle_into` and `handle_slow`;
+//! * the same response code from `handle_query_at` and `handle_slow_at`;
 //! * NSID (RFC 5001 §2.1) only when asked; a COOKIE option only when the
 //!   query sent a well-formed one, starting with its client cookie
 //!   (RFC 7873 §5.2), 16 to 40 bytes long.
@@ -38,7 +38,8 @@
 use hickory_proto::op::Message;
 use hickory_proto::rr::rdata::opt::{EdnsCode, EdnsOption};
 use libfuzzer_sys::fuzz_target;
-use meridian::dns::{Transport, handle_into, handle_slow};
+use meridian::dns::Transport;
+use meridian::dns::handler::{handle_query_at, handle_slow_at};
 use meridian_fuzz::opt_query::{EcsVerdict, Model, build};
 use meridian_fuzz::{check_response, ecs, hex, snapshot_for, source};
 
@@ -53,15 +54,18 @@ const NOTIMP: u16 = 4;
 const NOTAUTH: u16 = 9;
 const BADVERS: u16 = 16;
 
+const COOKIE_TIME: u32 = 1_800_000_000;
+
 fuzz_target!(|data: &[u8]| {
     let (query, model) = build(data);
     let snap = snapshot_for(&query);
     let src = source(&query);
     let mut out = Vec::new();
     for transport in [Transport::Udp, Transport::Tcp] {
-        let answered = handle_into(snap, &query, src, transport, &mut out);
+        // One cookie time for both paths.
+        let answered = handle_query_at(snap, &query, src, transport, COOKIE_TIME, &mut out).send;
         check_response(snap, &query, transport, answered, &out);
-        let slow = handle_slow(snap, &query, src, transport);
+        let slow = handle_slow_at(snap, &query, src, transport, COOKIE_TIME);
         check_response(
             snap,
             &query,
@@ -91,7 +95,7 @@ fuzz_target!(|data: &[u8]| {
             .map(|m| u16::from(m.metadata.response_code));
         if slow_rcode != Some(rcode) {
             fail(format!(
-                "handle_into says {rcode}, handle_slow says {slow_rcode:?}"
+                "handle_query_at says {rcode}, handle_slow_at says {slow_rcode:?}"
             ));
         }
         if let Err(what) =
