@@ -40,6 +40,7 @@ pub mod explain;
 mod fdlimit;
 pub mod geo;
 pub mod health;
+pub mod latency;
 pub mod model;
 pub mod policy;
 pub mod snapshot;
