@@ -198,7 +198,11 @@ pub fn explain_decision(
             };
             let mut trace = Trace::default();
             let client = Client { addr: routed };
-            let d = plan.decide(&client, snap.health.zone(zi), entropy, &mut trace);
+            let latency = crate::policy::Latency {
+                view: &snap.latency,
+                zone: zi,
+            };
+            let d = plan.decide_with(&client, snap.health.zone(zi), latency, entropy, &mut trace);
             let names = |ids: &[DcId]| ids.iter().map(|&i| zc.dc(i).name.clone()).collect();
             let km = |id: DcId| match (loc.and_then(|l| l.coord), zc.dc(id).location) {
                 (Some(a), Some(b)) => Some((distance_km(a, b)).round()),

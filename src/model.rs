@@ -266,6 +266,22 @@ pub struct PolicySpec {
     pub weights: Vec<u32>,
     /// Client prefix lengths that `sticky` hashes: (IPv4, IPv6).
     pub sticky_prefix: (u8, u8),
+    /// Where `latency` steps take their estimates from.
+    pub latency_source: LatencySource,
+}
+
+/// Where a `latency` step's estimates come from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum LatencySource {
+    /// The client network's RTT to each datacenter: real-user
+    /// measurements (fine, then coarse level), the static map, then the
+    /// distance model (`source = "clients"`).
+    #[default]
+    Clients,
+    /// This instance's smoothed probe RTT to each datacenter, the same for
+    /// every client: in an anycast deployment the instance that answers is
+    /// near the client (`source = "probes"`).
+    Probes,
 }
 
 impl PolicySpec {
@@ -288,9 +304,11 @@ impl PolicySpec {
 
     /// Whether a step needs the client's GeoIP location.
     pub fn needs_location(&self) -> bool {
-        self.steps
-            .iter()
-            .any(|s| matches!(s, Step::Geo | Step::Same(_)))
+        self.steps.iter().any(|s| match s {
+            Step::Geo | Step::Same(_) => true,
+            Step::Latency => self.latency_source == LatencySource::Clients,
+            _ => false,
+        })
     }
 }
 
@@ -316,6 +334,9 @@ pub enum Step {
     Same(Attribute),
     /// Keeps the listed datacenters.
     Prefer(Vec<DcId>),
+    /// Orders by estimated round-trip time from the client (or from this
+    /// instance), lowest first; see `crate::latency`.
+    Latency,
 }
 
 impl fmt::Display for Step {
@@ -330,6 +351,7 @@ impl fmt::Display for Step {
             Self::Same(Attribute::Continent) => f.write_str("same continent"),
             Self::Same(Attribute::Country) => f.write_str("same country"),
             Self::Prefer(ids) => write!(f, "prefer {} datacenters", ids.len()),
+            Self::Latency => f.write_str("latency"),
         }
     }
 }

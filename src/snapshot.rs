@@ -18,7 +18,8 @@ use crate::dns::records::DomainName;
 use crate::dns::zone::Zone;
 use crate::geo::GeoDb;
 use crate::health::{DcHealth, HealthView, Observed};
-use crate::model::{Attribute, DcId, GeoSpec, Step};
+use crate::latency::{LatencyView, Model, ProbeIncumbent, Sources};
+use crate::model::{Attribute, DcId, GeoSpec, LatencySource, Step};
 use crate::policy::Plan;
 use crate::policy::geo::{GeoPolicy, Keep};
 
@@ -56,6 +57,8 @@ pub struct Snapshot {
     pub(crate) nsid: Option<Arc<[u8]>>,
     /// DNS cookies, when enabled (RFC 7873).
     pub(crate) cookies: Option<Arc<Cookies>>,
+    /// Latency estimates for `latency` steps.
+    pub latency: Arc<LatencyView>,
 }
 
 impl Snapshot {
@@ -75,6 +78,8 @@ impl Snapshot {
                     let keep = Keep {
                         country: spec.steps.contains(&Step::Same(Attribute::Country)),
                         continent: spec.steps.contains(&Step::Same(Attribute::Continent)),
+                        distance: spec.steps.contains(&Step::Latency)
+                            && spec.latency_source == LatencySource::Clients,
                     };
                     let key = (s.datacenters.clone(), spec.geo.clone(), keep);
                     if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
@@ -140,6 +145,28 @@ impl Snapshot {
             },
             nsid: config.server.nsid.as_deref().map(Arc::from),
             cookies: config.server.cookies.clone().map(Arc::new),
+            latency: Arc::new(LatencyView::default()),
+        }
+        .with_latency(
+            Sources {
+                model: Model::new(&config.server.latency),
+                ..Sources::default()
+            },
+            Box::default(),
+        )
+    }
+
+    /// The same snapshot with latency data from `sources`, and each
+    /// zone's probe assignment (snapshot order; missing zones have none).
+    pub fn with_latency(&self, sources: Sources, probes: Box<[ProbeIncumbent]>) -> Self {
+        let view = LatencyView::new(
+            sources,
+            self.zones.iter().map(|z| &z.config.datacenters[..]),
+            probes,
+        );
+        Self {
+            latency: Arc::new(view),
+            ..self.clone()
         }
     }
 

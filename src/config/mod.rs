@@ -8,6 +8,7 @@
 //!
 //! This module opens files but never sockets or GeoIP databases.
 
+pub mod latency;
 pub mod policy;
 pub mod probe;
 mod protocol;
@@ -21,6 +22,8 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
+
+pub use latency::{Coarse, LatencyConfig};
 
 use crate::model::ZoneConfig;
 
@@ -128,6 +131,8 @@ pub struct ServerConfig {
     pub cookies: Option<crate::dns::cookie::Cookies>,
     /// Response rate limiting on UDP (`[rrl]`).
     pub rrl: RrlConfig,
+    /// Latency estimates (`[latency]`).
+    pub latency: LatencyConfig,
 }
 
 /// Response rate limiting (`[rrl]`), as BIND, Knot and NSD do it: each

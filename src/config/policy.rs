@@ -7,7 +7,9 @@ use std::path::Path;
 use super::ConfigError;
 use super::raw::RawService;
 use super::validate::{check_range, key_part, parse_country, resolve_dcs, validate_networks};
-use crate::model::{Attribute, Continent, DcId, GeoSpec, PolicySpec, Step, ZoneConfig};
+use crate::model::{
+    Attribute, Continent, DcId, GeoSpec, LatencySource, PolicySpec, Step, ZoneConfig,
+};
 
 /// Most datacenters in one service: a query ranks them in a fixed-size
 /// buffer, so it never allocates.
@@ -19,7 +21,7 @@ pub const DEFAULT_STICKY_PREFIX: (u8, u8) = (24, 56);
 /// Largest weight.
 pub const MAX_WEIGHT: u32 = 1_000_000;
 
-const STEP_NAMES: &str = "\"geo\", \"failover\", \"weighted\", \"sticky\"";
+const STEP_NAMES: &str = "\"geo\", \"latency\", \"failover\", \"weighted\", \"sticky\"";
 const STEP_TABLES: &str = "{ nearest = N }, { within_km = KM }, { same = \"continent\" | \"country\" }, { prefer = [datacenters] }";
 
 /// Validates the policy keys of the service at `key`.
@@ -61,6 +63,7 @@ pub(super) fn validate_policy(
     let geo = has(|s| matches!(s, Step::Geo));
     let balances = has(|s| matches!(s, Step::Weighted | Step::Sticky));
     let sticky = has(|s| matches!(s, Step::Sticky));
+    let latency = has(|s| matches!(s, Step::Latency));
     let only_for = |field: &str, present: bool, ok: bool, what: &str| {
         if present && !ok {
             Err(ConfigError::new(
@@ -92,15 +95,50 @@ pub(super) fn validate_policy(
     ] {
         only_for(field, v.is_some(), sticky, "a \"sticky\" step")?;
     }
+    only_for(
+        "source",
+        raw.source.is_some(),
+        latency,
+        "a \"latency\" step",
+    )?;
+    let latency_source = match raw.source.as_deref() {
+        None | Some("clients") => LatencySource::Clients,
+        Some("probes") => LatencySource::Probes,
+        Some(other) => {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}.source"),
+                format!(
+                    "{other:?}: \"clients\" (measurements and estimates of the client network's RTT) or \"probes\" (this instance's probe RTTs)"
+                ),
+            ));
+        }
+    };
 
-    let needs_location = has(|s| matches!(s, Step::Geo | Step::WithinKm(_)));
+    let needs_location = has(|s| matches!(s, Step::Geo | Step::WithinKm(_)))
+        || (latency && latency_source == LatencySource::Clients);
     for &id in datacenters {
         let dc = zone.dc(id);
         if needs_location && dc.location.is_none() {
             return Err(ConfigError::new(
                 file,
                 format!("datacenters.{}.location", key_part(&dc.name)),
-                format!("missing; service {name:?} ranks by distance to it"),
+                format!(
+                    "missing; service {name:?} ranks by distance to it (a \"latency\" step estimates RTTs from distance where nothing is measured)"
+                ),
+            ));
+        }
+        let measures = dc
+            .probe
+            .as_ref()
+            .is_some_and(|p| p.kind != crate::model::ProbeKind::External);
+        if latency && latency_source == LatencySource::Probes && !measures {
+            return Err(ConfigError::new(
+                file,
+                format!("datacenters.{}.probe", key_part(&dc.name)),
+                format!(
+                    "missing or external; service {name:?} ranks by probe RTT (source = \"probes\"), which needs a tcp, http, https or dns probe"
+                ),
             ));
         }
         if has(|s| matches!(s, Step::Same(_))) && dc.country.is_none() {
@@ -175,6 +213,7 @@ pub(super) fn validate_policy(
         geo: geo_spec,
         weights,
         sticky_prefix,
+        latency_source,
     })
 }
 
@@ -184,6 +223,7 @@ fn named_step(file: &Path, key: &str, name: &str) -> Result<Step, ConfigError> {
         "failover" => Step::Failover,
         "weighted" => Step::Weighted,
         "sticky" => Step::Sticky,
+        "latency" => Step::Latency,
         other => {
             return Err(ConfigError::new(
                 file,

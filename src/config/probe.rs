@@ -28,7 +28,7 @@ pub const DEFAULT_CAPACITY_HOLD: Duration = Duration::from_secs(60);
 /// Shortest timeout accepted.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
 
-/// Parses `"5s"`, `"500ms"`, `"1.5s"`, `"2m"`.
+/// Parses `"5s"`, `"500ms"`, `"1.5s"`, `"2m"`, `"1h"`, `"7d"`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
     let t = text.trim();
     let split = t.find(|c: char| c.is_ascii_alphabetic())?;
@@ -42,6 +42,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
         "s" => n,
         "m" => n * 60.0,
         "h" => n * 3600.0,
+        "d" => n * 86_400.0,
         _ => return None,
     };
     Duration::try_from_secs_f64(secs).ok()
@@ -417,6 +418,7 @@ mod tests {
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("5"), None);
         assert_eq!(parse_duration("-1s"), None);
-        assert_eq!(parse_duration("1d"), None);
+        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86_400)));
+        assert_eq!(parse_duration("1w"), None);
     }
 }

@@ -26,6 +26,7 @@ pub(super) struct RawServer {
     pub(super) nsid: Option<String>,
     pub(super) cookies: Option<RawCookies>,
     pub(super) rrl: Option<RawRrl>,
+    pub(super) latency: Option<super::latency::RawLatency>,
 }
 
 /// `[cookies]` in `meridian.toml`.
@@ -174,4 +175,6 @@ pub(super) struct RawService {
     pub(super) fallback: Option<Vec<String>>,
     pub(super) fallback_cname: Option<String>,
     pub(super) warmup: Option<String>,
+    /// Where a `latency` step's estimates come from.
+    pub(super) source: Option<String>,
 }

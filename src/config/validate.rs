@@ -134,6 +134,7 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
     let nsid = super::protocol::validate_nsid(file, raw.nsid)?;
     let cookies = super::protocol::validate_cookies(file, base, raw.cookies.unwrap_or_default())?;
     let rrl = validate_rrl(file, raw.rrl.unwrap_or_default())?;
+    let latency = super::latency::validate_latency(file, base, raw.latency.unwrap_or_default())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match raw.threads {
         Some(n) => check_range(file, "threads", n, 1, MAX_THREADS)? as usize,
@@ -149,6 +150,7 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         nsid,
         cookies,
         rrl,
+        latency,
         listen,
         zones_dir,
         geoip,

@@ -34,7 +34,7 @@ use super::envelope::{Envelope, Header, OptOut, Question, Transport, echo_ecs};
 use super::zone::{Resolution, Zone};
 use crate::health::HealthView;
 use crate::model::DcId;
-use crate::policy::{Client, Decision, Outcome, Plan};
+use crate::policy::{Client, Decision, Latency, Outcome, Plan};
 
 /// A pre-encoded response body; see the module docs.
 #[derive(Debug)]
@@ -112,6 +112,7 @@ struct NameEntry {
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Serving<'a> {
     pub(crate) health: &'a HealthView,
+    pub(crate) latency: &'a crate::latency::LatencyView,
     pub(crate) max_udp_payload: u16,
     /// Seed of the per-query randomness.
     pub(crate) seed: u64,
@@ -390,6 +391,7 @@ impl FastIndex {
     ) -> bool {
         let Serving {
             health,
+            latency,
             max_udp_payload,
             seed,
         } = serving;
@@ -428,7 +430,16 @@ impl FastIndex {
                     } => {
                         let addr = env.client_addr(src);
                         let entropy = env.entropy(seed, src);
-                        let d = plan.decide(&Client { addr }, health.zone(*zone), entropy, &mut ());
+                        let d = plan.decide_with(
+                            &Client { addr },
+                            health.zone(*zone),
+                            Latency {
+                                view: latency,
+                                zone: *zone,
+                            },
+                            entropy,
+                            &mut (),
+                        );
                         let t = match (d.outcome, all_down) {
                             (Outcome::Answer, _) => {
                                 return self.assemble(

@@ -235,6 +235,7 @@ impl<'s> Context<'s> {
     ) -> bool {
         let serving = super::fast::Serving {
             health: &snap.health,
+            latency: &snap.latency,
             max_udp_payload: snap.max_udp_payload,
             seed: snap.seed,
         };
@@ -319,7 +320,12 @@ fn respond(
     let entropy = env.entropy(snap.seed, src);
     let health = snap.health.zone(zone_index);
     let mut res = zone.resolve_with(q.name(), qtype, &mut |svc| {
-        svc.plan.decide(&client, health, entropy, &mut ())
+        let latency = crate::policy::Latency {
+            view: &snap.latency,
+            zone: zone_index,
+        };
+        svc.plan
+            .decide_with(&client, health, latency, entropy, &mut ())
     });
     if env.ecs.is_some() && res.tailored_via_cname() {
         res.first_cname_only();

@@ -49,6 +49,10 @@ pub struct Keep {
     pub country: bool,
     /// The client's continent.
     pub continent: bool,
+    /// The client's distance to each candidate (for a `latency` step's
+    /// distance model). Classes then differ per location, so blocks merge
+    /// less.
+    pub distance: bool,
 }
 
 /// A built geo table: the class (ranking and kept attributes) of every
@@ -57,6 +61,9 @@ pub struct Keep {
 pub struct GeoPolicy {
     spec: GeoSpec,
     candidates: Vec<(DcId, crate::model::Coord)>,
+    /// Every datacenter the table was built for, in order, with its
+    /// location (for [`GeoClass::km`]).
+    all: Vec<Option<crate::model::Coord>>,
     keep: Keep,
     rankings: Classes,
     v4: PrefixTable,
@@ -73,6 +80,10 @@ impl GeoPolicy {
         geo: &GeoDb,
         keep: Keep,
     ) -> Self {
+        let all = candidates
+            .iter()
+            .map(|&id| dcs[id.index()].location)
+            .collect();
         let candidates: Vec<_> = candidates
             .iter()
             .filter_map(|&id| dcs[id.index()].location.map(|c| (id, c)))
@@ -80,6 +91,7 @@ impl GeoPolicy {
         let mut this = Self {
             spec: spec.clone(),
             candidates,
+            all,
             keep,
             rankings: Classes::default(),
             v4: TableBuilder::new(32, 0).finish(&[]),
@@ -180,6 +192,14 @@ impl GeoPolicy {
             continent: loc
                 .and_then(|l| l.continent)
                 .filter(|_| self.keep.continent),
+            km: match loc.and_then(|l| l.coord) {
+                Some(at) if self.keep.distance => self
+                    .all
+                    .iter()
+                    .map(|c| c.map_or(u16::MAX, |c| distance_km(at, c).round() as u16))
+                    .collect(),
+                _ => Box::default(),
+            },
         }
     }
 

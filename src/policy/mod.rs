@@ -41,11 +41,34 @@ use std::sync::Arc;
 
 use crate::geo::distance::distance_km;
 use crate::health::DcHealth;
+use crate::latency::{Estimate, LatencyView};
+use crate::model::LatencySource;
 use crate::model::{
     AllDown, Attribute, Continent, CountryCode, CountryTable, DcId, Service, Step, Warmup,
     ZoneConfig,
 };
 use geo::GeoPolicy;
+
+/// A zone's latency data, as a `latency` step reads it.
+#[derive(Clone, Copy, Debug)]
+pub struct Latency<'a> {
+    /// The snapshot's latency view.
+    pub view: &'a LatencyView,
+    /// The zone's position in the snapshot.
+    pub zone: usize,
+}
+
+impl Latency<'_> {
+    /// No latency data: a `latency` step has only the distance model.
+    pub fn none() -> Latency<'static> {
+        static EMPTY: std::sync::LazyLock<LatencyView> =
+            std::sync::LazyLock::new(LatencyView::default);
+        Latency {
+            view: &EMPTY,
+            zone: usize::MAX,
+        }
+    }
+}
 
 /// Who is asking: the address a policy routes on (the ECS address when the
 /// query carried one, else the packet's source), already truncated to the
@@ -332,6 +355,7 @@ enum Built {
     Same(Attribute),
     /// Bit set of positions.
     Prefer(u64),
+    Latency(LatencySource),
 }
 
 /// The all-down behaviour, without the fallback records (the zone keeps
@@ -373,6 +397,12 @@ pub struct Plan {
     rotate: bool,
     /// Whether a step reads `weights` (they are then scaled per query).
     uses_weights: bool,
+    /// Whether a step reads the client's GeoIP class whatever happens
+    /// (`geo`, `same`); a `latency` step reads it only when it reaches
+    /// the distance level.
+    class_upfront: bool,
+    /// Datacenter names by position, for traces.
+    names: Box<[String]>,
 }
 
 impl Plan {
@@ -414,6 +444,7 @@ impl Plan {
                         .filter_map(|&id| position(id))
                         .fold(0, |m, p| m | 1 << p),
                 ),
+                Step::Latency => Built::Latency(spec.latency_source),
             })
             .collect();
         let country: Box<[_]> = dcs.iter().map(|&d| zone.dc(d).country).collect();
@@ -449,6 +480,11 @@ impl Plan {
             },
             rotate: service.rotate,
             uses_weights: spec.uses_weights(),
+            class_upfront: spec
+                .steps
+                .iter()
+                .any(|s| matches!(s, Step::Geo | Step::Same(_))),
+            names: dcs.iter().map(|&d| zone.dc(d).name.clone()).collect(),
         }
     }
 
@@ -462,13 +498,27 @@ impl Plan {
         self.geo.as_deref()
     }
 
-    /// Decides the answer for `client`, with `health` the zone's
-    /// datacenter states (indexed by `DcId`; missing entries count as up)
-    /// and `entropy` the per-query randomness. Pure.
+    /// Decides the answer for `client` without latency data (a `latency`
+    /// step then has only the distance model); see [`Self::decide_with`].
     pub fn decide(
         &self,
         client: &Client,
         health: &[DcHealth],
+        entropy: u64,
+        trace: &mut impl Tracer,
+    ) -> Decision {
+        self.decide_with(client, health, Latency::none(), entropy, trace)
+    }
+
+    /// Decides the answer for `client`, with `health` the zone's
+    /// datacenter states (indexed by `DcId`; missing entries count as up),
+    /// `latency` the zone's latency data, and `entropy` the per-query
+    /// randomness. Pure.
+    pub fn decide_with(
+        &self,
+        client: &Client,
+        health: &[DcHealth],
+        latency: Latency<'_>,
         entropy: u64,
         trace: &mut impl Tracer,
     ) -> Decision {
@@ -489,7 +539,11 @@ impl Plan {
         } else {
             &self.weights
         };
-        let class = self.geo.as_ref().map(|g| g.lookup(client.addr));
+        let class = if self.class_upfront {
+            self.geo.as_ref().map(|g| g.lookup(client.addr))
+        } else {
+            None
+        };
         let mut scope = class.map_or(0, |(_, s)| s);
         let mut rng = entropy;
         for (i, step) in self.steps.iter().enumerate() {
@@ -540,6 +594,12 @@ impl Plan {
                     });
                 }
                 Built::Prefer(set) => c.narrow(|_, x| set & (1 << x) != 0),
+                Built::Latency(source) => {
+                    self.by_latency(
+                        *source, client, health, latency, &mut c, &mut scope, i, trace,
+                    );
+                    continue;
+                }
             }
             trace.stage(|| self.stage(i, &c, scope));
         }
@@ -574,6 +634,132 @@ impl Plan {
             usable: order.iter().map(|&d| usable(d)).collect(),
         });
         decision
+    }
+
+    /// A `latency` step: orders the first tier by estimated RTT, lowest
+    /// first (stable; no estimate sorts last), keeps the client network's
+    /// assigned datacenter first unless the best beats it by both margins,
+    /// and widens `scope` to what the estimates depended on.
+    #[allow(clippy::too_many_arguments)]
+    fn by_latency(
+        &self,
+        source: LatencySource,
+        client: &Client,
+        health: &[DcHealth],
+        latency: Latency<'_>,
+        c: &mut Candidates,
+        scope: &mut u8,
+        step: usize,
+        trace: &mut impl Tracer,
+    ) {
+        let tier = c.first_tier();
+        let n = tier.len();
+        let mut ids = [DcId(0); MAX_CANDIDATES];
+        for (id, &p) in ids.iter_mut().zip(tier.iter()) {
+            *id = self.datacenters[usize::from(p)];
+        }
+        let mut est = [Estimate::NONE; MAX_CANDIDATES];
+        let distance = |km: &mut [Option<f32>]| {
+            let Some(geo) = &self.geo else { return 0 };
+            let (class, block) = geo.lookup(client.addr);
+            for (k, &p) in km.iter_mut().zip(tier.iter()) {
+                *k = class
+                    .km
+                    .get(usize::from(p))
+                    .filter(|&&d| d != u16::MAX)
+                    .map(|&d| f32::from(d));
+            }
+            block
+        };
+        let found = latency.view.estimate(
+            latency.zone,
+            source,
+            client.addr,
+            &ids[..n],
+            health,
+            distance,
+            &mut est[..n],
+        );
+        // Insertion sort of indices by estimate: stable, no allocation.
+        let mut idx = [0u8; MAX_CANDIDATES];
+        for (i, slot) in idx.iter_mut().enumerate().take(n) {
+            *slot = i as u8;
+        }
+        let rtt = |i: u8| est[usize::from(i)].rtt_ms;
+        for i in 1..n {
+            let mut j = i;
+            while j > 0 && rtt(idx[j]) < rtt(idx[j - 1]) {
+                idx.swap(j, j - 1);
+                j -= 1;
+            }
+        }
+        let mut kept = false;
+        if let Some((inc, _)) = found.incumbent {
+            let inc = inc as u8;
+            let best = idx[0];
+            if best != inc
+                && rtt(inc).is_finite()
+                && !latency.view.model().beats(rtt(best), rtt(inc))
+                && let Some(at) = idx[..n].iter().position(|&i| i == inc)
+            {
+                idx.copy_within(0..at, 1);
+                idx[0] = inc;
+                kept = true;
+            }
+        }
+        let original = {
+            let mut o = [0u8; MAX_CANDIDATES];
+            o[..n].copy_from_slice(tier);
+            o
+        };
+        for (slot, &i) in tier.iter_mut().zip(idx.iter()) {
+            *slot = original[usize::from(i)];
+        }
+        *scope = (*scope).max(found.scope);
+        trace.stage(|| {
+            let names: Vec<String> = (0..n)
+                .map(|i| {
+                    let e = est[i];
+                    let name = &self.names[usize::from(original[i])];
+                    if e.rtt_ms.is_finite() {
+                        let samples = if e.samples > 0 {
+                            format!(", {} samples", e.samples)
+                        } else {
+                            String::new()
+                        };
+                        let penalty = if e.penalised { ", congested" } else { "" };
+                        format!(
+                            "{name} {:.1} ms ({}{samples}{penalty})",
+                            e.rtt_ms,
+                            e.level.name()
+                        )
+                    } else {
+                        format!("{name} no estimate")
+                    }
+                })
+                .collect();
+            let now = crate::latency::unix_now();
+            let mut note = format!("decided by {}", found.level.name());
+            if found.last_seen != 0 {
+                note += &format!(
+                    " (newest sample {} s old)",
+                    now.saturating_sub(found.last_seen)
+                );
+            }
+            note += &format!("; {}", names.join(", "));
+            if let Some((inc, since)) = found.incumbent {
+                note += &format!(
+                    "; assigned {} for {} s{}",
+                    self.names[usize::from(original[inc])],
+                    now.saturating_sub(since),
+                    if kept { ", kept within the margin" } else { "" }
+                );
+            }
+            Stage {
+                note,
+                ..self.stage(step, c, *scope)
+            }
+        });
     }
 
     /// The decision for a choice: the all-down outcome and the TTL.
@@ -667,6 +853,9 @@ pub struct GeoClass {
     pub country: Option<CountryCode>,
     /// The client's continent, if kept.
     pub continent: Option<Continent>,
+    /// The client's distance in km to each datacenter the table was built
+    /// for, in their order (`u16::MAX`: unknown), if kept; else empty.
+    pub km: Box<[u16]>,
 }
 
 impl GeoClass {
@@ -676,6 +865,7 @@ impl GeoClass {
             order: order.into(),
             country: None,
             continent: None,
+            km: Box::default(),
         }
     }
 }

@@ -384,3 +384,133 @@ mod property {
         }
     }
 }
+
+//------------ Latency -----------------------------------------------------------
+
+mod latency {
+    use super::*;
+    use crate::latency::table::{Cell, KeyTableBuilder, RowMeta, v4_key};
+    use crate::latency::{LatencyView, Model, Rum, Sources};
+
+    /// A view over one zone of `n` datacenters `d0..`, with RUM rows
+    /// `(network, level prefix, [(datacenter, rtt ms)], incumbent)`.
+    fn view(n: usize, rows: &[(&str, u8, &[(usize, f64)], Option<usize>)]) -> LatencyView {
+        let names: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
+        let mut fine = KeyTableBuilder::new(n);
+        let mut coarse = KeyTableBuilder::new(n);
+        for &(net, prefix, cells, incumbent) in rows {
+            let mut row = vec![Cell::default(); n];
+            for &(dc, rtt) in cells {
+                row[dc] = Cell::of(rtt, 20.0);
+            }
+            let meta = RowMeta {
+                incumbent: incumbent.map_or(u16::MAX, |i| i as u16),
+                since: 1000,
+                last_seen: 2000,
+            };
+            let b = if prefix == 24 { &mut fine } else { &mut coarse };
+            b.push(v4_key(net.parse().unwrap(), prefix), &row, meta);
+        }
+        let rum = Rum {
+            fine: fine.finish(),
+            coarse: coarse.finish(),
+            names: names.into(),
+        };
+        let zone =
+            crate::config::parse_zone(Path::new("t.toml"), &zone_text(n, "policy = \"latency\""))
+                .unwrap_or_else(|e| panic!("{e}"));
+        LatencyView::new(
+            Sources {
+                model: Model::default(),
+                rum: Arc::new(rum),
+                ..Sources::default()
+            },
+            std::iter::once(&zone.datacenters[..]),
+            Box::default(),
+        )
+    }
+
+    fn decide(p: &Plan, v: &LatencyView, addr: &str) -> (Vec<u16>, u8) {
+        let latency = Latency { view: v, zone: 0 };
+        let mut trace = Trace::default();
+        let d = p.decide_with(&client(addr), &[], latency, 0, &mut trace);
+        let stage = &trace.stages[0];
+        (stage.order.iter().map(|d| d.0).collect(), d.scope)
+    }
+
+    #[test]
+    fn the_client_networks_measurements_rank_the_datacenters() {
+        let p = plan(3, "policy = \"latency\"\nmax_answers = 3");
+        let v = view(
+            3,
+            &[("11.1.2.0", 24, &[(0, 40.0), (1, 90.0), (2, 12.5)], None)],
+        );
+        assert_eq!(decide(&p, &v, "11.1.2.77"), (vec![2, 0, 1], 24));
+        // A neighbour without measurements keeps config order (no other
+        // level has data, and the plan has no GeoIP table), with the
+        // widest scope that leaves 11.1.2.0/24 out.
+        assert_eq!(decide(&p, &v, "11.1.3.1"), (vec![0, 1, 2], 24));
+        assert_eq!(decide(&p, &v, "11.1.200.1"), (vec![0, 1, 2], 17));
+    }
+
+    #[test]
+    fn missing_datacenters_are_filled_from_the_coarser_level() {
+        let p = plan(3, "policy = \"latency\"");
+        let v = view(
+            3,
+            &[
+                ("11.1.2.0", 24, &[(1, 50.0)], None),
+                ("11.1.0.0", 16, &[(0, 60.0), (1, 10.0), (2, 30.0)], None),
+            ],
+        );
+        // d1 from the /24 (50), d0 and d2 from the /16 (60, 30).
+        assert_eq!(decide(&p, &v, "11.1.2.1"), (vec![2, 1, 0], 24));
+        // Elsewhere in the /16 the /16 decides alone: d1 10 ms. The scope
+        // still leaves out the /24 with its own data.
+        assert_eq!(decide(&p, &v, "11.1.3.1"), (vec![1, 2, 0], 24));
+        assert_eq!(decide(&p, &v, "11.1.129.1"), (vec![1, 2, 0], 17));
+    }
+
+    #[test]
+    fn the_assigned_datacenter_stays_first_within_the_margins() {
+        let p = plan(2, "policy = \"latency\"");
+        // Default margins: better by more than 10 ms and 10 %.
+        let near = view(2, &[("11.1.2.0", 24, &[(0, 50.0), (1, 41.0)], Some(0))]);
+        assert_eq!(decide(&p, &near, "11.1.2.1").0, [0, 1]);
+        let pct = view(2, &[("11.1.2.0", 24, &[(0, 500.0), (1, 460.0)], Some(0))]);
+        assert_eq!(
+            decide(&p, &pct, "11.1.2.1").0,
+            [0, 1],
+            "40 ms is under 10 %"
+        );
+        let far = view(2, &[("11.1.2.0", 24, &[(0, 50.0), (1, 39.0)], Some(0))]);
+        assert_eq!(decide(&p, &far, "11.1.2.1").0, [1, 0]);
+        let none = view(2, &[("11.1.2.0", 24, &[(0, 50.0), (1, 41.0)], None)]);
+        assert_eq!(decide(&p, &none, "11.1.2.1").0, [1, 0]);
+    }
+
+    #[test]
+    fn every_client_inside_the_scope_gets_the_same_ranking() {
+        let p = plan(3, "policy = \"latency\"");
+        let v = view(
+            3,
+            &[
+                ("11.1.2.0", 24, &[(0, 40.0), (1, 90.0), (2, 12.5)], None),
+                ("11.1.9.0", 24, &[(1, 5.0)], None),
+                ("11.1.0.0", 16, &[(0, 9.0), (1, 20.0), (2, 30.0)], None),
+                ("11.7.0.0", 16, &[(2, 9.0)], None),
+            ],
+        );
+        // Walk 11.0.0.0 - 11.15.255.255 in steps of 64 addresses: every
+        // client in a returned scope ranks like the client that got it.
+        for i in 0..(1u32 << 14) {
+            let a = std::net::Ipv4Addr::from((11 << 24) | (i << 6));
+            let (order, scope) = decide(&p, &v, &a.to_string());
+            let block = u32::from(a) & (!0u32).checked_shl(32 - u32::from(scope)).unwrap_or(0);
+            for probe in [block, block | ((1u32 << (32 - u32::from(scope))) - 1)] {
+                let other = std::net::Ipv4Addr::from(probe).to_string();
+                assert_eq!(decide(&p, &v, &other).0, order, "{a} /{scope} vs {other}");
+            }
+        }
+    }
+}
