@@ -392,9 +392,10 @@ mod latency {
     use crate::latency::table::{Cell, KeyTableBuilder, RowMeta, v4_key};
     use crate::latency::{LatencyView, Model, Rum, Sources};
 
-    /// A view over one zone of `n` datacenters `d0..`, with RUM rows
-    /// `(network, level prefix, [(datacenter, rtt ms)], incumbent)`.
-    fn view(n: usize, rows: &[(&str, u8, &[(usize, f64)], Option<usize>)]) -> LatencyView {
+    /// A RUM row: network, level prefix, (datacenter, rtt ms), incumbent.
+    type Row<'a> = (&'a str, u8, &'a [(usize, f64)], Option<usize>);
+
+    fn view(n: usize, rows: &[Row<'_>]) -> LatencyView {
         let names: Vec<String> = (0..n).map(|i| format!("d{i}")).collect();
         let mut fine = KeyTableBuilder::new(n);
         let mut coarse = KeyTableBuilder::new(n);
