@@ -89,6 +89,9 @@ pub(crate) struct Resolution {
     pub(crate) scope: Option<u8>,
     /// The service whose choice decided the answer, if any.
     pub(crate) service: Option<usize>,
+    /// The answer starts with an in-zone CNAME chain that was followed
+    /// (not a service's own fallback CNAME).
+    pub(crate) followed_cname: bool,
 }
 
 impl Resolution {
@@ -106,11 +109,7 @@ impl Resolution {
     /// Whether a service decided the answer at the end of an in-zone
     /// CNAME chain.
     pub(crate) fn tailored_via_cname(&self) -> bool {
-        self.service.is_some()
-            && self
-                .answers
-                .first()
-                .is_some_and(|r| r.record_type() == RecordType::CNAME)
+        self.service.is_some() && self.followed_cname
     }
 
     /// RFC 7871 §7.2.1: with ECS in the query, an in-zone CNAME whose
@@ -376,6 +375,7 @@ impl Zone {
                     return res;
                 }
                 name = target.0.clone();
+                res.followed_cname = true;
                 continue;
             }
             self.answer_node(node, &name, qtype, choose, &mut res);
