@@ -136,7 +136,86 @@ when_all_down = "servfail"
 [services.cc]
 policy = ["geo", { same = "country" }, "sticky"]
 datacenters = ["us", "de", "fr", "jp"]
+[services.lat]
+policy = "latency"
+datacenters = ["us", "de", "fr", "jp"]
+max_answers = 2
+[services.latc]
+policy = ["latency", { nearest = 2 }, "weighted"]
+datacenters = ["us", "de", "fr", "jp"]
 "#;
+
+/// Random RUM tables over the datacenters of [`POLICY_ZONE`] (and a name
+/// no zone has), with rows for some of the fixture's client networks at
+/// both levels and random assignments.
+fn random_latency(rng: &mut Rng, snap: &Snapshot) -> Snapshot {
+    use meridian::latency::table::{Cell, KeyTableBuilder, RowMeta, key_for};
+    use meridian::latency::{Rum, Sources};
+    let names: Vec<String> = ["jp", "gone", "fr", "de", "us"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let mut level = |nets: &[&str], prefix: (u8, u8)| {
+        let mut b = KeyTableBuilder::new(names.len());
+        for net in nets {
+            if rng.below(3) == 0 {
+                continue;
+            }
+            let ip: IpAddr = net.parse().unwrap();
+            let cells: Vec<Cell> = (0..names.len())
+                .map(|_| match rng.below(4) {
+                    0 => Cell::default(),
+                    _ => Cell::of(
+                        1.0 + rng.below(3000) as f64 / 10.0,
+                        5.0 + rng.below(50) as f64,
+                    ),
+                })
+                .collect();
+            let meta = RowMeta {
+                incumbent: match rng.below(3) {
+                    0 => u16::MAX,
+                    _ => rng.below(names.len()) as u16,
+                },
+                since: 1_000,
+                last_seen: 2_000,
+            };
+            b.push(key_for(ip, prefix.0, prefix.1), &cells, meta);
+        }
+        b.finish()
+    };
+    let fine = level(
+        &[
+            "11.1.0.0",
+            "11.2.3.0",
+            "11.3.5.0",
+            "11.6.0.0",
+            "11.1.2.0",
+            "127.0.0.0",
+            "2001:db8:2::",
+            "2001:db8:3::",
+        ],
+        (24, 48),
+    );
+    let coarse = level(
+        &[
+            "11.1.0.0",
+            "11.3.0.0",
+            "11.8.0.0",
+            "127.0.0.0",
+            "2001:db8::",
+        ],
+        (16, 32),
+    );
+    let sources = Sources {
+        rum: std::sync::Arc::new(Rum {
+            fine,
+            coarse,
+            names: names.clone().into(),
+        }),
+        ..snap.latency.sources()
+    };
+    snap.with_latency(sources, Box::default())
+}
 
 /// A random health view for every datacenter of the snapshot.
 fn random_health(rng: &mut Rng, snap: &Snapshot) -> HealthView {
@@ -237,6 +316,11 @@ fn fixture(rng: &mut Rng) -> Fixture {
     let (config, base) = meridian::load(&path).unwrap();
     let mut views = vec![base.clone()];
     views.extend((0..15).map(|_| base.with_health(random_health(rng, &base))));
+    let mut own = Rng(0x1a7e);
+    for _ in 0..8 {
+        let with_rum = random_latency(&mut own, &base);
+        views.push(with_rum.with_health(random_health(&mut own, &with_rum)));
+    }
 
     let mut names: Vec<String> = Vec::new();
     for zone in &config.zones {
