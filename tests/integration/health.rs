@@ -691,7 +691,7 @@ datacenters = ["a", "b"]
 
 /// A tiny HTTP client for the admin API (raw HTTP/1.1 over TCP), so the
 /// tests speak to the real listener without another dependency.
-mod reqwest_like {
+pub mod reqwest_like {
     use std::net::SocketAddr;
 
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

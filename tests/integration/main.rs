@@ -10,6 +10,7 @@ mod fuzz_findings;
 mod geo_routing;
 mod harness;
 mod health;
+mod latency;
 mod policies;
 mod protocol;
 mod protocol_hardening;
