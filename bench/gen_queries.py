@@ -15,12 +15,12 @@ Writes, into OUTDIR (default bench/out/queries):
               as a resolver that sends ECS to this zone would.
   static.bin  static names only, EDNS without ECS (2,500 queries)
   geo.bin     www A (80 %) / AAAA (20 %) with ECS only (5,000 queries)
-  weighted.bin, sticky.bin, chain.bin, multi.bin, geo2.bin
+  weighted.bin, sticky.bin, chain.bin, multi.bin, geo2.bin, latency.bin
               geo.bin's queries (same order, qtypes and ECS subnets) with the name
               replaced by a service of the bench-only zone bench/zones/policies.bench.toml
               (origin bench.example.): lb (weighted), st (sticky), chain
               (["geo", {within_km = 6000}, "weighted"]), multi (geo, max_answers = 2)
-              and geo (a copy of www, the control). Only Meridian serves that zone.
+              geo (a copy of www, the control) and lat (latency). Only Meridian serves that zone.
   *.txt       dnsperf text-format equivalents ("name TYPE" per line). They cannot
               carry a per-query ECS option, so they are for eyeballing and for tools
               that need text input, not for the benchmark itself.
@@ -121,7 +121,8 @@ STATIC = [
 # Bench-only zone (bench/zones/policies.bench.toml): query file -> service label.
 # Each of these files is geo.bin with www.gslb.example.com replaced by the service.
 POLICY_ZONE = "bench.example."
-POLICY_FILES = {"weighted": "lb", "sticky": "st", "chain": "chain", "multi": "multi", "geo2": "geo"}
+POLICY_FILES = {"weighted": "lb", "sticky": "st", "chain": "chain", "multi": "multi", "geo2": "geo",
+                "latency": "lat"}
 
 QTYPE = {"A": 1, "NS": 2, "CNAME": 5, "SOA": 6, "MX": 15, "TXT": 16, "AAAA": 28,
          "SRV": 33, "OPT": 41, "CAA": 257}

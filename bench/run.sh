@@ -18,7 +18,7 @@
 #   PORT_BASE [5340]      meridian PORT_BASE, null-echo +1, gdnsd +2, knot +3, nsd +4
 #   FIXED_QPS [50000]     the fixed offered rate
 #   FILES ["mixed static geo"]   query files for Meridian and the null-echo floor; also
-#                         weighted sticky chain multi geo2 (bench-only zone), e.g.
+#                         weighted sticky chain multi geo2 latency (bench-only zone), e.g.
 #                         FILES="geo weighted sticky chain multi static"
 #   BENCH_ZONES [auto]    auto | 1 | 0: serve bench/zones/*.toml beside the shipped zones
 #                         (auto: only when FILES names one of their query files)
@@ -63,7 +63,7 @@ FILES=${FILES:-mixed static geo}
 PEER_FILES=${PEER_FILES:-mixed static}
 BENCH_ZONES=${BENCH_ZONES:-auto}
 RRL=${RRL:-high}
-POLICY_FILES="weighted sticky chain multi geo2"   # they query bench/zones/policies.bench.toml
+POLICY_FILES="weighted sticky chain multi geo2 latency"   # they query bench/zones/policies.bench.toml
 CLIENTS=${CLIENTS:-4}
 OUTSTANDING=${OUTSTANDING:-100}
 IDLE_WAIT=${IDLE_WAIT:-20}
