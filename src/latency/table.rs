@@ -157,6 +157,33 @@ pub struct KeyTable {
 }
 
 impl KeyTable {
+    /// A table from parallel vectors: `keys[i]` has `meta[i]` and cells
+    /// `cells[i * width..(i + 1) * width]`. When the keys are strictly
+    /// ascending and the lengths agree (the aggregator builds them so),
+    /// the vectors become the table as they are, without the sorting
+    /// copy of [`KeyTableBuilder::finish`]: a publication then needs no
+    /// memory beyond the table itself. Otherwise the rows go through the
+    /// builder (sorted, cut or padded, a repeated key keeps its first row).
+    pub fn from_parts(width: usize, keys: Vec<u64>, meta: Vec<RowMeta>, cells: Vec<Cell>) -> Self {
+        let sorted = keys.windows(2).all(|w| w[0] < w[1]);
+        if sorted && meta.len() == keys.len() && Some(cells.len()) == keys.len().checked_mul(width)
+        {
+            return Self {
+                width,
+                keys: keys.into(),
+                meta: meta.into(),
+                cells: cells.into(),
+            };
+        }
+        let mut b = KeyTableBuilder::new(width);
+        for (i, (&k, &m)) in keys.iter().zip(meta.iter()).enumerate() {
+            let start = (i * width).min(cells.len());
+            let end = ((i + 1) * width).min(cells.len());
+            b.push(k, &cells[start..end], m);
+        }
+        b.finish()
+    }
+
     /// The row of `key`.
     pub fn get(&self, key: u64) -> Option<(&[Cell], RowMeta)> {
         let i = self.keys.binary_search(&key).ok()?;
@@ -261,6 +288,33 @@ mod tests {
         assert_eq!(meta.incumbent, NO_INCUMBENT);
         assert!(t.get(4).is_none());
         assert_eq!(t.rows().map(|r| r.0).collect::<Vec<_>>(), [1, 5, 9]);
+    }
+
+    #[test]
+    fn from_parts_takes_sorted_rows_as_they_are_and_sorts_the_others() {
+        let m = |since| RowMeta {
+            since,
+            ..RowMeta::default()
+        };
+        let c = |x: f64| Cell::of(x, 5.0);
+        let t = KeyTable::from_parts(
+            2,
+            vec![1, 5],
+            vec![m(1), m(5)],
+            vec![c(1.0), c(2.0), c(3.0), c(4.0)],
+        );
+        assert_eq!(t.get(5), Some((&[c(3.0), c(4.0)][..], m(5))));
+        assert_eq!(t.memory_bytes(), 2 * 8 + 2 * size_of::<RowMeta>() + 4 * 4);
+        // Unsorted, with a repeated key and short cells: the builder's rules.
+        let t = KeyTable::from_parts(
+            2,
+            vec![9, 1, 9],
+            vec![m(9), m(1), m(0)],
+            vec![c(9.0), c(8.0), c(1.0)],
+        );
+        assert_eq!(t.rows().map(|r| r.0).collect::<Vec<_>>(), [1, 9]);
+        assert_eq!(t.get(1), Some((&[c(1.0), Cell::default()][..], m(1))));
+        assert_eq!(t.get(9), Some((&[c(9.0), c(8.0)][..], m(9))));
     }
 
     #[test]
