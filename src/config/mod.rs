@@ -12,6 +12,7 @@ pub mod policy;
 pub mod probe;
 mod protocol;
 mod raw;
+mod rum;
 mod validate;
 
 use std::fmt;
@@ -22,6 +23,11 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
+pub use self::rum::{
+    AllowedOrigins, DEFAULT_RUM_BEACONS_PER_MINUTE, DEFAULT_RUM_LISTEN,
+    DEFAULT_RUM_MAX_CONNECTIONS, DEFAULT_RUM_MAX_MEASUREMENTS, MAX_RUM_BEACONS_PER_MINUTE,
+    MAX_RUM_MAX_CONNECTIONS, MAX_RUM_MAX_MEASUREMENTS, RumConfig,
+};
 use crate::model::ZoneConfig;
 
 /// Default listen addresses: loopback on an unprivileged port that does not
@@ -128,6 +134,8 @@ pub struct ServerConfig {
     pub cookies: Option<crate::dns::cookie::Cookies>,
     /// Response rate limiting on UDP (`[rrl]`).
     pub rrl: RrlConfig,
+    /// The RUM beacon listener (`[rum]`).
+    pub rum: RumConfig,
 }
 
 /// Response rate limiting (`[rrl]`), as BIND, Knot and NSD do it: each

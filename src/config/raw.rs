@@ -26,6 +26,7 @@ pub(super) struct RawServer {
     pub(super) nsid: Option<String>,
     pub(super) cookies: Option<RawCookies>,
     pub(super) rrl: Option<RawRrl>,
+    pub(super) rum: Option<super::rum::RawRum>,
 }
 
 /// `[cookies]` in `meridian.toml`.

@@ -134,6 +134,7 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
     let nsid = super::protocol::validate_nsid(file, raw.nsid)?;
     let cookies = super::protocol::validate_cookies(file, base, raw.cookies.unwrap_or_default())?;
     let rrl = validate_rrl(file, raw.rrl.unwrap_or_default())?;
+    let rum = super::rum::validate_rum(file, raw.rum, &listen, admin.as_ref())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match raw.threads {
         Some(n) => check_range(file, "threads", n, 1, MAX_THREADS)? as usize,
@@ -149,6 +150,7 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         nsid,
         cookies,
         rrl,
+        rum,
         listen,
         zones_dir,
         geoip,
@@ -951,7 +953,7 @@ fn validate_fallback(
 
 /// A client network in CIDR form: no host bits, and no IPv4-mapped IPv6
 /// network (such clients are handled as IPv4, so it would never match).
-fn parse_network(file: &Path, key: &str, text: &str) -> Result<IpNet, ConfigError> {
+pub(super) fn parse_network(file: &Path, key: &str, text: &str) -> Result<IpNet, ConfigError> {
     let net: IpNet = text.parse().map_err(|_| {
         ConfigError::new(
             file,
