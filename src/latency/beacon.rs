@@ -509,10 +509,17 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8], shape: &str) -> Result<T, 
             .path()
             .iter()
             .all(|s| matches!(s, serde_path_to_error::Segment::Unknown));
-        if top {
-            format!("not a beacon: {}; send {shape}", e.inner())
+        let inner = e.inner();
+        let syntax = if inner.is_syntax() || inner.is_eof() {
+            // Such as NaN, which JSON cannot carry.
+            "invalid JSON: "
         } else {
-            format!("{path}: {}", e.inner())
+            ""
+        };
+        if top {
+            format!("not a beacon: {syntax}{inner}; send {shape}")
+        } else {
+            format!("{path}: {syntax}{inner}")
         }
     })?;
     de.end()
@@ -795,7 +802,7 @@ mod tests {
             ),
             (
                 format!(r#"{{"measurements":[{}]}}"#, m("us-east", "1e999")),
-                "measurements[0].rtt_ms: number out of range",
+                "measurements[0].rtt_ms: invalid JSON: number out of range",
             ),
             (
                 format!(r#"{{"measurements":[{ok},{}]}}"#, m("mars", "3")),
