@@ -90,7 +90,7 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Time allowed for a request's body and answer.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// Client networks the rate limiter remembers (about 2 MiB at most).
+/// Client networks the rate limiter remembers (about 3.5 MiB at most).
 pub const RATE_TABLE_CAP: usize = 65_536;
 /// Most measurements in one `POST /latency/import`.
 pub const MAX_IMPORT_MEASUREMENTS: usize = 10_000;
@@ -658,12 +658,6 @@ impl RateTable {
         }
     }
 
-    /// Tokens `b` has at `now_ms`.
-    fn tokens(&self, b: &Bucket, now_ms: u64) -> f64 {
-        let refill = now_ms.saturating_sub(b.at_ms) as f64 * self.per_minute / 60_000.0;
-        (b.tokens + refill).min(self.per_minute)
-    }
-
     /// Takes a token for `key`, or says in how many seconds one will be
     /// there.
     fn check(&mut self, key: u64, now_ms: u64) -> Result<(), u32> {
@@ -675,7 +669,7 @@ impl RateTable {
             at_ms: now_ms,
         };
         let old = self.buckets.get(&key).copied().unwrap_or(full);
-        let tokens = self.tokens(&old, now_ms);
+        let tokens = refilled(&old, now_ms, self.per_minute);
         if tokens >= 1.0 {
             self.buckets.insert(
                 key,
@@ -696,16 +690,16 @@ impl RateTable {
     fn evict(&mut self, now_ms: u64) {
         let before = self.buckets.len();
         let per_minute = self.per_minute;
-        let buckets = std::mem::take(&mut self.buckets);
-        self.buckets = buckets
-            .into_iter()
-            .filter(|(_, b)| self.tokens(b, now_ms) < per_minute)
-            .collect();
+        self.buckets
+            .retain(|_, b| refilled(b, now_ms, per_minute) < per_minute);
         if self.buckets.len() < before {
             return;
         }
         let mut ages: Vec<u64> = self.buckets.values().map(|b| b.at_ms).collect();
-        let n = (self.cap / 64).max(1).min(ages.len());
+        let n = (self.cap / 64).min(ages.len());
+        if n == 0 {
+            return;
+        }
         let (_, &mut cutoff, _) = ages.select_nth_unstable(n - 1);
         let mut left = n;
         self.buckets.retain(|_, b| {
@@ -717,6 +711,13 @@ impl RateTable {
             }
         });
     }
+}
+
+/// Tokens `b` has at `now_ms`, refilling `per_minute` a minute up to
+/// `per_minute`.
+fn refilled(b: &Bucket, now_ms: u64, per_minute: f64) -> f64 {
+    let refill = now_ms.saturating_sub(b.at_ms) as f64 * per_minute / 60_000.0;
+    (b.tokens + refill).min(per_minute)
 }
 
 //------------ The snippet ----------------------------------------------------

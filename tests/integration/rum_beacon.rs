@@ -555,6 +555,34 @@ async fn the_admin_import_validates_like_beacons_without_a_rate_limit() {
     }
     assert_eq!(sink.got().len(), taken, "a refused batch applies nothing");
 
+    // Batches beyond the admin API's usual 64 KiB body are taken, up to
+    // 10,000 measurements and 1 MiB.
+    let rows = |n: usize| {
+        let row = r#"{"client":"198.51.100.9","datacenter":"ap-south","rtt_ms":180}"#;
+        format!(r#"{{"measurements":[{}]}}"#, vec![row; n].join(","))
+    };
+    let big = rows(2000);
+    assert!(big.len() > 64 * 1024);
+    let r = send(admin, &post(&big)).await;
+    assert_eq!((r.status, r.body.as_str()), (200, r#"{"imported":2000}"#));
+    let r = send(admin, &post(&rows(10_001))).await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(
+        r.error()
+            .contains("measurements: 10001 of them, at most 10000"),
+        "{r:?}"
+    );
+    let declared = format!(
+        "POST /latency/import HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\
+         {auth}Content-Length: {}\r\n\r\n",
+        1024 * 1024 + 1
+    );
+    let r = send(admin, declared.as_bytes()).await;
+    assert_eq!(
+        (r.status, r.error().as_str()),
+        (413, "request body over 1048576 bytes")
+    );
+
     // The token is required.
     let r = send(
         admin,
