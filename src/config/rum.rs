@@ -3,13 +3,13 @@
 //! here and the listener trusts nothing it does not have to.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::Path;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use super::validate::{check_range, parse_network};
+use super::validate::{check_range, network_list};
 use super::{AdminConfig, ConfigError};
 
 /// `[rum] listen`: loopback, next to the admin API's 5380. Put a reverse
@@ -143,19 +143,11 @@ pub(super) fn validate_rum(
             ),
         ));
     }
-    let mut trusted_proxies: Vec<IpNet> = Vec::new();
-    for (i, text) in raw.trusted_proxies.unwrap_or_default().iter().enumerate() {
-        let key = format!("rum.trusted_proxies[{i}]");
-        let text = match text.parse::<IpAddr>() {
-            Ok(addr) => IpNet::from(addr).to_string(),
-            Err(_) => text.clone(),
-        };
-        let net = parse_network(file, &key, &text)?;
-        if trusted_proxies.contains(&net) {
-            return Err(ConfigError::new(file, key, "listed twice"));
-        }
-        trusted_proxies.push(net);
-    }
+    let trusted_proxies = network_list(
+        file,
+        "rum.trusted_proxies",
+        raw.trusted_proxies.unwrap_or_default(),
+    )?;
     let allowed_origins = origins(file, raw.allowed_origins)?;
     let beacons_per_minute = int(
         "beacons_per_minute",

@@ -266,20 +266,7 @@ fn validate_rrl(file: &Path, raw: RawRrl) -> Result<super::RrlConfig, ConfigErro
     let rate = |key: &str, value: Option<i64>, default: u32| {
         int(key, value, default, 0, super::MAX_RRL_RATE)
     };
-    let mut exempt: Vec<IpNet> = Vec::new();
-    for (i, text) in raw.exempt.unwrap_or_default().iter().enumerate() {
-        let key = format!("rrl.exempt[{i}]");
-        // A bare address is a one-address network.
-        let text = match text.parse::<IpAddr>() {
-            Ok(addr) => IpNet::from(addr).to_string(),
-            Err(_) => text.clone(),
-        };
-        let net = parse_network(file, &key, &text)?;
-        if exempt.contains(&net) {
-            return Err(ConfigError::new(file, key, "listed twice"));
-        }
-        exempt.push(net);
-    }
+    let exempt = network_list(file, "rrl.exempt", raw.exempt.unwrap_or_default())?;
     let table_size = int(
         "table_size",
         raw.table_size,
@@ -953,7 +940,30 @@ fn validate_fallback(
 
 /// A client network in CIDR form: no host bits, and no IPv4-mapped IPv6
 /// network (such clients are handled as IPv4, so it would never match).
-pub(super) fn parse_network(file: &Path, key: &str, text: &str) -> Result<IpNet, ConfigError> {
+/// A list of networks in CIDR form without host bits, each listed once;
+/// a bare address is a one-address network. `key` names the list.
+pub(super) fn network_list(
+    file: &Path,
+    key: &str,
+    list: Vec<String>,
+) -> Result<Vec<IpNet>, ConfigError> {
+    let mut out: Vec<IpNet> = Vec::with_capacity(list.len());
+    for (i, text) in list.iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        let text = match text.parse::<IpAddr>() {
+            Ok(addr) => IpNet::from(addr).to_string(),
+            Err(_) => text.clone(),
+        };
+        let net = parse_network(file, &key, &text)?;
+        if out.contains(&net) {
+            return Err(ConfigError::new(file, key, "listed twice"));
+        }
+        out.push(net);
+    }
+    Ok(out)
+}
+
+fn parse_network(file: &Path, key: &str, text: &str) -> Result<IpNet, ConfigError> {
     let net: IpNet = text.parse().map_err(|_| {
         ConfigError::new(
             file,
