@@ -407,7 +407,8 @@ pub struct Settings {
 
 impl Settings {
     /// The configured settings, or the defaults when the API runs only
-    /// because `--admin-listen` asked for it.
+    /// because `--admin-listen` asked for it. `import` is left `None`:
+    /// whoever runs the RUM aggregator sets it.
     pub fn from_config(config: Option<&AdminConfig>) -> Self {
         use crate::config as c;
         match config {
