@@ -9,6 +9,7 @@
 //! | POST | `/datacenters/{zone}/{dc}/undrain` | clear any override |
 //! | POST | `/datacenters/{zone}/{dc}/force-up` | answer with `dc` whatever probes say |
 //! | PUT | `/targets/{zone}/{dc}/{target}` | body `{"state": "up"}` or `"down"` |
+//! | POST | `/latency/import` | RUM measurements collected elsewhere, see [`crate::latency::beacon`] |
 //!
 //! With a token configured, every request but `/health` needs
 //! `Authorization: Bearer TOKEN`.
@@ -27,13 +28,15 @@
 //!   request; it may then take `request_timeout` for the body and the
 //!   answer, and sit idle `idle_timeout` between requests;
 //! * heads are limited to [`MAX_HEAD_BYTES`] and bodies to
-//!   [`MAX_BODY_BYTES`] (`413`).
+//!   [`MAX_BODY_BYTES`] (`413`), [`MAX_IMPORT_BODY_BYTES`] for
+//!   `/latency/import`.
 //!
 //! Every response the router makes is JSON, errors included.
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -59,10 +62,15 @@ use tower::ServiceExt;
 use crate::config::AdminConfig;
 use crate::health::Override;
 use crate::health::monitor::{ActionError, Monitor};
+use crate::latency::beacon::{self, Import};
 
 /// Largest request body (only `PUT /targets/...` reads one, a few bytes
 /// long); larger ones get `413 Payload Too Large`.
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Largest body of `POST /latency/import`: about 13,000 measurements.
+pub const MAX_IMPORT_BODY_BYTES: usize = 1024 * 1024;
+/// The import endpoint's path (its body limit differs).
+const IMPORT_PATH: &str = "/latency/import";
 /// Largest request head (request line and headers); larger ones get
 /// hyper's `431` and the connection is closed.
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -71,9 +79,11 @@ pub const MAX_HEAD_BYTES: usize = 16 * 1024;
 struct AppState {
     monitor: Monitor,
     token: Option<Arc<str>>,
+    import: Option<Import>,
 }
 
-fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
+/// `{"error": MESSAGE}` with `status`.
+pub(crate) fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
@@ -95,7 +105,8 @@ fn action_result(r: Result<Option<String>, ActionError>) -> Response {
 const SINGLE_HEADERS: [header::HeaderName; 2] = [header::HOST, header::AUTHORIZATION];
 
 /// Refuses what no endpoint should see, before routing: repeated
-/// single-value headers and declared bodies over [`MAX_BODY_BYTES`].
+/// single-value headers and declared bodies over [`MAX_BODY_BYTES`] (or
+/// [`MAX_IMPORT_BODY_BYTES`] for the import).
 async fn check_request(request: Request, next: Next) -> Response {
     let headers = request.headers();
     for name in &SINGLE_HEADERS {
@@ -110,23 +121,32 @@ async fn check_request(request: Request, next: Next) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
-        return too_large();
+    let limit = body_limit(request.uri().path());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return too_large(limit);
     }
     next.run(request).await
 }
 
-fn too_large() -> Response {
+fn body_limit(path: &str) -> usize {
+    if path == IMPORT_PATH {
+        MAX_IMPORT_BODY_BYTES
+    } else {
+        MAX_BODY_BYTES
+    }
+}
+
+fn too_large(limit: usize) -> Response {
     error(
         StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body over {MAX_BODY_BYTES} bytes"),
+        format!("request body over {limit} bytes"),
     )
 }
 
 /// Makes every error response JSON: axum's own rejections (405 without a
 /// body, a path that does not decode as text/plain) get
 /// `{"error": REASON}` with their status kept.
-async fn json_errors(request: Request, next: Next) -> Response {
+pub(crate) async fn json_errors(request: Request, next: Next) -> Response {
     let response = next.run(request).await;
     let is_json = response
         .headers()
@@ -283,7 +303,7 @@ async fn set_target(
 ) -> Response {
     let input = match body {
         Ok(Json(input)) => input,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(MAX_BODY_BYTES),
         Err(_) => {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -308,12 +328,40 @@ async fn set_target(
     )
 }
 
+/// `POST /latency/import`: trusted RUM measurements, validated like
+/// beacons as one batch (see [`beacon::import`]), without a rate limit.
+async fn import_latency(
+    State(app): State<AppState>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Response {
+    let Some(target) = &app.import else {
+        return error(StatusCode::NOT_FOUND, "latency import is not configured");
+    };
+    let body = match body {
+        Ok(body) => body,
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return too_large(MAX_IMPORT_BODY_BYTES);
+        }
+        Err(e) => return error(e.status(), e.body_text()),
+    };
+    match beacon::import(&body, target) {
+        Ok(imported) => Json(json!({ "imported": imported })).into_response(),
+        Err(e) => error(StatusCode::BAD_REQUEST, e),
+    }
+}
+
 /// The router (exposed for tests and fuzzing, which drive it without a
-/// socket).
+/// socket), without the import endpoint.
 pub fn router(monitor: Monitor, token: Option<String>) -> Router {
+    router_with(monitor, token, None)
+}
+
+/// The router; `import` enables `POST /latency/import`.
+pub fn router_with(monitor: Monitor, token: Option<String>, import: Option<Import>) -> Router {
     let app = AppState {
         monitor,
         token: token.map(Arc::from),
+        import,
     };
     let protected = Router::new()
         .route("/status", get(status))
@@ -322,6 +370,10 @@ pub fn router(monitor: Monitor, token: Option<String>) -> Router {
         .route("/datacenters/{zone}/{dc}/undrain", post(undrain))
         .route("/datacenters/{zone}/{dc}/force-up", post(force_up))
         .route("/targets/{zone}/{dc}/{target}", put(set_target))
+        .route(
+            IMPORT_PATH,
+            post(import_latency).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY_BYTES)),
+        )
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
@@ -348,11 +400,15 @@ pub struct Settings {
     pub idle_timeout: Duration,
     /// Time allowed for a request's body and answer.
     pub request_timeout: Duration,
+    /// Where `POST /latency/import` sends measurements; `None` answers
+    /// it 404 "latency import is not configured".
+    pub import: Option<Import>,
 }
 
 impl Settings {
     /// The configured settings, or the defaults when the API runs only
-    /// because `--admin-listen` asked for it.
+    /// because `--admin-listen` asked for it. `import` is left `None`:
+    /// whoever runs the RUM aggregator sets it.
     pub fn from_config(config: Option<&AdminConfig>) -> Self {
         use crate::config as c;
         match config {
@@ -362,6 +418,7 @@ impl Settings {
                 header_timeout: a.header_timeout,
                 idle_timeout: a.idle_timeout,
                 request_timeout: a.request_timeout,
+                import: None,
             },
             None => Self {
                 token: None,
@@ -369,6 +426,7 @@ impl Settings {
                 header_timeout: c::DEFAULT_ADMIN_HEADER_TIMEOUT,
                 idle_timeout: c::DEFAULT_ADMIN_IDLE_TIMEOUT,
                 request_timeout: c::DEFAULT_ADMIN_REQUEST_TIMEOUT,
+                import: None,
             },
         }
     }
@@ -393,8 +451,43 @@ pub async fn serve(
     settings: Settings,
     shutdown: CancellationToken,
 ) {
-    let app = router(monitor, settings.token.clone());
-    let slots = Arc::new(Semaphore::new(settings.max_connections.max(1)));
+    let app = router_with(monitor, settings.token.clone(), settings.import.clone());
+    let limits = Limits {
+        name: "admin API",
+        busy: BUSY,
+        max_connections: settings.max_connections,
+        timeouts: Timeouts::from(&settings),
+        timeout_hint: "request_timeout",
+    };
+    serve_router(listener, app, limits, shutdown).await;
+}
+
+/// How an HTTP listener served by [`serve_router`] guards itself.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Limits {
+    /// Names the listener in logs.
+    pub(crate) name: &'static str,
+    /// A complete response sent, if the socket takes it at once, to a
+    /// connection over the cap.
+    pub(crate) busy: &'static [u8],
+    /// Connections served at once.
+    pub(crate) max_connections: usize,
+    /// Header, idle and request timeouts.
+    pub(crate) timeouts: Timeouts,
+    /// What the 408 answer calls the request timeout (a config key).
+    pub(crate) timeout_hint: &'static str,
+}
+
+/// Serves `app` on `listener` under `limits` until `shutdown` is
+/// cancelled, then lets requests in progress finish. Each request carries
+/// its peer as [`axum::extract::ConnectInfo`]`<SocketAddr>`.
+pub(crate) async fn serve_router(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections.max(1)));
     let connections = TaskTracker::new();
     let mut last_warning: Option<Instant> = None;
     loop {
@@ -402,14 +495,14 @@ pub async fn serve(
             () = shutdown.cancelled() => break,
             r = listener.accept() => r,
         };
-        let stream = match accepted {
-            Ok((stream, _)) => stream,
+        let (stream, peer) = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors or memory: the probes need them more.
                 // Connection-level errors (a client that reset before we
                 // got to it) also land here; the pause costs little.
                 if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!(error = %e, "admin API: accept failed");
+                    tracing::warn!(error = %e, "{}: accept failed", limits.name);
                     last_warning = Some(Instant::now());
                 }
                 tokio::select! {
@@ -421,14 +514,15 @@ pub async fn serve(
         let Ok(permit) = Arc::clone(&slots).try_acquire_owned() else {
             // Over the cap: say so without waiting, and close. A write
             // that would block is skipped; the close is what matters.
-            let _ = stream.try_write(BUSY);
+            let _ = stream.try_write(limits.busy);
             drop(stream);
             continue;
         };
         connections.spawn(connection(
             stream,
+            peer,
             app.clone(),
-            Timeouts::from(&settings),
+            limits,
             shutdown.clone(),
             permit,
         ));
@@ -441,13 +535,14 @@ pub async fn serve(
 /// shutdown; the permit returns the slot when it ends.
 async fn connection(
     stream: TcpStream,
+    peer: SocketAddr,
     app: Router,
-    timeouts: Timeouts,
+    limits: Limits,
     shutdown: CancellationToken,
     _permit: OwnedSemaphorePermit,
 ) {
     let _ = stream.set_nodelay(true);
-    let watch = Arc::new(Watch::new(timeouts));
+    let watch = Arc::new(Watch::new(limits.timeouts));
     let io = TokioIo::new(Watched {
         inner: stream,
         watch: Arc::clone(&watch),
@@ -455,6 +550,8 @@ async fn connection(
     let service = AdminService {
         router: app,
         watch: Arc::clone(&watch),
+        peer,
+        timeout_hint: limits.timeout_hint,
     };
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
@@ -470,14 +567,14 @@ async fn connection(
         tokio::select! {
             r = conn.as_mut() => {
                 if let Err(e) = r {
-                    tracing::debug!(error = %e, "admin connection ended");
+                    tracing::debug!(error = %e, "{} connection ended", limits.name);
                 }
                 return;
             }
             () = tokio::time::sleep_until(deadline) => {
                 if Instant::now() >= watch.deadline() {
                     // Dropping the connection closes the socket.
-                    tracing::debug!(phase = ?watch.phase(), "admin connection timed out");
+                    tracing::debug!(phase = ?watch.phase(), "{} connection timed out", limits.name);
                     return;
                 }
             }
@@ -492,10 +589,13 @@ async fn connection(
 
 /// The three timeouts a connection lives under.
 #[derive(Clone, Copy, Debug)]
-struct Timeouts {
-    header: Duration,
-    idle: Duration,
-    request: Duration,
+pub(crate) struct Timeouts {
+    /// Time allowed for a request head.
+    pub(crate) header: Duration,
+    /// Time a kept-alive connection may sit between requests.
+    pub(crate) idle: Duration,
+    /// Time allowed for a request's body and answer.
+    pub(crate) request: Duration,
 }
 
 impl From<&Settings> for Timeouts {
@@ -651,6 +751,8 @@ impl AsyncWrite for Watched {
 struct AdminService {
     router: Router,
     watch: Arc<Watch>,
+    peer: SocketAddr,
+    timeout_hint: &'static str,
 }
 
 impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for AdminService {
@@ -665,8 +767,12 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for AdminSer
         });
         let router = self.router.clone();
         let watch = Arc::clone(&self.watch);
+        let hint = self.timeout_hint;
+        let mut request = request.map(axum::body::Body::new);
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.peer));
         Box::pin(async move {
-            let request = request.map(axum::body::Body::new);
             let limit = watch.timeouts.request;
             let response = match tokio::time::timeout(limit, router.oneshot(request)).await {
                 Ok(Ok(response)) => response,
@@ -674,7 +780,7 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for AdminSer
                 Err(_) => {
                     let mut r = error(
                         StatusCode::REQUEST_TIMEOUT,
-                        format!("request not complete within {limit:?} (request_timeout)"),
+                        format!("request not complete within {limit:?} ({hint})"),
                     );
                     r.headers_mut()
                         .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -694,11 +800,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_busy_answer_is_well_formed() {
-        let text = std::str::from_utf8(BUSY).unwrap();
-        let (head, body) = text.split_once("\r\n\r\n").unwrap();
-        assert!(head.contains(&format!("content-length: {}", body.len())));
-        let v: serde_json::Value = serde_json::from_str(body).unwrap();
-        assert!(v["error"].is_string());
+    fn the_busy_answers_are_well_formed() {
+        for busy in [BUSY, beacon::BUSY] {
+            let text = std::str::from_utf8(busy).unwrap();
+            let (head, body) = text.split_once("\r\n\r\n").unwrap();
+            assert!(head.contains(&format!("content-length: {}", body.len())));
+            let v: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert!(v["error"].is_string());
+        }
     }
 }

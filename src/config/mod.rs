@@ -13,6 +13,7 @@ pub mod policy;
 pub mod probe;
 mod protocol;
 mod raw;
+mod rum;
 mod validate;
 
 use std::fmt;
@@ -25,6 +26,11 @@ use serde::de::DeserializeOwned;
 
 pub use latency::{Coarse, LatencyConfig};
 
+pub use self::rum::{
+    AllowedOrigins, DEFAULT_RUM_BEACONS_PER_MINUTE, DEFAULT_RUM_LISTEN,
+    DEFAULT_RUM_MAX_CONNECTIONS, DEFAULT_RUM_MAX_MEASUREMENTS, MAX_RUM_BEACONS_PER_MINUTE,
+    MAX_RUM_MAX_CONNECTIONS, MAX_RUM_MAX_MEASUREMENTS, RumConfig,
+};
 use crate::model::ZoneConfig;
 
 /// Default listen addresses: loopback on an unprivileged port that does not
@@ -133,6 +139,8 @@ pub struct ServerConfig {
     pub rrl: RrlConfig,
     /// Latency estimates (`[latency]`).
     pub latency: LatencyConfig,
+    /// The RUM beacon listener (`[rum]`).
+    pub rum: RumConfig,
 }
 
 /// Response rate limiting (`[rrl]`), as BIND, Knot and NSD do it: each

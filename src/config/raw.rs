@@ -27,6 +27,7 @@ pub(super) struct RawServer {
     pub(super) cookies: Option<RawCookies>,
     pub(super) rrl: Option<RawRrl>,
     pub(super) latency: Option<super::latency::RawLatency>,
+    pub(super) rum: Option<super::rum::RawRum>,
 }
 
 /// `[cookies]` in `meridian.toml`.

@@ -135,6 +135,7 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
     let cookies = super::protocol::validate_cookies(file, base, raw.cookies.unwrap_or_default())?;
     let rrl = validate_rrl(file, raw.rrl.unwrap_or_default())?;
     let latency = super::latency::validate_latency(file, base, raw.latency.unwrap_or_default())?;
+    let rum = super::rum::validate_rum(file, raw.rum, &listen, admin.as_ref())?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match raw.threads {
         Some(n) => check_range(file, "threads", n, 1, MAX_THREADS)? as usize,
@@ -151,6 +152,7 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         cookies,
         rrl,
         latency,
+        rum,
         listen,
         zones_dir,
         geoip,
@@ -266,20 +268,7 @@ fn validate_rrl(file: &Path, raw: RawRrl) -> Result<super::RrlConfig, ConfigErro
     let rate = |key: &str, value: Option<i64>, default: u32| {
         int(key, value, default, 0, super::MAX_RRL_RATE)
     };
-    let mut exempt: Vec<IpNet> = Vec::new();
-    for (i, text) in raw.exempt.unwrap_or_default().iter().enumerate() {
-        let key = format!("rrl.exempt[{i}]");
-        // A bare address is a one-address network.
-        let text = match text.parse::<IpAddr>() {
-            Ok(addr) => IpNet::from(addr).to_string(),
-            Err(_) => text.clone(),
-        };
-        let net = parse_network(file, &key, &text)?;
-        if exempt.contains(&net) {
-            return Err(ConfigError::new(file, key, "listed twice"));
-        }
-        exempt.push(net);
-    }
+    let exempt = network_list(file, "rrl.exempt", raw.exempt.unwrap_or_default())?;
     let table_size = int(
         "table_size",
         raw.table_size,
@@ -953,6 +942,29 @@ fn validate_fallback(
 
 /// A client network in CIDR form: no host bits, and no IPv4-mapped IPv6
 /// network (such clients are handled as IPv4, so it would never match).
+/// A list of networks in CIDR form without host bits, each listed once;
+/// a bare address is a one-address network. `key` names the list.
+pub(super) fn network_list(
+    file: &Path,
+    key: &str,
+    list: Vec<String>,
+) -> Result<Vec<IpNet>, ConfigError> {
+    let mut out: Vec<IpNet> = Vec::with_capacity(list.len());
+    for (i, text) in list.iter().enumerate() {
+        let key = format!("{key}[{i}]");
+        let text = match text.parse::<IpAddr>() {
+            Ok(addr) => IpNet::from(addr).to_string(),
+            Err(_) => text.clone(),
+        };
+        let net = parse_network(file, &key, &text)?;
+        if out.contains(&net) {
+            return Err(ConfigError::new(file, key, "listed twice"));
+        }
+        out.push(net);
+    }
+    Ok(out)
+}
+
 fn parse_network(file: &Path, key: &str, text: &str) -> Result<IpNet, ConfigError> {
     let net: IpNet = text.parse().map_err(|_| {
         ConfigError::new(

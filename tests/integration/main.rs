@@ -16,4 +16,5 @@ mod protocol;
 mod protocol_hardening;
 mod robustness;
 mod rrl;
+mod rum_beacon;
 mod tcp_hardening;
