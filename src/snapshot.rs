@@ -115,9 +115,7 @@ impl Snapshot {
                             } else {
                                 Observed::Up
                             },
-                            forced: None,
-                            capacity: 100,
-                            down_addresses: 0,
+                            ..DcHealth::UP
                         })
                         .collect()
                 })

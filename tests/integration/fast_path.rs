@@ -167,6 +167,9 @@ fn random_health(rng: &mut Rng, snap: &Snapshot) -> HealthView {
                         capacity: *rng.pick(&[100, 100, 60, 0]),
                         // Per-address health: some addresses' targets down.
                         down_addresses: *rng.pick(&[0, 0, 1, 2, 1 << 32, 0b101 | 1 << 33]),
+                        // Measured probe RTT and congestion.
+                        rtt_us: *rng.pick(&[0, 0, 800, 20_000, 150_000]),
+                        congested: *rng.pick(&[false, false, true]),
                     })
                     .collect()
             })
