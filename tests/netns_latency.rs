@@ -129,6 +129,12 @@ impl Lab {
         // Both are needed whatever the kernel has; say so up front.
         run("ip", &["-V"]).unwrap_or_else(|e| panic!("{e}"));
         run("tc", &["-V"]).unwrap_or_else(|e| panic!("{e}"));
+        // Labs of tests running side by side: one at a time picks its block
+        // and adds its addresses, and each numbers its namespaces on.
+        static CREATING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let _creating = CREATING.lock().unwrap_or_else(|e| e.into_inner());
+        let first = NEXT.fetch_add(delays_ms.len(), Ordering::SeqCst);
         let pid = std::process::id();
         let block = free_block(delays_ms.len());
         let mut lab = Self {
@@ -136,7 +142,7 @@ impl Lab {
             delayer: Delayer::Netem,
         };
         for (i, &delay) in delays_ms.iter().enumerate() {
-            let ns = format!("mrd8-{pid}-{i}");
+            let ns = format!("mrd8-{pid}-{}", first + i);
             if let Err(e) = run("ip", &["netns", "add", &ns]) {
                 if e.contains("Operation not permitted") || e.contains("Permission denied") {
                     say(&format!(
@@ -148,12 +154,12 @@ impl Lab {
             }
             let octet = block + i as u8;
             lab.links.push(Link {
-                ns,
-                host_if: format!("mrd8-{pid}-{i}"),
+                host_if: ns.clone(),
                 host: Ipv4Addr::new(198, 18, octet, 1),
                 peer: Ipv4Addr::new(198, 18, octet, 2),
                 delay_ms: Arc::new(AtomicU32::new(delay)),
                 line: None,
+                ns,
             });
             lab.connect(i);
         }
@@ -694,4 +700,35 @@ async fn probe_rtts_rank_datacenters_by_real_path_delay_and_follow_a_change() {
         "no datacenter went down: {}",
         summary(&dcs)
     );
+}
+
+/// HTTP probes: a fresh connection, then the request and the response
+/// headers: two round trips.
+const HTTP_PROBE: &str = "type = \"http\"\npath = \"/health\"\ninterval = \"500ms\"\n\
+                          timeout = \"400ms\"\nrise = 1\nfall = 3\njitter = 0.1";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_probes_rtt_spans_two_round_trips() {
+    let delays = [20, 60];
+    let services = "[services.www]\npolicy = \"failover\"\ndatacenters = [\"dc0\", \"dc1\"]\n";
+    let Some(lab) = LatencyLab::start(&delays, HTTP_PROBE, services).await else {
+        return;
+    };
+    let (dcs, took) = lab
+        .until("5 samples per datacenter", Duration::from_secs(30), |dcs| {
+            dcs.iter().all(|d| samples(d) >= 5)
+        })
+        .await;
+    say(&format!("HTTP probes after {took:.2?}: {}", summary(&dcs)));
+    for (dc, &delay) in dcs.iter().zip(&delays) {
+        // The SYN and the request each wait out the delay; the answers
+        // come straight back.
+        let two = 2.0 * f64::from(delay);
+        let rtt = rtt_ms(dc).expect("known");
+        assert!(
+            rtt >= two * 0.95 && rtt <= two + 30.0,
+            "{}: HTTP rtt {rtt} ms over a {delay} ms path",
+            dc["name"]
+        );
+    }
 }
