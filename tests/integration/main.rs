@@ -11,6 +11,7 @@ mod geo_routing;
 mod harness;
 mod health;
 mod policies;
+mod probes;
 mod protocol;
 mod protocol_hardening;
 mod robustness;
