@@ -630,10 +630,12 @@ async fn probe_rtts_rank_datacenters_by_real_path_delay_and_follow_a_change() {
             "{}: rtt {rtt} ms for a {delay} ms path",
             dc["name"]
         );
+        // The baseline keeps much of the first sample, and p90 of eight
+        // is their maximum: a slow start on a busy host shows there.
         let stats = &dc["targets"][0]["rtt"];
         for key in ["smoothed_ms", "baseline_ms", "p90_ms"] {
             let v = stats[key].as_f64().unwrap_or(f64::NAN);
-            assert!(v >= delay * 0.95 && v <= delay + 40.0, "{key} {v}: {stats}");
+            assert!(v >= delay * 0.95 && v <= delay + 60.0, "{key} {v}: {stats}");
         }
         assert_eq!(dc["congested"], false, "{dc}");
     }
@@ -715,9 +717,15 @@ async fn an_http_probes_rtt_spans_two_round_trips() {
         return;
     };
     let (dcs, took) = lab
-        .until("5 samples per datacenter", Duration::from_secs(30), |dcs| {
-            dcs.iter().all(|d| samples(d) >= 5)
-        })
+        .until(
+            "10 samples per datacenter",
+            Duration::from_secs(30),
+            |dcs| {
+                // The first probe also sets the HTTP client up: ten samples
+                // leave under a tenth of its excess in the smoothed RTT.
+                dcs.iter().all(|d| samples(d) >= 10)
+            },
+        )
         .await;
     say(&format!("HTTP probes after {took:.2?}: {}", summary(&dcs)));
     for (dc, &delay) in dcs.iter().zip(&delays) {
