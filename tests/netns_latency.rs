@@ -624,9 +624,10 @@ async fn probe_rtts_rank_datacenters_by_real_path_delay_and_follow_a_change() {
     for (dc, &delay) in dcs.iter().zip(&DELAYS_MS) {
         let delay = f64::from(delay);
         let rtt = rtt_ms(dc).expect("known");
-        // One round trip through the delay, plus this host's scheduling.
+        // One round trip through the delay (less is impossible), plus
+        // this host's scheduling (generous: the host may be busy).
         assert!(
-            rtt >= delay * 0.95 && rtt <= delay + 25.0,
+            rtt >= delay * 0.95 && rtt <= delay + 40.0,
             "{}: rtt {rtt} ms for a {delay} ms path",
             dc["name"]
         );
@@ -635,7 +636,7 @@ async fn probe_rtts_rank_datacenters_by_real_path_delay_and_follow_a_change() {
         let stats = &dc["targets"][0]["rtt"];
         for key in ["smoothed_ms", "baseline_ms", "p90_ms"] {
             let v = stats[key].as_f64().unwrap_or(f64::NAN);
-            assert!(v >= delay * 0.95 && v <= delay + 60.0, "{key} {v}: {stats}");
+            assert!(v >= delay * 0.95 && v <= delay + 80.0, "{key} {v}: {stats}");
         }
         assert_eq!(dc["congested"], false, "{dc}");
     }
@@ -687,11 +688,11 @@ async fn probe_rtts_rank_datacenters_by_real_path_delay_and_follow_a_change() {
         .until(
             "dc0's RTT settles near 200 ms",
             Duration::from_secs(20),
-            |dcs| rtt_ms(&dcs[0]).is_some_and(|r| (190.0..=230.0).contains(&r)),
+            |dcs| rtt_ms(&dcs[0]).is_some_and(|r| (190.0..=250.0).contains(&r)),
         )
         .await;
     say(&format!(
-        "20 -> 200 ms: dc0 within 190..230 ms after {:.2?} more; total run {:.2?}; {}",
+        "20 -> 200 ms: dc0 within 190..250 ms after {:.2?} more; total run {:.2?}; {}",
         settled,
         started.elapsed(),
         summary(&dcs2)
@@ -730,11 +731,12 @@ async fn an_http_probes_rtt_spans_two_round_trips() {
     say(&format!("HTTP probes after {took:.2?}: {}", summary(&dcs)));
     for (dc, &delay) in dcs.iter().zip(&delays) {
         // The SYN and the request each wait out the delay; the answers
-        // come straight back.
+        // come straight back. Not under two delays, then; the upper
+        // bound is generous for a busy host.
         let two = 2.0 * f64::from(delay);
         let rtt = rtt_ms(dc).expect("known");
         assert!(
-            rtt >= two * 0.95 && rtt <= two + 30.0,
+            rtt >= two * 0.95 && rtt <= two + 60.0,
             "{}: HTTP rtt {rtt} ms over a {delay} ms path",
             dc["name"]
         );
