@@ -120,9 +120,7 @@ impl Snapshot {
                             } else {
                                 Observed::Up
                             },
-                            forced: None,
-                            capacity: 100,
-                            down_addresses: 0,
+                            ..DcHealth::UP
                         })
                         .collect()
                 })

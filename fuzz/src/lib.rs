@@ -42,24 +42,32 @@ const STATES: [DcHealth; 5] = [
         forced: None,
         capacity: 100,
         down_addresses: 0,
+        rtt_us: 0,
+        congested: false,
     },
     DcHealth {
         observed: Observed::Unknown,
         forced: None,
         capacity: 100,
         down_addresses: 0,
+        rtt_us: 0,
+        congested: false,
     },
     DcHealth {
         observed: Observed::Up,
         forced: Some(Override::Drain),
         capacity: 100,
         down_addresses: 0,
+        rtt_us: 0,
+        congested: false,
     },
     DcHealth {
         observed: Observed::Down,
         forced: Some(Override::ForceUp),
         capacity: 40,
         down_addresses: 1,
+        rtt_us: 20_000,
+        congested: true,
     },
 ];
 

@@ -8,11 +8,14 @@
 //! monitor (`monitor`) runs the probes and publishes a new [`HealthView`]
 //! inside a new snapshot whenever a datacenter's state changes. Operator
 //! overrides (drain, force-up) are kept apart from observations and
-//! persist in a state file (`overrides`).
+//! persist in a state file (`overrides`). Passing probes' RTTs feed each
+//! target's [`rtt::RttStats`] (smoothed, baseline, p90), from which each
+//! datacenter gets a measured RTT and a congestion flag.
 
 pub mod monitor;
 pub mod overrides;
 pub mod probe;
+pub mod rtt;
 pub mod state;
 
 use serde::{Deserialize, Serialize};
@@ -79,6 +82,15 @@ pub struct DcHealth {
     /// the datacenter's `i`-th IPv4 address, bit `32 + j` for its `j`-th
     /// IPv6 address (the first 32 of each family).
     pub down_addresses: u64,
+    /// The smoothed probe RTT in microseconds, 0 when unknown: the lowest
+    /// of its UP targets' (see [`rtt::RttStats`]; what it covers depends
+    /// on the probe type). Not republished on every probe: the query path
+    /// sees it as of the last publication.
+    pub rtt_us: u32,
+    /// The target that gives [`Self::rtt_us`] has a smoothed RTT above
+    /// `[latency] congestion_factor` times its own baseline (after
+    /// [`rtt::CONGESTION_MIN_SAMPLES`] passing probes).
+    pub congested: bool,
 }
 
 impl DcHealth {
@@ -88,6 +100,8 @@ impl DcHealth {
         forced: None,
         capacity: 100,
         down_addresses: 0,
+        rtt_us: 0,
+        congested: false,
     };
 
     /// Whether answers may use this datacenter, for a service with

@@ -15,6 +15,13 @@
 //! nothing else, `/status` marks the kept state as stale. The datacenter
 //! is never failed over for it: this host's trouble would move clients
 //! away from a datacenter that is fine.
+//!
+//! Each passing probe's RTT feeds its target's [`RttStats`]; failures and
+//! local faults do not. A datacenter's [`DcHealth::rtt_us`] and
+//! [`DcHealth::congested`] come from its fastest UP target when a view is
+//! built. They are not part of what makes the monitor republish (that
+//! would republish on every probe): the latency publisher republishes
+//! every `publish_interval`, and any state change republishes too.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,6 +36,7 @@ use tokio_util::task::TaskTracker;
 
 use super::overrides::{DcKey, Overrides};
 use super::probe::{Outcome, Prober};
+use super::rtt::{DEFAULT_CONGESTION_FACTOR, RttStats};
 use super::state::{Machine, TargetState};
 use super::{DcHealth, HealthView, Observed, Override, Verdict};
 use crate::config::Config;
@@ -49,6 +57,10 @@ struct Target {
     awaited: bool,
     /// Probes that failed because of this host.
     local: LocalFaults,
+    /// RTTs of passing probes.
+    rtt: RttStats,
+    /// The probe type ([`probe_type`]) the RTTs were measured with.
+    kind: &'static str,
 }
 
 //------------ LocalFaults --------------------------------------------------
@@ -196,6 +208,19 @@ impl Dc {
         sum.checked_div(n).map_or(100, |c| c as u8)
     }
 
+    /// The datacenter's measured RTT and congestion (see
+    /// [`DcHealth::rtt_us`]): from the UP target with the lowest smoothed
+    /// RTT; `(0, false)` when no UP target has passed a probe.
+    fn rtt(&self, congestion_factor: f64) -> (u32, bool) {
+        self.targets
+            .iter()
+            .filter(|t| t.machine.state() == TargetState::Up && t.rtt.samples() > 0)
+            .min_by_key(|t| t.rtt.rtt_us())
+            .map_or((0, false), |t| {
+                (t.rtt.rtt_us(), t.rtt.congested(congestion_factor))
+            })
+    }
+
     fn observed(&self) -> Observed {
         let Some(min_up) = self.min_up else {
             return Observed::Up;
@@ -222,6 +247,8 @@ struct State {
     generation: u64,
     dcs: BTreeMap<DcKey, Dc>,
     overrides: Overrides,
+    /// See [`Monitor::set_congestion_factor`].
+    congestion_factor: f64,
 }
 
 /// The first probes of new targets are spread over at most this long.
@@ -281,6 +308,17 @@ fn now() -> SystemTime {
     SystemTime::now()
 }
 
+/// A probe type's name, as the zone file and `/status` spell it.
+fn probe_type(kind: &ProbeKind) -> &'static str {
+    match kind {
+        ProbeKind::Tcp => "tcp",
+        ProbeKind::Http(h) if h.tls => "https",
+        ProbeKind::Http(_) => "http",
+        ProbeKind::Dns(_) => "dns",
+        ProbeKind::External => "external",
+    }
+}
+
 /// A small PRNG for jitter (xorshift64*): no dependency, seeded per target.
 struct Jitter(u64);
 
@@ -316,6 +354,7 @@ impl Monitor {
                     generation: 0,
                     dcs: BTreeMap::new(),
                     overrides,
+                    congestion_factor: DEFAULT_CONGESTION_FACTOR,
                 }),
                 swap,
                 slots: Arc::new(Semaphore::new(max_in_flight.max(1) as usize)),
@@ -370,6 +409,15 @@ impl Monitor {
                             Some(i) => {
                                 let mut t = previous.swap_remove(i);
                                 t.machine = t.machine.with_thresholds(spec.rise, spec.fall);
+                                // An HTTP probe's RTT spans more round
+                                // trips than a TCP one's: the old figures
+                                // would compare the new ones with a wrong
+                                // baseline.
+                                let kind = probe_type(&spec.kind);
+                                if t.kind != kind {
+                                    t.rtt = RttStats::new();
+                                    t.kind = kind;
+                                }
                                 t
                             }
                             None => Target {
@@ -382,6 +430,8 @@ impl Monitor {
                                 capacity: None,
                                 awaited: false,
                                 local: LocalFaults::default(),
+                                rtt: RttStats::new(),
+                                kind: probe_type(&spec.kind),
                             },
                         })
                         .collect(),
@@ -495,6 +545,11 @@ impl Monitor {
         };
         if let Some(c) = outcome.capacity {
             t.capacity = Some((c, clock));
+        }
+        // Only a pass measures the target: a failure's time is a timeout
+        // or a refusal, a local fault's is this host's.
+        if outcome.verdict == Verdict::Pass {
+            t.rtt.observe(outcome.rtt);
         }
         // The first result ends the start-up wait for this target, a local
         // fault too: waiting longer would not tell more, and the target's
@@ -614,17 +669,31 @@ impl Monitor {
                                 None if dc.probe.is_some() => (Observed::Unknown, 100, 0),
                                 None => (Observed::Up, 100, 0),
                             };
+                            let (rtt_us, congested) = state
+                                .dcs
+                                .get(&key)
+                                .map_or((0, false), |d| d.rtt(state.congestion_factor));
                             DcHealth {
                                 observed,
                                 forced: state.overrides.get(&key.0, &key.1),
                                 capacity,
                                 down_addresses,
+                                rtt_us,
+                                congested,
                             }
                         })
                         .collect()
                 })
                 .collect(),
         )
+    }
+
+    /// Sets `[latency] congestion_factor`: a datacenter is congested when
+    /// its RTT-giving target's smoothed RTT exceeds `factor` times that
+    /// target's baseline (default [`DEFAULT_CONGESTION_FACTOR`]; the
+    /// config allows 1.1..=100). Takes effect at the next publication.
+    pub fn set_congestion_factor(&self, factor: f64) {
+        self.lock().congestion_factor = factor;
     }
 
     /// The snapshot being served.
@@ -761,6 +830,12 @@ impl Monitor {
                     .map(|(di, dc)| {
                         let key = (origin.clone(), dc.name.clone());
                         let h = snap.health.dc(zi, crate::model::DcId(di as u16));
+                        // The monitor's current figures, which the query
+                        // path gets at the next publication.
+                        let (rtt_us, congested) = state
+                            .dcs
+                            .get(&key)
+                            .map_or((0, false), |d| d.rtt(state.congestion_factor));
                         let targets: Vec<Value> = state
                             .dcs
                             .get(&key)
@@ -774,6 +849,12 @@ impl Monitor {
                                             "last_result": t.last.as_ref().map(|o| o.verdict.name()),
                                             "last_error": t.last.as_ref().and_then(|o| o.error.clone()),
                                             "rtt_ms": t.last.as_ref().map(|o| o.rtt.as_secs_f64() * 1000.0),
+                                            "rtt": json!({
+                                                "smoothed_ms": t.rtt.smoothed_us().map(|us| us / 1000.0),
+                                                "baseline_ms": t.rtt.baseline_us().map(|us| us / 1000.0),
+                                                "p90_ms": t.rtt.p90_us().map(|us| f64::from(us) / 1000.0),
+                                                "samples": t.rtt.samples(),
+                                            }),
                                             "reported_capacity": t.capacity.map(|c| c.0),
                                             "consecutive_passes": t.machine.passes(),
                                             "consecutive_failures": t.machine.failures(),
@@ -796,18 +877,14 @@ impl Monitor {
                             "observed": h.observed,
                             "override": h.forced,
                             "capacity": h.capacity,
+                            "rtt_ms": (rtt_us > 0).then(|| f64::from(rtt_us) / 1000.0),
+                            "congested": congested,
                             "down_addresses": state.dcs.get(&key).map(|d| d.address_bits()
                                 .filter(|(bit, _)| h.down_addresses & (1 << bit) != 0)
                                 .map(|(_, ip)| ip.to_string())
                                 .collect::<Vec<_>>()).unwrap_or_default(),
                             "probe": dc.probe.as_ref().map(|p| json!({
-                                "type": match &p.kind {
-                                    ProbeKind::Tcp => "tcp",
-                                    ProbeKind::Http(h) if h.tls => "https",
-                                    ProbeKind::Http(_) => "http",
-                                    ProbeKind::Dns(_) => "dns",
-                                    ProbeKind::External => "external",
-                                },
+                                "type": probe_type(&p.kind),
                                 "interval_ms": p.interval.as_millis() as u64,
                                 "timeout_ms": p.timeout.as_millis() as u64,
                                 "rise": p.rise,
@@ -895,6 +972,87 @@ mod tests {
         assert!(l.fault("again".into(), t0 + SECOND * 180, wall));
         assert_eq!(l.count, 182);
         assert_eq!(l.run.as_ref().map(|r| r.since), Some(t0 + SECOND * 130));
+    }
+
+    /// A target in `state` whose passing probes took `rtts_ms`.
+    fn target(port: u16, state: TargetState, rtts_ms: &[u64]) -> Target {
+        let mut machine = Machine::new(1, 1);
+        machine.set(state);
+        let mut rtt = RttStats::new();
+        for &ms in rtts_ms {
+            rtt.observe(Duration::from_millis(ms));
+        }
+        Target {
+            addr: SocketAddr::from(([192, 0, 2, 1], port)),
+            machine,
+            last: None,
+            last_at: None,
+            changed_at: None,
+            probes: 0,
+            capacity: None,
+            awaited: false,
+            local: LocalFaults::default(),
+            rtt,
+            kind: "tcp",
+        }
+    }
+
+    fn dc(targets: Vec<Target>) -> Dc {
+        Dc {
+            min_up: Some(1),
+            targets,
+            capacity_hold: Duration::ZERO,
+            stale_after: Duration::ZERO,
+            published: (Observed::Unknown, 100, 0),
+            v4: Vec::new(),
+            v6: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_datacenters_rtt_is_its_fastest_up_targets() {
+        use TargetState::{Down, Unknown, Up};
+        // No probe passed yet, or no target UP: unknown.
+        assert_eq!(dc(vec![]).rtt(2.0), (0, false));
+        assert_eq!(dc(vec![target(1, Up, &[])]).rtt(2.0), (0, false));
+        let fast_but_down = target(1, Down, &[5]);
+        let fast_but_unknown = target(2, Unknown, &[6]);
+        assert_eq!(
+            dc(vec![fast_but_down, fast_but_unknown]).rtt(2.0),
+            (0, false)
+        );
+        // The lowest smoothed RTT over the UP targets; DOWN ones do not
+        // count, however fast they were.
+        let d = dc(vec![
+            target(1, Up, &[40, 40]),
+            target(2, Down, &[5]),
+            target(3, Up, &[30, 34]),
+            target(4, Up, &[]),
+        ]);
+        assert_eq!(d.rtt(2.0), (31_000, false));
+    }
+
+    #[test]
+    fn a_datacenter_is_congested_when_its_rtt_giving_target_is() {
+        use TargetState::Up;
+        let steady = [20; 10];
+        let mut slowed = steady.to_vec();
+        slowed.extend([200, 200]);
+        // The slowed target still gives the lowest RTT: congested.
+        let d = dc(vec![target(1, Up, &slowed), target(2, Up, &[500; 10])]);
+        let (rtt, congested) = d.rtt(2.0);
+        assert!(congested);
+        // 20 -> 65 -> 98.75 ms.
+        assert_eq!(rtt, 98_750);
+        // A factor it does not exceed.
+        assert_eq!(d.rtt(10.0), (rtt, false));
+        // Another UP target is faster and steady: not congested (clients
+        // are answered by way of the fast one's figures).
+        let d = dc(vec![target(1, Up, &slowed), target(2, Up, &steady)]);
+        assert_eq!(d.rtt(2.0), (20_000, false));
+        // Too few samples to judge.
+        let d = dc(vec![target(1, Up, &[20, 200, 200])]);
+        assert!(!d.rtt(2.0).1);
     }
 
     #[test]

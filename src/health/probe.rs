@@ -23,7 +23,12 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct Outcome {
     /// Passed, failed, or could not run because of this host.
     pub verdict: Verdict,
-    /// Time from start to result.
+    /// Time from start to result (not counting the wait for a probe
+    /// slot). For a pass: `tcp` the connect, one round trip; `dns` one
+    /// query and response; `http` a fresh connection plus the request up
+    /// to the response headers (and the body with `expect_body`), two
+    /// round trips or more, and `https` the TLS handshake on top. See
+    /// [`super::rtt`].
     pub rtt: Duration,
     /// Why it did not pass.
     pub error: Option<String>,

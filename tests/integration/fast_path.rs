@@ -232,6 +232,10 @@ fn random_health(rng: &mut Rng, snap: &Snapshot) -> HealthView {
         Some(Override::Drain),
         Some(Override::ForceUp),
     ];
+    // The measured-latency fields from their own sequence, seeded from
+    // the main one without advancing it: drawing them from `rng` would
+    // change every scenario the other fields make.
+    let mut latency = Rng(rng.0 ^ 0x1a7e_0c7e_5eed);
     HealthView::new(
         snap.zones()
             .iter()
@@ -246,6 +250,9 @@ fn random_health(rng: &mut Rng, snap: &Snapshot) -> HealthView {
                         capacity: *rng.pick(&[100, 100, 60, 0]),
                         // Per-address health: some addresses' targets down.
                         down_addresses: *rng.pick(&[0, 0, 1, 2, 1 << 32, 0b101 | 1 << 33]),
+                        // Measured probe RTT and congestion.
+                        rtt_us: *latency.pick(&[0, 0, 800, 20_000, 150_000]),
+                        congested: *latency.pick(&[false, false, true]),
                     })
                     .collect()
             })

@@ -12,6 +12,7 @@ mod harness;
 mod health;
 mod latency;
 mod policies;
+mod probes;
 mod protocol;
 mod protocol_hardening;
 mod robustness;
