@@ -322,6 +322,8 @@ pub struct Server {
     monitor: health::monitor::Monitor,
     tcp_stats: Arc<TcpStats>,
     rrl: Arc<Limiter>,
+    latency: Arc<latency::hub::Hub>,
+    rum_addr: Option<SocketAddr>,
     token: CancellationToken,
     tasks: TaskTracker,
     threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
@@ -393,6 +395,7 @@ impl Server {
             config.server.max_probes_in_flight,
             token.child_token(),
         );
+        monitor.set_congestion_factor(config.server.latency.congestion_factor);
         monitor.configure(&config);
         if config.server.wait_for_probes {
             let limit = first_round_limit(&config);
@@ -403,12 +406,70 @@ impl Server {
             }
         }
         monitor.publish();
+        // Latency: the aggregates saved last time, published at once; then
+        // every publish_interval.
+        let asn = state.load().latency.sources().asn;
+        let hub = Arc::new(latency::hub::Hub::new(&config, asn));
+        {
+            let now = latency::unix_now();
+            let rum = hub.publish_rum(now);
+            state.rcu(|cur| Arc::new(hub.refresh(cur, &monitor, Arc::clone(&rum), now)));
+        }
+        tasks.spawn(latency::hub::run(
+            Arc::clone(&hub),
+            monitor.clone(),
+            Arc::clone(&state),
+            token.clone(),
+        ));
+        let lat = &config.server.latency;
+        let import = latency::beacon::Import {
+            sink: Arc::clone(&hub) as Arc<dyn latency::beacon::BeaconSink>,
+            max_rtt_ms: lat.max_rtt_ms as u32,
+        };
+        // The beacon listener, when enabled: browsers on the internet call
+        // it, so it is apart from the admin API.
+        let rum = &config.server.rum;
+        let (rum_addr, beacons) = if rum.enabled {
+            let listener = TcpListener::bind(rum.listen)
+                .await
+                .map_err(|source| Error::Bind {
+                    addr: rum.listen,
+                    proto: "rum http",
+                    source,
+                })?;
+            let addr = listener.local_addr().ok();
+            let beacons = latency::beacon::Beacons::new(
+                Arc::new(rum.clone()),
+                latency::beacon::BeaconLimits {
+                    max_rtt_ms: lat.max_rtt_ms as u32,
+                    ipv4_prefix_length: lat.fine.0,
+                    ipv6_prefix_length: lat.fine.1,
+                },
+                Arc::clone(&hub) as Arc<dyn latency::beacon::BeaconSink>,
+            );
+            tracing::info!(addr = ?addr, "RUM beacon listener");
+            tasks.spawn(latency::beacon::serve(
+                listener,
+                Arc::clone(&beacons),
+                token.clone(),
+            ));
+            (addr, Some(beacons))
+        } else {
+            (None, None)
+        };
         // The admin API's connections count against the descriptor budget
-        // (`[admin] max_connections`, default 64).
+        // (`[admin] max_connections`, default 64), and so do the beacon
+        // listener's.
+        let rum_connections = if rum.enabled {
+            u64::from(rum.max_connections) + 1
+        } else {
+            0
+        };
         let (admin_addr, admin_connections) = match admin_listener {
             Some(listener) => {
                 let addr = listener.local_addr().ok();
-                let settings = admin::Settings::from_config(config.server.admin.as_ref());
+                let mut settings = admin::Settings::from_config(config.server.admin.as_ref());
+                settings.import = Some(import);
                 let connections = settings.max_connections as u64;
                 tracing::info!(
                     addr = ?addr,
@@ -425,16 +486,27 @@ impl Server {
             }
             None => (None, 0),
         };
-        let tcp = tcp_settings(&config, fd_limit, sockets.len(), admin_connections);
+        let tcp = tcp_settings(
+            &config,
+            fd_limit,
+            sockets.len(),
+            admin_connections + rum_connections,
+        );
         let tcp_stats = Arc::new(TcpStats::default());
         // One limiter for every UDP thread of every address: a client's
         // queries reach several threads, and its budget must be one.
         let rrl = Arc::new(Limiter::new(&config.server.rrl));
         {
-            let (tcp_stats, rrl) = (Arc::clone(&tcp_stats), Arc::clone(&rrl));
-            monitor.attach_stats(Box::new(
-                move || serde_json::json!({ "tcp": tcp_stats.read(), "rrl": rrl.stats() }),
-            ));
+            let (tcp_stats, rrl, hub) =
+                (Arc::clone(&tcp_stats), Arc::clone(&rrl), Arc::clone(&hub));
+            monitor.attach_stats(Box::new(move || {
+                serde_json::json!({
+                    "tcp": tcp_stats.read(),
+                    "rrl": rrl.stats(),
+                    "latency": hub.status(),
+                    "rum": beacons.as_ref().map(|b| b.stats()),
+                })
+            }));
         }
         let mut addrs = Vec::with_capacity(sockets.len());
         let mut threads = Vec::new();
@@ -476,6 +548,8 @@ impl Server {
             monitor,
             tcp_stats,
             rrl,
+            latency: hub,
+            rum_addr,
             token,
             tasks,
             threads: std::sync::Mutex::new(threads),
@@ -485,6 +559,16 @@ impl Server {
     /// The admin API's address, when it runs.
     pub fn admin_addr(&self) -> Option<SocketAddr> {
         self.admin_addr
+    }
+
+    /// The RUM beacon listener's address, when it runs.
+    pub fn rum_addr(&self) -> Option<SocketAddr> {
+        self.rum_addr
+    }
+
+    /// The latency aggregates (RUM) and their publisher.
+    pub fn latency(&self) -> &latency::hub::Hub {
+        &self.latency
     }
 
     /// The health monitor (probes, overrides, status).
@@ -533,18 +617,27 @@ impl Server {
             || new.state_file != old.state_file
             || new.max_probes_in_flight != old.max_probes_in_flight
             || new.rrl.table_size != old.rrl.table_size
+            || new.rum != old.rum
         {
             tracing::warn!(
                 "listen addresses, threads, TCP limits, [admin] (including the token), \
-                 state_file, max_probes_in_flight and rrl.table_size change only on restart"
+                 state_file, max_probes_in_flight, rrl.table_size and [rum] change only on restart"
             );
         }
         self.rrl.configure(&config.server.rrl);
+        self.latency
+            .configure(&config, snapshot.latency.sources().asn);
+        self.monitor
+            .set_congestion_factor(config.server.latency.congestion_factor);
         // Targets that stay keep their state; the new snapshot starts with
-        // the health the monitor already knows.
+        // the health the monitor already knows and the latency aggregates
+        // published last.
         self.monitor.configure(&config);
-        let view = self.monitor.view_for(&snapshot);
-        self.state.store(Arc::new(snapshot.with_health(view)));
+        let rum = self.state.load().latency.sources().rum;
+        let snapshot = self
+            .latency
+            .refresh(&snapshot, &self.monitor, rum, latency::unix_now());
+        self.state.store(Arc::new(snapshot));
         // A probe result that landed between the view and the store was
         // published onto the old snapshot: publish again onto the new one.
         self.monitor.publish();

@@ -134,7 +134,10 @@ pub(super) fn validate_rum(
             )
         })?,
     };
-    if dns_listen.contains(&listen) || admin.is_some_and(|a| a.listen == listen) {
+    // Port 0 asks the kernel for a free port: it never collides.
+    if listen.port() != 0
+        && (dns_listen.contains(&listen) || admin.is_some_and(|a| a.listen == listen))
+    {
         return Err(ConfigError::new(
             file,
             "rum.listen",

@@ -39,6 +39,7 @@
 
 pub mod asn;
 pub mod beacon;
+pub mod hub;
 pub mod map;
 pub mod rum;
 pub mod table;
@@ -312,7 +313,7 @@ impl LatencyView {
         match source {
             LatencySource::Probes => {
                 for (e, &dc) in out.iter_mut().zip(dcs) {
-                    let rtt = probe_rtt_us(&state(dc));
+                    let rtt = state(dc).rtt_us;
                     if rtt != 0 {
                         *e = Estimate {
                             rtt_ms: rtt as f32 / 1000.0,
@@ -330,7 +331,7 @@ impl LatencyView {
         }
         if self.model.penalty_ms > 0.0 {
             for (e, &dc) in out.iter_mut().zip(dcs) {
-                if e.rtt_ms.is_finite() && congested(&state(dc)) {
+                if e.rtt_ms.is_finite() && state(dc).congested {
                     e.rtt_ms += self.model.penalty_ms;
                     e.penalised = true;
                 }
@@ -462,13 +463,4 @@ impl LatencyView {
             found.level = Level::Distance;
         }
     }
-}
-
-// Until the probe RTT fields land in `DcHealth`.
-fn probe_rtt_us(_: &DcHealth) -> u32 {
-    0
-}
-
-fn congested(_: &DcHealth) -> bool {
-    false
 }

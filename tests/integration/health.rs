@@ -770,6 +770,10 @@ pub mod reqwest_like {
         pub async fn put(&self, path: &str, body: &str) -> (u16, String) {
             self.send("PUT", path, body).await
         }
+
+        pub async fn post_json(&self, path: &str, body: &str) -> (u16, String) {
+            self.send("POST", path, body).await
+        }
     }
 }
 

@@ -1,0 +1,291 @@
+//! The RUM side at run time: the aggregator behind a mutex, fed by the
+//! beacon listener and the admin import, published into the served
+//! snapshot every `publish_interval` together with the probe RTTs, and
+//! saved to `state_file`.
+//!
+//! Only ingestion, publication and saving take the mutex; the query path
+//! reads the published [`super::LatencyView`].
+
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use super::asn::AsnTable;
+use super::beacon::BeaconSink;
+use super::rum::{AggSettings, Aggregator};
+use super::table::key_for;
+use super::{Model, ProbeIncumbent, Rum, Sources, unix_now};
+use crate::config::{Coarse, Config, LatencyConfig};
+use crate::health::monitor::Monitor;
+use crate::model::DcId;
+use crate::snapshot::Snapshot;
+
+/// How the client networks of a sample are keyed.
+#[derive(Clone, Debug)]
+struct Keys {
+    fine: (u8, u8),
+    coarse: CoarseKey,
+    /// Datacenter names of the current config.
+    known: HashSet<String>,
+}
+
+#[derive(Clone, Debug)]
+enum CoarseKey {
+    Prefix(u8, u8),
+    Asn(Option<Arc<AsnTable>>),
+}
+
+/// The aggregator and what publishing needs; cheap to share.
+#[derive(Debug)]
+pub struct Hub {
+    agg: Mutex<Aggregator>,
+    keys: ArcSwap<Keys>,
+    settings: Mutex<LatencyConfig>,
+    /// Each zone's probe assignment, by (origin, datacenter name): kept
+    /// across publications and reloads.
+    probe_assignments: Mutex<HashMap<String, (String, u32)>>,
+}
+
+fn agg_settings(c: &LatencyConfig) -> AggSettings {
+    AggSettings {
+        half_life_secs: c.half_life.as_secs_f64(),
+        min_samples: c.min_samples,
+        max_keys: c.max_keys,
+        margin_ms: c.margin_ms,
+        margin_percent: c.margin_percent,
+        max_rtt_ms: c.max_rtt_ms,
+    }
+}
+
+fn names(config: &Config) -> Vec<String> {
+    let mut names: Vec<String> = config
+        .zones
+        .iter()
+        .flat_map(|z| z.datacenters.iter().map(|d| d.name.clone()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+fn keys(config: &Config, asn: Option<Arc<AsnTable>>) -> Keys {
+    let c = &config.server.latency;
+    Keys {
+        fine: c.fine,
+        coarse: match c.coarse {
+            Coarse::Prefix(v4, v6) => CoarseKey::Prefix(v4, v6),
+            Coarse::Asn(_) => CoarseKey::Asn(asn),
+        },
+        known: names(config).into_iter().collect(),
+    }
+}
+
+impl Hub {
+    /// A hub for `config`, with the aggregates saved in its state file
+    /// loaded (a corrupt file is logged and ignored).
+    pub fn new(config: &Config, asn: Option<Arc<AsnTable>>) -> Self {
+        let c = &config.server.latency;
+        let mut agg = Aggregator::new(agg_settings(c));
+        agg.configure(agg_settings(c), &names(config));
+        if let Some(path) = &c.state_file {
+            match agg.load(path, unix_now()) {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!(path = %path.display(), entries = n, "latency aggregates loaded")
+                }
+                Err(e) => tracing::error!(
+                    path = %path.display(),
+                    "latency aggregates not loaded, starting empty: {e}"
+                ),
+            }
+        }
+        Self {
+            agg: Mutex::new(agg),
+            keys: ArcSwap::from_pointee(keys(config, asn)),
+            settings: Mutex::new(c.clone()),
+            probe_assignments: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn agg(&self) -> std::sync::MutexGuard<'_, Aggregator> {
+        self.agg.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn latency_settings(&self) -> LatencyConfig {
+        self.settings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// Applies a reloaded config. A changed key layout (prefix lengths,
+    /// coarse kind) keeps the data under the old keys until it decays.
+    pub fn configure(&self, config: &Config, asn: Option<Arc<AsnTable>>) {
+        let c = &config.server.latency;
+        self.agg().configure(agg_settings(c), &names(config));
+        self.keys.store(Arc::new(keys(config, asn)));
+        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
+    }
+
+    /// Publishes the aggregates as of `now`.
+    pub fn publish_rum(&self, now: u32) -> Arc<Rum> {
+        let p = self.agg().publish(now);
+        Arc::new(Rum {
+            fine: p.fine,
+            coarse: p.coarse,
+            names: p.names,
+        })
+    }
+
+    /// `snap` with fresh health (probe RTTs) and `rum`, each zone's probe
+    /// assignment updated with hysteresis.
+    pub fn refresh(&self, snap: &Snapshot, monitor: &Monitor, rum: Arc<Rum>, now: u32) -> Snapshot {
+        let snap = snap.with_health(monitor.view_for(snap));
+        let sources = Sources {
+            rum,
+            ..snap.latency.sources()
+        };
+        let probes = self.assign_probes(&snap, sources.model.clone(), now);
+        snap.with_latency(sources, probes)
+    }
+
+    /// Each zone's fastest datacenter by probe RTT, kept unless another
+    /// beats it by both margins.
+    fn assign_probes(&self, snap: &Snapshot, model: Model, now: u32) -> Box<[ProbeIncumbent]> {
+        let mut kept = self
+            .probe_assignments
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        snap.zones()
+            .iter()
+            .enumerate()
+            .map(|(zi, z)| {
+                let origin = z.origin().to_ascii();
+                let health = snap.health.zone(zi);
+                let rtt = |i: usize| {
+                    health
+                        .get(i)
+                        .filter(|h| h.rtt_us != 0 && h.usable(crate::model::Warmup::AssumeDown))
+                        .map(|h| h.rtt_us as f32 / 1000.0)
+                };
+                let dcs = &z.config.datacenters;
+                let best = (0..dcs.len())
+                    .filter_map(|i| rtt(i).map(|r| (i, r)))
+                    .min_by(|a, b| a.1.total_cmp(&b.1));
+                let previous = kept.get(&origin).and_then(|(name, since)| {
+                    Some((dcs.iter().position(|d| &d.name == name)?, *since))
+                });
+                let chosen = match (previous, best) {
+                    (_, None) => None,
+                    (Some((p, since)), Some((b, best_rtt)))
+                        if p == b || rtt(p).is_some_and(|pr| !model.beats(best_rtt, pr)) =>
+                    {
+                        Some((p, since))
+                    }
+                    (_, Some((b, _))) => Some((b, now)),
+                };
+                match chosen {
+                    Some((i, since)) => {
+                        kept.insert(origin, (dcs[i].name.clone(), since));
+                        u16::try_from(i).ok().map(|i| (DcId(i), since))
+                    }
+                    None => {
+                        kept.remove(&origin);
+                        None
+                    }
+                }
+            })
+            .collect()
+    }
+
+    /// Saves the aggregates to the state file, if one is configured.
+    pub fn save(&self) {
+        let Some(path) = self.latency_settings().state_file else {
+            return;
+        };
+        if let Err(e) = self.agg().save(&path) {
+            tracing::error!(path = %path.display(), "latency aggregates not saved: {e}");
+        }
+    }
+
+    /// `/status` figures.
+    pub fn status(&self) -> Value {
+        let s = self.agg().stats();
+        json!({
+            "fine_keys": s.fine_keys,
+            "coarse_keys": s.coarse_keys,
+            "evictions": s.evictions,
+            "expired": s.expired,
+            "samples_accepted": s.samples_accepted,
+            "samples_rejected": s.samples_rejected,
+            "memory_bytes": s.bytes,
+        })
+    }
+
+    /// The state file, for logs.
+    pub fn state_file(&self) -> Option<PathBuf> {
+        self.latency_settings().state_file
+    }
+}
+
+impl BeaconSink for Hub {
+    fn known(&self, datacenter: &str) -> bool {
+        self.keys.load().known.contains(datacenter)
+    }
+
+    fn accept(&self, client: IpAddr, samples: &[(String, f64, f64)]) {
+        let keys = self.keys.load();
+        let fine = key_for(client, keys.fine.0, keys.fine.1);
+        let coarse = match &keys.coarse {
+            CoarseKey::Prefix(v4, v6) => Some(key_for(client, *v4, *v6)),
+            CoarseKey::Asn(table) => table
+                .as_ref()
+                .and_then(|t| t.lookup(client).0)
+                .map(u64::from),
+        };
+        let mut agg = self.agg();
+        let mut columns = Vec::with_capacity(samples.len());
+        for (name, rtt, weight) in samples {
+            if let Some(c) = agg.column(name) {
+                columns.push((c, *rtt, *weight));
+            }
+        }
+        agg.add(fine, coarse, &columns, unix_now());
+    }
+}
+
+/// Publishes every `publish_interval` and saves every `save_interval`
+/// until `token` is cancelled; then saves once more.
+pub async fn run(
+    hub: Arc<Hub>,
+    monitor: Monitor,
+    swap: Arc<ArcSwap<Snapshot>>,
+    token: CancellationToken,
+) {
+    let mut last_save = tokio::time::Instant::now();
+    loop {
+        let settings = hub.latency_settings();
+        tokio::select! {
+            () = token.cancelled() => break,
+            () = tokio::time::sleep(settings.publish_interval) => {}
+        }
+        let now = unix_now();
+        let hub2 = Arc::clone(&hub);
+        // Building the tables walks every entry: off the runtime threads.
+        let Ok(rum) = tokio::task::spawn_blocking(move || hub2.publish_rum(now)).await else {
+            continue;
+        };
+        swap.rcu(|cur| Arc::new(hub.refresh(cur, &monitor, Arc::clone(&rum), now)));
+        if last_save.elapsed() >= settings.save_interval {
+            last_save = tokio::time::Instant::now();
+            let hub2 = Arc::clone(&hub);
+            let _ = tokio::task::spawn_blocking(move || hub2.save()).await;
+        }
+    }
+    let _ = tokio::task::spawn_blocking(move || hub.save()).await;
+}
