@@ -498,8 +498,10 @@ impl LatencyLab {
             );
         }
         zone += services;
+        // Probe RTTs reach the query path at each publication.
         let server = TestServer::start_with(Setup {
             zones: &[("lab.test.toml", &zone)],
+            server_toml: "[latency]\npublish_interval = \"200ms\"\n",
             ..Setup::default()
         })
         .await;
@@ -600,7 +602,35 @@ const TCP_PROBE: &str = "type = \"tcp\"\ninterval = \"400ms\"\ntimeout = \"350ms
                          rise = 1\nfall = 3\njitter = 0.1";
 
 const FAILOVER: &str = "[services.www]\npolicy = \"failover\"\n\
+                        datacenters = [\"dc0\", \"dc1\", \"dc2\"]\n\
+                        [services.fast]\npolicy = \"latency\"\nsource = \"probes\"\n\
                         datacenters = [\"dc0\", \"dc1\", \"dc2\"]\n";
+
+/// The address `fast.lab.test` answers with (`dc<i>` has 192.0.2.1<i>).
+async fn fastest(lab: &LatencyLab) -> String {
+    let m = lab
+        .server
+        .ask("fast.lab.test", hickory_proto::rr::RecordType::A, None)
+        .await;
+    harness::a_answers(&m).first().cloned().unwrap_or_default()
+}
+
+/// Polls the DNS answer of the latency service until it is `want`.
+async fn until_fastest(lab: &LatencyLab, want: &str, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        let got = fastest(lab).await;
+        if got == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "fast.lab.test still answers {got}, not {want}, after {limit:?}: {}",
+            summary(&lab.datacenters())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn probe_rtts_rank_datacenters_by_real_path_delay_and_follow_a_change() {
@@ -652,8 +682,15 @@ async fn probe_rtts_rank_datacenters_by_real_path_delay_and_follow_a_change() {
         "{published:?}"
     );
 
+    // The latency policy (source = "probes") answers with the fastest.
+    until_fastest(&lab, "192.0.2.10", Duration::from_secs(5)).await;
+
     // The fast path slows from 20 to 200 ms: it must fall to last.
     lab.set_delay(0, 200);
+    let moved = until_fastest(&lab, "192.0.2.11", Duration::from_secs(20)).await;
+    say(&format!(
+        "20 -> 200 ms: the latency policy's answer moved to dc1 after {moved:.2?}"
+    ));
     let (dcs, followed) = lab
         .until(
             "dc0 ranked last after its path slowed to 200 ms",
