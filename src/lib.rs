@@ -79,6 +79,12 @@ pub enum Error {
     /// The state file (operator overrides) could not be read.
     #[error("{0}")]
     State(String),
+    /// The static latency map could not be used.
+    #[error("{0}")]
+    LatencyMap(#[from] latency::map::MapError),
+    /// The ASN database could not be opened.
+    #[error("{0}")]
+    Asn(#[from] latency::asn::AsnError),
     /// A listen address could not be bound.
     #[error("cannot listen on {addr} ({proto}): {source}")]
     Bind {
@@ -101,7 +107,22 @@ pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
     };
     check_country_codes(&config, &countries)?;
     let geo = Arc::new(GeoDb::open(&config.server.geoip, countries)?);
+    let latency = &config.server.latency;
+    let map = match &latency.map {
+        Some(path) => Some(Arc::new(latency::map::load(path)?)),
+        None => None,
+    };
+    let asn = match &latency.coarse {
+        config::Coarse::Asn(path) => Some(Arc::new(latency::asn::AsnTable::open(path)?)),
+        config::Coarse::Prefix(..) => None,
+    };
     let snapshot = Snapshot::build(&config, geo);
+    let sources = latency::Sources {
+        map,
+        asn,
+        ..snapshot.latency.sources()
+    };
+    let snapshot = snapshot.with_latency(sources, Box::default());
     Ok((config, snapshot))
 }
 
