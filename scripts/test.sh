@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The full test suite (README "Quick start"): installs the system packages
+# that some tests drive when they are missing, then runs `cargo test` with
+# any arguments given (CI passes --locked).
+#
+#   chromium   tests/chromium_rum.rs: the RUM snippet in a real browser
+#   iproute2   tests/netns_latency.rs: network namespaces with delayed links
+#
+# Those tests fail, rather than pass, when their tool is absent; this
+# script is what keeps them from being absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+{ command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "scripts/test.sh: installing ${need[*]}" >&2
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  else
+    echo "scripts/test.sh: missing ${need[*]}; install them (Debian: sudo apt-get install ${need[*]}) and run again" >&2
+    exit 1
+  fi
+fi
+
+exec cargo test "$@"
