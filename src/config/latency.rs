@@ -145,16 +145,10 @@ pub(super) fn validate_latency(
         int("ipv4_prefix_length", raw.ipv4_prefix_length, 24, 8, 32)? as u8,
         int("ipv6_prefix_length", raw.ipv6_prefix_length, 48, 16, 64)? as u8,
     );
+    // Shorter than the fine level's prefix (which is at least 8).
     let coarse_prefix = |k: &str, v: Option<i64>, default: u8, finer: u8| {
-        let v = int(k, v, i64::from(default.min(finer)), 0, i64::from(finer))? as u8;
-        if v >= finer && finer > 0 {
-            return Err(ConfigError::new(
-                file,
-                key(k),
-                format!("must be shorter than the fine level's prefix ({finer})"),
-            ));
-        }
-        Ok(v)
+        let max = i64::from(finer) - 1;
+        Ok::<u8, ConfigError>(int(k, v, i64::from(default).min(max), 0, max)? as u8)
     };
     let asn_database = path("asn_database", raw.asn_database)?;
     let coarse = match raw.coarse.as_deref().unwrap_or("prefix") {

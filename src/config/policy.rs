@@ -152,6 +152,34 @@ pub(super) fn validate_policy(
         }
     }
 
+    if latency && latency_source == LatencySource::Probes {
+        let kind = |id: DcId| {
+            zone.dc(id).probe.as_ref().map(|p| match &p.kind {
+                crate::model::ProbeKind::Tcp => "tcp",
+                crate::model::ProbeKind::Http(h) if h.tls => "https",
+                crate::model::ProbeKind::Http(_) => "http",
+                crate::model::ProbeKind::Dns(_) => "dns",
+                crate::model::ProbeKind::External => "external",
+            })
+        };
+        if let Some(&first) = datacenters.first()
+            && let Some(&other) = datacenters.iter().find(|&&d| kind(d) != kind(first))
+        {
+            return Err(ConfigError::new(
+                file,
+                format!("datacenters.{}.probe.type", key_part(&zone.dc(other).name)),
+                format!(
+                    "{:?}, but {:?} is probed with {:?}: service {name:?} compares probe RTTs \
+                     (source = \"probes\"), and a tcp connect, an http request and an https \
+                     handshake take different numbers of round trips; probe them alike",
+                    kind(other).unwrap_or("none"),
+                    zone.dc(first).name,
+                    kind(first).unwrap_or("none"),
+                ),
+            ));
+        }
+    }
+
     let geo_spec = if geo {
         validate_geo(file, key, zone, datacenters, raw)?
     } else {

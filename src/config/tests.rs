@@ -335,3 +335,129 @@ fn rrl_is_on_by_default_and_its_keys_are_checked() {
         assert!(e.reason.contains(reason), "{text}: {e}");
     }
 }
+
+#[test]
+fn latency_settings_are_checked() {
+    let s = parse_server(Path::new("m.toml"), "").unwrap();
+    assert_eq!(
+        LatencyConfig {
+            state_file: None,
+            ..s.latency.clone()
+        },
+        LatencyConfig {
+            state_file: None,
+            ..LatencyConfig::default()
+        }
+    );
+    assert!(
+        s.latency
+            .state_file
+            .is_some_and(|p| p.ends_with("meridian-latency.bin"))
+    );
+    let s = parse_server(
+        Path::new("m.toml"),
+        "[latency]\nhalf_life = \"7d\"\ncoarse = \"asn\"\nasn_database = \"asn.mmdb\"\n\
+         state_file = \"\"\nmin_samples = 1\n",
+    )
+    .unwrap();
+    assert_eq!(
+        s.latency.half_life,
+        std::time::Duration::from_secs(7 * 86_400)
+    );
+    assert_eq!(s.latency.coarse, Coarse::Asn(PathBuf::from("asn.mmdb")));
+    assert_eq!(s.latency.state_file, None);
+    for (text, key, reason) in [
+        ("min_samples = 0", "latency.min_samples", "out of range"),
+        ("half_life = \"1w\"", "latency.half_life", "not a duration"),
+        (
+            "coarse = \"asn\"",
+            "latency.asn_database",
+            "required with coarse = \"asn\"",
+        ),
+        (
+            "coarse = \"city\"",
+            "latency.coarse",
+            "\"prefix\" or \"asn\"",
+        ),
+        (
+            "asn_database = \"a.mmdb\"",
+            "latency.asn_database",
+            "only used with coarse = \"asn\"",
+        ),
+        (
+            "coarse_ipv4_prefix_length = 24",
+            "latency.coarse_ipv4_prefix_length",
+            "out of range (0 to 23)",
+        ),
+        (
+            "ipv4_prefix_length = 20\ncoarse_ipv4_prefix_length = 20",
+            "latency.coarse_ipv4_prefix_length",
+            "out of range (0 to 19)",
+        ),
+        ("max_rtt_ms = 7000", "latency.max_rtt_ms", "out of range"),
+        (
+            "margin_percent = 101",
+            "latency.margin_percent",
+            "out of range",
+        ),
+        (
+            "publish_interval = \"10ms\"",
+            "latency.publish_interval",
+            "out of range",
+        ),
+        ("map = \"\"", "latency.map", "empty path"),
+        ("nonsense = 1", "latency.nonsense", "unknown field"),
+    ] {
+        let e = parse_server(Path::new("m.toml"), &format!("[latency]\n{text}\n")).expect_err(text);
+        assert_eq!(e.key, key, "{text}: {e}");
+        assert!(e.reason.contains(reason), "{text}: {e}");
+    }
+}
+
+#[test]
+fn latency_services_are_checked() {
+    let latency = BASE.replace("policy = \"geo\"", "policy = \"latency\"");
+    let z = zone(&latency).unwrap();
+    assert_eq!(z.services[0].policy.steps, [crate::model::Step::Latency]);
+    assert_eq!(
+        z.services[0].policy.latency_source,
+        crate::model::LatencySource::Clients
+    );
+    // Distance estimates need locations; probe RTTs need measuring probes
+    // of one kind.
+    let e = err(&latency.replace("location = [0.0, 0.0]\n", ""));
+    assert_eq!(e.key, "datacenters.a.location");
+    let probes = latency.replace(
+        "datacenters = [\"a\", \"b\"]",
+        "datacenters = [\"a\", \"b\"]\nsource = \"probes\"",
+    );
+    let e = err(&probes);
+    assert_eq!(e.key, "datacenters.a.probe", "{e}");
+    let tcp = "[datacenters.a.probe]\ntype = \"tcp\"\nport = 443\n";
+    let both = probes.replace(
+        "[services.www]",
+        &format!("{tcp}[datacenters.b.probe]\ntype = \"http\"\nport = 80\n[services.www]"),
+    );
+    let e = err(&both);
+    assert_eq!(e.key, "datacenters.b.probe.type", "{e}");
+    assert!(e.reason.contains("probe them alike"), "{e}");
+    let ok = probes.replace(
+        "[services.www]",
+        &format!("{tcp}[datacenters.b.probe]\ntype = \"tcp\"\nport = 443\n[services.www]"),
+    );
+    assert_eq!(
+        zone(&ok).unwrap().services[0].policy.latency_source,
+        crate::model::LatencySource::Probes
+    );
+    let e = err(&latency.replace(
+        "datacenters = [\"a\", \"b\"]",
+        "datacenters = [\"a\", \"b\"]\nsource = \"users\"",
+    ));
+    assert_eq!(e.key, "services.www.source");
+    let e = err(&BASE.replace(
+        "datacenters = [\"a\", \"b\"]",
+        "datacenters = [\"a\", \"b\"]\nsource = \"probes\"",
+    ));
+    assert_eq!(e.key, "services.www.source");
+    assert!(e.reason.contains("only used by a \"latency\" step"), "{e}");
+}
