@@ -217,7 +217,9 @@ pub struct AggStats {
     pub samples_accepted: u64,
     /// Samples rejected (unknown column, impossible RTT or weight), ever.
     pub samples_rejected: u64,
-    /// Heap bytes the aggregator holds (capacities), an estimate.
+    /// Heap bytes in use: the arena's entries and the whole index. Vector
+    /// reserve beyond that is address space the kernel backs only once
+    /// touched; [`Aggregator::publish`] returns it when entries expire.
     pub bytes: usize,
 }
 
@@ -343,9 +345,12 @@ impl Aggregator {
             return;
         }
         self.accepted += good as u64;
-        let need = usize::from(self.probe(FINE, fine).is_err())
-            + coarse.map_or(0, |c| usize::from(self.probe(COARSE, c).is_err()));
-        self.make_room(need);
+        // Probing for new keys costs two hashes: only near the cap.
+        if self.keys.len() + 2 > self.settings.max_keys {
+            let need = usize::from(self.probe(FINE, fine).is_err())
+                + coarse.map_or(0, |c| usize::from(self.probe(COARSE, c).is_err()));
+            self.make_room(need);
+        }
         let min = f64::from(self.settings.min_samples);
         let levels = [(FINE, Some(fine)), (COARSE, coarse)];
         for (level, key) in levels {
@@ -375,6 +380,10 @@ impl Aggregator {
                 s += 1;
             }
         }
+        self.shrink();
+        // Slot numbers (4 bytes each) sorted by key: the least memory
+        // beside the tables. Most of a publication's time is reading the
+        // rows in key order, not this sort.
         let mut order: Vec<u32> = Vec::with_capacity(self.keys.len());
         for s in 0..self.keys.len() {
             let f = self.decay_factor(s, now);
@@ -397,7 +406,7 @@ impl Aggregator {
 
     /// Counters and the memory estimate.
     pub fn stats(&self) -> AggStats {
-        let names: usize = self.names.iter().map(|n| n.capacity()).sum();
+        let names: usize = self.names.iter().map(|n| n.len()).sum();
         AggStats {
             fine_keys: self.fine_keys,
             coarse_keys: self.coarse_keys,
@@ -405,12 +414,11 @@ impl Aggregator {
             expired: self.expired,
             samples_accepted: self.accepted,
             samples_rejected: self.rejected,
-            bytes: self.keys.capacity() * size_of::<u64>()
-                + self.meta.capacity() * size_of::<SlotMeta>()
-                + self.cells.capacity() * size_of::<Acc>()
-                + self.buckets.capacity() * size_of::<u32>()
+            bytes: self.keys.len() * (size_of::<u64>() + size_of::<SlotMeta>())
+                + self.cells.len() * size_of::<Acc>()
+                + self.buckets.len() * size_of::<u32>()
                 + names
-                + self.names.capacity() * size_of::<String>(),
+                + self.names.len() * size_of::<String>(),
         }
     }
 
@@ -563,6 +571,25 @@ impl Aggregator {
             self.cells[s * new + old..(s + 1) * new].fill(Acc::default());
         }
         self.published_names = Arc::from(self.names.clone());
+    }
+
+    /// Returns memory when most of the arena or index is unused (after
+    /// mass expiry or a lowered cap), keeping room to grow.
+    fn shrink(&mut self) {
+        let len = self.keys.len();
+        if self.keys.capacity() > 2 * len + 1024 {
+            let keep = len + len / 4;
+            self.keys.shrink_to(keep);
+            self.meta.shrink_to(keep);
+            self.cells.shrink_to(keep * self.width());
+        }
+        let mut size = self.buckets.len();
+        while size > 16 && len * 16 < size {
+            size /= 2;
+        }
+        if size < self.buckets.len() {
+            self.rehash(size);
+        }
     }
 
     /// Evicts so that `need` new keys fit under the cap: at least 1/64
