@@ -27,7 +27,7 @@ fi
 cd "$(dirname "$0")/.."
 toolchain="${FUZZ_TOOLCHAIN:-nightly}"
 sanitizer="${FUZZ_SANITIZER:-none}"
-read -r -a targets <<<"${FUZZ_TARGETS:-packet fast_vs_general zone_config state_file admin_body opt_ecs tcp_stream}"
+read -r -a targets <<<"${FUZZ_TARGETS:-packet fast_vs_general zone_config state_file admin_body opt_ecs tcp_stream latency_map}"
 
 say() { printf 'fuzz: %s\n' "$*"; }
 hex() { od -An -tx1 -v "$1" | tr -d ' \n'; }

@@ -193,7 +193,7 @@ pub fn load(path: &Path) -> Result<LatencyMap, MapError> {
     parse(&text, path)
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct RawMap {
     version: i64,
@@ -201,7 +201,7 @@ struct RawMap {
     networks: Vec<RawNetwork>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 struct RawNetwork {
     network: String,
@@ -241,7 +241,10 @@ struct RawVersion {
 
 /// Parses map text; `file` names the source in errors.
 pub fn parse(text: &str, file: &Path) -> Result<LatencyMap, MapError> {
-    let raw = parse_raw(text, file)?;
+    let raw = match fast::parse(text) {
+        Some(raw) => raw,
+        None => parse_raw(text, file)?,
+    };
     if raw.version != MAP_VERSION {
         return Err(unknown_version(file, raw.version));
     }
@@ -287,6 +290,150 @@ fn parse_raw(text: &str, file: &Path) -> Result<RawMap, MapError> {
             format!("{}{}", inner.message(), line_of(inner.span())),
         )
     })
+}
+
+/// The common shape of a map file, read without the TOML parser.
+///
+/// A generated map of 100,000 networks is some 10 to 20 MB of TOML, and
+/// the `toml` crate reads about 20 MB/s: most of a second. Such files use
+/// one narrow shape, which this reads line by line at several times that
+/// speed. It accepts only text whose every line is blank, a comment,
+/// `version = 1`, `[[networks]]`, `network = "..."` or `rtt_ms = { k = v,
+/// ... }` with bare or plainly quoted keys and plain decimal numbers, and
+/// gives the same [`RawMap`] the TOML parser would. Anything else (another
+/// spelling, a trailing comment, an escape, a duplicate key, a control
+/// character, a missing key) returns `None`, and the file goes to the
+/// TOML parser, which also words every error. The fuzz target
+/// `latency_map` checks the two agree.
+mod fast {
+    use super::{MAP_VERSION, RawMap, RawNetwork};
+
+    /// The entry being read: its network and its RTTs, each set once.
+    type Open = Option<(Option<String>, Option<Vec<(String, f64)>>)>;
+
+    pub(super) fn parse(text: &str) -> Option<RawMap> {
+        // TOML forbids control characters but tab in comments and strings;
+        // a lone CR is not a line ending.
+        if text
+            .bytes()
+            .any(|b| (b < 0x20 && b != b'\t' && b != b'\n' && b != b'\r') || b == 0x7f)
+        {
+            return None;
+        }
+        let mut version = None;
+        let mut networks: Vec<RawNetwork> = Vec::new();
+        let mut open: Open = None;
+        let close = |open: Open, networks: &mut Vec<RawNetwork>| {
+            match open {
+                None => Some(()),
+                Some((Some(network), Some(rtt_ms))) => {
+                    networks.push(RawNetwork { network, rtt_ms });
+                    Some(())
+                }
+                Some(_) => None, // missing a key: the TOML parser words it
+            }
+        };
+        for line in text.split('\n') {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.contains('\r') {
+                return None;
+            }
+            let line = line.trim_matches([' ', '\t']);
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            if line == "[[networks]]" {
+                close(open.take(), &mut networks)?;
+                open = Some((None, None));
+                continue;
+            }
+            let (key, value) = line.split_once('=')?;
+            let (key, value) = (
+                key.trim_end_matches([' ', '\t']),
+                value.trim_start_matches([' ', '\t']),
+            );
+            match (key, &mut open) {
+                ("version", None) if version.is_none() && value == "1" => {
+                    version = Some(MAP_VERSION);
+                }
+                ("network", Some((n @ None, _))) => *n = Some(string(value)?.to_string()),
+                ("rtt_ms", Some((_, r @ None))) => *r = Some(table(value)?),
+                _ => return None,
+            }
+        }
+        close(open, &mut networks)?;
+        Some(RawMap {
+            version: version?,
+            networks,
+        })
+    }
+
+    /// `"..."` with no escape or quote inside.
+    fn string(v: &str) -> Option<&str> {
+        let inner = v.strip_prefix('"')?.strip_suffix('"')?;
+        (!inner.contains(['"', '\\'])).then_some(inner)
+    }
+
+    /// `{ key = number, ... }` or `{}`, keys unique.
+    fn table(v: &str) -> Option<Vec<(String, f64)>> {
+        let inner = v.strip_prefix('{')?.strip_suffix('}')?;
+        let inner = inner.trim_matches([' ', '\t']);
+        let mut out: Vec<(String, f64)> = Vec::new();
+        if inner.is_empty() {
+            return Some(out);
+        }
+        for item in inner.split(',') {
+            let (k, n) = item.split_once('=')?;
+            let k = k.trim_matches([' ', '\t']);
+            let k = if k.starts_with('"') {
+                string(k)?
+            } else if !k.is_empty()
+                && k.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+            {
+                k
+            } else {
+                return None;
+            };
+            let n = number(n.trim_matches([' ', '\t']))?;
+            if out.iter().any(|(d, _)| d == k) {
+                return None;
+            }
+            out.push((k.to_string(), n));
+        }
+        // The TOML parser yields a table's keys sorted.
+        out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Some(out)
+    }
+
+    /// A plain decimal: digits, no leading zero, optionally `.digits`;
+    /// at most 18 digits before the point, so TOML's 64-bit integers
+    /// hold every integer this accepts.
+    fn number(v: &str) -> Option<f64> {
+        let (int, frac) = match v.split_once('.') {
+            Some((i, f)) => (i, Some(f)),
+            None => (v, None),
+        };
+        let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+        if !digits(int) || int.len() > 18 || (int.len() > 1 && int.starts_with('0')) {
+            return None;
+        }
+        if let Some(f) = frac
+            && !digits(f)
+        {
+            return None;
+        }
+        v.parse().ok()
+    }
+}
+
+/// For the fuzz target: `None` when the line reader declines `text`,
+/// else whether the TOML parser reads it the same.
+#[doc(hidden)]
+pub fn fast_path_agrees(text: &str) -> Option<bool> {
+    let fast = fast::parse(text)?;
+    let slow = toml::from_str::<RawMap>(text).ok();
+    Some(slow.as_ref() == Some(&fast))
 }
 
 /// Renders a serde path the way TOML writes keys: `networks[3].rtt_ms.x`.
@@ -1022,6 +1169,87 @@ mod tests {
         assert!(e.reason.starts_with("cannot read the latency map"), "{e}");
     }
 
+    //-------- the line reader
+
+    #[test]
+    fn the_line_reader_takes_the_common_shape_as_toml_reads_it() {
+        let example = std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("latency/latency-map.example.toml"),
+        )
+        .expect("example");
+        let texts = [
+            example.clone(),
+            example.replace('\n', "\r\n"),
+            generated(300, 4),
+            // Keys out of order, quoted, odd; tabs; numbers at the edges.
+            "version=1\n\t[[networks]]\nnetwork\t=\t\"10.0.0.0/8\"\n\
+             rtt_ms = {b=1,\"a.b\" = 2.5 , \"\" = 0, \"z}\" = 0.0001, _ = 123456789012345678}\n\
+             [[networks]]\nrtt_ms={}\nnetwork=\"é\"\n"
+                .to_string(),
+            "# only a comment\n\nversion = 1\n".to_string(),
+        ];
+        for t in &texts {
+            assert!(fast::parse(t).is_some(), "declined:\n{t}");
+            assert_eq!(fast_path_agrees(t), Some(true), "differs from TOML:\n{t}");
+        }
+        // The same map, and the same errors, either way.
+        let raw = fast::parse(&texts[3]).expect("read");
+        assert_eq!(raw.networks[0].rtt_ms[0].0, "", "sorted as TOML gives them");
+        let e = err(&texts[3]);
+        assert_eq!(e.key, "networks[0].rtt_ms.\"\"");
+        let e = parse(&example, file()).expect("example");
+        assert_eq!(e.len(), 5);
+    }
+
+    #[test]
+    fn anything_else_goes_to_the_toml_parser() {
+        let net = |rtt: &str| {
+            format!("version = 1\n[[networks]]\nnetwork = \"10.0.0.0/8\"\nrtt_ms = {rtt}\n")
+        };
+        let declined = [
+            net("{ a = 1 } # trailing comment"),
+            net("{ a = +5 }"),
+            net("{ a = 1e3 }"),
+            net("{ a = 1_000 }"),
+            net("{ a = 05 }"),
+            net("{ a = 5. }"),
+            net("{ a = inf }"),
+            net("{ a = 1234567890123456789 }"),
+            net("{ a = 1, a = 2 }"),
+            net("{ a = 1, \"a\" = 2 }"),
+            net("{ a = 1, }"),
+            net("{ 'a' = 1 }"),
+            net("{ \"a\\u0041\" = 1 }"),
+            net("{ a.b = 1 }"),
+            net("{\n a = 1 }"),
+            net("{ a = 1 }").replace("\"10.0.0.0/8\"", "'10.0.0.0/8'"),
+            net("{ a = 1 }").replace("/8", "/8\r"),
+            net("{ a = 1 }").replace("[[networks]]", "[[ networks ]]"),
+            net("{ a = 1 }").replace("rtt_ms", "\"rtt_ms\""),
+            net("{ a = 1 }").replace("version = 1", "version = 2"),
+            net("{ a = 1 }") + "version = 1\n",
+            net("{ a = 1 }") + "[[networks]]\nnetwork = \"10.0.0.0/9\"\n",
+            net("{ a = 1 }") + "colour = 1\n",
+            "[[networks]]\nnetwork = \"10.0.0.0/8\"\nrtt_ms = {}\nversion = 1\n".to_string(),
+            "".to_string(),
+        ];
+        for t in &declined {
+            assert!(fast::parse(t).is_none(), "taken:\n{t}");
+        }
+        // Those TOML reads are still read (here, to the same map).
+        let m = map(&declined[0]);
+        assert_eq!(rtts(&m, "10.1.1.1").0, Some(vec![("a", 1.0)]));
+        assert_eq!(
+            rtts(&map(&declined[2]), "10.1.1.1").0,
+            Some(vec![("a", 1000.0)])
+        );
+        assert_eq!(
+            err(&declined[8]).key,
+            "",
+            "a duplicate key is a TOML syntax error"
+        );
+    }
+
     //-------- size
 
     /// `n` distinct networks: /24s from 10.0.0.0 on, every tenth with a
@@ -1053,16 +1281,23 @@ mod tests {
         t
     }
 
-    /// Loads `generated(n, dcs)`; returns the map and the load time.
-    fn load_generated(n: usize, dcs: u32) -> (LatencyMap, std::time::Duration) {
-        let text = generated(n, dcs);
+    /// Loads `generated(n, dcs)` (through the TOML parser if `toml`);
+    /// returns the map and the load time.
+    fn load_generated(n: usize, dcs: u32, toml: bool) -> (LatencyMap, std::time::Duration) {
+        let mut text = generated(n, dcs);
+        if toml {
+            // A trailing comment: the line reader declines the file.
+            text = text.replacen("version = 1\n", "version = 1 # toml\n", 1);
+        }
+        assert_eq!(fast::parse(&text).is_some(), !toml);
         let start = Instant::now();
         let m = map(&text);
         let took = start.elapsed();
         eprintln!(
-            "{n} networks x {dcs} datacenters ({} bytes of TOML): loaded in {took:?}; \
+            "{n} networks x {dcs} datacenters ({} bytes, {}): loaded in {took:?}; \
              {} rows, {:?} blocks, {} bytes",
             text.len(),
+            if toml { "toml parser" } else { "line reader" },
             m.rows(),
             m.blocks(),
             m.memory_bytes()
@@ -1072,10 +1307,10 @@ mod tests {
 
     #[test]
     fn a_hundred_thousand_networks_load_quickly() {
-        // Three datacenters: parsing 100,000 entries of ten takes the
-        // unoptimised TOML parser of a debug build seconds on its own
-        // (`measure_map_load` below has ten, for release builds).
-        let (m, took) = load_generated(100_000, 3);
+        // Three datacenters, the line reader: the unoptimised TOML parser
+        // of a debug build takes seconds on its own (`measure_map_load`
+        // below times both ways, for release builds).
+        let (m, took) = load_generated(100_000, 3, false);
         // A quadratic build (one splice per nested network) takes minutes.
         assert!(took.as_secs() < 20, "{took:?}");
         assert_eq!(m.len(), 100_000);
@@ -1100,9 +1335,11 @@ mod tests {
     #[test]
     #[ignore = "a measurement: run it in release"]
     fn measure_map_load() {
-        for dcs in [3, 10] {
-            let (m, _) = load_generated(100_000, dcs);
-            assert_eq!(m.len(), 100_000);
+        for toml in [false, true] {
+            for dcs in [3, 10] {
+                let (m, _) = load_generated(100_000, dcs, toml);
+                assert_eq!(m.len(), 100_000);
+            }
         }
     }
 }
