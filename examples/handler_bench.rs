@@ -18,8 +18,77 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let iterations: usize = args.iter().find_map(|s| s.parse().ok()).unwrap_or(200_000);
     let with_rrl = args.iter().any(|a| a == "--rrl");
+    // `--service geo|lat`: only that service of the bench zone
+    // (bench/zones/policies.bench.toml), A with ECS from the subnets
+    // below; `--rum N`: N published /24 RUM rows (every other /24 from
+    // 1.0.0.0 up, the subnets below among them) over the zone's three
+    // datacenters, as if measured.
+    let service = args
+        .iter()
+        .position(|a| a == "--service")
+        .and_then(|i| args.get(i + 1).cloned());
+    let rum_rows: usize = args
+        .iter()
+        .position(|a| a == "--rum")
+        .and_then(|i| args.get(i + 1)?.parse().ok())
+        .unwrap_or(0);
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let (config, snap) = meridian::load(&root.join("meridian.toml")).expect("shipped config");
+    let dir = std::env::temp_dir().join(format!("handler_bench.{}", std::process::id()));
+    let config_path = if service.is_some() {
+        std::fs::create_dir_all(dir.join("zones")).unwrap();
+        std::fs::copy(
+            root.join("bench/zones/policies.bench.toml"),
+            dir.join("zones/policies.bench.toml"),
+        )
+        .unwrap();
+        let geoip = root.join("geoip/dbip-country.mmdb");
+        std::fs::write(
+            dir.join("meridian.toml"),
+            format!(
+                "zones = \"zones\"\ngeoip = {:?}\n[latency]\nstate_file = \"\"\n",
+                geoip
+            ),
+        )
+        .unwrap();
+        dir.join("meridian.toml")
+    } else {
+        root.join("meridian.toml")
+    };
+    let (config, snap) = meridian::load(&config_path).expect("config");
+    let _ = std::fs::remove_dir_all(&dir);
+    let snap = if rum_rows > 0 {
+        use meridian::latency::table::{Cell, KeyTableBuilder, RowMeta, v4_key};
+        let names: Vec<String> = ["us-east", "eu-west", "ap-southeast"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        let mut b = KeyTableBuilder::new(names.len());
+        b.reserve(rum_rows);
+        for i in 0..rum_rows as u32 {
+            let key = v4_key(std::net::Ipv4Addr::from(0x0100_0000 + (i << 9)), 24);
+            let r = f64::from(i % 97);
+            b.push(
+                key,
+                &[
+                    Cell::of(20.0 + r, 9.0),
+                    Cell::of(60.0 - r / 2.0, 9.0),
+                    Cell::of(150.0, 9.0),
+                ],
+                RowMeta::default(),
+            );
+        }
+        let sources = meridian::latency::Sources {
+            rum: std::sync::Arc::new(meridian::latency::Rum {
+                fine: b.finish(),
+                coarse: Default::default(),
+                names: names.into(),
+            }),
+            ..snap.latency.sources()
+        };
+        snap.with_latency(sources, Box::default())
+    } else {
+        snap
+    };
     let limiter = with_rrl.then(|| {
         let mut rrl = config.server.rrl.clone();
         rrl.enabled = true;
@@ -53,26 +122,33 @@ fn main() {
         queries.push(meridian::dns::build_query(name, qtype, ecs, id).unwrap());
         id = id.wrapping_add(1);
     };
-    for s in subnets {
+    if let Some(service) = &service {
+        for s in subnets {
+            push(&format!("{service}.bench.example."), "A", Some((s, 24)));
+        }
+    }
+    for s in subnets.iter().filter(|_| service.is_none()) {
         push("www.gslb.example.com.", "A", Some((s, 24)));
         push("WwW.gslb.example.com.", "AAAA", Some((s, 24)));
         push("app.gslb.example.com.", "A", Some((s, 24)));
     }
-    for name in [
-        "mail.gslb.example.com.",
-        "ns1.gslb.example.com.",
-        "gslb.example.com.",
-    ] {
-        push(name, "A", None);
+    if service.is_none() {
+        for name in [
+            "mail.gslb.example.com.",
+            "ns1.gslb.example.com.",
+            "gslb.example.com.",
+        ] {
+            push(name, "A", None);
+        }
+        push("gslb.example.com.", "SOA", None);
+        push("gslb.example.com.", "MX", None);
+        push("nope.gslb.example.com.", "A", None);
+        push(
+            "nothing.here.gslb.example.com.",
+            "AAAA",
+            Some(("8.8.8.0", 24)),
+        );
     }
-    push("gslb.example.com.", "SOA", None);
-    push("gslb.example.com.", "MX", None);
-    push("nope.gslb.example.com.", "A", None);
-    push(
-        "nothing.here.gslb.example.com.",
-        "AAAA",
-        Some(("8.8.8.0", 24)),
-    );
     let src: IpAddr = "127.0.0.1".parse().unwrap();
     let mut bytes = 0usize;
     let start = Instant::now();
