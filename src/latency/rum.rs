@@ -427,13 +427,10 @@ impl Aggregator {
     /// client networks), synced, then renamed over `path`. After a crash
     /// the file is the old one or the new one.
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let dir = path
-            .parent()
-            .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
-        let name = path.file_name().map(|n| n.to_string_lossy());
+        let dir = directory(path);
+        std::fs::create_dir_all(dir)?;
         let mut tmp = tempfile::Builder::new()
-            .prefix(&format!(".{}.", name.as_deref().unwrap_or("latency")))
+            .prefix(&temporary_prefix(path))
             .suffix(".tmp")
             .tempfile_in(dir)?;
         {
@@ -452,8 +449,11 @@ impl Aggregator {
 
     /// Merges the state file at `path` (see the module docs) and returns
     /// the number of entries merged. A missing file is `Ok(0)`. A file
-    /// that fails any check is `Err(reason)` and changes nothing.
+    /// that fails any check is `Err(reason)` and changes nothing. Also
+    /// removes the temporary files a save interrupted by a crash left
+    /// beside `path` (`.NAME.*.tmp`; each as large as the state file).
     pub fn load(&mut self, path: &Path, now: u32) -> Result<usize, String> {
+        remove_stale_temporaries(path);
         let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -855,6 +855,39 @@ impl Aggregator {
             meta.since = e.since;
         }
         true
+    }
+}
+
+/// The directory of `path` ("." for a bare file name).
+fn directory(path: &Path) -> &Path {
+    path.parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// `.meridian-latency.bin.` for `meridian-latency.bin`: temporary files
+/// are named after the state file, so cleaning up never touches another
+/// file's.
+fn temporary_prefix(path: &Path) -> String {
+    let name = path.file_name().map(|n| n.to_string_lossy());
+    format!(".{}.", name.as_deref().unwrap_or("latency"))
+}
+
+/// Best effort: a temporary that cannot be removed stays. `remove_file`
+/// on a symlink removes the link, never its target.
+fn remove_stale_temporaries(path: &Path) {
+    let prefix = temporary_prefix(path);
+    let Ok(entries) = std::fs::read_dir(directory(path)) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let ours = name
+            .to_str()
+            .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"));
+        if ours && e.file_type().is_ok_and(|t| !t.is_dir()) {
+            let _ = std::fs::remove_file(e.path());
+        }
     }
 }
 
@@ -1434,14 +1467,26 @@ mod tests {
     #[test]
     fn save_and_load_round_trip_remapping_names_by_name() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("state.bin");
         let mut a = sample_state();
+        // Saving creates the directory; loading removes what a crashed
+        // save left, and only that.
+        let path = dir.path().join("sub").join("state.bin");
         a.save(&path).expect("save");
+        let stale = dir.path().join("sub").join(".state.bin.x1y2.tmp");
+        let other = dir.path().join("sub").join(".other.bin.x1y2.tmp");
+        std::fs::write(&stale, b"partial").expect("write");
+        std::fs::write(&other, b"partial").expect("write");
         let now = T0 + 20;
         // Another process: names registered in another order, y unknown.
         let mut b = agg(settings(), &["z", "w", "x"]);
         // Fine 1, 2, 3 and coarse 100.
         assert_eq!(b.load(&path, now), Ok(4));
+        assert!(!stale.exists() && other.exists());
+        let saved: Vec<_> = std::fs::read_dir(dir.path().join("sub"))
+            .expect("dir")
+            .filter_map(|e| e.ok()?.file_name().into_string().ok())
+            .collect();
+        assert_eq!(saved.len(), 2, "{saved:?}");
         assert_eq!(b.names(), names(&["z", "w", "x", "y"]));
         let (pa, pb) = (a.publish(now), b.publish(now));
         assert_eq!(by_name(&pa), by_name(&pb));
