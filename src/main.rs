@@ -44,8 +44,11 @@ enum Command {
         config: PathBuf,
     },
     /// Show how a client is answered: its GeoIP location, the ranked
-    /// datacenters with distances, the answer and the ECS scope, computed
-    /// by the same handler as a real query.
+    /// datacenters with distances (or, for latency steps, the RTT
+    /// estimates, their level and samples, from the latency state file the
+    /// server saved), the answer and the ECS scope, computed by the same
+    /// handler as a real query. Health is not probed: use the admin API's
+    /// GET /explain for live decisions.
     Explain {
         /// Server config file.
         #[arg(long, short, default_value = "meridian.toml")]
@@ -125,13 +128,21 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            let snap = match meridian::load(&config) {
-                Ok((_, s)) => s,
+            let (cfg, snap) = match meridian::load(&config) {
+                Ok(loaded) => loaded,
                 Err(e) => {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }
             };
+            // The latency aggregates the server saved last (`[latency]
+            // state_file`), so latency steps explain with what it learned.
+            let hub = meridian::latency::hub::Hub::new(&cfg, snap.latency.sources().asn);
+            let sources = meridian::latency::Sources {
+                rum: hub.publish_rum(meridian::latency::unix_now()),
+                ..snap.latency.sources()
+            };
+            let snap = snap.with_latency(sources, Box::default());
             match meridian::explain::explain(&snap, &name, &qtype, client) {
                 Ok(report) => {
                     #[allow(clippy::print_stdout)]
