@@ -55,6 +55,7 @@ const EXAMPLES: &[(&str, &str)] = &[
         "chain-sticky-country.example.toml",
         "geo > same country > sticky",
     ),
+    ("latency.example.toml", "latency"),
 ];
 
 fn examples_dir() -> PathBuf {
