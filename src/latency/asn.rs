@@ -574,7 +574,7 @@ mod tests {
             w.insert(n, &rec).expect("insert");
         }
         for i in 0..150_000u128 {
-            let a = (0x2001_0000_u128 << 96) | (i << 81);
+            let a = (0x2a00_u128 << 112) | (i << 81); // 2001::/32 is aliased
             let n = IpNet::new(IpAddr::V6(a.into()), 48).expect("net");
             let rec = GeoLite2Asn {
                 autonomous_system_number: 1 + rng.below(70_000) as u32,
