@@ -121,16 +121,29 @@ fuzz_target!(|data: &[u8]| {
     };
     let nets = listed(text);
     assert_eq!(m.len(), nets.len());
-    assert!(m.names().windows(2).all(|w| w[0] < w[1]), "names sorted, unique");
+    assert!(
+        m.names().windows(2).all(|w| w[0] < w[1]),
+        "names sorted, unique"
+    );
     if nets.len() > MAX_CHECKED {
         return;
     }
     let mapped = prefix_range(128, 0xffff_u128 << 32, 96);
     for n in &nets {
-        let space_end = if n.v6 { u128::MAX } else { u128::from(u32::MAX) };
+        let space_end = if n.v6 {
+            u128::MAX
+        } else {
+            u128::from(u32::MAX)
+        };
         let mid = n.start + (n.end - n.start) / 2;
-        let around = [n.start.checked_sub(1), n.end.checked_add(1).filter(|&a| a <= space_end)];
-        for a in [n.start, mid, n.end].into_iter().chain(around.into_iter().flatten()) {
+        let around = [
+            n.start.checked_sub(1),
+            n.end.checked_add(1).filter(|&a| a <= space_end),
+        ];
+        for a in [n.start, mid, n.end]
+            .into_iter()
+            .chain(around.into_iter().flatten())
+        {
             let want = naive(&nets, n.v6, a);
             let (got, scope) = answer(&m, n.v6, a);
             assert_eq!(got.as_ref(), want, "at {a:#x} (IPv6: {})", n.v6);
@@ -142,10 +155,17 @@ fuzz_target!(|data: &[u8]| {
                     want,
                     "scope /{scope} of {a:#x} holds {x:#x}, answered otherwise"
                 );
-                assert_eq!(answer(&m, n.v6, x), (got.clone(), scope), "one block, one answer");
+                assert_eq!(
+                    answer(&m, n.v6, x),
+                    (got.clone(), scope),
+                    "one block, one answer"
+                );
             }
             if n.v6 && !(mapped.0 <= a && a <= mapped.1) {
-                assert!(hi < mapped.0 || lo > mapped.1, "/{scope} spans the IPv4-mapped range");
+                assert!(
+                    hi < mapped.0 || lo > mapped.1,
+                    "/{scope} spans the IPv4-mapped range"
+                );
             }
         }
     }

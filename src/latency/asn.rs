@@ -554,4 +554,46 @@ mod tests {
             check_random_db(&mut rng, true, base, (addr_bits(ip("2001:db8::")), 32));
         }
     }
+
+    /// The figure the README quotes; run in release:
+    /// `cargo test --release --lib latency::asn::tests::measure_asn_load
+    /// -- --ignored --nocapture`. GeoLite2-ASN has some 500,000 IPv4 and
+    /// 150,000 IPv6 networks.
+    #[test]
+    #[ignore = "a measurement: run it in release"]
+    fn measure_asn_load() {
+        let mut w = Writer::new("GeoLite2-ASN");
+        let mut rng = Rng(7);
+        for i in 0..500_000u32 {
+            // Every other /24 of 1.0.0.0 on, one of 70,000 ASes.
+            let n = IpNet::new(IpAddr::V4((0x0100_0000 + (i << 9)).into()), 24).expect("net");
+            let rec = GeoLite2Asn {
+                autonomous_system_number: 1 + rng.below(70_000) as u32,
+                autonomous_system_organization: "x",
+            };
+            w.insert(n, &rec).expect("insert");
+        }
+        for i in 0..150_000u128 {
+            let a = (0x2a00_u128 << 112) | (i << 81); // 2001::/32 is aliased
+            let n = IpNet::new(IpAddr::V6(a.into()), 48).expect("net");
+            let rec = GeoLite2Asn {
+                autonomous_system_number: 1 + rng.below(70_000) as u32,
+                autonomous_system_organization: "x",
+            };
+            w.insert(n, &rec).expect("insert");
+        }
+        let bytes = w.to_bytes().expect("mmdb");
+        let size = bytes.len();
+        let start = std::time::Instant::now();
+        let t = AsnTable::from_bytes(bytes, Path::new("big.mmdb")).expect("table");
+        eprintln!(
+            "ASN database of {size} bytes, {} networks: table built in {:?}; \
+             {:?} blocks, {} bytes",
+            t.len(),
+            start.elapsed(),
+            t.blocks(),
+            t.memory_bytes()
+        );
+        assert_eq!(t.len(), 650_000);
+    }
 }

@@ -333,8 +333,13 @@ mod fast {
                 Some(_) => None, // missing a key: the TOML parser words it
             }
         };
-        for line in text.split('\n') {
-            let line = line.strip_suffix('\r').unwrap_or(line);
+        for line in text.split_inclusive('\n') {
+            // CR only as part of CRLF: TOML refuses it anywhere else, even
+            // at the end of the file.
+            let line = line
+                .strip_suffix("\r\n")
+                .or_else(|| line.strip_suffix('\n'))
+                .unwrap_or(line);
             if line.contains('\r') {
                 return None;
             }
@@ -475,11 +480,11 @@ fn key_part(k: &str) -> String {
 
 /// A client network: CIDR, no host bits, not IPv4-mapped (the rules of
 /// the zone files' `networks`).
-fn parse_network(file: &Path, key: &str, text: &str) -> Result<IpNet, MapError> {
+fn parse_network(file: &Path, key: impl Fn() -> String, text: &str) -> Result<IpNet, MapError> {
     let net: IpNet = text.parse().map_err(|_| {
         MapError::new(
             file,
-            key,
+            key(),
             format!("{text:?} is not a network in CIDR notation such as \"192.0.2.0/24\""),
         )
     })?;
@@ -489,14 +494,14 @@ fn parse_network(file: &Path, key: &str, text: &str) -> Result<IpNet, MapError> 
         let hint = format!("{v4}/{}", v6.prefix_len().saturating_sub(96));
         return Err(MapError::new(
             file,
-            key,
+            key(),
             format!("IPv4-mapped clients are routed as IPv4: write {hint:?} instead"),
         ));
     }
     if net.trunc() != net {
         return Err(MapError::new(
             file,
-            key,
+            key(),
             format!("host bits set; did you mean \"{}\"?", net.trunc()),
         ));
     }
@@ -516,17 +521,17 @@ fn build(file: &Path, raw: &[RawNetwork]) -> Result<LatencyMap, MapError> {
     let mut seen: HashMap<IpNet, usize> = HashMap::with_capacity(raw.len());
     let mut names: BTreeSet<&str> = BTreeSet::new();
     for (i, n) in raw.iter().enumerate() {
-        let key = format!("networks[{i}]");
-        let net = parse_network(file, &format!("{key}.network"), &n.network)?;
+        // Keys are only formatted for an error.
+        let net = parse_network(file, || format!("networks[{i}].network"), &n.network)?;
         if let Some(first) = seen.insert(net, i) {
             return Err(MapError::new(
                 file,
-                format!("{key}.network"),
+                format!("networks[{i}].network"),
                 format!("{net} is listed twice (first at networks[{first}])"),
             ));
         }
         for (dc, rtt) in &n.rtt_ms {
-            let dkey = || format!("{key}.rtt_ms.{}", key_part(dc));
+            let dkey = || format!("networks[{i}].rtt_ms.{}", key_part(dc));
             if dc.is_empty() {
                 return Err(MapError::new(file, dkey(), "empty datacenter name"));
             }
@@ -1224,6 +1229,8 @@ mod tests {
             net("{\n a = 1 }"),
             net("{ a = 1 }").replace("\"10.0.0.0/8\"", "'10.0.0.0/8'"),
             net("{ a = 1 }").replace("/8", "/8\r"),
+            // Found by the fuzz target: a CR ending the file is no line end.
+            "version = 1\r".to_string(),
             net("{ a = 1 }").replace("[[networks]]", "[[ networks ]]"),
             net("{ a = 1 }").replace("rtt_ms", "\"rtt_ms\""),
             net("{ a = 1 }").replace("version = 1", "version = 2"),
