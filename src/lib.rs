@@ -79,9 +79,6 @@ pub enum Error {
     /// The state file (operator overrides) could not be read.
     #[error("{0}")]
     State(String),
-    /// The static latency map could not be used.
-    #[error("{0}")]
-    LatencyMap(#[from] latency::map::MapError),
     /// The ASN database could not be opened.
     #[error("{0}")]
     Asn(#[from] latency::asn::AsnError),

@@ -25,6 +25,7 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 pub use latency::{Coarse, LatencyConfig};
+pub(crate) use validate::{key_part, parse_network};
 
 pub use self::rum::{
     AllowedOrigins, DEFAULT_RUM_BEACONS_PER_MINUTE, DEFAULT_RUM_LISTEN,
@@ -274,7 +275,7 @@ pub struct Config {
 
 /// Parses TOML into `T`, turning errors into a [`ConfigError`] with the key
 /// path and line.
-fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
+pub(crate) fn parse_toml<T: DeserializeOwned>(file: &Path, text: &str) -> Result<T, ConfigError> {
     let line_of = |span: Option<std::ops::Range<usize>>| {
         span.map(|s| {
             let line = text[..s.start.min(text.len())].matches('\n').count() + 1;

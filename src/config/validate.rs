@@ -325,7 +325,7 @@ fn ttl(file: &Path, key: &str, value: Option<u32>, default: u32) -> Result<u32, 
 }
 
 /// Renders a key for a TOML table entry, quoting it when it is not bare.
-pub(super) fn key_part(k: &str) -> String {
+pub(crate) fn key_part(k: &str) -> String {
     if !k.is_empty()
         && k.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
@@ -956,7 +956,7 @@ pub(super) fn network_list(
             Ok(addr) => IpNet::from(addr).to_string(),
             Err(_) => text.clone(),
         };
-        let net = parse_network(file, &key, &text)?;
+        let net = parse_network(file, || key.clone(), &text)?;
         if out.contains(&net) {
             return Err(ConfigError::new(file, key, "listed twice"));
         }
@@ -965,11 +965,17 @@ pub(super) fn network_list(
     Ok(out)
 }
 
-fn parse_network(file: &Path, key: &str, text: &str) -> Result<IpNet, ConfigError> {
+/// A client network in CIDR form: no host bits, not IPv4-mapped. `key` is
+/// called only for an error (the latency map checks 100,000s of them).
+pub(crate) fn parse_network(
+    file: &Path,
+    key: impl Fn() -> String,
+    text: &str,
+) -> Result<IpNet, ConfigError> {
     let net: IpNet = text.parse().map_err(|_| {
         ConfigError::new(
             file,
-            key,
+            key(),
             format!("{text:?} is not a network in CIDR notation such as \"192.0.2.0/24\""),
         )
     })?;
@@ -979,14 +985,14 @@ fn parse_network(file: &Path, key: &str, text: &str) -> Result<IpNet, ConfigErro
         let hint = format!("{v4}/{}", v6.prefix_len().saturating_sub(96));
         return Err(ConfigError::new(
             file,
-            key,
+            key(),
             format!("IPv4-mapped clients are routed as IPv4: write {hint:?} instead"),
         ));
     }
     if net.trunc() != net {
         return Err(ConfigError::new(
             file,
-            key,
+            key(),
             format!("host bits set; did you mean \"{}\"?", net.trunc()),
         ));
     }
@@ -1004,7 +1010,7 @@ pub(super) fn validate_networks(
     let mut out = Vec::with_capacity(raw.len());
     for (cidr, list) in raw {
         let nkey = format!("{key}.networks.{}", key_part(cidr));
-        let net = parse_network(file, &nkey, cidr)?;
+        let net = parse_network(file, || nkey.clone(), cidr)?;
         if !seen.insert(net) {
             return Err(ConfigError::new(file, nkey, "listed twice"));
         }

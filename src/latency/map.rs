@@ -38,12 +38,13 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use ipnet::IpNet;
 use serde::Deserialize;
 
 use super::table::Cell;
+use crate::config::{ConfigError, key_part, parse_network, parse_toml};
 use crate::geo::table::{PrefixTable, TableBuilder, addr_bits, family_bits, prefix_range};
 
 /// The only format version this build reads.
@@ -60,37 +61,9 @@ pub const STATIC_SAMPLES: u16 = u16::MAX;
 /// Table value of the IPv4-mapped block in the IPv6 table (no row).
 const MAPPED: u32 = u32::MAX;
 
-/// A map file that cannot be used: the file, the key and why.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-pub struct MapError {
-    /// The map file.
-    pub file: PathBuf,
-    /// Key path inside the file, such as `networks[3].rtt_ms.us-east`
-    /// (empty for whole-file problems).
-    pub key: String,
-    /// What is wrong.
-    pub reason: String,
-}
-
-impl MapError {
-    fn new(file: &Path, key: impl Into<String>, reason: impl Into<String>) -> Self {
-        Self {
-            file: file.to_path_buf(),
-            key: key.into(),
-            reason: reason.into(),
-        }
-    }
-}
-
-impl fmt::Display for MapError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.key.is_empty() {
-            write!(f, "{}: {}", self.file.display(), self.reason)
-        } else {
-            write!(f, "{}: {}: {}", self.file.display(), self.key, self.reason)
-        }
-    }
-}
+/// A map file that cannot be used: the file, the key (such as
+/// `networks[3].rtt_ms.us-east`; empty for whole-file problems) and why.
+pub type MapError = ConfigError;
 
 /// The loaded map; see the module docs.
 #[derive(Clone, Debug)]
@@ -260,35 +233,15 @@ fn unknown_version(file: &Path, v: impl fmt::Display) -> MapError {
 }
 
 fn parse_raw(text: &str, file: &Path) -> Result<RawMap, MapError> {
-    let line_of = |span: Option<std::ops::Range<usize>>| {
-        span.map(|s| {
-            let end = s.start.min(text.len());
-            let line = text.as_bytes()[..end]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-                + 1;
-            format!(" (line {line})")
-        })
-        .unwrap_or_default()
-    };
-    let de = toml::Deserializer::parse(text)
-        .map_err(|e| MapError::new(file, "", format!("{}{}", e.message(), line_of(e.span()))))?;
-    serde_path_to_error::deserialize(de).map_err(|e| {
+    parse_toml(file, text).map_err(|e| {
         // A file of another version need not fit this one's schema: name
         // the version as the problem.
-        if let Ok(RawVersion { version: Some(v) }) = toml::from_str::<RawVersion>(text)
-            && v.as_integer() != Some(MAP_VERSION)
-        {
-            return unknown_version(file, v);
+        match toml::from_str::<RawVersion>(text) {
+            Ok(RawVersion { version: Some(v) }) if v.as_integer() != Some(MAP_VERSION) => {
+                unknown_version(file, v)
+            }
+            _ => e,
         }
-        let key = key_path(e.path());
-        let inner = e.into_inner();
-        MapError::new(
-            file,
-            key,
-            format!("{}{}", inner.message(), line_of(inner.span())),
-        )
     })
 }
 
@@ -439,73 +392,6 @@ pub fn fast_path_agrees(text: &str) -> Option<bool> {
     let fast = fast::parse(text)?;
     let slow = toml::from_str::<RawMap>(text).ok();
     Some(slow.as_ref() == Some(&fast))
-}
-
-/// Renders a serde path the way TOML writes keys: `networks[3].rtt_ms.x`.
-fn key_path(path: &serde_path_to_error::Path) -> String {
-    use serde_path_to_error::Segment;
-    let mut out = String::new();
-    for seg in path.iter() {
-        match seg {
-            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
-            Segment::Map { key } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(&key_part(key));
-            }
-            Segment::Enum { variant } => {
-                if !out.is_empty() {
-                    out.push('.');
-                }
-                out.push_str(variant);
-            }
-            Segment::Unknown => {}
-        }
-    }
-    out
-}
-
-/// A key as TOML needs it written: bare when it can be, else quoted.
-fn key_part(k: &str) -> String {
-    if !k.is_empty()
-        && k.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        k.to_string()
-    } else {
-        format!("{k:?}")
-    }
-}
-
-/// A client network: CIDR, no host bits, not IPv4-mapped (the rules of
-/// the zone files' `networks`).
-fn parse_network(file: &Path, key: impl Fn() -> String, text: &str) -> Result<IpNet, MapError> {
-    let net: IpNet = text.parse().map_err(|_| {
-        MapError::new(
-            file,
-            key(),
-            format!("{text:?} is not a network in CIDR notation such as \"192.0.2.0/24\""),
-        )
-    })?;
-    if let IpNet::V6(v6) = net
-        && let Some(v4) = v6.network().to_ipv4_mapped()
-    {
-        let hint = format!("{v4}/{}", v6.prefix_len().saturating_sub(96));
-        return Err(MapError::new(
-            file,
-            key(),
-            format!("IPv4-mapped clients are routed as IPv4: write {hint:?} instead"),
-        ));
-    }
-    if net.trunc() != net {
-        return Err(MapError::new(
-            file,
-            key(),
-            format!("host bits set; did you mean \"{}\"?", net.trunc()),
-        ));
-    }
-    Ok(net)
 }
 
 /// A network's block and row id (0: no row).
