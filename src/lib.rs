@@ -42,6 +42,7 @@ pub mod geo;
 pub mod health;
 pub mod latency;
 pub mod model;
+mod persist;
 pub mod policy;
 pub mod snapshot;
 

@@ -166,7 +166,8 @@ impl Overrides {
     /// (`.<name>.XXXXXX.tmp`) and the one older releases wrote through
     /// (`<stem>.json.tmp`, also left by a full disk).
     pub fn load(path: &Path) -> Result<Self, String> {
-        remove_stale_temporaries(path);
+        // Also the fixed-name temporary older versions wrote.
+        crate::persist::remove_stale_temporaries(path, &[path.with_extension("json.tmp")]);
         let map = match std::fs::read_to_string(path) {
             Ok(text) => parse(&text).map_err(|e| format!("{}: {e}", path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -206,67 +207,13 @@ impl Overrides {
         // never empty. `tempfile` opens it with O_CREAT|O_EXCL under a
         // random name, so a symlink or file planted in the directory is
         // never followed or reused, and deletes it if any step fails.
-        let write = || -> std::io::Result<()> {
-            use std::io::Write;
-            let dir = self
-                .path
-                .parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .unwrap_or(Path::new("."));
-            std::fs::create_dir_all(dir)?;
-            let mut tmp = tempfile::Builder::new()
-                .prefix(&temporary_prefix(&self.path))
-                .suffix(".tmp")
-                .permissions(world_readable())
-                .tempfile_in(dir)?;
-            tmp.write_all(text.as_bytes())?;
-            tmp.as_file().sync_all()?;
-            // On failure the error carries the file, whose drop deletes it.
-            tmp.persist(&self.path).map_err(|e| e.error)?;
-            std::fs::File::open(dir)?.sync_all()
+        let write = || {
+            crate::persist::save(&self.path, world_readable(), |f| {
+                use std::io::Write;
+                f.write_all(text.as_bytes())
+            })
         };
         write().map_err(|e| format!("{}: cannot save overrides: {e}", self.path.display()))
-    }
-}
-
-/// `.meridian-state.json.` for `meridian-state.json`: temporary files
-/// are named after the state file, so cleaning up never touches another
-/// file's.
-fn temporary_prefix(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy());
-    format!(".{}.", name.as_deref().unwrap_or("state"))
-}
-
-/// Removes the temporary files of `path` that an interrupted save left.
-/// `remove_file` on a symlink removes the link, never its target.
-fn remove_stale_temporaries(path: &Path) {
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let prefix = temporary_prefix(path);
-    let mut stale = vec![path.with_extension("json.tmp")];
-    if let Ok(entries) = std::fs::read_dir(dir) {
-        stale.extend(entries.filter_map(Result::ok).filter_map(|e| {
-            let name = e.file_name();
-            let name = name.to_str()?;
-            let ours = name.starts_with(&prefix) && name.ends_with(".tmp");
-            let file = e.file_type().is_ok_and(|t| !t.is_dir());
-            (ours && file).then(|| e.path())
-        }));
-    }
-    for tmp in stale {
-        match std::fs::remove_file(&tmp) {
-            Ok(()) => {
-                tracing::info!(path = %tmp.display(), "removed a stale temporary state file");
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => tracing::warn!(
-                path = %tmp.display(),
-                error = %e,
-                "cannot remove a stale temporary state file"
-            ),
-        }
     }
 }
 

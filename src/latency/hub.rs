@@ -51,17 +51,6 @@ pub struct Hub {
     probe_assignments: Mutex<HashMap<String, (String, u32)>>,
 }
 
-fn agg_settings(c: &LatencyConfig) -> AggSettings {
-    AggSettings {
-        half_life_secs: c.half_life.as_secs_f64(),
-        min_samples: c.min_samples,
-        max_keys: c.max_keys,
-        margin_ms: c.margin_ms,
-        margin_percent: c.margin_percent,
-        max_rtt_ms: c.max_rtt_ms,
-    }
-}
-
 fn names(config: &Config) -> Vec<String> {
     let mut names: Vec<String> = config
         .zones
@@ -90,8 +79,8 @@ impl Hub {
     /// loaded (a corrupt file is logged and ignored).
     pub fn new(config: &Config, asn: Option<Arc<AsnTable>>) -> Self {
         let c = &config.server.latency;
-        let mut agg = Aggregator::new(agg_settings(c));
-        agg.configure(agg_settings(c), &names(config));
+        let mut agg = Aggregator::new(AggSettings::from(c));
+        agg.configure(AggSettings::from(c), &names(config));
         if let Some(path) = &c.state_file {
             match agg.load(path, unix_now()) {
                 Ok(0) => {}
@@ -127,7 +116,7 @@ impl Hub {
     /// coarse kind) keeps the data under the old keys until it decays.
     pub fn configure(&self, config: &Config, asn: Option<Arc<AsnTable>>) {
         let c = &config.server.latency;
-        self.agg().configure(agg_settings(c), &names(config));
+        self.agg().configure(AggSettings::from(c), &names(config));
         self.keys.store(Arc::new(keys(config, asn)));
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
     }

@@ -59,6 +59,15 @@ pub fn unix_now() -> u32 {
         .map_or(0, |d| u32::try_from(d.as_secs()).unwrap_or(u32::MAX))
 }
 
+/// Hysteresis: whether an RTT of `challenger` beats the assigned
+/// datacenter's `incumbent` by more than `margin_ms` and by more than
+/// `margin_percent` % of it. The one rule for RUM rows at publication,
+/// the query path, and probe assignments.
+pub fn beats(challenger: f64, incumbent: f64, margin_ms: f64, margin_percent: f64) -> bool {
+    let gain = incumbent - challenger;
+    gain > margin_ms && gain > incumbent * margin_percent / 100.0
+}
+
 /// No estimate: sorts last.
 pub const NONE_MS: f32 = f32::INFINITY;
 
@@ -136,8 +145,8 @@ pub struct Estimated {
 pub struct Model {
     fine: (u8, u8),
     coarse: Option<(u8, u8)>,
-    margin_ms: f32,
-    margin_percent: f32,
+    margin_ms: f64,
+    margin_percent: f64,
     penalty_ms: f32,
     /// Milliseconds of RTT per km of great-circle distance.
     ms_per_km: f64,
@@ -153,8 +162,8 @@ impl Model {
                 Coarse::Prefix(v4, v6) => Some((v4, v6)),
                 Coarse::Asn(_) => None,
             },
-            margin_ms: c.margin_ms as f32,
-            margin_percent: c.margin_percent as f32,
+            margin_ms: c.margin_ms,
+            margin_percent: c.margin_percent,
             penalty_ms: c.congestion_penalty_ms as f32,
             ms_per_km: 2.0 * c.path_stretch / c.fibre_km_per_ms,
             base_ms: c.base_rtt_ms,
@@ -168,8 +177,12 @@ impl Model {
 
     /// Whether `challenger` beats `incumbent` by more than both margins.
     pub fn beats(&self, challenger: f32, incumbent: f32) -> bool {
-        challenger < incumbent - self.margin_ms
-            && challenger < incumbent * (1.0 - self.margin_percent / 100.0)
+        beats(
+            f64::from(challenger),
+            f64::from(incumbent),
+            self.margin_ms,
+            self.margin_percent,
+        )
     }
 }
 

@@ -98,6 +98,7 @@ use std::sync::Arc;
 
 use siphasher::sip::SipHasher13;
 
+use super::beats;
 use super::table::{Cell, KeyTable, NO_INCUMBENT, RowMeta};
 
 /// The largest weight one sample counts for (the admin import's limit).
@@ -131,13 +132,19 @@ pub struct AggSettings {
 impl Default for AggSettings {
     /// The `[latency]` defaults.
     fn default() -> Self {
+        Self::from(&crate::config::LatencyConfig::default())
+    }
+}
+
+impl From<&crate::config::LatencyConfig> for AggSettings {
+    fn from(c: &crate::config::LatencyConfig) -> Self {
         Self {
-            half_life_secs: 3600.0,
-            min_samples: 5,
-            max_keys: 1_000_000,
-            margin_ms: 10.0,
-            margin_percent: 10.0,
-            max_rtt_ms: 5000.0,
+            half_life_secs: c.half_life.as_secs_f64(),
+            min_samples: c.min_samples,
+            max_keys: c.max_keys,
+            margin_ms: c.margin_ms,
+            margin_percent: c.margin_percent,
+            max_rtt_ms: c.max_rtt_ms,
         }
     }
 }
@@ -427,24 +434,15 @@ impl Aggregator {
     /// client networks), synced, then renamed over `path`. After a crash
     /// the file is the old one or the new one.
     pub fn save(&self, path: &Path) -> io::Result<()> {
-        let dir = directory(path);
-        std::fs::create_dir_all(dir)?;
-        let mut tmp = tempfile::Builder::new()
-            .prefix(&temporary_prefix(path))
-            .suffix(".tmp")
-            .tempfile_in(dir)?;
-        {
-            let mut w = Checksummed::new(BufWriter::with_capacity(1 << 16, tmp.as_file_mut()));
+        use std::os::unix::fs::PermissionsExt;
+        crate::persist::save(path, std::fs::Permissions::from_mode(0o600), |file| {
+            let mut w = Checksummed::new(BufWriter::with_capacity(1 << 16, file));
             self.write_state(&mut w)?;
             let sum = w.sum.finish();
             let mut inner = w.inner;
             inner.write_all(&sum.to_le_bytes())?;
-            inner.flush()?;
-        }
-        tmp.as_file().sync_all()?;
-        // On failure the error carries the file, whose drop deletes it.
-        tmp.persist(path).map_err(|e| e.error)?;
-        File::open(dir)?.sync_all()
+            inner.flush()
+        })
     }
 
     /// Merges the state file at `path` (see the module docs) and returns
@@ -453,7 +451,7 @@ impl Aggregator {
     /// removes the temporary files a save interrupted by a crash left
     /// beside `path` (`.NAME.*.tmp`; each as large as the state file).
     pub fn load(&mut self, path: &Path, now: u32) -> Result<usize, String> {
-        remove_stale_temporaries(path);
+        crate::persist::remove_stale_temporaries(path, &[]);
         let mut file = match File::open(path) {
             Ok(f) => f,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
@@ -856,45 +854,6 @@ impl Aggregator {
         }
         true
     }
-}
-
-/// The directory of `path` ("." for a bare file name).
-fn directory(path: &Path) -> &Path {
-    path.parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-}
-
-/// `.meridian-latency.bin.` for `meridian-latency.bin`: temporary files
-/// are named after the state file, so cleaning up never touches another
-/// file's.
-fn temporary_prefix(path: &Path) -> String {
-    let name = path.file_name().map(|n| n.to_string_lossy());
-    format!(".{}.", name.as_deref().unwrap_or("latency"))
-}
-
-/// Best effort: a temporary that cannot be removed stays. `remove_file`
-/// on a symlink removes the link, never its target.
-fn remove_stale_temporaries(path: &Path) {
-    let prefix = temporary_prefix(path);
-    let Ok(entries) = std::fs::read_dir(directory(path)) else {
-        return;
-    };
-    for e in entries.filter_map(Result::ok) {
-        let name = e.file_name();
-        let ours = name
-            .to_str()
-            .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tmp"));
-        if ours && e.file_type().is_ok_and(|t| !t.is_dir()) {
-            let _ = std::fs::remove_file(e.path());
-        }
-    }
-}
-
-/// Whether `challenger` beats `incumbent` by more than both margins.
-fn beats(challenger: f64, incumbent: f64, margin_ms: f64, margin_percent: f64) -> bool {
-    let gain = incumbent - challenger;
-    gain > margin_ms && gain > incumbent * margin_percent / 100.0
 }
 
 fn decay(dt: u32, half_life: f64) -> f64 {

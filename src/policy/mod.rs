@@ -58,9 +58,10 @@ pub struct Latency<'a> {
     pub zone: usize,
 }
 
+#[cfg(test)]
 impl Latency<'_> {
     /// No latency data: a `latency` step has only the distance model.
-    pub fn none() -> Latency<'static> {
+    pub(crate) fn none() -> Latency<'static> {
         static EMPTY: std::sync::LazyLock<LatencyView> =
             std::sync::LazyLock::new(LatencyView::default);
         Latency {
@@ -500,7 +501,8 @@ impl Plan {
 
     /// Decides the answer for `client` without latency data (a `latency`
     /// step then has only the distance model); see [`Self::decide_with`].
-    pub fn decide(
+    #[cfg(test)]
+    pub(crate) fn decide(
         &self,
         client: &Client,
         health: &[DcHealth],
