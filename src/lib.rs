@@ -440,10 +440,8 @@ impl Server {
             Arc::clone(&state),
             token.clone(),
         ));
-        let lat = &config.server.latency;
         let import = latency::beacon::Import {
             sink: Arc::clone(&hub) as Arc<dyn latency::beacon::BeaconSink>,
-            max_rtt_ms: lat.max_rtt_ms as u32,
         };
         // The beacon listener, when enabled: browsers on the internet call
         // it, so it is apart from the admin API.
@@ -459,11 +457,6 @@ impl Server {
             let addr = listener.local_addr().ok();
             let beacons = latency::beacon::Beacons::new(
                 Arc::new(rum.clone()),
-                latency::beacon::BeaconLimits {
-                    max_rtt_ms: lat.max_rtt_ms as u32,
-                    ipv4_prefix_length: lat.fine.0,
-                    ipv6_prefix_length: lat.fine.1,
-                },
                 Arc::clone(&hub) as Arc<dyn latency::beacon::BeaconSink>,
             );
             tracing::info!(addr = ?addr, "RUM beacon listener");

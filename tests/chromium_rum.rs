@@ -17,7 +17,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::{Uri, header};
 use axum::response::IntoResponse;
-use meridian::latency::beacon::{self, BeaconLimits, BeaconSink, Beacons};
+use meridian::latency::beacon::{self, BeaconSink, Beacons};
 use tokio::net::TcpListener;
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
@@ -150,11 +150,7 @@ async fn chromium_measures_three_datacenters_and_the_beacon_arrives() {
     let config = meridian::config::parse_server(Path::new("meridian.toml"), &text)
         .unwrap_or_else(|e| panic!("{e}"));
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let beacons = Beacons::new(
-        Arc::new(config.rum),
-        BeaconLimits::default(),
-        Arc::new(Forward(tx)),
-    );
+    let beacons = Beacons::new(Arc::new(config.rum), Arc::new(Forward(tx)));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let rum = listener.local_addr().unwrap();
     let token = CancellationToken::new();

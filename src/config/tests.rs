@@ -461,3 +461,12 @@ fn latency_services_are_checked() {
     assert_eq!(e.key, "services.www.source");
     assert!(e.reason.contains("only used by a \"latency\" step"), "{e}");
 }
+
+#[test]
+fn datacenter_names_are_bounded() {
+    for bad in ["\"\"", &format!("\"{}\"", "x".repeat(256)), "\"a\\tb\""] {
+        let e = err(&BASE.replace("[datacenters.b]", &format!("[datacenters.{bad}]")));
+        assert!(e.key.starts_with("datacenters."), "{e}");
+        assert!(e.reason.contains("1 to 255 bytes"), "{e}");
+    }
+}

@@ -526,6 +526,15 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
     let mut datacenters = Vec::with_capacity(raw.datacenters.len());
     for (name, dc) in &raw.datacenters {
         let key = format!("datacenters.{}", key_part(name));
+        // Names travel in beacons, the latency map and the latency state
+        // file (which stores each in at most 255 bytes).
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(ConfigError::new(
+                file,
+                key,
+                "a datacenter name is 1 to 255 bytes, without control characters",
+            ));
+        }
         let location = match dc.location {
             Some([lat, lon]) => {
                 if !(-90.0..=90.0).contains(&lat) || !(-180.0..=180.0).contains(&lon) {

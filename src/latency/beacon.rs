@@ -95,7 +95,7 @@ pub const RATE_TABLE_CAP: usize = 65_536;
 /// Most measurements in one `POST /latency/import`.
 pub const MAX_IMPORT_MEASUREMENTS: usize = 10_000;
 /// Largest `samples` weight of one imported measurement.
-pub const MAX_IMPORT_SAMPLES: f64 = 10_000.0;
+pub use super::rum::MAX_SAMPLE_WEIGHT as MAX_IMPORT_SAMPLES;
 /// How long browsers and caches may keep the snippet: 300 s.
 pub const SNIPPET_CACHE_CONTROL: &str = "public, max-age=300";
 
@@ -119,13 +119,18 @@ pub trait BeaconSink: Send + Sync {
     /// Validated samples of one client: (datacenter name, rtt_ms, weight).
     /// weight = 1 for beacons.
     fn accept(&self, client: IpAddr, samples: &[(String, f64, f64)]);
+    /// The `[latency]` settings beacons are checked and rate limited by,
+    /// as they are now (a reload changes them).
+    fn limits(&self) -> BeaconLimits {
+        BeaconLimits::default()
+    }
 }
 
 /// What the listener needs from `[latency]`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct BeaconLimits {
     /// Largest RTT accepted, ms (`[latency] max_rtt_ms`).
-    pub max_rtt_ms: u32,
+    pub max_rtt_ms: f64,
     /// IPv4 prefix of a client network, for the rate limit.
     pub ipv4_prefix_length: u8,
     /// IPv6 prefix of a client network, for the rate limit.
@@ -134,10 +139,11 @@ pub struct BeaconLimits {
 
 impl Default for BeaconLimits {
     fn default() -> Self {
+        let c = crate::config::LatencyConfig::default();
         Self {
-            max_rtt_ms: 5000,
-            ipv4_prefix_length: 24,
-            ipv6_prefix_length: 48,
+            max_rtt_ms: c.max_rtt_ms,
+            ipv4_prefix_length: c.fine.0,
+            ipv6_prefix_length: c.fine.1,
         }
     }
 }
@@ -147,15 +153,11 @@ impl Default for BeaconLimits {
 pub struct Import {
     /// The aggregator.
     pub sink: Arc<dyn BeaconSink>,
-    /// Largest RTT accepted, ms (`[latency] max_rtt_ms`).
-    pub max_rtt_ms: u32,
 }
 
 impl fmt::Debug for Import {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Import")
-            .field("max_rtt_ms", &self.max_rtt_ms)
-            .finish_non_exhaustive()
+        f.debug_struct("Import").finish_non_exhaustive()
     }
 }
 
@@ -185,7 +187,6 @@ struct Counters {
 /// The listener's state: settings, sink, rate limiter and counters.
 pub struct Beacons {
     settings: Arc<RumConfig>,
-    limits: BeaconLimits,
     sink: Arc<dyn BeaconSink>,
     snippet: Bytes,
     rates: Mutex<RateTable>,
@@ -198,7 +199,6 @@ impl fmt::Debug for Beacons {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Beacons")
             .field("settings", &self.settings)
-            .field("limits", &self.limits)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
     }
@@ -206,16 +206,11 @@ impl fmt::Debug for Beacons {
 
 impl Beacons {
     /// The listener's state for `settings`, feeding `sink`.
-    pub fn new(
-        settings: Arc<RumConfig>,
-        limits: BeaconLimits,
-        sink: Arc<dyn BeaconSink>,
-    ) -> Arc<Self> {
-        let snippet = Bytes::from(snippet(&settings, limits.max_rtt_ms));
+    pub fn new(settings: Arc<RumConfig>, sink: Arc<dyn BeaconSink>) -> Arc<Self> {
+        let snippet = Bytes::from(snippet(&settings, sink.limits().max_rtt_ms));
         let rates = RateTable::new(settings.beacons_per_minute, RATE_TABLE_CAP);
         Arc::new(Self {
             settings,
-            limits,
             sink,
             snippet,
             rates: Mutex::new(rates),
@@ -309,11 +304,8 @@ async fn post_beacon(
             );
         }
     }
-    let key = key_for(
-        client,
-        beacons.limits.ipv4_prefix_length,
-        beacons.limits.ipv6_prefix_length,
-    );
+    let limits = beacons.sink.limits();
+    let key = key_for(client, limits.ipv4_prefix_length, limits.ipv6_prefix_length);
     let now = beacons.milliseconds();
     let checked = beacons
         .rates
@@ -350,7 +342,7 @@ async fn post_beacon(
         &body,
         &*beacons.sink,
         beacons.settings.max_measurements,
-        beacons.limits.max_rtt_ms,
+        limits.max_rtt_ms,
     ) {
         Ok(samples) => samples,
         Err(e) => return beacons.refuse(StatusCode::BAD_REQUEST, e),
@@ -546,10 +538,10 @@ fn check_measurement(
     datacenter: &str,
     rtt_ms: f64,
     sink: &dyn BeaconSink,
-    max_rtt_ms: u32,
+    max_rtt_ms: f64,
 ) -> Result<(), String> {
     // NaN fails `> 0` too (serde_json never yields one, but be sure).
-    if !(rtt_ms > 0.0 && rtt_ms <= f64::from(max_rtt_ms)) {
+    if !(rtt_ms > 0.0 && rtt_ms <= max_rtt_ms) {
         return Err(format!(
             "measurements[{i}].rtt_ms: {rtt_ms} is not a round-trip time (above 0, at most max_rtt_ms = {max_rtt_ms})"
         ));
@@ -572,7 +564,7 @@ fn parse_beacon(
     body: &[u8],
     sink: &dyn BeaconSink,
     max_measurements: u16,
-    max_rtt_ms: u32,
+    max_rtt_ms: f64,
 ) -> Result<Vec<(String, f64, f64)>, String> {
     let beacon: RawBeacon = parse_json(body, BEACON_SHAPE)?;
     let list = beacon.measurements;
@@ -611,7 +603,13 @@ pub fn import(body: &[u8], target: &Import) -> Result<usize, String> {
                 m.client
             )
         })?;
-        check_measurement(i, &m.datacenter, m.rtt_ms, &*target.sink, target.max_rtt_ms)?;
+        check_measurement(
+            i,
+            &m.datacenter,
+            m.rtt_ms,
+            &*target.sink,
+            target.sink.limits().max_rtt_ms,
+        )?;
         let samples = m.samples.unwrap_or(1.0);
         if !(1.0..=MAX_IMPORT_SAMPLES).contains(&samples) {
             return Err(format!(
@@ -684,19 +682,21 @@ impl RateTable {
         Err(wait_s.ceil().max(1.0) as u32)
     }
 
-    /// Makes room: drops the buckets that have refilled (they say nothing
-    /// a new one would not), then if that freed nothing, the least
-    /// recently used 1/64 of the table.
+    /// Makes room for at least 1/64 of the table, so a full table is
+    /// scanned once per 1/64 of new networks, not for each: drops the
+    /// buckets that have refilled (they say nothing a new one would not),
+    /// then as many of the least recently used as are still needed.
     fn evict(&mut self, now_ms: u64) {
-        let before = self.buckets.len();
         let per_minute = self.per_minute;
         self.buckets
             .retain(|_, b| refilled(b, now_ms, per_minute) < per_minute);
-        if self.buckets.len() < before {
+        let room = self.cap.saturating_sub(self.buckets.len());
+        let want = (self.cap / 64).max(1);
+        if room >= want {
             return;
         }
         let mut ages: Vec<u64> = self.buckets.values().map(|b| b.at_ms).collect();
-        let n = (self.cap / 64).min(ages.len());
+        let n = (want - room).min(ages.len());
         if n == 0 {
             return;
         }
@@ -725,7 +725,7 @@ fn refilled(b: &Bucket, now_ms: u64, per_minute: f64) -> f64 {
 /// The snippet with the objects and `max_rtt_ms` filled in. It posts to
 /// `/beacon` on the origin it was loaded from (`document.currentScript`),
 /// so it needs no URL of its own.
-pub fn snippet(settings: &RumConfig, max_rtt_ms: u32) -> String {
+pub fn snippet(settings: &RumConfig, max_rtt_ms: f64) -> String {
     let objects = serde_json::to_string(&settings.objects).unwrap_or_else(|_| "{}".to_string());
     // Safe inside any script context: no `</script>`, no line
     // separators (which end string literals before ES2019).
@@ -754,7 +754,7 @@ mod tests {
     const DCS: Known = Known(&["eu-west", "us-east"]);
 
     fn beacon(body: &str) -> Result<Vec<(String, f64, f64)>, String> {
-        parse_beacon(body.as_bytes(), &DCS, 4, 5000)
+        parse_beacon(body.as_bytes(), &DCS, 4, 5000.0)
     }
 
     #[test]
@@ -924,7 +924,7 @@ mod tests {
                 format!("https://{dc}.example.com/meridian-rum.gif?</script>\u{2028}"),
             );
         }
-        let js = snippet(&settings, 4321);
+        let js = snippet(&settings, 4321.0);
         assert!(
             js.contains(
                 r#""eu-west":"https://eu-west.example.com/meridian-rum.gif?\u003c/script>\u2028""#

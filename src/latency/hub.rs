@@ -6,7 +6,7 @@
 //! Only ingestion, publication and saving take the mutex; the query path
 //! reads the published [`super::LatencyView`].
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -29,9 +29,12 @@ use crate::snapshot::Snapshot;
 #[derive(Clone, Debug)]
 struct Keys {
     fine: (u8, u8),
+    /// `[latency] max_rtt_ms`.
+    max_rtt_ms: f64,
     coarse: CoarseKey,
-    /// Datacenter names of the current config.
-    known: HashSet<String>,
+    /// Datacenter names of the current config, with their aggregator
+    /// columns: resolved without the aggregator's lock.
+    columns: HashMap<String, u16>,
 }
 
 #[derive(Clone, Debug)]
@@ -44,6 +47,9 @@ enum CoarseKey {
 #[derive(Debug)]
 pub struct Hub {
     agg: Mutex<Aggregator>,
+    /// Beacons that arrived while `agg` was taken: the listener and the
+    /// import never wait for a publication or a save.
+    pending: Mutex<Pending>,
     keys: ArcSwap<Keys>,
     settings: Mutex<LatencyConfig>,
     /// Each zone's probe assignment, by (origin, datacenter name): kept
@@ -62,17 +68,36 @@ fn names(config: &Config) -> Vec<String> {
     names
 }
 
-fn keys(config: &Config, asn: Option<Arc<AsnTable>>) -> Keys {
+fn keys(config: &Config, asn: Option<Arc<AsnTable>>, agg: &Aggregator) -> Keys {
     let c = &config.server.latency;
     Keys {
         fine: c.fine,
+        max_rtt_ms: c.max_rtt_ms,
         coarse: match c.coarse {
             Coarse::Prefix(v4, v6) => CoarseKey::Prefix(v4, v6),
             Coarse::Asn(_) => CoarseKey::Asn(asn),
         },
-        known: names(config).into_iter().collect(),
+        columns: names(config)
+            .into_iter()
+            .filter_map(|n| Some((n.clone(), agg.column(&n)?)))
+            .collect(),
     }
 }
+
+/// One client's samples, as [`Aggregator::add`] takes them: fine key,
+/// coarse key, (column, rtt ms, weight), time.
+type Beacon = (u64, Option<u64>, Vec<(u16, f64, f64)>, u32);
+
+/// Samples waiting while the aggregator is busy publishing or saving.
+#[derive(Debug, Default)]
+struct Pending {
+    beacons: Vec<Beacon>,
+    dropped: u64,
+}
+
+/// Beacons kept while the aggregator is busy (publishing 1M networks takes
+/// about a second); beyond this they are dropped and counted.
+const MAX_PENDING: usize = 65_536;
 
 impl Hub {
     /// A hub for `config`, with the aggregates saved in its state file
@@ -93,16 +118,34 @@ impl Hub {
                 ),
             }
         }
+        let keys = keys(config, asn, &agg);
         Self {
             agg: Mutex::new(agg),
-            keys: ArcSwap::from_pointee(keys(config, asn)),
+            pending: Mutex::default(),
+            keys: ArcSwap::from_pointee(keys),
             settings: Mutex::new(c.clone()),
             probe_assignments: Mutex::new(HashMap::new()),
         }
     }
 
+    /// The aggregator, with the beacons that waited for it applied.
     fn agg(&self) -> std::sync::MutexGuard<'_, Aggregator> {
-        self.agg.lock().unwrap_or_else(|e| e.into_inner())
+        let mut agg = self.agg.lock().unwrap_or_else(|e| e.into_inner());
+        self.drain(&mut agg);
+        agg
+    }
+
+    fn drain(&self, agg: &mut Aggregator) {
+        let waiting = std::mem::take(
+            &mut self
+                .pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .beacons,
+        );
+        for (fine, coarse, samples, at) in waiting {
+            agg.add(fine, coarse, &samples, at);
+        }
     }
 
     fn latency_settings(&self) -> LatencyConfig {
@@ -116,19 +159,16 @@ impl Hub {
     /// coarse kind) keeps the data under the old keys until it decays.
     pub fn configure(&self, config: &Config, asn: Option<Arc<AsnTable>>) {
         let c = &config.server.latency;
-        self.agg().configure(AggSettings::from(c), &names(config));
-        self.keys.store(Arc::new(keys(config, asn)));
+        let mut agg = self.agg();
+        agg.configure(AggSettings::from(c), &names(config));
+        self.keys.store(Arc::new(keys(config, asn, &agg)));
+        drop(agg);
         *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
     }
 
     /// Publishes the aggregates as of `now`.
     pub fn publish_rum(&self, now: u32) -> Arc<Rum> {
-        let p = self.agg().publish(now);
-        Arc::new(Rum {
-            fine: p.fine,
-            coarse: p.coarse,
-            names: p.names,
-        })
+        Arc::new(self.agg().publish(now))
     }
 
     /// `snap` with fresh health (probe RTTs) and `rum`, each zone's probe
@@ -213,6 +253,7 @@ impl Hub {
             "samples_accepted": s.samples_accepted,
             "samples_rejected": s.samples_rejected,
             "memory_bytes": s.bytes,
+            "beacons_dropped_busy": self.pending.lock().unwrap_or_else(|e| e.into_inner()).dropped,
         })
     }
 
@@ -223,8 +264,17 @@ impl Hub {
 }
 
 impl BeaconSink for Hub {
+    fn limits(&self) -> super::beacon::BeaconLimits {
+        let keys = self.keys.load();
+        super::beacon::BeaconLimits {
+            max_rtt_ms: keys.max_rtt_ms,
+            ipv4_prefix_length: keys.fine.0,
+            ipv6_prefix_length: keys.fine.1,
+        }
+    }
+
     fn known(&self, datacenter: &str) -> bool {
-        self.keys.load().known.contains(datacenter)
+        self.keys.load().columns.contains_key(datacenter)
     }
 
     fn accept(&self, client: IpAddr, samples: &[(String, f64, f64)]) {
@@ -237,14 +287,31 @@ impl BeaconSink for Hub {
                 .and_then(|t| t.lookup(client).0)
                 .map(u64::from),
         };
-        let mut agg = self.agg();
-        let mut columns = Vec::with_capacity(samples.len());
-        for (name, rtt, weight) in samples {
-            if let Some(c) = agg.column(name) {
-                columns.push((c, *rtt, *weight));
+        let columns: Vec<(u16, f64, f64)> = samples
+            .iter()
+            .filter_map(|(name, rtt, weight)| Some((*keys.columns.get(name)?, *rtt, *weight)))
+            .collect();
+        let now = unix_now();
+        match self.agg.try_lock() {
+            Ok(mut agg) => {
+                self.drain(&mut agg);
+                agg.add(fine, coarse, &columns, now);
+            }
+            Err(std::sync::TryLockError::Poisoned(e)) => {
+                let mut agg = e.into_inner();
+                self.drain(&mut agg);
+                agg.add(fine, coarse, &columns, now);
+            }
+            // Publishing or saving: keep it for then.
+            Err(std::sync::TryLockError::WouldBlock) => {
+                let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                if pending.beacons.len() < MAX_PENDING {
+                    pending.beacons.push((fine, coarse, columns, now));
+                } else {
+                    pending.dropped += 1;
+                }
             }
         }
-        agg.add(fine, coarse, &columns, unix_now());
     }
 }
 
@@ -277,4 +344,50 @@ pub async fn run(
         }
     }
     let _ = tokio::task::spawn_blocking(move || hub.save()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn hub() -> Hub {
+        let zone = crate::config::parse_zone(
+            Path::new("z.toml"),
+            "origin = \"t.test.\"\nns = [\"ns.example.\"]\n[soa]\nrname = \"h.t.test.\"\nserial = 1\n\
+             [datacenters.a]\naddresses = [\"192.0.2.1\"]\n[datacenters.b]\naddresses = [\"192.0.2.2\"]\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        let server = crate::config::parse_server(
+            Path::new("m.toml"),
+            "[latency]\nstate_file = \"\"\nmin_samples = 1\nmax_rtt_ms = 100.5\n",
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
+        Hub::new(
+            &Config {
+                server,
+                zones: vec![zone],
+            },
+            None,
+        )
+    }
+
+    /// A beacon that arrives while a publication or a save holds the
+    /// aggregator waits in the queue instead of blocking its thread, and
+    /// counts at the next publication.
+    #[test]
+    fn beacons_never_wait_for_a_publication() {
+        let hub = hub();
+        assert_eq!(hub.limits().max_rtt_ms, 100.5, "not cut to whole ms");
+        let samples = [("a".to_string(), 20.0, 1.0), ("b".to_string(), 30.0, 1.0)];
+        let client: IpAddr = "198.51.100.7".parse().unwrap_or(IpAddr::from([0; 4]));
+        let busy = hub.agg.lock().unwrap_or_else(|e| e.into_inner());
+        hub.accept(client, &samples);
+        assert_eq!(hub.pending.lock().map(|p| p.beacons.len()).unwrap_or(0), 1);
+        drop(busy);
+        let rum = hub.publish_rum(unix_now());
+        assert_eq!(rum.fine.len(), 1, "the queued beacon was applied");
+        assert_eq!(hub.status()["samples_accepted"], 2);
+        assert!(hub.known("a") && !hub.known("c"));
+    }
 }

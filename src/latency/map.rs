@@ -50,7 +50,7 @@ use crate::geo::table::{PrefixTable, TableBuilder, addr_bits, family_bits, prefi
 /// The only format version this build reads.
 pub const MAP_VERSION: i64 = 1;
 /// Largest RTT a map may give, in milliseconds (the largest `max_rtt_ms`).
-pub const MAX_RTT_MS: f64 = 6000.0;
+pub use crate::config::latency::MAX_RTT_MS;
 /// Most distinct datacenter names a map may use (as many as a zone may
 /// have datacenters).
 pub const MAX_DATACENTERS: usize = 1024;

@@ -184,30 +184,13 @@ impl AggSettings {
     }
 }
 
-//------------ Level, Published, AggStats -------------------------------------
-
-/// The two RUM key levels.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Level {
-    /// `ipv4_prefix_length` / `ipv6_prefix_length`.
-    Fine,
-    /// `coarse_*_prefix_length`, or the AS number.
-    Coarse,
-}
+//------------ Published, AggStats -------------------------------------
 
 const FINE: u8 = 0;
 const COARSE: u8 = 1;
 
 /// One publication: both levels, with the column names they index.
-#[derive(Debug, Default)]
-pub struct Published {
-    /// The fine level.
-    pub fine: KeyTable,
-    /// The coarse level.
-    pub coarse: KeyTable,
-    /// Column `i` of both tables is datacenter `names[i]`.
-    pub names: Arc<[String]>,
-}
+pub use super::Rum as Published;
 
 /// Counters for `/status`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use meridian::latency::beacon::{self, BeaconLimits, BeaconSink, BeaconStats, Beacons, Import};
+use meridian::latency::beacon::{self, BeaconSink, BeaconStats, Beacons, Import};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
@@ -62,7 +62,6 @@ async fn start(keys: &str) -> Listener {
     let sink = Arc::new(Recorder::default());
     let beacons = Beacons::new(
         Arc::new(config.rum),
-        BeaconLimits::default(),
         Arc::clone(&sink) as Arc<dyn BeaconSink>,
     );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -471,7 +470,6 @@ async fn the_admin_import_validates_like_beacons_without_a_rate_limit() {
         token: Some(TOKEN.to_string()),
         import: Some(Import {
             sink: Arc::clone(&sink) as Arc<dyn BeaconSink>,
-            max_rtt_ms: 5000,
         }),
         ..meridian::admin::Settings::from_config(None)
     };
