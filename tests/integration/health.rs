@@ -720,6 +720,14 @@ pub mod reqwest_like {
             }
         }
 
+        /// With extra request header lines, each ending in CRLF.
+        pub fn with_headers(addr: SocketAddr, extra: &str) -> Self {
+            Self {
+                extra: extra.to_string(),
+                ..Self::new(addr)
+            }
+        }
+
         /// As a browser on another site would send it.
         pub fn from_web_page(addr: SocketAddr, host: Option<&str>, origin: Option<&str>) -> Self {
             Self {

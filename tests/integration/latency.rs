@@ -58,8 +58,6 @@ async fn without_measurements_the_distance_model_ranks() {
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
 use crate::harness::Setup;
 
 const WWW: &str = "www.latency.example.com";
@@ -91,24 +89,9 @@ async fn start(latency: &str) -> TestServer {
 /// POSTs a beacon for `client` (through the trusted proxy) and returns the
 /// status code and body.
 async fn beacon(rum: SocketAddr, client: &str, body: &str) -> (u16, String) {
-    let mut s = tokio::net::TcpStream::connect(rum).await.unwrap();
-    let req = format!(
-        "POST /beacon HTTP/1.1\r\nHost: rum.test\r\nX-Forwarded-For: {client}\r\n\
-         Content-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut out = String::new();
-    tokio::time::timeout(crate::harness::EXCHANGE_TIMEOUT, s.read_to_string(&mut out))
+    reqwest_like::Client::with_headers(rum, &format!("X-Forwarded-For: {client}\r\n"))
+        .post_json("/beacon", body)
         .await
-        .expect("the beacon listener answers")
-        .unwrap();
-    let code = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    (code, out.split("\r\n\r\n").nth(1).unwrap_or("").to_string())
 }
 
 fn measurements(rtts: &[(&str, f64)]) -> String {
@@ -157,6 +140,21 @@ async fn explain(s: &TestServer, client: &str) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// A server on the config already written to `dir` (`meridian.toml`).
+async fn serve_dir(dir: tempfile::TempDir) -> TestServer {
+    let server = meridian::Server::start(
+        &dir.path().join("meridian.toml"),
+        Some(vec!["127.0.0.1:0".parse().unwrap()]),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("server start: {e}"));
+    TestServer {
+        addr: server.local_addrs()[0],
+        server,
+        dir,
+    }
 }
 
 async fn status(s: &TestServer) -> serde_json::Value {
@@ -248,17 +246,7 @@ async fn measurements_route_a_network_to_its_fastest_datacenter() {
     let TestServer { server, dir, .. } = s;
     server.shutdown().await;
     assert!(dir.path().join("meridian-latency.bin").exists());
-    let server = meridian::Server::start(
-        &dir.path().join("meridian.toml"),
-        Some(vec!["127.0.0.1:0".parse().unwrap()]),
-    )
-    .await
-    .unwrap();
-    let s = TestServer {
-        addr: server.local_addrs()[0],
-        server,
-        dir,
-    };
+    let s = serve_dir(dir).await;
     let (addr, scope) = ask(&s, WWW, "11.1.5.0/24").await;
     assert_eq!(
         (addr.as_str(), scope),
@@ -338,7 +326,7 @@ rtt_ms = {}
 async fn the_static_map_ranks_where_nothing_is_measured() {
     let dir = tempfile::tempdir().unwrap();
     let toml = "[latency]\nmap = \"latency-map.toml\"\n";
-    let path = crate::harness::write_config(
+    crate::harness::write_config(
         dir.path(),
         &Setup {
             zones: &[("latency.example.toml", &example())],
@@ -347,14 +335,7 @@ async fn the_static_map_ranks_where_nothing_is_measured() {
         },
     );
     std::fs::write(dir.path().join("latency-map.toml"), MAP).unwrap();
-    let server = meridian::Server::start(&path, Some(vec!["127.0.0.1:0".parse().unwrap()]))
-        .await
-        .unwrap();
-    let s = TestServer {
-        addr: server.local_addrs()[0],
-        server,
-        dir,
-    };
+    let s = serve_dir(dir).await;
     let (addr, scope) = ask(&s, WWW, "11.1.5.0/24").await;
     // 11.1.0.0/18 is the widest block around it with the /16's figures
     // (11.1.64.0/18 beside it is carved out).
