@@ -8,7 +8,6 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -25,12 +24,11 @@ use crate::health::monitor::Monitor;
 use crate::model::DcId;
 use crate::snapshot::Snapshot;
 
-/// How the client networks of a sample are keyed.
+/// The settings beacons are keyed and checked by, swapped whole on reload.
 #[derive(Clone, Debug)]
 struct Keys {
-    fine: (u8, u8),
-    /// `[latency] max_rtt_ms`.
-    max_rtt_ms: f64,
+    /// `[latency]` as last configured.
+    config: LatencyConfig,
     coarse: CoarseKey,
     /// Datacenter names of the current config, with their aggregator
     /// columns: resolved without the aggregator's lock.
@@ -51,7 +49,6 @@ pub struct Hub {
     /// import never wait for a publication or a save.
     pending: Mutex<Pending>,
     keys: ArcSwap<Keys>,
-    settings: Mutex<LatencyConfig>,
     /// Each zone's probe assignment, by (origin, datacenter name): kept
     /// across publications and reloads.
     probe_assignments: Mutex<HashMap<String, (String, u32)>>,
@@ -71,8 +68,7 @@ fn names(config: &Config) -> Vec<String> {
 fn keys(config: &Config, asn: Option<Arc<AsnTable>>, agg: &Aggregator) -> Keys {
     let c = &config.server.latency;
     Keys {
-        fine: c.fine,
-        max_rtt_ms: c.max_rtt_ms,
+        config: c.clone(),
         coarse: match c.coarse {
             Coarse::Prefix(v4, v6) => CoarseKey::Prefix(v4, v6),
             Coarse::Asn(_) => CoarseKey::Asn(asn),
@@ -123,7 +119,6 @@ impl Hub {
             agg: Mutex::new(agg),
             pending: Mutex::default(),
             keys: ArcSwap::from_pointee(keys),
-            settings: Mutex::new(c.clone()),
             probe_assignments: Mutex::new(HashMap::new()),
         }
     }
@@ -149,10 +144,7 @@ impl Hub {
     }
 
     fn latency_settings(&self) -> LatencyConfig {
-        self.settings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
+        self.keys.load().config.clone()
     }
 
     /// Applies a reloaded config. A changed key layout (prefix lengths,
@@ -163,7 +155,6 @@ impl Hub {
         agg.configure(AggSettings::from(c), &names(config));
         self.keys.store(Arc::new(keys(config, asn, &agg)));
         drop(agg);
-        *self.settings.lock().unwrap_or_else(|e| e.into_inner()) = c.clone();
     }
 
     /// Publishes the aggregates as of `now`.
@@ -256,20 +247,15 @@ impl Hub {
             "beacons_dropped_busy": self.pending.lock().unwrap_or_else(|e| e.into_inner()).dropped,
         })
     }
-
-    /// The state file, for logs.
-    pub fn state_file(&self) -> Option<PathBuf> {
-        self.latency_settings().state_file
-    }
 }
 
 impl BeaconSink for Hub {
     fn limits(&self) -> super::beacon::BeaconLimits {
         let keys = self.keys.load();
         super::beacon::BeaconLimits {
-            max_rtt_ms: keys.max_rtt_ms,
-            ipv4_prefix_length: keys.fine.0,
-            ipv6_prefix_length: keys.fine.1,
+            max_rtt_ms: keys.config.max_rtt_ms,
+            ipv4_prefix_length: keys.config.fine.0,
+            ipv6_prefix_length: keys.config.fine.1,
         }
     }
 
@@ -279,7 +265,8 @@ impl BeaconSink for Hub {
 
     fn accept(&self, client: IpAddr, samples: &[(String, f64, f64)]) {
         let keys = self.keys.load();
-        let fine = key_for(client, keys.fine.0, keys.fine.1);
+        let (v4, v6) = keys.config.fine;
+        let fine = key_for(client, v4, v6);
         let coarse = match &keys.coarse {
             CoarseKey::Prefix(v4, v6) => Some(key_for(client, *v4, *v6)),
             CoarseKey::Asn(table) => table
