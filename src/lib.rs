@@ -97,8 +97,10 @@ pub enum Error {
 
 /// Loads config, country table and GeoIP database, and builds a snapshot.
 /// This is all of `meridian check`, and what a reload does before swapping.
+/// The static records move into the snapshot: the returned config's zones
+/// have empty `records`.
 pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
-    let config = config::load(config_path)?;
+    let mut config = config::load(config_path)?;
     let countries = match &config.server.countries {
         Some(path) => geo::countries::load(path).map_err(Error::Countries)?,
         None => geo::countries::builtin(),
@@ -114,7 +116,7 @@ pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
         config::Coarse::Asn(path) => Some(Arc::new(latency::asn::AsnTable::open(path)?)),
         config::Coarse::Prefix(..) => None,
     };
-    let snapshot = Snapshot::build(&config, geo);
+    let snapshot = Snapshot::build(&mut config, geo);
     let sources = latency::Sources {
         map,
         asn,

@@ -441,7 +441,8 @@ pub struct ZoneConfig {
     pub ns: Vec<DomainName>,
     /// TTL of the apex NS records.
     pub ns_ttl: u32,
-    /// Static records, apex NS/SOA excluded.
+    /// Static records, apex NS/SOA excluded. Empty once a snapshot has
+    /// been built from this zone: they move into its zone store.
     pub records: Vec<StaticRecord>,
     /// Datacenters, indexed by `DcId`.
     pub datacenters: Vec<Datacenter>,

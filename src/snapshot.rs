@@ -63,11 +63,15 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Builds every zone and policy table. Datacenters with probes start
-    /// Unknown, the others Up.
-    pub fn build(config: &Config, geo: Arc<GeoDb>) -> Self {
+    /// Unknown, the others Up. Each zone's static records move into its
+    /// zone store, which keeps them compactly in wire form: `config.zones`
+    /// keep everything else, with empty `records`.
+    pub fn build(config: &mut Config, geo: Arc<GeoDb>) -> Self {
         let started = Instant::now();
         let mut zones = Vec::with_capacity(config.zones.len());
-        for zc in &config.zones {
+        for zc in &mut config.zones {
+            let records = std::mem::take(&mut zc.records);
+            let zc = &*zc;
             // Services with the same datacenters and geo settings share
             // one table: building one walks the whole GeoIP database.
             let mut cache: Vec<(TableKey, Arc<GeoPolicy>)> = Vec::new();
@@ -102,7 +106,13 @@ impl Snapshot {
                 });
                 plans.push(Arc::new(Plan::build(zc, s, table, geo.countries())));
             }
-            zones.push(Zone::build(Arc::new(zc.clone()), plans));
+            zones.push(Zone::build(
+                crate::model::ZoneConfig {
+                    records,
+                    ..zc.clone()
+                },
+                plans,
+            ));
         }
         // Most labels first, so a child zone served here wins over its parent.
         zones.sort_by_key(|z| std::cmp::Reverse(z.origin_labels()));

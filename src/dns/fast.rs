@@ -22,29 +22,29 @@
 //! its pointers are found by encoding it for two stand-ins of different
 //! lengths and are shifted at query time by the length difference.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::net::IpAddr;
 use std::sync::Arc;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
-use hickory_proto::rr::{LowerName, Name, RecordType};
-use hickory_proto::serialize::binary::BinEncodable;
+use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 
 use super::envelope::{Envelope, Header, OptOut, Question, Transport, echo_ecs};
-use super::zone::{Resolution, Zone};
+use super::zone::{Node, Resolution, Zone, key_in};
 use crate::health::HealthView;
 use crate::model::DcId;
 use crate::policy::{Client, Decision, Latency, Outcome, Plan};
 
 /// A pre-encoded response body; see the module docs.
-#[derive(Debug)]
+#[derive(Clone, Debug, PartialEq)]
 struct Template {
     /// Answer, authority and additional sections.
     body: Box<[u8]>,
     /// Offsets in `body` of compression pointers to shift for misses.
     fixups: Box<[u16]>,
     /// Wire length of the QNAME the template was encoded for.
-    qname_len: usize,
+    qname_len: u16,
     /// Answer, authority and additional counts.
     counts: [u16; 3],
     authoritative: bool,
@@ -56,10 +56,32 @@ struct Template {
     /// Where the additional section starts in `body` when it may be left
     /// out of a response that does not fit (RFC 2181 §9); `None` when
     /// there is none, or it holds a referral's glue (RFC 9471).
-    optional_at: Option<usize>,
+    optional_at: Option<u16>,
+}
+
+/// What a response copies from a template, or from a packed name.
+#[derive(Clone, Copy, Debug)]
+struct Body<'a> {
+    header: Header,
+    /// Answer, authority and additional sections.
+    body: &'a [u8],
+    /// Offsets in `body` of compression pointers to shift.
+    fixups: &'a [u16],
+    /// Where the additional section starts, if it may be left out.
+    optional_at: Option<u16>,
 }
 
 impl Template {
+    /// The parts a response copies.
+    fn view(&self) -> Body<'_> {
+        Body {
+            header: self.header(),
+            body: &self.body,
+            fixups: &self.fixups,
+            optional_at: self.optional_at,
+        }
+    }
+
     /// The response header for this template as it is.
     fn header(&self) -> Header {
         Header {
@@ -73,39 +95,179 @@ impl Template {
 }
 
 /// The address records at the end of a service answer's template.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Addresses {
-    at: usize,
-    count: usize,
-    size: usize,
+    at: u16,
+    count: u16,
+    size: u16,
+}
+
+impl Addresses {
+    fn at(self) -> usize {
+        usize::from(self.at)
+    }
+
+    fn count(self) -> usize {
+        usize::from(self.count)
+    }
+
+    fn size(self) -> usize {
+        usize::from(self.size)
+    }
 }
 
 #[derive(Debug)]
 enum Response {
     /// The same for every client.
     Static(Template),
-    /// Decided by a service: per datacenter of the zone, the template
-    /// with the normal and with the degraded TTL; and the all-down answer
-    /// for services that do not fail open.
-    Dynamic {
-        zone: usize,
-        plan: Arc<Plan>,
-        per_dc: Box<[[Template; 2]]>,
-        all_down: Option<Template>,
-        /// The name is a CNAME (chain) to the service: with ECS in the
-        /// query, the answer is this first CNAME alone (RFC 7871 §7.2.1).
-        first_cname: Option<Template>,
-    },
+    /// Decided by a service.
+    Dynamic(Box<Dynamic>),
 }
 
+/// A service's answers: per datacenter of the service, the template with
+/// the normal and with the degraded TTL; and the all-down answer for
+/// services that do not fail open.
+#[derive(Debug)]
+struct Dynamic {
+    zone: usize,
+    plan: Arc<Plan>,
+    per_dc: PerDc,
+    all_down: Option<Template>,
+    /// The name is a CNAME (chain) to the service: with ECS in the query,
+    /// the answer is this first CNAME alone (RFC 7871 §7.2.1).
+    first_cname: Option<Template>,
+}
+
+/// A service's templates for its own datacenters (normal and degraded
+/// TTL), found by datacenter id.
+#[derive(Debug)]
+struct PerDc {
+    /// Position in `templates` per datacenter of the zone; `u16::MAX` for
+    /// those the service does not use.
+    slots: Box<[u16]>,
+    templates: Box<[[Template; 2]]>,
+}
+
+impl PerDc {
+    fn get(&self, dc: DcId) -> Option<&[Template; 2]> {
+        let slot = *self.slots.get(dc.index())?;
+        self.templates.get(usize::from(slot))
+    }
+}
+
+/// One name's responses. Hashed and compared by key, so the index is a
+/// set of entries looked up by key.
 #[derive(Debug)]
 struct NameEntry {
-    /// Responses by query type.
-    by_type: Vec<(u16, Response)>,
-    /// Every other type (NODATA, or a CNAME chain ending in NODATA).
-    other: Response,
-    /// Names below this one that do not exist: NXDOMAIN or a referral.
-    miss: Option<Template>,
+    /// The key; for a packed name, then its answers: per RRset in config
+    /// order, the type (2 bytes), the record count (2), the body's length
+    /// (2) and the body. One allocation per name.
+    data: Box<[u8]>,
+    /// Length of the key at the start of `data`.
+    key_len: u8,
+    /// Index of the zone in the snapshot, for the shared templates.
+    zone: u16,
+    /// Templates of a name that is not packed; `None` for a packed one,
+    /// which has the zone's shared NODATA and NXDOMAIN for everything
+    /// else, and answers ANY with its first RRset (RFC 8482).
+    general: Option<Box<General>>,
+}
+
+impl std::borrow::Borrow<[u8]> for NameEntry {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+impl std::hash::Hash for NameEntry {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for NameEntry {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for NameEntry {}
+
+impl NameEntry {
+    fn key(&self) -> &[u8] {
+        &self.data[..usize::from(self.key_len)]
+    }
+
+    /// A packed name's answer to `qtype` (2 bytes each of count and
+    /// body), or `None` for NODATA.
+    fn packed(&self, qtype: u16) -> Option<(u16, &[u8])> {
+        let mut rest = &self.data[usize::from(self.key_len)..];
+        while let [t0, t1, c0, c1, l0, l1, tail @ ..] = rest {
+            let len = usize::from(u16::from_be_bytes([*l0, *l1]));
+            let body = tail.get(..len)?;
+            let t = u16::from_be_bytes([*t0, *t1]);
+            if t == qtype || qtype == 255 {
+                return Some((u16::from_be_bytes([*c0, *c1]), body));
+            }
+            rest = &tail[len..];
+        }
+        None
+    }
+}
+
+/// The templates of a name that is not packed.
+#[derive(Debug)]
+struct General {
+    /// Responses by query type, only where they differ from `other`.
+    by_type: Box<[(u16, Response)]>,
+    /// Every other type (NODATA, or a CNAME chain ending in NODATA);
+    /// `None`: the zone's shared NODATA.
+    other: Option<Response>,
+    /// Names below this one that do not exist.
+    miss: Miss,
+    /// ANY is answered with the first entry of `by_type` (RFC 8482;
+    /// plain names, whose first RRset comes first).
+    any_first: bool,
+}
+
+/// What names below an existing one that do not exist get.
+#[derive(Debug)]
+enum Miss {
+    /// The general path answers.
+    General,
+    /// The zone's shared NXDOMAIN.
+    Shared,
+    /// NXDOMAIN or a referral of this name's own.
+    Own(Box<Template>),
+}
+
+/// Templates one zone's plain names share; see [`Zone::is_plain`].
+#[derive(Debug, Default)]
+struct Shared {
+    /// NXDOMAIN below a plain name, built for a stand-in below the apex,
+    /// with pointer fixups.
+    nxdomain: Option<Template>,
+    /// NODATA at a plain name: the same with NOERROR.
+    nodata: Option<Template>,
+}
+
+impl Shared {
+    fn build(zone: &Zone) -> Self {
+        let Some(nxdomain) = miss_template(zone, zone.origin()) else {
+            return Self::default();
+        };
+        if nxdomain.rcode != 3 {
+            return Self::default();
+        }
+        let nodata = Template {
+            rcode: 0,
+            ..nxdomain.clone()
+        };
+        Self {
+            nxdomain: Some(nxdomain),
+            nodata: Some(nodata),
+        }
+    }
 }
 
 /// What the fast path reads from the snapshot besides the templates.
@@ -121,18 +283,13 @@ pub(crate) struct Serving<'a> {
 /// Templates for every name the snapshot serves.
 #[derive(Debug, Default)]
 pub struct FastIndex {
-    names: HashMap<Box<[u8]>, NameEntry>,
+    names: HashSet<NameEntry>,
+    /// Per zone (snapshot order).
+    shared: Box<[Shared]>,
 }
 
 /// The private-use type standing for "any type without data here".
 const OTHER_TYPE: RecordType = RecordType::Unknown(65_534);
-
-fn wire_lower(name: &Name) -> Option<Box<[u8]>> {
-    name.to_lowercase()
-        .to_bytes()
-        .ok()
-        .map(Vec::into_boxed_slice)
-}
 
 /// Encodes `res` as the response to `qname`/`qtype` and cuts it into a
 /// template. `None` if hickory cannot encode it.
@@ -147,14 +304,18 @@ fn template(qname: &Name, qtype: RecordType, res: Resolution) -> Option<Template
     let bytes = m.to_vec().ok()?;
     let qname_len = qname.to_bytes().ok()?.len();
     let body: Box<[u8]> = bytes.get(12 + qname_len + 4..)?.into();
+    let qname_len = u16::try_from(qname_len).ok()?;
     let count = |i: usize| u16::from_be_bytes([bytes[i], bytes[i + 1]]);
     let counts = [count(6), count(8), count(10)];
     let optional_at = if counts[2] > 0 && !referral {
-        Some(super::envelope::skip_records(
-            &body,
-            0,
-            usize::from(counts[0]) + usize::from(counts[1]),
-        )?)
+        Some(
+            u16::try_from(super::envelope::skip_records(
+                &body,
+                0,
+                usize::from(counts[0]) + usize::from(counts[1]),
+            )?)
+            .ok()?,
+        )
     } else {
         None
     };
@@ -178,7 +339,7 @@ fn template(qname: &Name, qtype: RecordType, res: Resolution) -> Option<Template
 fn find_addresses(t: &Template, rtype: RecordType, count: usize) -> Option<Addresses> {
     if count == 0 {
         return Some(Addresses {
-            at: t.body.len(),
+            at: u16::try_from(t.body.len()).ok()?,
             count: 0,
             size: 1,
         });
@@ -198,7 +359,11 @@ fn find_addresses(t: &Template, rtype: RecordType, count: usize) -> Option<Addre
                 && r[4..6] == [0, 1]
                 && usize::from(u16::from_be_bytes([r[10], r[11]])) == rdlen
         });
-    ok.then_some(Addresses { at, count, size })
+    ok.then_some(Addresses {
+        at: u16::try_from(at).ok()?,
+        count: u16::try_from(count).ok()?,
+        size: u16::try_from(size).ok()?,
+    })
 }
 
 /// Resolves a service's static parts (the decision is not needed to know
@@ -222,28 +387,33 @@ fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> O
             } else {
                 RecordType::A
             };
-            let per_dc = (0..zone.datacenter_count())
-                .map(|dc| {
-                    let dc = DcId(u16::try_from(dc).ok()?);
-                    let count = svc.addresses(dc, qtype);
-                    let mut pair = [
-                        render(plan.forced(dc, false))?,
-                        render(plan.forced(dc, true))?,
-                    ];
-                    for t in &mut pair {
-                        t.addresses = find_addresses(t, rtype, count);
-                    }
-                    Some(pair)
-                })
-                .collect::<Option<Vec<_>>>()?;
+            let own = &zone.config.services.get(service)?.datacenters;
+            let mut slots = vec![u16::MAX; zone.datacenter_count()];
+            let mut templates = Vec::with_capacity(own.len());
+            for &dc in own {
+                *slots.get_mut(dc.index())? = u16::try_from(templates.len()).ok()?;
+                let count = zone.addresses(dc, qtype);
+                let mut pair = [
+                    render(plan.forced(dc, false))?,
+                    render(plan.forced(dc, true))?,
+                ];
+                for t in &mut pair {
+                    t.addresses = find_addresses(t, rtype, count);
+                }
+                templates.push(pair);
+            }
+            let per_dc = PerDc {
+                slots: slots.into_boxed_slice(),
+                templates: templates.into_boxed_slice(),
+            };
             let all_down = match plan.all_down() {
                 None => None,
                 Some(d) => Some(render(d)?),
             };
-            Some(Response::Dynamic {
+            Some(Response::Dynamic(Box::new(Dynamic {
                 zone: zone_index,
                 plan: Arc::clone(plan),
-                per_dc: per_dc.into_boxed_slice(),
+                per_dc,
                 all_down,
                 first_cname: if probe.tailored_via_cname() {
                     probe.first_cname_only();
@@ -251,7 +421,7 @@ fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> O
                 } else {
                     None
                 },
-            })
+            })))
         }
     }
 }
@@ -264,11 +434,7 @@ fn miss_template(zone: &Zone, name: &Name) -> Option<Template> {
         .into_iter()
         .map(|(a, b)| (name.prepend_label(a).ok(), name.prepend_label(b).ok()))
         .find_map(|pair| match pair {
-            (Some(a), Some(b))
-                if !zone.has_node(&LowerName::from(&a)) && !zone.has_node(&LowerName::from(&b)) =>
-            {
-                Some((a, b))
-            }
+            (Some(a), Some(b)) if !zone.has_node(&a) && !zone.has_node(&b) => Some((a, b)),
             _ => None,
         })?;
     let res_short = zone.resolve_with(&short, RecordType::A, &mut no_choice);
@@ -322,57 +488,164 @@ fn relocate(body: &mut [u8], fixups: &[u16], delta: usize) -> Option<()> {
     Some(())
 }
 
+/// Record types whose answers at a plain name are their records alone:
+/// no names in the RDATA to compress, no additional section.
+fn direct(rtype: RecordType) -> bool {
+    matches!(
+        rtype,
+        RecordType::A
+            | RecordType::AAAA
+            | RecordType::TXT
+            | RecordType::CAA
+            | RecordType::SSHFP
+            | RecordType::TLSA
+    )
+}
+
+/// The answer to a query for `set`'s type at a plain name: the records,
+/// each with its owner compressed to the question (offset 12), as
+/// hickory's encoder writes them.
+fn direct_template(qname_len: u16, set: super::zone::RrSet<'_>) -> Option<Template> {
+    let mut body = Vec::new();
+    let mut count = 0u16;
+    for rdata in set.wire() {
+        body.extend_from_slice(&[0xc0, 0x0c]);
+        body.extend_from_slice(&u16::from(set.rtype()).to_be_bytes());
+        body.extend_from_slice(&1u16.to_be_bytes());
+        body.extend_from_slice(&set.ttl().to_be_bytes());
+        body.extend_from_slice(&u16::try_from(rdata.len()).ok()?.to_be_bytes());
+        body.extend_from_slice(rdata);
+        count = count.checked_add(1)?;
+    }
+    Some(Template {
+        body: body.into_boxed_slice(),
+        fixups: Box::new([]),
+        qname_len,
+        counts: [count, 0, 0],
+        authoritative: true,
+        rcode: 0,
+        addresses: None,
+        optional_at: None,
+    })
+}
+
+/// A plain name's entry. With only types [`direct`] encodes, the answers
+/// are packed after the key; otherwise one template per RRset. The
+/// zone's shared NODATA and NXDOMAIN answer everything else.
+fn plain_entry(zone: &Zone, zone_index: u16, node: &Node) -> Option<NameEntry> {
+    let key = node.key();
+    let key_len = u8::try_from(key.len()).ok()?;
+    if node.rrsets().all(|set| direct(set.rtype())) {
+        let mut data = key.to_vec();
+        for set in node.rrsets() {
+            let t = direct_template(u16::from(key_len), set)?;
+            data.extend_from_slice(&u16::from(set.rtype()).to_be_bytes());
+            data.extend_from_slice(&t.counts[0].to_be_bytes());
+            data.extend_from_slice(&u16::try_from(t.body.len()).ok()?.to_be_bytes());
+            data.extend_from_slice(&t.body);
+        }
+        return Some(NameEntry {
+            data: data.into_boxed_slice(),
+            key_len,
+            zone: zone_index,
+            general: None,
+        });
+    }
+    let mut by_type = Vec::new();
+    let name = Name::from_bytes(key).ok()?;
+    for set in node.rrsets() {
+        let t = set.rtype();
+        let template = match direct(t) {
+            true => direct_template(u16::from(key_len), set)?,
+            false => template(&name, t, zone.resolve_with(&name, t, &mut no_choice))?,
+        };
+        by_type.push((u16::from(t), Response::Static(template)));
+    }
+    Some(NameEntry {
+        data: key.into(),
+        key_len,
+        zone: zone_index,
+        general: Some(Box::new(General {
+            any_first: !by_type.is_empty(),
+            by_type: by_type.into_boxed_slice(),
+            other: None,
+            miss: Miss::Shared,
+        })),
+    })
+}
+
+/// Any other name's entry, from the general path's answers.
+fn general_entry(zone: &Zone, zone_index: u16, key: &[u8]) -> Option<NameEntry> {
+    let name = Name::from_bytes(key).ok()?;
+    let key_len = u8::try_from(key.len()).ok()?;
+    let mut types = zone.types_along(&name);
+    types.extend([
+        RecordType::A,
+        RecordType::AAAA,
+        RecordType::CNAME,
+        RecordType::SOA,
+        RecordType::NS,
+        RecordType::DS,
+        RecordType::ANY,
+    ]);
+    types.sort_unstable_by_key(|t| u16::from(*t));
+    types.dedup();
+    // Unencodable: the slow path will say so.
+    let other = response(zone, usize::from(zone_index), &name, OTHER_TYPE)?;
+    let mut by_type = Vec::with_capacity(types.len());
+    for t in types {
+        let r = response(zone, usize::from(zone_index), &name, t)?;
+        let same = matches!((&r, &other), (Response::Static(a), Response::Static(b)) if a == b);
+        if !same {
+            by_type.push((u16::from(t), r));
+        }
+    }
+    Some(NameEntry {
+        data: key.into(),
+        key_len,
+        zone: zone_index,
+        general: Some(Box::new(General {
+            by_type: by_type.into_boxed_slice(),
+            other: Some(other),
+            miss: miss_template(zone, &name).map_or(Miss::General, |t| Miss::Own(Box::new(t))),
+            any_first: false,
+        })),
+    })
+}
+
 impl FastIndex {
     /// Builds templates for every name of `zones` (most specific zone
     /// first, as the snapshot orders them).
     pub(crate) fn build(zones: &[Zone]) -> Self {
-        let mut names = HashMap::new();
+        let mut names = HashSet::new();
+        let mut shared = Vec::with_capacity(zones.len());
         for (zi, zone) in zones.iter().enumerate() {
-            for lower in zone.names() {
-                let name = Name::from(lower.clone());
+            let share = Shared::build(zone);
+            let Ok(zone_index) = u16::try_from(zi) else {
+                break;
+            };
+            for node in zone.nodes() {
+                let key = node.key();
                 // A name inside a more specific zone we also serve belongs
                 // to that zone (the slow path picks the same one).
-                if zones[..zi].iter().any(|z| z.origin().zone_of(&name)) {
+                if zones[..zi].iter().any(|z| key_in(key, z.origin_key())) || names.contains(key) {
                     continue;
                 }
-                let Some(key) = wire_lower(&name) else {
-                    continue;
+                let plain = share.nodata.is_some() && zone.is_plain(key, node);
+                let entry = match plain {
+                    true => plain_entry(zone, zone_index, node),
+                    false => general_entry(zone, zone_index, key),
                 };
-                if names.contains_key(&key) {
-                    continue;
+                if let Some(entry) = entry {
+                    names.insert(entry);
                 }
-                let mut types = zone.types_along(&name);
-                types.extend([
-                    RecordType::A,
-                    RecordType::AAAA,
-                    RecordType::CNAME,
-                    RecordType::SOA,
-                    RecordType::NS,
-                    RecordType::DS,
-                    RecordType::ANY,
-                ]);
-                types.sort_unstable_by_key(|t| u16::from(*t));
-                types.dedup();
-                let by_type: Option<Vec<(u16, Response)>> = types
-                    .into_iter()
-                    .map(|t| Some((u16::from(t), response(zone, zi, &name, t)?)))
-                    .collect();
-                let (Some(by_type), Some(other)) = (by_type, response(zone, zi, &name, OTHER_TYPE))
-                else {
-                    continue; // unencodable: the slow path will say so
-                };
-                let miss = miss_template(zone, &name);
-                names.insert(
-                    key,
-                    NameEntry {
-                        by_type,
-                        other,
-                        miss,
-                    },
-                );
             }
+            shared.push(share);
         }
-        Self { names }
+        Self {
+            names,
+            shared: shared.into_boxed_slice(),
+        }
     }
 
     /// Answers `packet` into `out` if it is a query the fast path handles;
@@ -409,57 +682,100 @@ impl FastIndex {
 
         // Exact match, else the closest existing ancestor's miss template.
         let (template, scope, delta) = match self.names.get(name) {
-            Some(entry) => {
-                let resp = entry
-                    .by_type
-                    .iter()
-                    .find(|(t, _)| *t == q.qtype)
-                    .map_or(&entry.other, |(_, r)| r);
-                match resp {
-                    Response::Static(t) => (Some(t), None, 0),
-                    Response::Dynamic {
-                        first_cname: Some(t),
-                        ..
-                    } if env.ecs.is_some() => (Some(t), None, 0),
-                    Response::Dynamic {
-                        zone,
-                        plan,
-                        per_dc,
-                        all_down,
-                        ..
-                    } => {
-                        let addr = env.client_addr(src);
-                        let entropy = env.entropy(seed, src);
-                        let d = plan.decide_with(
-                            &Client { addr },
-                            health.zone(*zone),
-                            Latency {
-                                view: latency,
-                                zone: *zone,
-                            },
-                            entropy,
-                            &mut (),
-                        );
-                        let t = match (d.outcome, all_down) {
-                            (Outcome::Answer, _) => {
-                                return self.assemble(
-                                    env,
-                                    packet,
-                                    &d,
-                                    per_dc,
-                                    addr,
-                                    transport,
-                                    (max_udp_payload, base),
-                                    out,
-                                );
-                            }
-                            (_, Some(t)) => t,
-                            (_, None) => return false,
+            Some(entry) => match &entry.general {
+                None => match entry.packed(q.qtype) {
+                    Some((count, body)) => {
+                        let header = Header {
+                            aa: true,
+                            tc: false,
+                            rcode: 0,
+                            question: true,
+                            counts: [count, 0, 0],
                         };
-                        (Some(t), Some((addr, d.scope)), 0)
+                        let view = Body {
+                            header,
+                            body,
+                            fixups: &[],
+                            optional_at: None,
+                        };
+                        (Some(view), None, 0)
+                    }
+                    None => match self.nodata(entry, q.name_len, name) {
+                        Some((t, delta)) => (Some(t.view()), None, delta),
+                        None => return false,
+                    },
+                },
+                Some(general) => {
+                    let found = match general.any_first && q.qtype == 255 {
+                        true => general.by_type.first(),
+                        false => general.by_type.iter().find(|(t, _)| *t == q.qtype),
+                    };
+                    let resp = match (found, &general.other) {
+                        (Some((_, r)), _) => r,
+                        (None, Some(r)) => r,
+                        (None, None) => {
+                            let Some((t, delta)) = self.nodata(entry, q.name_len, name) else {
+                                return false;
+                            };
+                            return self.write(
+                                env,
+                                packet,
+                                Some(t.view()),
+                                None,
+                                delta,
+                                src,
+                                transport,
+                                (max_udp_payload, base),
+                                out,
+                            );
+                        }
+                    };
+                    match resp {
+                        Response::Static(t) => (Some(t.view()), None, 0),
+                        Response::Dynamic(dynamic) => match (&dynamic.first_cname, env.ecs) {
+                            (Some(t), Some(_)) => (Some(t.view()), None, 0),
+                            _ => {
+                                let Dynamic {
+                                    zone,
+                                    plan,
+                                    per_dc,
+                                    all_down,
+                                    ..
+                                } = &**dynamic;
+                                let addr = env.client_addr(src);
+                                let entropy = env.entropy(seed, src);
+                                let d = plan.decide_with(
+                                    &Client { addr },
+                                    health.zone(*zone),
+                                    Latency {
+                                        view: latency,
+                                        zone: *zone,
+                                    },
+                                    entropy,
+                                    &mut (),
+                                );
+                                let t = match (d.outcome, all_down) {
+                                    (Outcome::Answer, _) => {
+                                        return self.assemble(
+                                            env,
+                                            packet,
+                                            &d,
+                                            per_dc,
+                                            addr,
+                                            transport,
+                                            (max_udp_payload, base),
+                                            out,
+                                        );
+                                    }
+                                    (_, Some(t)) => t,
+                                    (_, None) => return false,
+                                };
+                                (Some(t.view()), Some((addr, d.scope)), 0)
+                            }
+                        },
                     }
                 }
-            }
+            },
             None => {
                 let mut at = 0;
                 let mut found = None;
@@ -475,7 +791,7 @@ impl FastIndex {
                 }
                 match found {
                     // A miss below an existing name: NXDOMAIN or referral.
-                    Some(entry) => match &entry.miss {
+                    Some(entry) => match self.miss(entry) {
                         Some(t) => {
                             // hickory's encoder remembers at most 64 names
                             // to compress against; a question with that
@@ -488,10 +804,11 @@ impl FastIndex {
                             }
                             // Shift pointers by how much longer this name is
                             // than the stand-in the template was built for.
-                            let Some(delta) = q.name_len.checked_sub(t.qname_len) else {
+                            let Some(delta) = q.name_len.checked_sub(usize::from(t.qname_len))
+                            else {
                                 return false;
                             };
-                            (Some(t), None, delta)
+                            (Some(t.view()), None, delta)
                         }
                         None => return false,
                     },
@@ -501,8 +818,62 @@ impl FastIndex {
             }
         };
 
+        self.write(
+            env,
+            packet,
+            template,
+            scope,
+            delta,
+            src,
+            transport,
+            (max_udp_payload, base),
+            out,
+        )
+    }
+
+    /// The miss template below `entry`'s name, if the fast path has one.
+    fn miss<'a>(&'a self, entry: &'a NameEntry) -> Option<&'a Template> {
+        const SHARED: &Miss = &Miss::Shared;
+        let miss = entry.general.as_ref().map_or(SHARED, |g| &g.miss);
+        match miss {
+            Miss::General => None,
+            Miss::Own(t) => Some(t),
+            Miss::Shared => self.shared.get(usize::from(entry.zone))?.nxdomain.as_ref(),
+        }
+    }
+
+    /// The zone's shared NODATA for `entry`'s name (of wire length
+    /// `name_len`), with the shift of its pointers.
+    fn nodata(
+        &self,
+        entry: &NameEntry,
+        name_len: usize,
+        name: &[u8],
+    ) -> Option<(&Template, usize)> {
+        let t = self.shared.get(usize::from(entry.zone))?.nodata.as_ref()?;
+        // Built for a shorter name: see the miss templates.
+        let delta = name_len.checked_sub(usize::from(t.qname_len))?;
+        (delta == 0 || labels(name) <= MAX_MISS_LABELS).then_some((t, delta))
+    }
+
+    /// Writes `template` (REFUSED when `None`) as the response, its
+    /// pointers shifted by `delta`, with ECS for `scope`'s address and
+    /// prefix where a service decided.
+    #[allow(clippy::too_many_arguments)]
+    fn write(
+        &self,
+        env: &Envelope,
+        packet: &[u8],
+        template: Option<Body<'_>>,
+        scope: Option<(IpAddr, u8)>,
+        delta: usize,
+        src: IpAddr,
+        transport: Transport,
+        (max_udp_payload, base): (u16, &OptOut<'_>),
+        out: &mut Vec<u8>,
+    ) -> bool {
         let header = match template {
-            Some(t) => t.header(),
+            Some(t) => t.header,
             None => Header {
                 rcode: 5,
                 question: true,
@@ -520,11 +891,11 @@ impl FastIndex {
         let mut optional_at = None;
         if let Some(t) = template {
             let start = out.len();
-            out.extend_from_slice(&t.body);
-            if delta > 0 && relocate(&mut out[start..], &t.fixups, delta).is_none() {
+            out.extend_from_slice(t.body);
+            if delta > 0 && relocate(&mut out[start..], t.fixups, delta).is_none() {
                 return false;
             }
-            optional_at = t.optional_at.map(|at| start + at);
+            optional_at = t.optional_at.map(|at| start + usize::from(at));
         }
         let opt = OptOut { ecs, ..*base };
         finish(
@@ -548,7 +919,7 @@ impl FastIndex {
         env: &Envelope,
         packet: &[u8],
         d: &Decision,
-        per_dc: &[[Template; 2]],
+        per_dc: &PerDc,
         routed_on: IpAddr,
         transport: Transport,
         (max_udp_payload, base): (u16, &OptOut<'_>),
@@ -579,9 +950,9 @@ impl FastIndex {
         // rotate. Its template is the answer as it is.
         if let [dc] = d.dcs()
             && d.left_out[0] == 0
-            && let Some(t) = per_dc.get(dc.index()).map(|pair| &pair[variant])
+            && let Some(t) = per_dc.get(*dc).map(|pair| &pair[variant])
             && t.addresses
-                .is_some_and(|a| a.count <= 1 || d.rotate_by(a.count) == 0)
+                .is_some_and(|a| a.count <= 1 || d.rotate_by(a.count()) == 0)
         {
             return whole(t, out);
         }
@@ -591,7 +962,7 @@ impl FastIndex {
         let mut total = 0;
         let mut first = None;
         for (k, (slot, dc)) in parts.iter_mut().zip(d.dcs()).enumerate() {
-            let Some(pair) = per_dc.get(dc.index()) else {
+            let Some(pair) = per_dc.get(*dc) else {
                 return false;
             };
             let t = &pair[variant];
@@ -599,7 +970,7 @@ impl FastIndex {
             match t.addresses {
                 Some(a) if a.count > 0 => {
                     let v6 = a.size == 28;
-                    kept[k] = (0..a.count).filter(|&i| !d.leaves_out(k, v6, i)).count();
+                    kept[k] = (0..a.count()).filter(|&i| !d.leaves_out(k, v6, i)).count();
                     total += kept[k];
                     *slot = Some(t);
                 }
@@ -619,7 +990,7 @@ impl FastIndex {
             return whole(first, out);
         };
         // The lead's CNAME chain: its answer records before its addresses.
-        let prefix_count = lead.counts[0] - a.count as u16;
+        let prefix_count = lead.counts[0] - a.count;
         let header = Header {
             counts: [prefix_count + total as u16, 0, 0],
             ..lead.header()
@@ -627,7 +998,7 @@ impl FastIndex {
         out.clear();
         env.write_header(out, header);
         out.extend_from_slice(env.question_bytes(packet));
-        out.extend_from_slice(&lead.body[..a.at]);
+        out.extend_from_slice(&lead.body[..a.at()]);
         // Round robin: the answer is the chosen datacenters' kept
         // addresses in order, starting at the k-th and wrapping.
         let k = d.rotate_by(total);
@@ -665,14 +1036,15 @@ fn emit(
         let (lo, hi) = (from.max(base), to.min(base + kept[k]));
         if lo < hi {
             let (lo, hi) = (lo - base, hi - base);
-            if kept[k] == a.count {
-                out.extend_from_slice(&t.body[a.at + lo * a.size..a.at + hi * a.size]);
+            let (at, size) = (a.at(), a.size());
+            if kept[k] == a.count() {
+                out.extend_from_slice(&t.body[at + lo * size..at + hi * size]);
             } else {
-                let v6 = a.size == 28;
-                let records = (0..a.count).filter(|&r| !d.leaves_out(k, v6, r));
+                let v6 = size == 28;
+                let records = (0..a.count()).filter(|&r| !d.leaves_out(k, v6, r));
                 for r in records.skip(lo).take(hi - lo) {
-                    let at = a.at + r * a.size;
-                    out.extend_from_slice(&t.body[at..at + a.size]);
+                    let at = at + r * size;
+                    out.extend_from_slice(&t.body[at..at + size]);
                 }
             }
         }

@@ -5,12 +5,15 @@
 //! Built from a validated [`ZoneConfig`] whenever config changes; read-only
 //! afterwards, so queries share it without locks.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
-use hickory_proto::rr::{LowerName, Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{
+    BinDecoder, BinEncodable, BinEncoder, NameEncoding, Restrict,
+};
 
 use crate::model::{AllDown, Fallback, ZoneConfig};
 use crate::policy::{Decision, Outcome, Plan};
@@ -18,47 +21,246 @@ use crate::policy::{Decision, Outcome, Plan};
 /// Longest CNAME chain followed inside a zone before giving up.
 const MAX_CNAME_CHAIN: usize = 8;
 
-/// A service ready to answer: how it selects and precomputed records per
-/// datacenter.
+/// A service ready to answer: how it selects. Its address records are
+/// made from the zone's datacenters when an answer needs them.
 #[derive(Debug)]
 pub(crate) struct ServiceAnswers {
     pub(crate) plan: Arc<Plan>,
     all_down: AllDown,
-    /// A records per datacenter (indexed by `DcId`), owner = service name.
-    a: Vec<Vec<Record>>,
-    /// AAAA records per datacenter.
-    aaaa: Vec<Vec<Record>>,
 }
 
-impl ServiceAnswers {
-    /// How many addresses datacenter `dc` answers `qtype` with (ANY is
-    /// answered as A).
-    pub(crate) fn addresses(&self, dc: crate::model::DcId, qtype: RecordType) -> usize {
-        let per_dc = if qtype == RecordType::AAAA {
-            &self.aaaa
-        } else {
-            &self.a
-        };
-        per_dc.get(dc.index()).map_or(0, Vec::len)
+/// A name in lower-cased wire form: how the zone store and the fast index
+/// key their names.
+pub(crate) type NameKey = Box<[u8]>;
+
+/// `name`'s key, or `None` if it cannot be encoded.
+pub(crate) fn name_key(name: &Name) -> Option<NameKey> {
+    name.to_lowercase()
+        .to_bytes()
+        .ok()
+        .map(Vec::into_boxed_slice)
+}
+
+/// Whether the wire-form name `key` is `origin` or below it.
+pub(crate) fn key_in(key: &[u8], origin: &[u8]) -> bool {
+    let mut at = 0;
+    while at < key.len() {
+        if key.len() - at == origin.len() {
+            return key[at..] == *origin;
+        }
+        at += 1 + usize::from(key[at]);
+    }
+    false
+}
+
+/// One RRset of a node, read from the node's wire-form data: what a
+/// static RRset costs to keep is its RDATA and a few bytes, not a decoded
+/// record per RR.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RrSet<'a> {
+    rtype: RecordType,
+    ttl: u32,
+    /// Each record's RDATA after its 2-byte length; names uncompressed,
+    /// spelled as configured.
+    rdata: &'a [u8],
+}
+
+impl<'a> RrSet<'a> {
+    /// The RRset's type.
+    pub(crate) fn rtype(&self) -> RecordType {
+        self.rtype
+    }
+
+    /// The TTL, the same for every record (RFC 2181 §5.2).
+    pub(crate) fn ttl(&self) -> u32 {
+        self.ttl
+    }
+
+    /// Each record's RDATA in wire form.
+    pub(crate) fn wire(&self) -> impl Iterator<Item = &'a [u8]> + use<'a> {
+        let rdata = self.rdata;
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let len = rdata.get(at..at + 2)?;
+            let len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+            let data = rdata.get(at + 2..at + 2 + len)?;
+            at += 2 + len;
+            Some(data)
+        })
+    }
+
+    /// The records decoded (the slow path's view).
+    fn rdatas(&self) -> impl Iterator<Item = RData> + use<'a> {
+        let rtype = self.rtype;
+        self.wire().filter_map(move |w| {
+            let len = u16::try_from(w.len()).ok()?;
+            RData::read(&mut BinDecoder::new(w), rtype, Restrict::new(len)).ok()
+        })
+    }
+
+    /// The records with `owner` as their name.
+    fn records<'n>(&self, owner: &'n Name) -> impl Iterator<Item = Record> + use<'a, 'n> {
+        let ttl = self.ttl;
+        self.rdatas()
+            .map(move |d| Record::from_rdata(owner.clone(), ttl, d))
     }
 }
 
-#[derive(Debug, Default)]
-struct Node {
-    /// RRsets in config order, each non-empty and of one type.
-    rrsets: Vec<Vec<Record>>,
-    /// Index into `Zone::services`.
-    service: Option<usize>,
+/// Appends `data`'s wire form, after its length, to an RRset being built.
+fn push_rdata(out: &mut Vec<u8>, data: &RData) -> Option<()> {
+    let mut wire = Vec::new();
+    let mut encoder = BinEncoder::new(&mut wire);
+    encoder.set_name_encoding(NameEncoding::Uncompressed);
+    data.emit(&mut encoder).ok()?;
+    out.extend_from_slice(&u16::try_from(wire.len()).ok()?.to_be_bytes());
+    out.extend_from_slice(&wire);
+    Some(())
+}
+
+/// RRsets under construction: type, TTL, RDATA so far.
+type Sets = Vec<(RecordType, u32, Vec<u8>)>;
+
+/// The store under construction: per name, its RRsets and its service.
+#[derive(Default)]
+struct Building(HashMap<NameKey, (Sets, Option<u32>)>);
+
+impl Building {
+    /// Creates the node at `key` and every empty non-terminal above it
+    /// up to `origin`, so that names between the apex and a record answer
+    /// NODATA, not NXDOMAIN (RFC 8020). Returns `key`.
+    fn touch(&mut self, key: NameKey, origin: &[u8]) -> NameKey {
+        let mut at = 0;
+        while key.len() - at > origin.len() {
+            let above = &key[at..];
+            if self.0.contains_key(above) {
+                return key;
+            }
+            self.0.insert(above.into(), Default::default());
+            at += 1 + usize::from(key[at]);
+        }
+        self.0.entry(origin.into()).or_default();
+        key
+    }
+
+    /// Adds `r` to its RRset at `key` (touched before).
+    fn add(&mut self, key: &[u8], r: &Record) {
+        let Some((sets, _)) = self.0.get_mut(key) else {
+            return;
+        };
+        let t = r.record_type();
+        let at = match sets.iter().position(|s| s.0 == t) {
+            Some(i) => i,
+            None => {
+                sets.push((t, r.ttl, Vec::new()));
+                sets.len() - 1
+            }
+        };
+        if push_rdata(&mut sets[at].2, &r.data).is_none() {
+            tracing::warn!(name = %r.name, rtype = %t, "record cannot be encoded; left out");
+        }
+    }
+}
+
+/// Length of an RRset's header in [`Node::data`]: type, TTL, and the
+/// length of its records.
+const SET_HEADER: usize = 10;
+
+/// A name in the store: its key, its RRsets, its service. Hashed and
+/// compared by key, so the store is a set of nodes looked up by key.
+#[derive(Debug)]
+pub(crate) struct Node {
+    /// The key, then the RRsets in config order, one after the other:
+    /// type (2 bytes), TTL (4), length of the records (4), then each
+    /// record's RDATA after its length (2). One allocation per name,
+    /// whatever it holds.
+    data: Box<[u8]>,
+    /// Length of the key at the start of `data`.
+    key_len: u8,
+    /// Index into `Zone::services`, or `NO_SERVICE`.
+    service: u32,
     /// NS records here delegate a child zone.
     cut: bool,
 }
 
+/// [`Node::service`] of a name without one.
+const NO_SERVICE: u32 = u32::MAX;
+
+impl std::borrow::Borrow<[u8]> for Node {
+    fn borrow(&self) -> &[u8] {
+        self.key()
+    }
+}
+
+impl std::hash::Hash for Node {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.key().hash(state);
+    }
+}
+
+impl PartialEq for Node {
+    fn eq(&self, other: &Self) -> bool {
+        self.key() == other.key()
+    }
+}
+
+impl Eq for Node {}
+
 impl Node {
-    fn rrset(&self, t: RecordType) -> Option<&[Record]> {
-        self.rrsets
-            .iter()
-            .find(|s| s[0].record_type() == t)
-            .map(Vec::as_slice)
+    /// Lays `sets` out after `key`; `None` if the key is not a name.
+    fn new(key: &[u8], sets: Sets, service: Option<u32>, cut: bool) -> Option<Self> {
+        let key_len = u8::try_from(key.len()).ok()?;
+        let mut data = Vec::with_capacity(
+            key.len()
+                + sets
+                    .iter()
+                    .map(|(_, _, r)| SET_HEADER + r.len())
+                    .sum::<usize>(),
+        );
+        data.extend_from_slice(key);
+        for (rtype, ttl, rdata) in sets {
+            let Ok(len) = u32::try_from(rdata.len()) else {
+                continue;
+            };
+            data.extend_from_slice(&u16::from(rtype).to_be_bytes());
+            data.extend_from_slice(&ttl.to_be_bytes());
+            data.extend_from_slice(&len.to_be_bytes());
+            data.extend_from_slice(&rdata);
+        }
+        Some(Self {
+            data: data.into_boxed_slice(),
+            key_len,
+            service: service.unwrap_or(NO_SERVICE),
+            cut,
+        })
+    }
+
+    /// The name's key.
+    pub(crate) fn key(&self) -> &[u8] {
+        &self.data[..usize::from(self.key_len)]
+    }
+
+    fn rrset(&self, t: RecordType) -> Option<RrSet<'_>> {
+        self.rrsets().find(|s| s.rtype == t)
+    }
+
+    /// RRsets in config order.
+    pub(crate) fn rrsets(&self) -> impl Iterator<Item = RrSet<'_>> {
+        let data = &self.data[usize::from(self.key_len)..];
+        let mut at = 0;
+        std::iter::from_fn(move || {
+            let h = data.get(at..at + SET_HEADER)?;
+            let rtype = RecordType::from(u16::from_be_bytes([h[0], h[1]]));
+            let ttl = u32::from_be_bytes([h[2], h[3], h[4], h[5]]);
+            let len = usize::try_from(u32::from_be_bytes([h[6], h[7], h[8], h[9]])).ok()?;
+            let rdata = data.get(at + SET_HEADER..at + SET_HEADER + len)?;
+            at += SET_HEADER + len;
+            Some(RrSet { rtype, ttl, rdata })
+        })
+    }
+
+    /// The service answering here.
+    fn service(&self) -> Option<usize> {
+        (self.service != NO_SERVICE).then_some(self.service as usize)
     }
 }
 
@@ -66,13 +268,20 @@ impl Node {
 #[derive(Debug)]
 pub struct Zone {
     origin: Name,
+    origin_key: NameKey,
     origin_labels: u8,
     /// SOA with the negative-caching TTL, for authority sections.
     negative_soa: Record,
     negative_ttl: u32,
-    nodes: HashMap<LowerName, Node>,
+    nodes: HashSet<Node>,
+    /// Some node delegates (so `find_cut` has something to find).
+    has_cuts: bool,
+    /// The SOA's MNAME and RNAME: the NODATA and NXDOMAIN answers point
+    /// at them, so names above them are not plain.
+    soa_names: [NameKey; 2],
     services: Vec<ServiceAnswers>,
-    /// The validated config this was built from (for `explain`).
+    /// The validated config this was built from (for `explain`), without
+    /// its static records: those live in `nodes`.
     pub config: Arc<ZoneConfig>,
 }
 
@@ -132,16 +341,21 @@ impl Resolution {
 /// the fast-path builder forces each datacenter in turn.
 pub(crate) type Choose<'a> = dyn FnMut(&ServiceAnswers) -> Decision + 'a;
 
-fn with_owner(r: &Record, owner: &Name) -> Record {
-    let mut r = r.clone();
-    r.name = owner.clone();
-    r
+/// The target of a CNAME RRset (its first and only record).
+fn cname_target(set: RrSet<'_>) -> Option<Name> {
+    match set.rdatas().next()? {
+        RData::CNAME(c) => Some(c.0),
+        _ => None,
+    }
 }
 
 impl Zone {
-    /// Builds the store. `plans[i]` answers `config.services[i]`.
-    pub fn build(config: Arc<ZoneConfig>, plans: Vec<Arc<Plan>>) -> Self {
-        let z = &*config;
+    /// Builds the store from `config`, moving its static records into it
+    /// (the zone's `config` keeps everything else). `plans[i]` answers
+    /// `config.services[i]`.
+    pub fn build(mut config: ZoneConfig, plans: Vec<Arc<Plan>>) -> Self {
+        let records = std::mem::take(&mut config.records);
+        let z = &config;
         let origin = z.origin.clone();
         let soa_rdata = SOA::new(
             z.soa.mname.clone(),
@@ -159,99 +373,115 @@ impl Zone {
         let mut negative_soa = soa.clone();
         negative_soa.ttl = negative_ttl;
 
-        let mut nodes: HashMap<LowerName, Node> = HashMap::new();
-        let mut touch = |name: &Name| -> LowerName {
-            // Create the node and every empty non-terminal above it, so that
-            // names between the apex and a record answer NODATA, not
-            // NXDOMAIN (RFC 8020).
-            let mut n = name.clone();
-            while n.num_labels() > origin.num_labels() {
-                nodes.entry(LowerName::from(&n)).or_default();
-                n = n.base_name();
-            }
-            nodes.entry(LowerName::from(&origin)).or_default();
-            LowerName::from(name)
-        };
-        let apex = touch(&origin);
-        let ns: Vec<Record> =
-            z.ns.iter()
-                .map(|n| Record::from_rdata(origin.clone(), z.ns_ttl, RData::NS(NS(n.clone()))))
-                .collect();
-        let mut pending: Vec<(LowerName, Record)> = vec![(apex.clone(), soa)];
-        pending.extend(ns.into_iter().map(|r| (apex.clone(), r)));
-        for r in &z.records {
-            let key = touch(&r.0.name);
-            pending.push((key, r.0.clone()));
+        let origin_key = name_key(&origin).unwrap_or_default();
+        let mut nodes = Building::default();
+        let apex = nodes.touch(origin_key.clone(), &origin_key);
+        nodes.add(&apex, &soa);
+        for n in &z.ns {
+            let r = Record::from_rdata(origin.clone(), z.ns_ttl, RData::NS(NS(n.clone())));
+            nodes.add(&apex, &r);
         }
-        let mut service_keys = Vec::new();
-        for s in &z.services {
-            service_keys.push(touch(&s.fqdn));
-        }
-        for (key, record) in pending {
-            let Some(node) = nodes.get_mut(&key) else {
-                continue; // every key was touched above
+        for r in records {
+            let Some(key) = name_key(&r.0.name) else {
+                continue; // validation encodes every name
             };
-            let t = record.record_type();
-            if t == RecordType::NS && key != apex {
-                node.cut = true;
-            }
-            match node.rrsets.iter_mut().find(|s| s[0].record_type() == t) {
-                Some(set) => set.push(record),
-                None => node.rrsets.push(vec![record]),
+            let key = nodes.touch(key, &origin_key);
+            nodes.add(&key, &r.0);
+        }
+        for (i, s) in z.services.iter().enumerate() {
+            let Some(key) = name_key(&s.fqdn) else {
+                continue;
+            };
+            let key = nodes.touch(key, &origin_key);
+            if let Some(node) = nodes.0.get_mut(&key) {
+                node.1 = u32::try_from(i).ok();
             }
         }
-        let mut services = Vec::with_capacity(z.services.len());
-        for (i, (s, plan)) in z.services.iter().zip(plans).enumerate() {
-            if let Some(node) = nodes.get_mut(&service_keys[i]) {
-                node.service = Some(i); // touched above
-            }
-            let a = z
-                .datacenters
-                .iter()
-                .map(|dc| {
-                    dc.v4
-                        .iter()
-                        .map(|&ip| Record::from_rdata(s.fqdn.clone(), s.ttl, RData::A(A(ip))))
-                        .collect()
-                })
-                .collect();
-            let aaaa = z
-                .datacenters
-                .iter()
-                .map(|dc| {
-                    dc.v6
-                        .iter()
-                        .map(|&ip| Record::from_rdata(s.fqdn.clone(), s.ttl, RData::AAAA(AAAA(ip))))
-                        .collect()
-                })
-                .collect();
-            services.push(ServiceAnswers {
+        let mut has_cuts = false;
+        let nodes: HashSet<Node> = nodes
+            .0
+            .into_iter()
+            .filter_map(|(key, (sets, service))| {
+                let cut = key != apex && sets.iter().any(|s| s.0 == RecordType::NS);
+                has_cuts |= cut;
+                Node::new(&key, sets, service, cut)
+            })
+            .collect();
+        let services = z
+            .services
+            .iter()
+            .zip(plans)
+            .map(|(s, plan)| ServiceAnswers {
                 plan,
                 all_down: s.when_all_down.clone(),
-                a,
-                aaaa,
-            });
-        }
+            })
+            .collect();
         Self {
             origin_labels: origin.num_labels(),
             origin,
+            origin_key,
             negative_soa,
             negative_ttl,
             nodes,
+            has_cuts,
+            soa_names: [
+                name_key(&z.soa.mname).unwrap_or_default(),
+                name_key(&z.soa.rname).unwrap_or_default(),
+            ],
             services,
-            config,
+            config: Arc::new(config),
         }
     }
 
     /// Every name with data or below which data exists (empty
-    /// non-terminals), for the fast-path index.
-    pub(crate) fn names(&self) -> impl Iterator<Item = &LowerName> {
-        self.nodes.keys()
+    /// non-terminals), with its node, for the fast-path index.
+    pub(crate) fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.nodes.iter()
     }
 
     /// Whether a node exists at `name`.
-    pub(crate) fn has_node(&self, name: &LowerName) -> bool {
-        self.nodes.contains_key(name)
+    pub(crate) fn has_node(&self, name: &Name) -> bool {
+        self.node(name).is_some()
+    }
+
+    fn node(&self, name: &Name) -> Option<&Node> {
+        self.nodes.get(&*name_key(name)?)
+    }
+
+    /// The origin's key.
+    pub(crate) fn origin_key(&self) -> &[u8] {
+        &self.origin_key
+    }
+
+    /// Whether the node at `key` and every query at it is answered from
+    /// its own RRsets alone: not the apex, not a service, no CNAME or NS
+    /// here, nothing delegated at or above it; and its negative answers
+    /// are the zone's, encoded alike for every such name: not at or above
+    /// the SOA's names, which the SOA record would compress against it.
+    /// The fast index shares templates between such nodes.
+    pub(crate) fn is_plain(&self, key: &[u8], node: &Node) -> bool {
+        if *key == *self.origin_key || node.service().is_some() || node.cut {
+            return false;
+        }
+        if self.soa_names.iter().any(|n| key_in(n, key)) {
+            return false;
+        }
+        if node
+            .rrsets()
+            .any(|s| matches!(s.rtype, RecordType::CNAME | RecordType::NS))
+        {
+            return false;
+        }
+        if self.has_cuts {
+            let mut at = 0;
+            while key.len() - at > self.origin_key.len() {
+                if self.nodes.get(&key[at..]).is_some_and(|n| n.cut) {
+                    return false;
+                }
+                at += 1 + usize::from(key[at]);
+            }
+        }
+        true
     }
 
     /// Record types present at `name` and at the names its in-zone CNAME
@@ -260,19 +490,16 @@ impl Zone {
         let mut out = Vec::new();
         let mut name = name.clone();
         for _ in 0..MAX_CNAME_CHAIN {
-            let Some(node) = self.nodes.get(&LowerName::from(&name)) else {
+            let Some(node) = self.node(&name) else {
                 break;
             };
-            out.extend(node.rrsets.iter().map(|s| s[0].record_type()));
-            if node.service.is_some() {
+            out.extend(node.rrsets().map(|s| s.rtype));
+            if node.service().is_some() {
                 out.extend([RecordType::A, RecordType::AAAA]);
             }
-            match node.rrset(RecordType::CNAME) {
-                Some(set) => match &set[0].data {
-                    RData::CNAME(t) if self.origin.zone_of(&t.0) => name = t.0.clone(),
-                    _ => break,
-                },
-                None => break,
+            match node.rrset(RecordType::CNAME).and_then(cname_target) {
+                Some(t) if self.origin.zone_of(&t) => name = t,
+                _ => break,
             }
         }
         out.sort_unstable_by_key(|t| u16::from(*t));
@@ -283,6 +510,18 @@ impl Zone {
     /// The service at index `i`.
     pub(crate) fn service(&self, i: usize) -> &ServiceAnswers {
         &self.services[i]
+    }
+
+    /// How many addresses datacenter `dc` answers `qtype` with (ANY is
+    /// answered as A).
+    pub(crate) fn addresses(&self, dc: crate::model::DcId, qtype: RecordType) -> usize {
+        self.config.datacenters.get(dc.index()).map_or(0, |d| {
+            if qtype == RecordType::AAAA {
+                d.v6.len()
+            } else {
+                d.v4.len()
+            }
+        })
     }
 
     /// Number of datacenters (for per-datacenter templates).
@@ -302,10 +541,13 @@ impl Zone {
 
     /// The highest delegation point at or above `name` (below the apex).
     fn find_cut(&self, name: &Name) -> Option<(Name, &Node)> {
+        if !self.has_cuts {
+            return None;
+        }
         let labels = name.num_labels();
         (self.origin_labels + 1..=labels).find_map(|n| {
             let candidate = name.trim_to(usize::from(n));
-            let node = self.nodes.get(&LowerName::from(&candidate))?;
+            let node = self.node(&candidate)?;
             node.cut.then_some((candidate, node))
         })
     }
@@ -315,10 +557,10 @@ impl Zone {
             if !self.origin.zone_of(&target) {
                 continue;
             }
-            if let Some(node) = self.nodes.get(&LowerName::from(&target)) {
+            if let Some(node) = self.node(&target) {
                 for t in [RecordType::A, RecordType::AAAA] {
                     if let Some(set) = node.rrset(t) {
-                        out.extend(set.iter().cloned());
+                        out.extend(set.records(&target));
                     }
                 }
             }
@@ -356,7 +598,7 @@ impl Zone {
                     return res;
                 }
             }
-            let Some(node) = self.nodes.get(&LowerName::from(&name)) else {
+            let Some(node) = self.node(&name) else {
                 // RFC 6604: after a CNAME, the rcode describes the last name.
                 res.rcode = ResponseCode::NXDomain;
                 self.negative(&mut res, None);
@@ -365,16 +607,15 @@ impl Zone {
             if qtype != RecordType::CNAME
                 && let Some(cname) = node.rrset(RecordType::CNAME)
             {
-                let rec = &cname[0];
-                res.answers.push(with_owner(rec, &name));
-                let RData::CNAME(target) = &rec.data else {
+                res.answers.extend(cname.records(&name).take(1));
+                let Some(target) = cname_target(cname) else {
                     return res;
                 };
-                if !self.origin.zone_of(&target.0) {
+                if !self.origin.zone_of(&target) {
                     // Out of zone: the resolver follows it.
                     return res;
                 }
-                name = target.0.clone();
+                name = target;
                 res.followed_cname = true;
                 continue;
             }
@@ -428,10 +669,9 @@ impl Zone {
         let Some(ns) = node.rrset(RecordType::NS) else {
             return;
         };
-        res.authorities
-            .extend(ns.iter().map(|r| with_owner(r, cut)));
-        let targets = ns.iter().filter_map(|r| match &r.data {
-            RData::NS(n) => Some(n.0.clone()),
+        res.authorities.extend(ns.records(cut));
+        let targets = ns.rdatas().filter_map(|d| match d {
+            RData::NS(n) => Some(n.0),
             _ => None,
         });
         self.add_glue(targets, &mut res.additionals);
@@ -445,23 +685,23 @@ impl Zone {
         choose: &mut Choose<'_>,
         res: &mut Resolution,
     ) {
-        let service = node.service.map(|i| &self.services[i]);
+        let service = node.service().and_then(|i| self.services.get(i));
         // RFC 8482: answer ANY with one RRset rather than all of them.
         let qtype = if qtype == RecordType::ANY {
-            match (service, node.rrsets.first()) {
+            match (service, node.rrsets().next()) {
                 (Some(_), _) => RecordType::A,
-                (None, Some(set)) => set[0].record_type(),
+                (None, Some(set)) => set.rtype,
                 (None, None) => RecordType::ANY,
             }
         } else {
             qtype
         };
         if let Some(set) = node.rrset(qtype) {
-            res.answers.extend(set.iter().map(|r| with_owner(r, name)));
-            let targets = set.iter().filter_map(|r| match &r.data {
-                RData::NS(n) => Some(n.0.clone()),
-                RData::MX(mx) => Some(mx.exchange.clone()),
-                RData::SRV(srv) => Some(srv.target.clone()),
+            res.answers.extend(set.records(name));
+            let targets = set.rdatas().filter_map(|d| match d {
+                RData::NS(n) => Some(n.0),
+                RData::MX(mx) => Some(mx.exchange),
+                RData::SRV(srv) => Some(srv.target),
                 _ => None,
             });
             self.add_glue(targets, &mut res.additionals);
@@ -470,7 +710,7 @@ impl Zone {
         if let (Some(svc), RecordType::A | RecordType::AAAA) = (service, qtype) {
             let decision = choose(svc);
             res.scope = Some(decision.scope);
-            res.service = node.service;
+            res.service = node.service();
             let ttl = decision.ttl;
             match (decision.outcome, &svc.all_down) {
                 (Outcome::Answer, _) => {}
@@ -485,28 +725,26 @@ impl Zone {
                 }
                 (Outcome::Fallback, _) => return self.negative(res, Some(ttl)),
             }
-            let per_dc = if qtype == RecordType::A {
-                &svc.a
-            } else {
-                &svc.aaaa
-            };
             // Answers may already hold the CNAME chain that led here.
             let before = res.answers.len();
             let v6 = qtype == RecordType::AAAA;
             for (k, dc) in decision.dcs().iter().enumerate() {
-                if let Some(records) = per_dc.get(dc.index()) {
-                    // Per-address health: addresses whose own targets are
-                    // down are left out.
-                    let kept = records
-                        .iter()
-                        .enumerate()
-                        .filter(|&(i, _)| !decision.leaves_out(k, v6, i));
-                    res.answers.extend(kept.map(|(_, r)| {
-                        let mut r = with_owner(r, name);
-                        r.ttl = ttl;
-                        r
-                    }));
-                }
+                let Some(dc) = self.config.datacenters.get(dc.index()) else {
+                    continue;
+                };
+                // Per-address health: addresses whose own targets are
+                // down are left out.
+                let data: Vec<RData> = if v6 {
+                    dc.v6.iter().map(|&ip| RData::AAAA(AAAA(ip))).collect()
+                } else {
+                    dc.v4.iter().map(|&ip| RData::A(A(ip))).collect()
+                };
+                let kept = data
+                    .into_iter()
+                    .enumerate()
+                    .filter(|&(i, _)| !decision.leaves_out(k, v6, i));
+                res.answers
+                    .extend(kept.map(|(_, d)| Record::from_rdata(name.clone(), ttl, d)));
             }
             let added = res.answers.len() - before;
             if added == 0 {

@@ -73,6 +73,53 @@ datacenters = ["a", "c"]
 degraded_ttl = 5
 "#;
 
+/// The zone store's cases: plain names of every type the fast index
+/// encodes directly and of the types it asks the general path for, a
+/// name above the SOA's RNAME (whose negative answers compress against
+/// it), mixed-case owners, empty non-terminals, very deep names, a
+/// delegation, and a more specific zone served beside this one.
+pub const STORE_ZONE: &str = r#"
+origin = "store.test."
+ns = ["ns1.store.test."]
+[soa]
+rname = "hostmaster.admins.store.test."
+serial = 1
+[records]
+ns1 = [{ type = "A", value = "192.0.2.53" }]
+admins = [{ type = "TXT", value = "above the rname" }]
+"hostmaster.admins" = [{ type = "A", value = "192.0.2.60" }]
+Mixed = [
+  { type = "A", value = "192.0.2.61" },
+  { type = "A", value = "192.0.2.62" },
+  { type = "AAAA", value = "2001:db8::61" },
+  { type = "TXT", value = "one" },
+  { type = "TXT", value = "two" },
+  { type = "CAA", value = "0 issue \"ca.example.net\"" },
+  { type = "SSHFP", value = "1 1 0123456789abcdef0123456789abcdef01234567" },
+  { type = "TLSA", value = "3 1 1 0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef" },
+  { type = "MX", value = "10 mx" },
+  { type = "SRV", value = "0 5 443 ns1" },
+]
+mx = [{ type = "A", value = "192.0.2.25" }, { type = "AAAA", value = "2001:db8::25" }]
+"a.b.c.d.e" = [{ type = "TXT", value = "deep" }]
+"l0.l1.l2.l3.l4.l5.l6.l7.l8.l9.l10.l11.l12.l13.l14.l15.l16.l17.l18.l19.l20.l21.l22.l23.l24.l25.l26.l27.l28.l29.l30.l31.l32.l33.l34.l35.l36.l37.l38.l39.l40.l41.l42.l43.l44.l45.l46.l47.l48.l49" = [{ type = "AAAA", value = "2001:db8::99" }]
+ptr = [{ type = "PTR", value = "host.example.net." }]
+deleg = [{ type = "NS", value = "ns.deleg" }]
+"ns.deleg" = [{ type = "A", value = "192.0.2.70" }]
+"x.sub" = [{ type = "A", value = "192.0.2.71" }]
+"#;
+
+/// Served beside `STORE_ZONE`: its names belong here, not there.
+pub const STORE_SUB_ZONE: &str = r#"
+origin = "sub.store.test."
+ns = ["ns1.store.test."]
+[soa]
+rname = "hostmaster.store.test."
+serial = 1
+[records]
+x = [{ type = "A", value = "192.0.2.72" }]
+"#;
+
 /// Every routing policy and chain, with multi-address datacenters and
 /// several answers, so the templates are concatenated and rotated.
 pub const POLICY_ZONE: &str = r#"
@@ -287,7 +334,7 @@ struct Fixture {
     sources: Vec<IpAddr>,
 }
 
-const TYPES: [RecordType; 13] = [
+const TYPES: [RecordType; 15] = [
     RecordType::A,
     RecordType::AAAA,
     RecordType::ANY,
@@ -300,6 +347,8 @@ const TYPES: [RecordType; 13] = [
     RecordType::CAA,
     RecordType::DS,
     RecordType::PTR,
+    RecordType::SSHFP,
+    RecordType::TLSA,
     RecordType::Unknown(65_000),
 ];
 
@@ -316,11 +365,16 @@ fn fixture(rng: &mut Rng) -> Fixture {
                 ("tuned.test.toml", tuned),
                 ("hc.test.toml", HEALTH_ZONE),
                 ("pol.test.toml", POLICY_ZONE),
+                ("store.test.toml", STORE_ZONE),
+                ("sub.store.test.toml", STORE_SUB_ZONE),
             ],
             ..Setup::default()
         },
     );
-    let (config, base) = meridian::load(&path).unwrap();
+    let (_, base) = meridian::load(&path).unwrap();
+    // The snapshot keeps the static records; the config as loaded lists
+    // them.
+    let config = meridian::config::load(&path).unwrap();
     let mut views = vec![base.clone()];
     views.extend((0..15).map(|_| base.with_health(random_health(rng, &base))));
     let mut own = Rng(0x1a7e);
