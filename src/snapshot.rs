@@ -41,7 +41,7 @@ type TableKey = (Vec<DcId>, GeoSpec, Keep);
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     /// Zones, most specific origin first (longest match wins).
-    zones: Arc<[Zone]>,
+    zones: Arc<[Arc<Zone>]>,
     /// Pre-encoded responses for the fast path.
     pub(crate) fast: Arc<FastIndex>,
     /// Largest UDP response we send.
@@ -106,17 +106,17 @@ impl Snapshot {
                 });
                 plans.push(Arc::new(Plan::build(zc, s, table, geo.countries())));
             }
-            zones.push(Zone::build(
+            zones.push(Arc::new(Zone::build(
                 crate::model::ZoneConfig {
                     records,
                     ..zc.clone()
                 },
                 plans,
-            ));
+            )));
         }
         // Most labels first, so a child zone served here wins over its parent.
         zones.sort_by_key(|z| std::cmp::Reverse(z.origin_labels()));
-        let fast = FastIndex::build(&zones);
+        let fast = FastIndex::new(&zones);
         let health = HealthView::new(
             zones
                 .iter()
@@ -192,10 +192,11 @@ impl Snapshot {
             .iter()
             .enumerate()
             .find(|(_, z)| z.origin().zone_of(name))
+            .map(|(i, z)| (i, &**z))
     }
 
     /// Zones, most specific first.
-    pub fn zones(&self) -> &[Zone] {
+    pub fn zones(&self) -> &[Arc<Zone>] {
         &self.zones
     }
 

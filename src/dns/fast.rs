@@ -129,7 +129,6 @@ enum Response {
 /// services that do not fail open.
 #[derive(Debug)]
 struct Dynamic {
-    zone: usize,
     plan: Arc<Plan>,
     per_dc: PerDc,
     all_down: Option<Template>,
@@ -165,8 +164,6 @@ struct NameEntry {
     data: Box<[u8]>,
     /// Length of the key at the start of `data`.
     key_len: u8,
-    /// Index of the zone in the snapshot, for the shared templates.
-    zone: u16,
     /// Templates of a name that is not packed; `None` for a packed one,
     /// which has the zone's shared NODATA and NXDOMAIN for everything
     /// else, and answers ANY with its first RRset (RFC 8482).
@@ -280,12 +277,18 @@ pub(crate) struct Serving<'a> {
     pub(crate) seed: u64,
 }
 
-/// Templates for every name the snapshot serves.
+/// One zone's templates, built with the zone and kept with it (a reload
+/// that keeps the zone keeps them).
+#[derive(Debug, Default)]
+pub(crate) struct ZoneIndex {
+    names: HashSet<NameEntry>,
+    shared: Shared,
+}
+
+/// The snapshot's zones, most specific first, for the fast path.
 #[derive(Debug, Default)]
 pub struct FastIndex {
-    names: HashSet<NameEntry>,
-    /// Per zone (snapshot order).
-    shared: Box<[Shared]>,
+    zones: Box<[Arc<Zone>]>,
 }
 
 /// The private-use type standing for "any type without data here".
@@ -372,7 +375,7 @@ fn no_choice(_: &super::zone::ServiceAnswers) -> Decision {
     Decision::empty()
 }
 
-fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> Option<Response> {
+fn response(zone: &Zone, name: &Name, qtype: RecordType) -> Option<Response> {
     let mut probe = zone.resolve_with(name, qtype, &mut no_choice);
     match probe.service {
         None => Some(Response::Static(template(name, qtype, probe)?)),
@@ -411,7 +414,6 @@ fn response(zone: &Zone, zone_index: usize, name: &Name, qtype: RecordType) -> O
                 Some(d) => Some(render(d)?),
             };
             Some(Response::Dynamic(Box::new(Dynamic {
-                zone: zone_index,
                 plan: Arc::clone(plan),
                 per_dc,
                 all_down,
@@ -532,7 +534,7 @@ fn direct_template(qname_len: u16, set: super::zone::RrSet<'_>) -> Option<Templa
 /// A plain name's entry. With only types [`direct`] encodes, the answers
 /// are packed after the key; otherwise one template per RRset. The
 /// zone's shared NODATA and NXDOMAIN answer everything else.
-fn plain_entry(zone: &Zone, zone_index: u16, node: &Node) -> Option<NameEntry> {
+fn plain_entry(zone: &Zone, node: &Node) -> Option<NameEntry> {
     let key = node.key();
     let key_len = u8::try_from(key.len()).ok()?;
     if node.rrsets().all(|set| direct(set.rtype())) {
@@ -547,7 +549,6 @@ fn plain_entry(zone: &Zone, zone_index: u16, node: &Node) -> Option<NameEntry> {
         return Some(NameEntry {
             data: data.into_boxed_slice(),
             key_len,
-            zone: zone_index,
             general: None,
         });
     }
@@ -564,7 +565,6 @@ fn plain_entry(zone: &Zone, zone_index: u16, node: &Node) -> Option<NameEntry> {
     Some(NameEntry {
         data: key.into(),
         key_len,
-        zone: zone_index,
         general: Some(Box::new(General {
             any_first: !by_type.is_empty(),
             by_type: by_type.into_boxed_slice(),
@@ -575,7 +575,7 @@ fn plain_entry(zone: &Zone, zone_index: u16, node: &Node) -> Option<NameEntry> {
 }
 
 /// Any other name's entry, from the general path's answers.
-fn general_entry(zone: &Zone, zone_index: u16, key: &[u8]) -> Option<NameEntry> {
+fn general_entry(zone: &Zone, key: &[u8]) -> Option<NameEntry> {
     let name = Name::from_bytes(key).ok()?;
     let key_len = u8::try_from(key.len()).ok()?;
     let mut types = zone.types_along(&name);
@@ -591,10 +591,10 @@ fn general_entry(zone: &Zone, zone_index: u16, key: &[u8]) -> Option<NameEntry> 
     types.sort_unstable_by_key(|t| u16::from(*t));
     types.dedup();
     // Unencodable: the slow path will say so.
-    let other = response(zone, usize::from(zone_index), &name, OTHER_TYPE)?;
+    let other = response(zone, &name, OTHER_TYPE)?;
     let mut by_type = Vec::with_capacity(types.len());
     for t in types {
-        let r = response(zone, usize::from(zone_index), &name, t)?;
+        let r = response(zone, &name, t)?;
         let same = matches!((&r, &other), (Response::Static(a), Response::Static(b)) if a == b);
         if !same {
             by_type.push((u16::from(t), r));
@@ -603,7 +603,6 @@ fn general_entry(zone: &Zone, zone_index: u16, key: &[u8]) -> Option<NameEntry> 
     Some(NameEntry {
         data: key.into(),
         key_len,
-        zone: zone_index,
         general: Some(Box::new(General {
             by_type: by_type.into_boxed_slice(),
             other: Some(other),
@@ -613,38 +612,50 @@ fn general_entry(zone: &Zone, zone_index: u16, key: &[u8]) -> Option<NameEntry> 
     })
 }
 
-impl FastIndex {
-    /// Builds templates for every name of `zones` (most specific zone
-    /// first, as the snapshot orders them).
-    pub(crate) fn build(zones: &[Zone]) -> Self {
-        let mut names = HashSet::new();
-        let mut shared = Vec::with_capacity(zones.len());
-        for (zi, zone) in zones.iter().enumerate() {
-            let share = Shared::build(zone);
-            let Ok(zone_index) = u16::try_from(zi) else {
-                break;
+impl ZoneIndex {
+    /// Builds templates for every name of `zone`.
+    pub(crate) fn build(zone: &Zone) -> Self {
+        let shared = Shared::build(zone);
+        let mut names = HashSet::with_capacity(zone.nodes().len());
+        for node in zone.nodes() {
+            let entry = match shared.nodata.is_some() && zone.is_plain(node.key(), node) {
+                true => plain_entry(zone, node),
+                false => general_entry(zone, node.key()),
             };
-            for node in zone.nodes() {
-                let key = node.key();
-                // A name inside a more specific zone we also serve belongs
-                // to that zone (the slow path picks the same one).
-                if zones[..zi].iter().any(|z| key_in(key, z.origin_key())) || names.contains(key) {
-                    continue;
-                }
-                let plain = share.nodata.is_some() && zone.is_plain(key, node);
-                let entry = match plain {
-                    true => plain_entry(zone, zone_index, node),
-                    false => general_entry(zone, zone_index, key),
-                };
-                if let Some(entry) = entry {
-                    names.insert(entry);
-                }
+            if let Some(entry) = entry {
+                names.insert(entry);
             }
-            shared.push(share);
         }
+        Self { names, shared }
+    }
+
+    /// The miss template below `entry`'s name, if the fast path has one.
+    fn miss<'a>(&'a self, entry: &'a NameEntry) -> Option<&'a Template> {
+        const SHARED: &Miss = &Miss::Shared;
+        let miss = entry.general.as_ref().map_or(SHARED, |g| &g.miss);
+        match miss {
+            Miss::General => None,
+            Miss::Own(t) => Some(t),
+            Miss::Shared => self.shared.nxdomain.as_ref(),
+        }
+    }
+
+    /// The zone's shared NODATA for a name of wire length `name_len`,
+    /// with the shift of its pointers.
+    fn nodata(&self, name_len: usize, name: &[u8]) -> Option<(&Template, usize)> {
+        let t = self.shared.nodata.as_ref()?;
+        // Built for a shorter name: see the miss templates.
+        let delta = name_len.checked_sub(usize::from(t.qname_len))?;
+        (delta == 0 || labels(name) <= MAX_MISS_LABELS).then_some((t, delta))
+    }
+}
+
+impl FastIndex {
+    /// The index over `zones` (most specific first, as the snapshot
+    /// orders them).
+    pub(crate) fn new(zones: &[Arc<Zone>]) -> Self {
         Self {
-            names,
-            shared: shared.into_boxed_slice(),
+            zones: zones.into(),
         }
     }
 
@@ -680,8 +691,30 @@ impl FastIndex {
         };
         let name = q.name();
 
+        // The most specific zone holding the name (the slow path picks the
+        // same one); outside every zone: REFUSED.
+        let Some((zone_at, zone)) = self
+            .zones
+            .iter()
+            .enumerate()
+            .find(|(_, z)| key_in(name, z.origin_key()))
+        else {
+            return self.write(
+                env,
+                packet,
+                None,
+                None,
+                0,
+                src,
+                transport,
+                (max_udp_payload, base),
+                out,
+            );
+        };
+        let index = zone.fast_index();
+
         // Exact match, else the closest existing ancestor's miss template.
-        let (template, scope, delta) = match self.names.get(name) {
+        let (template, scope, delta) = match index.names.get(name) {
             Some(entry) => match &entry.general {
                 None => match entry.packed(q.qtype) {
                     Some((count, body)) => {
@@ -700,7 +733,7 @@ impl FastIndex {
                         };
                         (Some(view), None, 0)
                     }
-                    None => match self.nodata(entry, q.name_len, name) {
+                    None => match index.nodata(q.name_len, name) {
                         Some((t, delta)) => (Some(t.view()), None, delta),
                         None => return false,
                     },
@@ -714,7 +747,7 @@ impl FastIndex {
                         (Some((_, r)), _) => r,
                         (None, Some(r)) => r,
                         (None, None) => {
-                            let Some((t, delta)) = self.nodata(entry, q.name_len, name) else {
+                            let Some((t, delta)) = index.nodata(q.name_len, name) else {
                                 return false;
                             };
                             return self.write(
@@ -736,7 +769,6 @@ impl FastIndex {
                             (Some(t), Some(_)) => (Some(t.view()), None, 0),
                             _ => {
                                 let Dynamic {
-                                    zone,
                                     plan,
                                     per_dc,
                                     all_down,
@@ -746,10 +778,10 @@ impl FastIndex {
                                 let entropy = env.entropy(seed, src);
                                 let d = plan.decide_with(
                                     &Client { addr },
-                                    health.zone(*zone),
+                                    health.zone(zone_at),
                                     Latency {
                                         view: latency,
-                                        zone: *zone,
+                                        zone: zone_at,
                                     },
                                     entropy,
                                     &mut (),
@@ -777,21 +809,22 @@ impl FastIndex {
                 }
             },
             None => {
+                // Ancestors up to the zone's apex, which always exists.
                 let mut at = 0;
                 let mut found = None;
                 while let Some(&len) = name.get(at) {
-                    if len == 0 {
+                    at += 1 + usize::from(len);
+                    if len == 0 || name.len() - at < zone.origin_key().len() {
                         break;
                     }
-                    at += 1 + usize::from(len);
-                    if let Some(entry) = name.get(at..).and_then(|n| self.names.get(n)) {
+                    if let Some(entry) = name.get(at..).and_then(|n| index.names.get(n)) {
                         found = Some(entry);
                         break;
                     }
                 }
                 match found {
                     // A miss below an existing name: NXDOMAIN or referral.
-                    Some(entry) => match self.miss(entry) {
+                    Some(entry) => match index.miss(entry) {
                         Some(t) => {
                             // hickory's encoder remembers at most 64 names
                             // to compress against; a question with that
@@ -812,8 +845,7 @@ impl FastIndex {
                         }
                         None => return false,
                     },
-                    // Outside every zone: REFUSED.
-                    None => (None, None, 0),
+                    None => return false,
                 }
             }
         };
@@ -829,31 +861,6 @@ impl FastIndex {
             (max_udp_payload, base),
             out,
         )
-    }
-
-    /// The miss template below `entry`'s name, if the fast path has one.
-    fn miss<'a>(&'a self, entry: &'a NameEntry) -> Option<&'a Template> {
-        const SHARED: &Miss = &Miss::Shared;
-        let miss = entry.general.as_ref().map_or(SHARED, |g| &g.miss);
-        match miss {
-            Miss::General => None,
-            Miss::Own(t) => Some(t),
-            Miss::Shared => self.shared.get(usize::from(entry.zone))?.nxdomain.as_ref(),
-        }
-    }
-
-    /// The zone's shared NODATA for `entry`'s name (of wire length
-    /// `name_len`), with the shift of its pointers.
-    fn nodata(
-        &self,
-        entry: &NameEntry,
-        name_len: usize,
-        name: &[u8],
-    ) -> Option<(&Template, usize)> {
-        let t = self.shared.get(usize::from(entry.zone))?.nodata.as_ref()?;
-        // Built for a shorter name: see the miss templates.
-        let delta = name_len.checked_sub(usize::from(t.qname_len))?;
-        (delta == 0 || labels(name) <= MAX_MISS_LABELS).then_some((t, delta))
     }
 
     /// Writes `template` (REFUSED when `None`) as the response, its

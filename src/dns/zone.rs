@@ -283,6 +283,8 @@ pub struct Zone {
     /// The validated config this was built from (for `explain`), without
     /// its static records: those live in `nodes`.
     pub config: Arc<ZoneConfig>,
+    /// The fast path's templates for this zone's names.
+    fast: super::fast::ZoneIndex,
 }
 
 /// What a lookup produced; the handler turns it into a message.
@@ -416,7 +418,7 @@ impl Zone {
                 all_down: s.when_all_down.clone(),
             })
             .collect();
-        Self {
+        let mut zone = Self {
             origin_labels: origin.num_labels(),
             origin,
             origin_key,
@@ -430,12 +432,20 @@ impl Zone {
             ],
             services,
             config: Arc::new(config),
-        }
+            fast: super::fast::ZoneIndex::default(),
+        };
+        zone.fast = super::fast::ZoneIndex::build(&zone);
+        zone
+    }
+
+    /// The fast path's templates.
+    pub(crate) fn fast_index(&self) -> &super::fast::ZoneIndex {
+        &self.fast
     }
 
     /// Every name with data or below which data exists (empty
     /// non-terminals), with its node, for the fast-path index.
-    pub(crate) fn nodes(&self) -> impl Iterator<Item = &Node> {
+    pub(crate) fn nodes(&self) -> impl ExactSizeIterator<Item = &Node> {
         self.nodes.iter()
     }
 
