@@ -96,17 +96,64 @@ pub enum Error {
 }
 
 /// Loads config, country table and GeoIP database, and builds a snapshot.
-/// This is all of `meridian check`, and what a reload does before swapping.
-/// The static records move into the snapshot: the returned config's zones
-/// have empty `records`.
+/// This is all of `meridian check`. The static records move into the
+/// snapshot: the returned config's zones have empty `records`.
 pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
-    let mut config = config::load(config_path)?;
-    let countries = match &config.server.countries {
-        Some(path) => geo::countries::load(path).map_err(Error::Countries)?,
-        None => geo::countries::builtin(),
+    load_keeping(config_path, None)
+}
+
+/// [`load`], keeping from `previous` (the snapshot in service) every zone
+/// whose file is unchanged, when the GeoIP database and the country table
+/// are unchanged too: a reload parses and builds only the zones it
+/// changes, and needs memory for those alone.
+pub fn load_keeping(
+    config_path: &Path,
+    previous: Option<&Snapshot>,
+) -> Result<(Config, Snapshot), Error> {
+    let server = config::load_server(config_path)?;
+    let geo_fingerprint = fingerprint_files([Some(&server.geoip), server.countries.as_ref()]);
+    let keep = previous.filter(|p| geo_fingerprint == Some(p.geo_fingerprint));
+    let geo = match keep {
+        Some(p) => Arc::clone(&p.geo),
+        None => {
+            let countries = match &server.countries {
+                Some(path) => geo::countries::load(path).map_err(Error::Countries)?,
+                None => geo::countries::builtin(),
+            };
+            Arc::new(GeoDb::open(&server.geoip, countries)?)
+        }
     };
-    check_country_codes(&config, &countries)?;
-    let geo = Arc::new(GeoDb::open(&config.server.geoip, countries)?);
+    let mut sources = Vec::new();
+    let mut zones: Vec<model::ZoneConfig> = Vec::new();
+    for file in config::zone_files(&server.zones_dir)? {
+        let text = config::read_file(&file)?;
+        let fingerprint = fingerprint_bytes(text.as_bytes());
+        let source = file.display().to_string();
+        let kept = keep.and_then(|p| {
+            p.zones()
+                .iter()
+                .find(|z| z.fingerprint == fingerprint && z.config.source == source)
+        });
+        let zone = match kept {
+            Some(z) => {
+                sources.push(snapshot::ZoneSource::Kept(Arc::clone(z)));
+                (*z.config).clone()
+            }
+            None => {
+                let mut zc = config::parse_zone(&file, &text)?;
+                let records = std::mem::take(&mut zc.records);
+                let without = zc.clone();
+                zc.records = records;
+                sources.push(snapshot::ZoneSource::Fresh(Box::new(zc), fingerprint));
+                without
+            }
+        };
+        config::check_unique_origin(&file, &zone, &zones)?;
+        zones.push(zone);
+    }
+    zones.sort_by(|a, b| a.origin.cmp(&b.origin));
+    let config = Config { server, zones };
+    check_country_codes(&config, geo.countries())?;
     let latency = &config.server.latency;
     let map = match &latency.map {
         Some(path) => Some(Arc::new(latency::map::load(path)?)),
@@ -116,7 +163,7 @@ pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
         config::Coarse::Asn(path) => Some(Arc::new(latency::asn::AsnTable::open(path)?)),
         config::Coarse::Prefix(..) => None,
     };
-    let snapshot = Snapshot::build(&mut config, geo);
+    let snapshot = Snapshot::build(sources, &config.server, geo, geo_fingerprint.unwrap_or(0));
     let sources = latency::Sources {
         map,
         asn,
@@ -124,6 +171,30 @@ pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
     };
     let snapshot = snapshot.with_latency(sources, Box::default());
     Ok((config, snapshot))
+}
+
+/// A hash of `bytes`, to tell whether a file changed.
+fn fingerprint_bytes(bytes: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
+/// A hash of the contents of the `paths` given (`None` counts as a file
+/// of its own); `None` if one cannot be read.
+fn fingerprint_files<'a>(
+    paths: impl IntoIterator<Item = Option<&'a std::path::PathBuf>>,
+) -> Option<u64> {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    for path in paths {
+        match path {
+            Some(p) => h.write_u64(fingerprint_bytes(&std::fs::read(p).ok()?)),
+            None => h.write_u8(0),
+        }
+    }
+    Some(h.finish())
 }
 
 /// Socket buffer size asked for on UDP sockets (the kernel caps it at
@@ -618,7 +689,9 @@ impl Server {
     /// only at restart. Blocking (walks the GeoIP database): call it from
     /// `spawn_blocking`.
     pub fn reload(&self) -> Result<(), Error> {
-        let (config, snapshot) = load(&self.config_path)?;
+        let previous = self.state.load_full();
+        let (config, snapshot) = load_keeping(&self.config_path, Some(&previous))?;
+        drop(previous);
         let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let (new, old) = (&config.server, &current.server);
         if new.listen != old.listen

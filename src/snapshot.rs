@@ -11,7 +11,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::config::Config;
+use crate::config::ServerConfig;
 use crate::dns::cookie::Cookies;
 use crate::dns::fast::FastIndex;
 use crate::dns::records::DomainName;
@@ -19,7 +19,7 @@ use crate::dns::zone::Zone;
 use crate::geo::GeoDb;
 use crate::health::{DcHealth, HealthView, Observed};
 use crate::latency::{LatencyView, Model, ProbeIncumbent, Sources};
-use crate::model::{Attribute, DcId, GeoSpec, LatencySource, Step};
+use crate::model::{Attribute, DcId, GeoSpec, LatencySource, Step, ZoneConfig};
 use crate::policy::Plan;
 use crate::policy::geo::{GeoPolicy, Keep};
 
@@ -48,6 +48,9 @@ pub struct Snapshot {
     pub max_udp_payload: u16,
     /// The GeoIP database the tables were built from.
     pub geo: Arc<GeoDb>,
+    /// Identifies `geo` and the country table in it: a hash of both
+    /// files. Zones may be kept across snapshots with the same one.
+    pub geo_fingerprint: u64,
     /// Health of every datacenter, indexed like `zones`.
     pub health: Arc<HealthView>,
     /// Seed of the per-query randomness (`weighted`, address rotation),
@@ -62,58 +65,32 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Builds every zone and policy table. Datacenters with probes start
-    /// Unknown, the others Up. Each zone's static records move into its
-    /// zone store, which keeps them compactly in wire form: `config.zones`
-    /// keep everything else, with empty `records`.
-    pub fn build(config: &mut Config, geo: Arc<GeoDb>) -> Self {
+    /// Builds every zone and policy table, or keeps zones built before.
+    /// Datacenters with probes start Unknown, the others Up. Each new
+    /// zone's static records move into its zone store, which keeps them
+    /// compactly in wire form. `geo_fingerprint` identifies `geo` (see
+    /// [`Snapshot::geo_fingerprint`]).
+    pub fn build(
+        sources: Vec<ZoneSource>,
+        server: &ServerConfig,
+        geo: Arc<GeoDb>,
+        geo_fingerprint: u64,
+    ) -> Self {
         let started = Instant::now();
-        let mut zones = Vec::with_capacity(config.zones.len());
-        for zc in &mut config.zones {
-            let records = std::mem::take(&mut zc.records);
-            let zc = &*zc;
-            // Services with the same datacenters and geo settings share
-            // one table: building one walks the whole GeoIP database.
-            let mut cache: Vec<(TableKey, Arc<GeoPolicy>)> = Vec::new();
-            let mut plans = Vec::with_capacity(zc.services.len());
-            for s in &zc.services {
-                let spec = &s.policy;
-                let table = spec.needs_location().then(|| {
-                    let keep = Keep {
-                        country: spec.steps.contains(&Step::Same(Attribute::Country)),
-                        continent: spec.steps.contains(&Step::Same(Attribute::Continent)),
-                        distance: spec.steps.contains(&Step::Latency)
-                            && spec.latency_source == LatencySource::Clients,
-                    };
-                    let key = (s.datacenters.clone(), spec.geo.clone(), keep);
-                    if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
-                        return Arc::clone(p);
-                    }
-                    let p = Arc::new(GeoPolicy::build(
-                        &spec.geo,
-                        &s.datacenters,
-                        &zc.datacenters,
-                        &geo,
-                        keep,
-                    ));
-                    let (v4, v6) = p.table_sizes();
-                    tracing::debug!(
-                        zone = %zc.origin, service = %s.name, classes = p.ranking_count(),
-                        v4_blocks = v4, v6_blocks = v6, "built geo table"
-                    );
-                    cache.push((key, Arc::clone(&p)));
-                    p
-                });
-                plans.push(Arc::new(Plan::build(zc, s, table, geo.countries())));
-            }
-            zones.push(Arc::new(Zone::build(
-                crate::model::ZoneConfig {
-                    records,
-                    ..zc.clone()
-                },
-                plans,
-            )));
-        }
+        let (mut built, mut kept) = (0usize, 0usize);
+        let mut zones: Vec<Arc<Zone>> = sources
+            .into_iter()
+            .map(|source| match source {
+                ZoneSource::Kept(zone) => {
+                    kept += 1;
+                    zone
+                }
+                ZoneSource::Fresh(zc, fingerprint) => {
+                    built += 1;
+                    Arc::new(build_zone(*zc, &geo, fingerprint))
+                }
+            })
+            .collect();
         // Most labels first, so a child zone served here wins over its parent.
         zones.sort_by_key(|z| std::cmp::Reverse(z.origin_labels()));
         let fast = FastIndex::new(&zones);
@@ -138,26 +115,29 @@ impl Snapshot {
         );
         tracing::info!(
             elapsed_ms = started.elapsed().as_millis() as u64,
+            zones_built = built,
+            zones_kept = kept,
             "snapshot built"
         );
         release_free_memory();
         Self {
             zones: zones.into(),
             fast: Arc::new(fast),
-            max_udp_payload: config.server.max_udp_payload,
+            max_udp_payload: server.max_udp_payload,
             geo,
+            geo_fingerprint,
             health: Arc::new(health),
             seed: {
                 use std::hash::{BuildHasher, RandomState};
                 RandomState::new().hash_one(started)
             },
-            nsid: config.server.nsid.as_deref().map(Arc::from),
-            cookies: config.server.cookies.clone().map(Arc::new),
+            nsid: server.nsid.as_deref().map(Arc::from),
+            cookies: server.cookies.clone().map(Arc::new),
             latency: Arc::new(LatencyView::default()),
         }
         .with_latency(
             Sources {
-                model: Model::new(&config.server.latency),
+                model: Model::new(&server.latency),
                 ..Sources::default()
             },
             Box::default(),
@@ -206,4 +186,62 @@ impl Snapshot {
         let zone = self.zones.get(zone)?;
         (service < zone.config.services.len()).then(|| &*zone.service(service).plan)
     }
+}
+
+/// A zone for [`Snapshot::build`].
+#[derive(Debug)]
+pub enum ZoneSource {
+    /// Build from this config; the number identifies the files it came
+    /// from (see [`Zone::fingerprint`]).
+    Fresh(Box<ZoneConfig>, u64),
+    /// Keep a zone built before, as it is.
+    Kept(Arc<Zone>),
+}
+
+/// Builds one zone with its policy tables.
+fn build_zone(mut zc: ZoneConfig, geo: &GeoDb, fingerprint: u64) -> Zone {
+    let records = std::mem::take(&mut zc.records);
+    let zc = &zc;
+    // Services with the same datacenters and geo settings share
+    // one table: building one walks the whole GeoIP database.
+    let mut cache: Vec<(TableKey, Arc<GeoPolicy>)> = Vec::new();
+    let mut plans = Vec::with_capacity(zc.services.len());
+    for s in &zc.services {
+        let spec = &s.policy;
+        let table = spec.needs_location().then(|| {
+            let keep = Keep {
+                country: spec.steps.contains(&Step::Same(Attribute::Country)),
+                continent: spec.steps.contains(&Step::Same(Attribute::Continent)),
+                distance: spec.steps.contains(&Step::Latency)
+                    && spec.latency_source == LatencySource::Clients,
+            };
+            let key = (s.datacenters.clone(), spec.geo.clone(), keep);
+            if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
+                return Arc::clone(p);
+            }
+            let p = Arc::new(GeoPolicy::build(
+                &spec.geo,
+                &s.datacenters,
+                &zc.datacenters,
+                geo,
+                keep,
+            ));
+            let (v4, v6) = p.table_sizes();
+            tracing::debug!(
+                zone = %zc.origin, service = %s.name, classes = p.ranking_count(),
+                v4_blocks = v4, v6_blocks = v6, "built geo table"
+            );
+            cache.push((key, Arc::clone(&p)));
+            p
+        });
+        plans.push(Arc::new(Plan::build(zc, s, table, geo.countries())));
+    }
+    Zone::build(
+        ZoneConfig {
+            records,
+            ..zc.clone()
+        },
+        plans,
+        fingerprint,
+    )
 }

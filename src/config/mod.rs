@@ -321,7 +321,8 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
     out
 }
 
-fn read_file(path: &Path) -> Result<String, ConfigError> {
+/// Reads a config file, naming it in the error.
+pub fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path)
         .map_err(|e| ConfigError::new(path, "", format!("cannot read: {e}")))
 }
@@ -343,6 +344,19 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 
 /// Loads every `*.toml` file in `dir` as a zone; origins must be unique.
 pub fn load_zones(dir: &Path) -> Result<Vec<ZoneConfig>, ConfigError> {
+    let mut zones: Vec<ZoneConfig> = Vec::new();
+    for file in zone_files(dir)? {
+        let zone = load_zone(&file)?;
+        check_unique_origin(&file, &zone, &zones)?;
+        zones.push(zone);
+    }
+    zones.sort_by(|a, b| a.origin.cmp(&b.origin));
+    Ok(zones)
+}
+
+/// The zone files of `dir` (every `*.toml` file), sorted; an error if
+/// there is none.
+pub fn zone_files(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
     let entries = std::fs::read_dir(dir)
         .map_err(|e| ConfigError::new(dir, "", format!("cannot read zones directory: {e}")))?;
     let mut files: Vec<PathBuf> = entries
@@ -358,23 +372,26 @@ pub fn load_zones(dir: &Path) -> Result<Vec<ZoneConfig>, ConfigError> {
             "no zone files (*.toml) in the zones directory",
         ));
     }
-    let mut zones: Vec<ZoneConfig> = Vec::with_capacity(files.len());
-    for file in files {
-        let zone = load_zone(&file)?;
-        if let Some(other) = zones.iter().find(|z| z.origin == zone.origin) {
-            return Err(ConfigError::new(
-                &file,
-                "origin",
-                format!(
-                    "zone {} is already defined in {}",
-                    zone.origin, other.source
-                ),
-            ));
-        }
-        zones.push(zone);
+    Ok(files)
+}
+
+/// `zone`, from `file`, must not have the origin of one of `others`.
+pub fn check_unique_origin(
+    file: &Path,
+    zone: &ZoneConfig,
+    others: &[ZoneConfig],
+) -> Result<(), ConfigError> {
+    match others.iter().find(|z| z.origin == zone.origin) {
+        Some(other) => Err(ConfigError::new(
+            file,
+            "origin",
+            format!(
+                "zone {} is already defined in {}",
+                zone.origin, other.source
+            ),
+        )),
+        None => Ok(()),
     }
-    zones.sort_by(|a, b| a.origin.cmp(&b.origin));
-    Ok(zones)
 }
 
 /// Loads one zone file.

@@ -285,6 +285,9 @@ pub struct Zone {
     pub config: Arc<ZoneConfig>,
     /// The fast path's templates for this zone's names.
     fast: super::fast::ZoneIndex,
+    /// Identifies the files the zone was built from (a hash of their
+    /// contents): a reload keeps the zone while they stay the same.
+    pub fingerprint: u64,
 }
 
 /// What a lookup produced; the handler turns it into a message.
@@ -355,7 +358,7 @@ impl Zone {
     /// Builds the store from `config`, moving its static records into it
     /// (the zone's `config` keeps everything else). `plans[i]` answers
     /// `config.services[i]`.
-    pub fn build(mut config: ZoneConfig, plans: Vec<Arc<Plan>>) -> Self {
+    pub fn build(mut config: ZoneConfig, plans: Vec<Arc<Plan>>, fingerprint: u64) -> Self {
         let records = std::mem::take(&mut config.records);
         let z = &config;
         let origin = z.origin.clone();
@@ -433,6 +436,7 @@ impl Zone {
             services,
             config: Arc::new(config),
             fast: super::fast::ZoneIndex::default(),
+            fingerprint,
         };
         zone.fast = super::fast::ZoneIndex::build(&zone);
         zone

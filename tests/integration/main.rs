@@ -15,6 +15,7 @@ mod policies;
 mod probes;
 mod protocol;
 mod protocol_hardening;
+mod reload_zones;
 mod robustness;
 mod rrl;
 mod rum_beacon;
