@@ -28,6 +28,8 @@
 #   TIMEOUT [240]        deadline per process in steps 1, 2, 4 and 5, s
 #   SVC_TIMEOUT [120]    deadline per services check (60 with --quick), s
 #   RSS_CAP_MB [6144]    RSS cap per process tree, MiB
+#   RELOAD_RSS_CAP_MB [12288]  RSS cap for the reload step (today a reload at 1M RRs
+#                        peaks near 7 GiB: old and new configuration side by side)
 #   RELOAD_QPS [20000]   dnsperf -Q during the reload
 #   QPS_RATE [0]         dnsperf -Q for --qps (0 = as fast as dnsperf goes)
 #   QPS_SECONDS [8] QPS_ROUNDS [4]   length and count of the --qps rounds
@@ -65,6 +67,7 @@ if [ -n "$QUICK" ]; then RELOAD=""; QPS=""; fi
 TIMEOUT=${TIMEOUT:-240}
 SVC_TIMEOUT=${SVC_TIMEOUT:-$([ -n "$QUICK" ] && echo 60 || echo 120)}
 RSS_CAP_MB=${RSS_CAP_MB:-6144}
+RELOAD_RSS_CAP_MB=${RELOAD_RSS_CAP_MB:-12288}
 RELOAD_QPS=${RELOAD_QPS:-20000}
 QPS_RATE=${QPS_RATE:-0}
 QPS_SECONDS=${QPS_SECONDS:-8}
@@ -84,7 +87,7 @@ for s in "${SIZE_LIST[@]}"; do
   num "$s" && [ "$s" -ge 2 ] && [ "$s" -le 20000000 ] && [ $((s % 2)) -eq 0 ] \
     || die "--sizes: '$s' is not an even RR count from 2 to 20,000,000"
 done
-for v in TIMEOUT SVC_TIMEOUT RSS_CAP_MB RELOAD_QPS QPS_RATE QPS_SECONDS QPS_ROUNDS; do
+for v in TIMEOUT SVC_TIMEOUT RSS_CAP_MB RELOAD_RSS_CAP_MB RELOAD_QPS QPS_RATE QPS_SECONDS QPS_ROUNDS; do
   num "${!v}" || die "$v must be a whole number"
 done
 [ "$TIMEOUT" -ge 1 ] && [ "$TIMEOUT" -le 1800 ] || die "TIMEOUT must be 1..1800"
@@ -201,7 +204,7 @@ for s in "${SIZE_LIST[@]}"; do [ "$s" -gt "$BIG" ] && BIG=$s; done
 # ---- 4. reload under load -------------------------------------------------------------
 if [ -n "$RELOAD" ]; then
   log "4. reload: $BIG RRs under dnsperf -Q $RELOAD_QPS, two SIGHUPs"
-  python3 "$LOADPY" reload "${CAPS[@]}" --timeout "$TIMEOUT" --reload-timeout "$TIMEOUT" --bin "$MERIDIAN_BIN" \
+  python3 "$LOADPY" reload --results "$RESULTS" --rss-cap-mb "$RELOAD_RSS_CAP_MB" --timeout "$TIMEOUT" --reload-timeout "$TIMEOUT" --bin "$MERIDIAN_BIN" \
     --dir "$OUT/load/rr$BIG" --case "rr$BIG" --rrs "$BIG" --qps "$RELOAD_QPS" --log "$RUN/logs/reload-rr$BIG.log"
 fi
 
