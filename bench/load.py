@@ -4,7 +4,7 @@
 them into Markdown.
 
   load.py check   run one loader (meridian check, nsd-checkzone) to its end:
-                  wall time, CPU time and peak RSS (wait4's ru_maxrss)
+                  wall time, CPU time and peak RSS (/usr/bin/time's %M)
   load.py serve   start meridian run or nsd -d on a free loopback port, wait until
                   it answers the zone's SOA, read RSS and PSS over its process
                   tree, stop it
@@ -131,18 +131,21 @@ def free_port():
 # ---- processes ------------------------------------------------------------------------
 
 class Limits:
-    """Deadline and RSS cap for a child process tree."""
+    """Deadline and RSS cap for a child process (with `tree`, its whole process tree:
+    NSD forks; a scan of /proc costs CPU, so only servers that fork use it)."""
 
-    def __init__(self, timeout, rss_cap_mb):
+    def __init__(self, timeout, rss_cap_mb, tree=False):
         self.t0 = time.monotonic()
         self.timeout = timeout
         self.cap_kb = rss_cap_mb * 1024
+        self.tree = tree
 
     def exceeded(self, pid):
-        """None, or why the tree must be stopped."""
+        """None, or why the process must be stopped."""
         if time.monotonic() - self.t0 > self.timeout:
             return "timeout"
-        if tree_rss_kb(pid) > self.cap_kb:
+        rss = tree_rss_kb(pid) if self.tree else (status_kb(pid, "VmRSS") or 0)
+        if rss > self.cap_kb:
             return "rss-cap"
         return None
 
@@ -219,34 +222,73 @@ def append(path, obj):
 
 # ---- check ----------------------------------------------------------------------------
 
+def child_of(pid):
+    """The first child of PID, or None (/proc/PID/task/PID/children)."""
+    try:
+        with open("/proc/%d/task/%d/children" % (pid, pid)) as f:
+            kids = f.read().split()
+    except OSError:
+        kids = [p for p in tree([pid]) if p != pid]
+    return int(kids[0]) if kids else None
+
+
 def cmd_check(args):
-    """Runs a loader to its end; peak RSS from wait4, like /usr/bin/time's %M."""
+    """Runs a loader to its end under /usr/bin/time, which reports its peak RSS (%M).
+
+    Not wait4's ru_maxrss of our own child: Linux carries the RSS high-water mark
+    across exec, so a child forked from this Python process reports at least
+    Python's RSS (about 20 MiB). /usr/bin/time is small, and its own child starts
+    from that. The main thread blocks until the child exits, so the wall time is
+    exact; a watchdog thread checks the limits on the loader every 50 ms and kills it
+    (our grandchild, by PID) past one."""
     limits = Limits(args.timeout, args.rss_cap_mb)
+    killed = []
+    tfile = args.log + ".time"
     with open(args.log, "w") as log:
         t0 = time.monotonic()
-        proc = subprocess.Popen(args.command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        status = "ok"
-        while True:
-            pid, st, ru = os.wait4(proc.pid, os.WNOHANG)
-            if pid:
-                break
-            why = limits.exceeded(proc.pid)
-            if why:
-                status = why
-                os.kill(proc.pid, signal.SIGKILL)          # our own child, by PID
-                pid, st, ru = os.wait4(proc.pid, 0)
-                break
-            time.sleep(0.02)
+        proc = subprocess.Popen(["/usr/bin/time", "-f", "%M", "-o", tfile, "--"] + args.command,
+                                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        done = threading.Event()
+
+        def watchdog():
+            while not done.wait(0.05):
+                loader = child_of(proc.pid)
+                why = limits.exceeded(loader) if loader else None
+                if why:
+                    killed.append(why)
+                    try:
+                        os.kill(loader, signal.SIGKILL)
+                    except OSError:
+                        pass
+                    return
+
+        dog = threading.Thread(target=watchdog, daemon=True)
+        dog.start()
+        # Wait for the exit but leave /usr/bin/time unreaped (a zombie keeps its PID,
+        # and it reaps the loader only just before it exits); stop the watchdog, then
+        # reap. CPU times from wait4 include the loader's, reaped by /usr/bin/time.
+        os.waitid(os.P_PID, proc.pid, os.WEXITED | os.WNOWAIT)
         wall = time.monotonic() - t0
+        done.set()
+        dog.join()
+        _, st, ru = os.wait4(proc.pid, 0)
+    status = killed[0] if killed else "ok"
     proc.returncode = os.waitstatus_to_exitcode(st)
     if status == "ok" and proc.returncode != 0:
         status = "failed (exit %d)" % proc.returncode
+    peak = None
+    try:
+        with open(tfile) as f:
+            nums = [line.strip() for line in f if line.strip().isdigit()]
+        peak = int(nums[-1]) if nums else None
+    except OSError:
+        pass
     res = {"kind": "check", "case": args.case, "tool": args.tool, "rrs": args.rrs,
            "status": status, "wall_s": round(wall, 3),
-           "cpu_s": round(ru.ru_utime + ru.ru_stime, 3), "peak_kb": ru.ru_maxrss}
+           "cpu_s": round(ru.ru_utime + ru.ru_stime, 3), "peak_kb": peak}
     append(args.results, res)
-    print("load: %-14s %-22s %s: %.2f s, peak RSS %.1f MiB" % (
-        args.tool, args.case, status, wall, ru.ru_maxrss / 1024))
+    print("load: %-14s %-22s %s: %.2f s, peak RSS %s MiB" % (
+        args.tool, args.case, status, wall, mib(peak)))
     if status.startswith("failed"):
         with open(args.log) as f:
             sys.stderr.write("".join(f.readlines()[-15:]))
@@ -255,7 +297,7 @@ def cmd_check(args):
 # ---- serve ----------------------------------------------------------------------------
 
 def cmd_serve(args):
-    limits = Limits(args.timeout, args.rss_cap_mb)
+    limits = Limits(args.timeout, args.rss_cap_mb, tree=args.server == "nsd")
     with open(args.log, "w") as log:
         t0 = time.monotonic()
         proc, port = start_server(args.server, args, log)
@@ -546,7 +588,7 @@ def cmd_report(args):
                 "%.0f" % (n["peak_kb"] * 1024 / rrs) if nok else "–"))
         out += ["", "Time is wall time to exit (CPU time, user + system, in brackets: "
                 "on a busy machine wall time also counts waiting for a CPU); "
-                "MiB is peak RSS (wait4 `ru_maxrss`); "
+                "MiB is peak RSS (`/usr/bin/time` `%M`); "
                 "× is Meridian ÷ NSD; per-RR columns divide by the RR count "
                 "(linear loading keeps them flat). Target at 1M RRs: × time ≤ 1.5.", ""]
 

@@ -96,6 +96,7 @@ done
 [ "$QPS_ROUNDS" -ge 1 ] && [ "$QPS_ROUNDS" -le 20 ] || die "QPS_ROUNDS must be 1..20"
 [ "$RELOAD_QPS" -ge 1 ] && [ "$RELOAD_QPS" -le 500000 ] || die "RELOAD_QPS must be 1..500000"
 command -v python3 >/dev/null || die "python3 not found"
+[ -x /usr/bin/time ] || die "/usr/bin/time not found (apt-get install time)"
 python3 -c 'import sys; sys.exit(sys.version_info < (3, 9))' || die "python3 >= 3.9 needed"
 if [ -n "$RELOAD$QPS" ]; then command -v dnsperf >/dev/null || die "dnsperf not found (apt-get install dnsperf)"; fi
 if [ -n "$QPS" ]; then
