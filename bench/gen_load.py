@@ -2,11 +2,13 @@
 """Generate a large configuration for the load benchmark (stdlib only).
 
   gen_load.py OUT_DIR [--names N] [--services S] [--datacenters D]
-              [--subset K] [--geoip PATH] [--countries PATH] [--port P]
+              [--subset K] [--geoip PATH] [--port P] [--admin ADDR:PORT]
 
 Writes, for one zone `load.example.`:
 
-  OUT_DIR/meridian.toml            server settings (absolute geoip path)
+  OUT_DIR/meridian.toml            server settings (absolute geoip path;
+                                   DNS on 127.0.0.1:P; the admin API off
+                                   unless --admin gives it an address)
   OUT_DIR/zones/load.example.toml  the zone: N names, each with one A and
                                    one TXT record (2N RRs), D datacenters
                                    around the globe and S geo services
@@ -62,6 +64,8 @@ def main():
     ap.add_argument("--subset", type=int, default=0, help="datacenters per service (0 = all)")
     ap.add_argument("--geoip", default=os.path.join(os.path.dirname(__file__), "..", "geoip", "dbip-country.mmdb"))
     ap.add_argument("--port", type=int, default=5399)
+    ap.add_argument("--admin", metavar="ADDR:PORT", default="",
+                    help="admin API address (default: the API is off, so runs do not clash on 5380)")
     a = ap.parse_args()
 
     rng = random.Random(20261125)
@@ -74,6 +78,10 @@ def main():
         f.write("wait_for_probes = false\n")
         f.write('state_file = "meridian-state.json"\n')
         f.write("[rrl]\nenabled = false\n")
+        if a.admin:
+            f.write(f'[admin]\nlisten = "{a.admin}"\n')
+        else:
+            f.write("[admin]\nenabled = false\n")
 
     soa = ("ns1.load.example.", "hostmaster.load.example.", 2026112501, 3600, 600, 1209600, 60)
     with open(os.path.join(a.out, "zones", "load.example.toml"), "w") as f:
