@@ -13,6 +13,7 @@ pub mod policy;
 pub mod probe;
 mod protocol;
 mod raw;
+mod records;
 mod rum;
 mod validate;
 

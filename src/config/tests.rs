@@ -470,3 +470,74 @@ fn datacenter_names_are_bounded() {
         assert!(e.reason.contains("1 to 255 bytes"), "{e}");
     }
 }
+
+/// The indexed checks (issue 9: hash lookups instead of scans) keep the
+/// rules and messages of the scans they replace.
+#[test]
+fn indexed_record_checks_keep_their_rules() {
+    // A large RRset takes the hashed duplicate check.
+    let many: Vec<String> = (1..=20)
+        .map(|i| format!("{{ type = \"A\", value = \"192.0.2.{i}\" }}"))
+        .collect();
+    zone(&with_records(&format!("big = [{}]", many.join(", ")))).unwrap();
+    let mut dup = many.clone();
+    dup.push("{ type = \"A\", value = \"192.0.2.7\" }".into());
+    let e = err(&with_records(&format!("big = [{}]", dup.join(", "))));
+    assert_eq!(e.key, "records.big[20]");
+    assert!(e.reason.contains("duplicates records.big[6]"), "{e}");
+    let mut ttl = many.clone();
+    ttl.push("{ type = \"A\", value = \"192.0.2.99\", ttl = 5 }".into());
+    let e = err(&with_records(&format!("big = [{}]", ttl.join(", "))));
+    assert!(e.reason.contains("differs from records.big[0]"), "{e}");
+    // Chains that share a tail end, and are walked once.
+    zone(&with_records(
+        "c1 = [{ type = \"CNAME\", value = \"c3\" }]\nc2 = [{ type = \"CNAME\", value = \"c3\" }]\n\
+         c3 = [{ type = \"CNAME\", value = \"ns1\" }]",
+    ))
+    .unwrap();
+    // A loop reached from a name outside it is named from that name.
+    let e = err(&with_records(
+        "a0 = [{ type = \"CNAME\", value = \"l1\" }]\nl1 = [{ type = \"CNAME\", value = \"l2\" }]\n\
+         l2 = [{ type = \"CNAME\", value = \"l1\" }]",
+    ));
+    assert_eq!(e.key, "records.a0");
+    assert!(
+        e.reason
+            .contains("a0.t.example. -> l1.t.example. -> l2.t.example. -> l1.t.example."),
+        "{e}"
+    );
+    // Data two levels below a delegation names the delegation.
+    let e = err(&with_records(
+        "sub = [{ type = \"NS\", value = \"ns.other.\" }]\n\"x.y.sub\" = [{ type = \"TXT\", value = \"t\" }]",
+    ));
+    assert!(
+        e.reason.contains("below the delegation at sub.t.example."),
+        "{e}"
+    );
+    // Non-NS data at the cut.
+    let e = err(&with_records(
+        "sub = [{ type = \"NS\", value = \"ns.other.\" }, { type = \"TXT\", value = \"t\" }]",
+    ));
+    assert!(e.reason.contains("TXT at a delegation point"), "{e}");
+    // A service at or below a delegation, or on a static address name.
+    let svc =
+        |name: &str| format!("\n[services.\"{name}\"]\npolicy = \"geo\"\ndatacenters = [\"a\"]\n");
+    let cut = with_records("sub = [{ type = \"NS\", value = \"ns.other.\" }]");
+    let e = err(&format!("{cut}{}", svc("sub")));
+    assert!(e.reason.contains("static NS record"), "{e}");
+    let e = err(&format!("{cut}{}", svc("deep.x.sub")));
+    assert!(
+        e.reason
+            .contains("at or below the delegation at sub.t.example."),
+        "{e}"
+    );
+    let e = err(&format!("{BASE}{}", svc("ns1")));
+    assert!(e.reason.contains("static A record"), "{e}");
+    // A TXT record beside a service is fine.
+    zone(&format!(
+        "{}{}",
+        with_records("api = [{ type = \"TXT\", value = \"t\" }]"),
+        svc("api")
+    ))
+    .unwrap();
+}
