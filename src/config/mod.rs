@@ -16,6 +16,7 @@ mod raw;
 mod records;
 mod rum;
 mod validate;
+mod zonefile;
 
 use std::fmt;
 use std::net::SocketAddr;

@@ -16,7 +16,6 @@ use super::validate::key_part;
 use crate::dns::records::{DomainName, StaticRecord};
 
 /// Where one record came from.
-#[allow(dead_code)] // File: records_file, next commit
 #[derive(Clone, Copy, Debug)]
 pub(super) enum Loc {
     /// `[records]` list `list` (an index into `toml_keys`), item `item`.
@@ -73,7 +72,6 @@ impl Records {
         }
     }
 
-    #[allow(dead_code)]
     pub(super) fn set_zone_file(&mut self, path: &Path) {
         self.zone_file = Some(path.to_path_buf());
     }
@@ -123,6 +121,15 @@ impl Records {
         }
     }
 
+    /// `loc` with its file always named.
+    fn describe_in_file(&self, loc: Loc) -> String {
+        let (file, key) = self.place(loc, false);
+        match loc {
+            Loc::Toml { .. } => format!("{key} in {}", file.display()),
+            Loc::File { .. } => format!("{} {key}", file.display()),
+        }
+    }
+
     pub(super) fn error(&self, loc: Loc, item: bool, reason: impl Into<String>) -> ConfigError {
         let (file, key) = self.place(loc, item);
         ConfigError::new(&file, key, reason)
@@ -150,7 +157,7 @@ impl Records {
                     format!(
                         "{owner} is also given at {}; give a name's records in [records] or in \
                          records_file, not both",
-                        self.describe(prev, false)
+                        self.describe_in_file(prev)
                     ),
                 )),
             };
@@ -298,12 +305,10 @@ impl Records {
     }
 
     /// Checks every group (for the records file, after all its lines).
-    #[allow(dead_code)]
     pub(super) fn check_groups_from(&self, first_group: usize) -> Result<(), ConfigError> {
         (first_group..self.groups.len()).try_for_each(|g| self.check_group(g as u32))
     }
 
-    #[allow(dead_code)]
     pub(super) fn group_count(&self) -> usize {
         self.groups.len()
     }

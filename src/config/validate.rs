@@ -475,6 +475,21 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         }
         static_records.check_group(g)?;
     }
+    if let Some(name) = &raw.records_file {
+        if name.trim().is_empty() {
+            return Err(ConfigError::new(file, "records_file", "empty path"));
+        }
+        let path = file.parent().unwrap_or(Path::new(".")).join(name);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::new(
+                file,
+                "records_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        static_records.reserve(text.bytes().filter(|&b| b == b'\n').count());
+        super::zonefile::read(&mut static_records, &path, &text, &origin, default_ttl, &ns)?;
+    }
     static_records.check_cname_cycles()?;
     static_records.check_delegations()?;
 

@@ -125,28 +125,7 @@ pub fn parse_record(
     ttl: u32,
     origin: &DomainName,
 ) -> Result<StaticRecord, String> {
-    let rtype: RecordType = type_text
-        .trim()
-        .to_ascii_uppercase()
-        .parse()
-        .map_err(|_| format!("unknown record type {type_text:?}"))?;
-    match rtype {
-        RecordType::SOA => {
-            return Err("SOA is set by the [soa] table, not as a record".into());
-        }
-        RecordType::OPT
-        | RecordType::ANY
-        | RecordType::AXFR
-        | RecordType::IXFR
-        | RecordType::NULL
-        | RecordType::TSIG => {
-            return Err(format!("record type {rtype} cannot appear in a zone"));
-        }
-        RecordType::Unknown(_) => {
-            return Err(format!("unknown record type {type_text:?}"));
-        }
-        _ => {}
-    }
+    let rtype = record_type(type_text)?;
     if value.contains(['\n', '\r', ';', '(', ')']) && rtype != RecordType::TXT {
         return Err(format!(
             "value {value:?} may not contain newlines, `;` or parentheses"
@@ -168,6 +147,145 @@ pub fn parse_record(
     Ok(StaticRecord(record))
 }
 
+/// One token of a master-file entry's RDATA: the text as written, with a
+/// quoted string's quotes removed but its escapes kept.
+#[derive(Clone, Copy, Debug)]
+pub struct RdataToken<'a> {
+    /// The token's text (inside the quotes, for a quoted string).
+    pub text: &'a str,
+    /// Whether it was a quoted string.
+    pub quoted: bool,
+}
+
+/// A TTL as a master file writes it: seconds, or with units (`1h30m`).
+pub fn parse_ttl_text(text: &str) -> Option<u32> {
+    if !text.starts_with(|c: char| c.is_ascii_digit()) {
+        return None;
+    }
+    hickory_proto::serialize::txt::parse_ttl(text).ok()
+}
+
+/// Whether `text` is a class mnemonic (`IN`, `CH`, `HS`, `NONE`, `ANY`).
+pub fn is_class(text: &str) -> bool {
+    ["IN", "CH", "HS", "NONE", "ANY"]
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(text))
+}
+
+/// Builds one record of a master file (`records_file`) from its type and
+/// RDATA tokens. TXT strings are decoded here (`\X` and `\DDD`, RFC 1035
+/// §5.1); the common types are built directly; anything else goes through
+/// hickory's zone-file parser, as [`parse_record`] does.
+pub fn parse_file_record(
+    owner: &DomainName,
+    type_text: &str,
+    tokens: &[RdataToken<'_>],
+    ttl: u32,
+    origin: &DomainName,
+) -> Result<StaticRecord, String> {
+    let rtype = record_type(type_text)?;
+    if tokens.is_empty() {
+        return Err(format!("{rtype} record without data"));
+    }
+    if rtype == RecordType::TXT {
+        let mut strings = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            let bytes = unescape(t.text)?;
+            if bytes.len() > 255 {
+                return Err(format!(
+                    "TXT string of {} bytes; split it into strings of at most 255 (\"...\" \"...\")",
+                    bytes.len()
+                ));
+            }
+            strings.push(bytes);
+        }
+        let mut record = Record::from_rdata(
+            owner.clone(),
+            ttl,
+            RData::TXT(rdata::TXT::from_bytes(
+                strings.iter().map(Vec::as_slice).collect(),
+            )),
+        );
+        record.dns_class = DNSClass::IN;
+        return Ok(StaticRecord(record));
+    }
+    let mut value = String::new();
+    for t in tokens {
+        if !value.is_empty() {
+            value.push(' ');
+        }
+        if t.quoted {
+            value.push('"');
+            value.push_str(t.text);
+            value.push('"');
+        } else {
+            value.push_str(t.text);
+        }
+    }
+    let direct = if tokens.iter().any(|t| t.quoted) {
+        None
+    } else {
+        direct_record(owner, rtype, &value, ttl, origin)
+    };
+    let record = match direct {
+        Some(record) => record,
+        None => parser_record(owner, rtype, &value, ttl, origin)?,
+    };
+    Ok(StaticRecord(record))
+}
+
+/// Undoes master-file escapes: `\DDD` is the octet DDD (decimal), `\X` is X.
+fn unescape(text: &str) -> Result<Vec<u8>, String> {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] != b'\\' {
+            out.push(bytes[i]);
+            i += 1;
+            continue;
+        }
+        match bytes.get(i + 1..i + 4) {
+            Some(d) if d.iter().all(u8::is_ascii_digit) => {
+                let v = d
+                    .iter()
+                    .fold(0u32, |acc, &c| acc * 10 + u32::from(c - b'0'));
+                let v = u8::try_from(v).map_err(|_| format!("escape \\{v} is not an octet"))?;
+                out.push(v);
+                i += 4;
+            }
+            _ => match bytes.get(i + 1) {
+                Some(&c) => {
+                    out.push(c);
+                    i += 2;
+                }
+                None => return Err("a lone `\\` ends the text".into()),
+            },
+        }
+    }
+    Ok(out)
+}
+
+/// The record type named by `type_text`, if it may appear in a zone.
+fn record_type(type_text: &str) -> Result<RecordType, String> {
+    let rtype: RecordType = type_text
+        .trim()
+        .to_ascii_uppercase()
+        .parse()
+        .map_err(|_| format!("unknown record type {type_text:?}"))?;
+    match rtype {
+        RecordType::SOA => Err("SOA is set by the [soa] table, not as a record".into()),
+        RecordType::OPT
+        | RecordType::ANY
+        | RecordType::AXFR
+        | RecordType::IXFR
+        | RecordType::NULL
+        | RecordType::TSIG => Err(format!("record type {rtype} cannot appear in a zone")),
+        RecordType::Unknown(_) => Err(format!("unknown record type {type_text:?}")),
+        _ => Ok(rtype),
+    }
+}
+
 /// Builds the record without the zone-file parser for the common types,
 /// when `value` (already trimmed) holds nothing
 /// the parser's lexer treats specially. `None` means "ask the parser":
@@ -187,14 +305,11 @@ fn direct_record(
         // The lexer gives `@`, `$` and quotes a meaning at the start of a
         // token, unescapes nothing outside quotes, and rejects control
         // characters; such values go to the parser.
-        if value.contains(['"', '\\']) || value.chars().any(char::is_control) {
+        if value.contains(['"', '\\', '(', ')', ';']) || value.chars().any(char::is_control) {
             return None;
         }
         let mut tokens = value.split_whitespace();
-        if value
-            .split_whitespace()
-            .any(|t| t.starts_with(['@', '$']))
-        {
+        if value.split_whitespace().any(|t| t.starts_with(['@', '$'])) {
             return None;
         }
         let name = |t: Option<&str>| Name::parse(t?, Some(origin)).ok();
@@ -215,7 +330,12 @@ fn direct_record(
                 let priority = num(tokens.next())?;
                 let weight = num(tokens.next())?;
                 let port = num(tokens.next())?;
-                RData::SRV(rdata::SRV::new(priority, weight, port, name(tokens.next())?))
+                RData::SRV(rdata::SRV::new(
+                    priority,
+                    weight,
+                    port,
+                    name(tokens.next())?,
+                ))
             }
             _ => return None,
         }
@@ -230,7 +350,11 @@ fn direct_record(
 /// `\DDD` as `(D1 << 16) + (D2 << 8) + D3`, which turned a newline
 /// (`\010`) into U+0100.
 fn txt_record(owner: &DomainName, value: &str, ttl: u32) -> Record {
-    let mut record = Record::from_rdata(owner.clone(), ttl, RData::TXT(rdata::TXT::new(txt_strings(value))));
+    let mut record = Record::from_rdata(
+        owner.clone(),
+        ttl,
+        RData::TXT(rdata::TXT::new(txt_strings(value))),
+    );
     record.dns_class = DNSClass::IN;
     record
 }
@@ -315,6 +439,33 @@ fn txt_to_zone_text(value: &str) -> String {
         }
     }
     out
+}
+
+/// The records hickory's zone-file parser reads from a whole master file,
+/// as sorted `(owner, type, ttl, value)`: the reference the config tests
+/// compare `records_file` loading against.
+#[cfg(test)]
+pub(crate) fn parser_reference(
+    text: &str,
+    origin: &DomainName,
+) -> Result<Vec<(String, String, u32, String)>, String> {
+    let (_, sets) = Parser::new(text, None, Some(origin.clone()))
+        .parse()
+        .map_err(|e| e.to_string())?;
+    let mut out: Vec<_> = sets
+        .into_values()
+        .flat_map(|set| set.records_without_rrsigs().cloned().collect::<Vec<_>>())
+        .map(|r| {
+            (
+                r.name.to_lowercase().to_ascii(),
+                r.record_type().to_string(),
+                r.ttl,
+                r.data.to_string(),
+            )
+        })
+        .collect();
+    out.sort();
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -432,7 +583,10 @@ mod tests {
             let whole = parse_record(&owner, t, v, 300, &origin).map(|r| r.0);
             assert_eq!(whole, via_parser, "{t} {v:?}");
         }
-        assert!(direct_hits >= 25, "the direct path took only {direct_hits} cases");
+        assert!(
+            direct_hits >= 25,
+            "the direct path took only {direct_hits} cases"
+        );
     }
 
     /// TXT: plain text split at 255 bytes, the same as quoting it for the
