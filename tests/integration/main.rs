@@ -19,3 +19,4 @@ mod robustness;
 mod rrl;
 mod rum_beacon;
 mod tcp_hardening;
+mod zonefile;
