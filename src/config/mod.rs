@@ -6,6 +6,11 @@
 //! names are resolved to indices, unknown keys are rejected, and every error
 //! names the file, the key path and the reason.
 //!
+//! A zone may also name an RFC 1035 master file (`records_file`, relative
+//! to the zone file) whose records join `[records]`; `zonefile` reads it
+//! entry by entry so that errors name the file and line, and `records`
+//! checks all static records through one owner index.
+//!
 //! This module opens files but never sockets or GeoIP databases.
 
 pub mod latency;
@@ -13,8 +18,10 @@ pub mod policy;
 pub mod probe;
 mod protocol;
 mod raw;
+mod records;
 mod rum;
 mod validate;
+mod zonefile;
 
 use std::fmt;
 use std::net::SocketAddr;

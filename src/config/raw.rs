@@ -85,6 +85,9 @@ pub(super) struct RawZone {
     pub(super) ns_ttl: Option<u32>,
     #[serde(default)]
     pub(super) records: BTreeMap<String, Vec<RawRecord>>,
+    /// An RFC 1035 master file with more static records, relative to the
+    /// zone file's directory.
+    pub(super) records_file: Option<String>,
     #[serde(default)]
     pub(super) datacenters: BTreeMap<String, RawDatacenter>,
     #[serde(default)]

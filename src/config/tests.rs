@@ -470,3 +470,294 @@ fn datacenter_names_are_bounded() {
         assert!(e.reason.contains("1 to 255 bytes"), "{e}");
     }
 }
+
+/// The indexed checks (issue 9: hash lookups instead of scans) keep the
+/// rules and messages of the scans they replace.
+#[test]
+fn indexed_record_checks_keep_their_rules() {
+    // A large RRset takes the hashed duplicate check.
+    let many: Vec<String> = (1..=20)
+        .map(|i| format!("{{ type = \"A\", value = \"192.0.2.{i}\" }}"))
+        .collect();
+    zone(&with_records(&format!("big = [{}]", many.join(", ")))).unwrap();
+    let mut dup = many.clone();
+    dup.push("{ type = \"A\", value = \"192.0.2.7\" }".into());
+    let e = err(&with_records(&format!("big = [{}]", dup.join(", "))));
+    assert_eq!(e.key, "records.big[20]");
+    assert!(e.reason.contains("duplicates records.big[6]"), "{e}");
+    let mut ttl = many.clone();
+    ttl.push("{ type = \"A\", value = \"192.0.2.99\", ttl = 5 }".into());
+    let e = err(&with_records(&format!("big = [{}]", ttl.join(", "))));
+    assert!(e.reason.contains("differs from records.big[0]"), "{e}");
+    // Chains that share a tail end, and are walked once.
+    zone(&with_records(
+        "c1 = [{ type = \"CNAME\", value = \"c3\" }]\nc2 = [{ type = \"CNAME\", value = \"c3\" }]\n\
+         c3 = [{ type = \"CNAME\", value = \"ns1\" }]",
+    ))
+    .unwrap();
+    // A loop reached from a name outside it is named from that name.
+    let e = err(&with_records(
+        "a0 = [{ type = \"CNAME\", value = \"l1\" }]\nl1 = [{ type = \"CNAME\", value = \"l2\" }]\n\
+         l2 = [{ type = \"CNAME\", value = \"l1\" }]",
+    ));
+    assert_eq!(e.key, "records.a0");
+    assert!(
+        e.reason
+            .contains("a0.t.example. -> l1.t.example. -> l2.t.example. -> l1.t.example."),
+        "{e}"
+    );
+    // Data two levels below a delegation names the delegation.
+    let e = err(&with_records(
+        "sub = [{ type = \"NS\", value = \"ns.other.\" }]\n\"x.y.sub\" = [{ type = \"TXT\", value = \"t\" }]",
+    ));
+    assert!(
+        e.reason.contains("below the delegation at sub.t.example."),
+        "{e}"
+    );
+    // Non-NS data at the cut.
+    let e = err(&with_records(
+        "sub = [{ type = \"NS\", value = \"ns.other.\" }, { type = \"TXT\", value = \"t\" }]",
+    ));
+    assert!(e.reason.contains("TXT at a delegation point"), "{e}");
+    // A service at or below a delegation, or on a static address name.
+    let svc =
+        |name: &str| format!("\n[services.\"{name}\"]\npolicy = \"geo\"\ndatacenters = [\"a\"]\n");
+    let cut = with_records("sub = [{ type = \"NS\", value = \"ns.other.\" }]");
+    let e = err(&format!("{cut}{}", svc("sub")));
+    assert!(e.reason.contains("static NS record"), "{e}");
+    let e = err(&format!("{cut}{}", svc("deep.x.sub")));
+    assert!(
+        e.reason
+            .contains("at or below the delegation at sub.t.example."),
+        "{e}"
+    );
+    let e = err(&format!("{BASE}{}", svc("ns1")));
+    assert!(e.reason.contains("static A record"), "{e}");
+    // A TXT record beside a service is fine.
+    zone(&format!(
+        "{}{}",
+        with_records("api = [{ type = \"TXT\", value = \"t\" }]"),
+        svc("api")
+    ))
+    .unwrap();
+}
+
+/// Writes `toml` and `zone_text` (as `static.zone`) into a fresh directory
+/// and loads the zone.
+fn zone_with_file(
+    toml: &str,
+    zone_text: &str,
+) -> (tempfile::TempDir, Result<ZoneConfig, ConfigError>) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("static.zone"), zone_text).unwrap();
+    let path = dir.path().join("t.toml");
+    std::fs::write(&path, toml).unwrap();
+    let z = load_zone(&path);
+    (dir, z)
+}
+
+const FILE_BASE: &str = r#"
+origin = "t.example."
+ttl = 600
+ns = ["ns1.t.example."]
+records_file = "static.zone"
+[soa]
+rname = "hostmaster.t.example."
+serial = 1
+"#;
+
+/// A zone file as another server would have it: SOA and apex NS (skipped:
+/// the TOML's `[soa]` and `ns` are served), `$TTL`, relative names, a
+/// continuation owner, parentheses over lines, comments, quoted strings.
+const MIGRATED: &str = r#"$ORIGIN t.example.
+$TTL 1h
+@   IN SOA ns1 hostmaster (
+        2026112501 ; serial
+        3600 600 1209600 60 )
+    IN NS  ns1.t.example.
+ns1     A     192.0.2.53
+www 300 IN A  192.0.2.1
+        300 A 192.0.2.2        ; a second address, same owner
+        AAAA  2001:db8::1
+mail    MX    10 mx1
+mx1     A     192.0.2.25
+txt     TXT   "v=spf1 -all" "a ; semicolon" unquoted
+esc     TXT   "quote \" backslash \\ octet \065"
+alias   CNAME www
+$ORIGIN sub.t.example.
+deep    IN 1d PTR host.example.net.
+_sip._tcp SRV 10 5 5060 www.t.example.
+"#;
+
+#[test]
+fn records_file_loads_a_migrated_zone() {
+    let (_dir, z) = zone_with_file(FILE_BASE, MIGRATED);
+    let z = z.unwrap();
+    let find = |name: &str, t: &str| {
+        z.records
+            .iter()
+            .filter(|r| r.owner().to_ascii() == name && r.type_name() == t)
+            .map(|r| (r.ttl(), r.value_text()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        find("www.t.example.", "A"),
+        vec![(300, "192.0.2.1".into()), (300, "192.0.2.2".into())]
+    );
+    assert_eq!(
+        find("www.t.example.", "AAAA"),
+        vec![(3600, "2001:db8::1".into())]
+    );
+    assert_eq!(
+        find("mail.t.example.", "MX"),
+        vec![(3600, "10 mx1.t.example.".into())]
+    );
+    assert_eq!(find("deep.sub.t.example.", "PTR")[0].0, 86_400);
+    assert_eq!(find("alias.t.example.", "CNAME")[0].1, "www.t.example.");
+    assert_eq!(find("_sip._tcp.sub.t.example.", "SRV").len(), 1);
+    // \065 is the octet 65 ("A"), as RFC 1035 §5.1 says.
+    assert!(
+        find("esc.t.example.", "TXT")[0].1.contains("octet A"),
+        "{:?}",
+        find("esc.t.example.", "TXT")
+    );
+    // Apex SOA and NS are not static records: [soa] and `ns` serve them.
+    assert!(z.records.iter().all(|r| !r.is_ns() && !r.is_apex_only()));
+    assert_eq!(z.soa.serial, 1);
+    // Without $TTL, a record gets the zone's `ttl`.
+    let (_dir, z) = zone_with_file(FILE_BASE, "ns1 A 192.0.2.53\nx TXT hi\n");
+    assert!(z.unwrap().records.iter().all(|r| r.ttl() == 600));
+    // TOML records and the file together.
+    let both = FILE_BASE.replace(
+        "[soa]",
+        "[records]\nonly-toml = [{ type = \"TXT\", value = \"t\" }]\n[soa]",
+    );
+    let (_dir, z) = zone_with_file(&both, "ns1 A 192.0.2.53\n");
+    assert_eq!(z.unwrap().records.len(), 2);
+}
+
+/// The file is read as hickory's zone-file parser reads it (for what the
+/// parser gets right: it decodes `\DDD` wrongly, so the sample has none).
+#[test]
+fn records_file_matches_the_hickory_parser() {
+    let sample = MIGRATED.replace(
+        r#"esc     TXT   "quote \" backslash \\ octet \065""#,
+        r#"esc TXT "quote \" backslash \\""#,
+    );
+    let origin = crate::dns::records::parse_name("t.example.", None).unwrap();
+    let mut reference = crate::dns::records::parser_reference(&sample, &origin).unwrap();
+    // We skip the apex SOA and NS (served from the TOML).
+    reference.retain(|(name, t, _, _)| !(name == "t.example." && (t == "SOA" || t == "NS")));
+    let (_dir, z) = zone_with_file(FILE_BASE, &sample);
+    let mut ours: Vec<_> = z
+        .unwrap()
+        .records
+        .iter()
+        .map(|r| {
+            (
+                r.owner().to_lowercase().to_ascii(),
+                r.type_name(),
+                r.ttl(),
+                r.value_text(),
+            )
+        })
+        .collect();
+    ours.sort();
+    assert_eq!(ours, reference);
+}
+
+#[test]
+fn records_file_errors_name_the_file_and_line() {
+    let check = |zone_text: &str, line: u32, reason: &str| {
+        let (dir, z) = zone_with_file(FILE_BASE, zone_text);
+        let e = z.expect_err(zone_text);
+        assert_eq!(e.file, dir.path().join("static.zone"), "{e}");
+        assert_eq!(e.key, format!("line {line}"), "{e}");
+        assert!(e.reason.contains(reason), "{e}");
+    };
+    let ok = "ns1 A 192.0.2.53\n";
+    check(&format!("{ok}\n; c\nx A 192.0.2.300\n"), 4, "bad A value");
+    check(
+        &format!("{ok}x A 192.0.2.1\nx A 192.0.2.1\n"),
+        3,
+        "duplicates",
+    );
+    check(
+        &format!("{ok}x 60 A 192.0.2.1\nx 90 A 192.0.2.2\n"),
+        3,
+        "differs from",
+    );
+    check(
+        &format!("{ok}x.other. A 192.0.2.1\n"),
+        2,
+        "not inside the zone",
+    );
+    check(
+        &format!("{ok}$INCLUDE other.zone\n"),
+        2,
+        "$INCLUDE is not supported",
+    );
+    check(&format!("{ok}*.w A 192.0.2.1\n"), 2, "wildcard");
+    check(&format!("{ok}x CH TXT t\n"), 2, "only IN");
+    check(&format!("{ok}x TXT \"open\n\n"), 2, "unterminated");
+    check(&format!("{ok}x TXT ( a\nb\n"), 2, "never closed");
+    check(
+        &format!("{ok}x CNAME y\nx TXT t\n"),
+        3,
+        "CNAME cannot coexist",
+    );
+    check(&format!("{ok}l1 CNAME l2\nl2 CNAME l1\n"), 2, "CNAME loop");
+    check(&format!("{ok}sub NS ns.sub\n"), 2, "no glue");
+    check(
+        &format!("{ok}sub NS ns.other.\nx.sub TXT t\n"),
+        3,
+        "below the delegation",
+    );
+    check(
+        &format!("{ok}@ NS ns9.other.\n"),
+        2,
+        "not in the zone's `ns` list",
+    );
+    check(&format!("{ok}x SOA a b 1 2 3 4 5\n"), 2, "apex only");
+    check(&format!("{ok}x BOGUS t\n"), 2, "unknown record type");
+    check(&format!("{ok}x 99999999999 A 192.0.2.1\n"), 2, "TTL");
+    check(&format!("   A 192.0.2.1\n{ok}"), 1, "needs an owner");
+    check(
+        &format!("{ok}x TXT \"{}\"\n", "y".repeat(256)),
+        2,
+        "at most 255",
+    );
+}
+
+#[test]
+fn records_file_and_toml_and_services_meet() {
+    // The same name in [records] and the file: both places named.
+    let toml = FILE_BASE.replace(
+        "[soa]",
+        "[records]\nx = [{ type = \"TXT\", value = \"t\" }]\n[soa]",
+    );
+    let (_dir, z) = zone_with_file(&toml, "ns1 A 192.0.2.53\n\nx A 192.0.2.1\n");
+    let e = z.unwrap_err();
+    assert_eq!(e.key, "line 3", "{e}");
+    assert!(
+        e.reason.contains("records.x in") && e.reason.contains("t.toml"),
+        "{e}"
+    );
+    // A service on a name with a static address in the file.
+    let toml = format!(
+        "{FILE_BASE}[datacenters.a]\nlocation = [0.0, 0.0]\naddresses = [\"192.0.2.1\"]\n\
+         [services.www]\npolicy = \"geo\"\ndatacenters = [\"a\"]\n"
+    );
+    let (_dir, z) = zone_with_file(&toml, "ns1 A 192.0.2.53\nwww A 192.0.2.7\n");
+    let e = z.unwrap_err();
+    assert_eq!(e.key, "services.www");
+    assert!(
+        e.reason.contains("static A record") && e.reason.contains("static.zone line 2"),
+        "{e}"
+    );
+    // A missing file is named with the key.
+    let (_dir, z) = zone_with_file(&FILE_BASE.replace("static.zone", "missing.zone"), "");
+    let e = z.unwrap_err();
+    assert_eq!(e.key, "records_file");
+    assert!(e.reason.contains("missing.zone"), "{e}");
+}

@@ -8,13 +8,14 @@ use std::time::Duration;
 use ipnet::IpNet;
 
 use super::raw::{RawAdmin, RawRrl, RawServer, RawService, RawZone};
+use super::records::{Loc, Records, toml_key};
 use super::{
     ConfigError, DEFAULT_GEOIP, DEFAULT_LISTEN, DEFAULT_MAX_UDP_PAYLOAD, DEFAULT_RECORD_TTL,
     DEFAULT_SERVICE_TTL, DEFAULT_TCP_BUSY_IDLE_TIMEOUT_SECS, DEFAULT_TCP_IDLE_TIMEOUT_SECS,
     DEFAULT_TCP_MAX_CONNECTIONS, DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_ZONES_DIR,
     MAX_THREADS, MAX_TTL, ServerConfig,
 };
-use crate::dns::records::{DomainName, StaticRecord, parse_name, parse_record};
+use crate::dns::records::{DomainName, parse_name, parse_record};
 use crate::model::{
     AllDown, Coord, CountryCode, Datacenter, DcId, Fallback, Service, Soa, Warmup, ZoneConfig,
 };
@@ -435,25 +436,25 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
     };
 
     // Static records.
-    let mut records: Vec<StaticRecord> = Vec::new();
-    let mut owners: HashMap<DomainName, String> = HashMap::new();
+    let mut static_records = Records::new(file, &origin);
+    static_records.reserve(raw.records.values().map(Vec::len).sum());
     for (owner_text, list) in &raw.records {
-        let okey = format!("records.{}", key_part(owner_text));
+        let okey = toml_key(owner_text);
         let owner = parse_name(owner_text, Some(&origin))
             .map_err(|e| ConfigError::new(file, okey.clone(), e))?;
         let owner = in_zone(&okey, owner)?;
         reject_wildcard(file, &okey, &owner)?;
-        if let Some(prev) = owners.insert(owner.clone(), okey.clone()) {
-            return Err(ConfigError::new(
-                file,
-                okey,
-                format!("same name as {prev}; put all records of a name in one list"),
-            ));
-        }
+        let list_no = static_records.toml_list(okey.clone());
+        let g = static_records.group_for(
+            &owner,
+            Loc::Toml {
+                list: list_no,
+                item: 0,
+            },
+        )?;
         if list.is_empty() {
             return Err(ConfigError::new(file, okey, "empty record list"));
         }
-        let first_index = records.len();
         for (i, r) in list.iter().enumerate() {
             let rkey = format!("{okey}[{i}]");
             let rttl = ttl(file, &format!("{rkey}.ttl"), r.ttl, default_ttl)?;
@@ -466,54 +467,31 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
                     "apex NS records are set by the top-level `ns` key",
                 ));
             }
-            records.push(rec);
+            let loc = Loc::Toml {
+                list: list_no,
+                item: i as u32,
+            };
+            static_records.push(g, rec, loc);
         }
-        let these = &records[first_index..];
-        if these.iter().any(StaticRecord::is_cname) && these.len() > 1 {
-            return Err(ConfigError::new(
-                file,
-                okey,
-                "a CNAME cannot coexist with other records at the same name (RFC 1034 §3.6.2)",
-            ));
-        }
-        if these.iter().any(StaticRecord::is_cname) && owner == origin {
-            return Err(ConfigError::new(
-                file,
-                okey,
-                "a CNAME cannot sit at the zone apex (it would hide SOA and NS)",
-            ));
-        }
-        check_rrsets(file, &okey, these)?;
+        static_records.check_group(g)?;
     }
-    check_cname_cycles(file, &origin, &records)?;
-    // Delegations hide everything below them.
-    let cuts: Vec<DomainName> = records
-        .iter()
-        .filter(|r| r.is_ns())
-        .map(|r| r.owner().clone())
-        .collect();
-    for r in &records {
-        let owner = r.owner();
-        if let Some(cut) = cuts.iter().find(|c| c.zone_of(owner) && *c != owner)
-            && !r.is_address()
-        {
-            return Err(ConfigError::new(
-                file,
-                format!("records.{}", key_part(&owner.to_string())),
-                format!("below the delegation at {cut}; only glue (A/AAAA) may be here"),
-            ));
+    if let Some(name) = &raw.records_file {
+        if name.trim().is_empty() {
+            return Err(ConfigError::new(file, "records_file", "empty path"));
         }
-        if cuts.contains(owner) && !r.is_ns() && !r.is_address() && r.type_name() != "DS" {
-            return Err(ConfigError::new(
+        let path = file.parent().unwrap_or(Path::new(".")).join(name);
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            ConfigError::new(
                 file,
-                format!("records.{}", key_part(&owner.to_string())),
-                format!(
-                    "{} at a delegation point; only NS, DS and glue belong here",
-                    r.type_name()
-                ),
-            ));
-        }
+                "records_file",
+                format!("cannot read {}: {e}", path.display()),
+            )
+        })?;
+        static_records.reserve(text.bytes().filter(|&b| b == b'\n').count());
+        super::zonefile::read(&mut static_records, &path, &text, &origin, default_ttl, &ns)?;
     }
+    static_records.check_cname_cycles()?;
+    static_records.check_delegations()?;
 
     // Datacenters.
     if raw.datacenters.len() > MAX_DATACENTERS {
@@ -603,53 +581,37 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         soa,
         ns,
         ns_ttl,
-        records,
+        records: Vec::new(),
         datacenters,
         services: Vec::new(),
     };
 
     // Services.
+    let mut service_names: HashMap<DomainName, &str> = HashMap::with_capacity(raw.services.len());
     for (name, svc) in &raw.services {
         let key = format!("services.{}", key_part(name));
         let fqdn =
             parse_name(name, Some(&origin)).map_err(|e| ConfigError::new(file, key.clone(), e))?;
         let fqdn = in_zone(&key, fqdn)?;
         reject_wildcard(file, &key, &fqdn)?;
-        if let Some(prev) = zone.services.iter().find(|s| s.fqdn == fqdn) {
+        if let Some(prev) = service_names.insert(fqdn.clone(), name) {
             return Err(ConfigError::new(
                 file,
                 key,
                 format!(
                     "names the same owner ({fqdn}) as services.{}",
-                    key_part(&prev.name)
+                    key_part(prev)
                 ),
             ));
         }
-        if let Some(prev) = zone
-            .records
-            .iter()
-            .find(|r| r.owner() == &fqdn && (r.is_cname() || r.is_address() || r.is_ns()))
-        {
-            return Err(ConfigError::new(
-                file,
-                key,
-                format!(
-                    "the name {fqdn} also has a static {} record; a service owns its A/AAAA answers",
-                    prev.type_name()
-                ),
-            ));
-        }
-        if let Some(cut) = cuts.iter().find(|c| c.zone_of(&fqdn)) {
-            return Err(ConfigError::new(
-                file,
-                key,
-                format!("{fqdn} is at or below the delegation at {cut}"),
-            ));
+        if let Some(reason) = static_records.service_conflict(&fqdn) {
+            return Err(ConfigError::new(file, key, reason));
         }
         let service = validate_service(file, &key, &zone, name, fqdn, svc)?;
         zone.services.push(service);
     }
-    check_name_server_addresses(file, &zone)?;
+    check_name_server_addresses(file, &zone, &static_records)?;
+    zone.records = static_records.into_records();
     Ok(zone)
 }
 
@@ -664,82 +626,15 @@ fn reject_wildcard(file: &Path, key: &str, name: &DomainName) -> Result<(), Conf
     Ok(())
 }
 
-/// RFC 2181 §5: an RRset has no duplicate records and one TTL.
-fn check_rrsets(file: &Path, key: &str, records: &[StaticRecord]) -> Result<(), ConfigError> {
-    for (i, r) in records.iter().enumerate() {
-        for (j, other) in records[..i].iter().enumerate() {
-            if r.type_name() != other.type_name() {
-                continue;
-            }
-            if r.same_data(other) {
-                return Err(ConfigError::new(
-                    file,
-                    format!("{key}[{i}]"),
-                    format!("duplicates {key}[{j}]"),
-                ));
-            }
-            if r.ttl() != other.ttl() {
-                return Err(ConfigError::new(
-                    file,
-                    format!("{key}[{i}]"),
-                    format!(
-                        "TTL {} differs from {key}[{j}] ({}); records of one type at one \
-                         name form an RRset and share a TTL (RFC 2181 §5.2)",
-                        r.ttl(),
-                        other.ttl()
-                    ),
-                ));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// In-zone CNAME chains must end: a loop would be served as a chain of
-/// repeated records until the length cap.
-fn check_cname_cycles(
-    file: &Path,
-    origin: &DomainName,
-    records: &[StaticRecord],
-) -> Result<(), ConfigError> {
-    let target_of = |name: &DomainName| {
-        records
-            .iter()
-            .find(|r| r.is_cname() && r.owner() == name)
-            .and_then(StaticRecord::cname_target)
-    };
-    for start in records.iter().filter(|r| r.is_cname()) {
-        let mut seen = vec![start.owner().clone()];
-        let mut at = start.owner().clone();
-        while let Some(next) = target_of(&at) {
-            if !origin.zone_of(next) {
-                break;
-            }
-            if seen.contains(next) {
-                let chain: Vec<String> = seen.iter().map(ToString::to_string).collect();
-                return Err(ConfigError::new(
-                    file,
-                    format!("records.{}", key_part(&start.owner().to_string())),
-                    format!("CNAME loop: {} -> {next}", chain.join(" -> ")),
-                ));
-            }
-            seen.push(next.clone());
-            at = next.clone();
-        }
-    }
-    Ok(())
-}
-
 /// Name servers inside the zone need addresses here (glue), or resolvers
 /// cannot reach them.
-fn check_name_server_addresses(file: &Path, zone: &ZoneConfig) -> Result<(), ConfigError> {
-    let has_address = |name: &DomainName| {
-        zone.records
-            .iter()
-            .any(|r| r.is_address() && r.owner() == name)
-    };
+fn check_name_server_addresses(
+    file: &Path,
+    zone: &ZoneConfig,
+    records: &Records,
+) -> Result<(), ConfigError> {
     for (i, ns) in zone.ns.iter().enumerate() {
-        if zone.origin.zone_of(ns) && !has_address(ns) {
+        if zone.origin.zone_of(ns) && !records.has_address(ns) {
             return Err(ConfigError::new(
                 file,
                 format!("ns[{i}]"),
@@ -747,21 +642,7 @@ fn check_name_server_addresses(file: &Path, zone: &ZoneConfig) -> Result<(), Con
             ));
         }
     }
-    for r in zone.records.iter().filter(|r| r.is_ns()) {
-        let Some(target) = r.ns_target() else {
-            continue;
-        };
-        if zone.origin.zone_of(target) && !has_address(target) {
-            return Err(ConfigError::new(
-                file,
-                format!("records.{}", key_part(&r.owner().to_string())),
-                format!(
-                    "the delegation's name server {target} is inside this zone but has no glue (A/AAAA) here"
-                ),
-            ));
-        }
-    }
-    Ok(())
+    records.check_delegation_glue()
 }
 
 /// An upper-case ISO 3166-1 alpha-2 code.

@@ -20,3 +20,4 @@ mod robustness;
 mod rrl;
 mod rum_beacon;
 mod tcp_hardening;
+mod zonefile;

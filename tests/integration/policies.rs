@@ -56,6 +56,7 @@ const EXAMPLES: &[(&str, &str)] = &[
         "geo > same country > sticky",
     ),
     ("latency.example.toml", "latency"),
+    ("zonefile.example.toml", "geo"),
 ];
 
 fn examples_dir() -> PathBuf {
@@ -395,6 +396,17 @@ fn every_example_zone_loads_and_check_accepts_them_all() {
             ..Setup::default()
         },
     );
+    // The master files the examples name in `records_file`.
+    for entry in std::fs::read_dir(examples_dir()).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "zone") {
+            std::fs::copy(
+                &path,
+                dir.path().join("zones").join(path.file_name().unwrap()),
+            )
+            .unwrap();
+        }
+    }
     let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
         .args(["check", "--config"])
         .arg(&config)
