@@ -127,12 +127,21 @@ pub fn load_keeping(
     let mut zones: Vec<model::ZoneConfig> = Vec::new();
     for file in config::zone_files(&server.zones_dir)? {
         let text = config::read_file(&file)?;
-        let fingerprint = fingerprint_bytes(text.as_bytes());
+        let toml = config::fingerprint(text.as_bytes());
         let source = file.display().to_string();
+        // Kept when its TOML is the same and so is the records file it
+        // names (read again to tell).
         let kept = keep.and_then(|p| {
-            p.zones()
-                .iter()
-                .find(|z| z.fingerprint == fingerprint && z.config.source == source)
+            p.zones().iter().find(|z| {
+                z.config.source == source
+                    && z.fingerprint
+                        == zone_fingerprint(
+                            toml,
+                            z.config.records_file.as_ref().map(|(path, _)| {
+                                std::fs::read(path).map_or(0, |b| config::fingerprint(&b))
+                            }),
+                        )
+            })
         });
         let zone = match kept {
             Some(z) => {
@@ -141,6 +150,8 @@ pub fn load_keeping(
             }
             None => {
                 let mut zc = config::parse_zone(&file, &text)?;
+                drop(text);
+                let fingerprint = zone_fingerprint(toml, zc.records_file.as_ref().map(|f| f.1));
                 let records = std::mem::take(&mut zc.records);
                 let without = zc.clone();
                 zc.records = records;
@@ -173,11 +184,11 @@ pub fn load_keeping(
     Ok((config, snapshot))
 }
 
-/// A hash of `bytes`, to tell whether a file changed.
-fn fingerprint_bytes(bytes: &[u8]) -> u64 {
-    use std::hash::{DefaultHasher, Hasher};
+/// A zone's fingerprint: its TOML's and its records file's.
+fn zone_fingerprint(toml: u64, records_file: Option<u64>) -> u64 {
+    use std::hash::{DefaultHasher, Hash, Hasher};
     let mut h = DefaultHasher::new();
-    h.write(bytes);
+    (toml, records_file).hash(&mut h);
     h.finish()
 }
 
@@ -190,7 +201,7 @@ fn fingerprint_files<'a>(
     let mut h = DefaultHasher::new();
     for path in paths {
         match path {
-            Some(p) => h.write_u64(fingerprint_bytes(&std::fs::read(p).ok()?)),
+            Some(p) => h.write_u64(config::fingerprint(&std::fs::read(p).ok()?)),
             None => h.write_u8(0),
         }
     }

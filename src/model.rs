@@ -444,6 +444,9 @@ pub struct ZoneConfig {
     /// Static records, apex NS/SOA excluded. Empty once a snapshot has
     /// been built from this zone: they move into its zone store.
     pub records: Vec<StaticRecord>,
+    /// The `records_file` the static records were read from, with a hash
+    /// of the text read (a reload rebuilds the zone when it changes).
+    pub records_file: Option<(std::path::PathBuf, u64)>,
     /// Datacenters, indexed by `DcId`.
     pub datacenters: Vec<Datacenter>,
     /// Services.

@@ -328,6 +328,14 @@ fn key_path(path: &serde_path_to_error::Path) -> String {
     out
 }
 
+/// A hash of a file's contents, to tell whether it changed.
+pub fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{DefaultHasher, Hasher};
+    let mut h = DefaultHasher::new();
+    h.write(bytes);
+    h.finish()
+}
+
 /// Reads a config file, naming it in the error.
 pub fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path)

@@ -475,6 +475,7 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         }
         static_records.check_group(g)?;
     }
+    let mut records_file = None;
     if let Some(name) = &raw.records_file {
         if name.trim().is_empty() {
             return Err(ConfigError::new(file, "records_file", "empty path"));
@@ -489,6 +490,7 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         })?;
         static_records.reserve(text.bytes().filter(|&b| b == b'\n').count());
         super::zonefile::read(&mut static_records, &path, &text, &origin, default_ttl, &ns)?;
+        records_file = Some((path, crate::config::fingerprint(text.as_bytes())));
     }
     static_records.check_cname_cycles()?;
     static_records.check_delegations()?;
@@ -582,6 +584,7 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         ns,
         ns_ttl,
         records: Vec::new(),
+        records_file,
         datacenters,
         services: Vec::new(),
     };

@@ -96,3 +96,35 @@ async fn a_new_geoip_database_rebuilds_every_zone() {
     let mx = s.ask("gslb.example.com.", RecordType::MX, None).await;
     assert_eq!(mx.answers.len(), 1);
 }
+
+#[tokio::test]
+async fn a_changed_records_file_rebuilds_its_zone() {
+    let zone = r#"
+origin = "file.test."
+ns = ["ns1.file.test."]
+records_file = "file.test.zone"
+[soa]
+rname = "hostmaster.file.test."
+serial = 1
+"#;
+    let records = "ns1 A 192.0.2.53\nhost A 192.0.2.90\n";
+    let example = example_zone();
+    let s = TestServer::start(&[("gslb.example.com.toml", &example)]).await;
+    // The harness writes TOML files only: the zone arrives by a reload.
+    let path = s.dir.path().join("zones/file.test.zone");
+    std::fs::write(&path, records).unwrap();
+    std::fs::write(s.dir.path().join("zones/file.test.toml"), zone).unwrap();
+    s.server.reload().expect("reload");
+    let host = || s.ask("host.file.test.", RecordType::A, None);
+    assert_eq!(a_answers(&host().await), ["192.0.2.90"]);
+    let before = zone_of(&s, "file.test.");
+
+    s.server.reload().expect("reload");
+    assert!(Arc::ptr_eq(&before, &zone_of(&s, "file.test.")));
+
+    // Only the records file changes: its zone is rebuilt.
+    std::fs::write(&path, records.replace("192.0.2.90", "192.0.2.91")).unwrap();
+    s.server.reload().expect("reload");
+    assert_eq!(a_answers(&host().await), ["192.0.2.91"]);
+    assert!(!Arc::ptr_eq(&before, &zone_of(&s, "file.test.")));
+}
