@@ -14,6 +14,8 @@ Writes, for one zone `load.example.`:
                                    around the globe and S geo services
   OUT_DIR/load.example.zone        the same static records as an RFC 1035
                                    master file, for nsd-checkzone and nsd
+  OUT_DIR/zonefile/                the same config with the zone's static
+                                   records from that file (`records_file`)
   OUT_DIR/nsd.conf                 NSD serving that file on 127.0.0.1:P
   OUT_DIR/names.txt                dnsperf queries for 10,000 of the names
 
@@ -104,6 +106,19 @@ def main():
             for j, dcs in enumerate(subsets(rng, a.datacenters, k, a.services)):
                 names = ", ".join(f'"dc{x}"' for x in dcs)
                 f.write(f'\n[services.s{j}]\npolicy = "geo"\ndatacenters = [{names}]\n')
+
+    # The same zone with its static records from the master file
+    # (`records_file`): zonefile/meridian.toml.
+    zf = os.path.join(a.out, "zonefile")
+    os.makedirs(os.path.join(zf, "zones"), exist_ok=True)
+    with open(os.path.join(a.out, "meridian.toml")) as src, open(os.path.join(zf, "meridian.toml"), "w") as dst:
+        dst.write(src.read().replace('state_file = "meridian-state.json"', 'state_file = "../meridian-state-zf.json"'))
+    with open(os.path.join(a.out, "zones", "load.example.toml")) as src:
+        text = src.read()
+    head, _, rest = text.partition("[records]\n")
+    tail = rest[rest.find("\n[datacenters."):] if "\n[datacenters." in rest else ""
+    with open(os.path.join(zf, "zones", "load.example.toml"), "w") as f:
+        f.write(head.replace("ttl = 3600\n", 'ttl = 3600\nrecords_file = "../../load.example.zone"\n', 1) + tail)
 
     with open(os.path.join(a.out, "load.example.zone"), "w") as f:
         f.write(f"$ORIGIN {origin}\n$TTL 3600\n")

@@ -565,19 +565,22 @@ def cmd_report(args):
     load = [r for r in checks if r["case"].startswith("rr")]
     if load:
         out += ["## Load: `meridian check` vs `nsd-checkzone` on the same records", "",
-                "| RRs | Meridian s (CPU) | NSD s (CPU) | × time | × CPU | Meridian MiB | NSD MiB | × RSS "
+                "| RRs | records from | Meridian s (CPU) | NSD s (CPU) | × time | × CPU | Meridian MiB | NSD MiB | × RSS "
                 "| Meridian CPU µs/RR | NSD CPU µs/RR | Meridian B/RR | NSD B/RR |",
-                "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+                "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
         for case in sorted({r["case"] for r in load}, key=lambda c: int(c[2:])):
-            m = next((r for r in load if r["case"] == case and r["tool"] == "meridian"), None)
-            n = next((r for r in load if r["case"] == case and r["tool"] == "nsd-checkzone"), None)
+          n = next((r for r in load if r["case"] == case and r["tool"] == "nsd-checkzone"), None)
+          for tool, source in (("meridian", "TOML `[records]`"), ("meridian-zf", "`records_file`")):
+            m = next((r for r in load if r["case"] == case and r["tool"] == tool), None)
+            if not m and tool == "meridian-zf":
+                continue
             rrs = (m or n)["rrs"]
             ms = "%.2f (%.2f)" % (m["wall_s"], m["cpu_s"]) if m and m["status"] == "ok" else (
                 killed(m, "≥ %.0f" % m["wall_s"]) if m else "–")
             ns = "%.2f (%.2f)" % (n["wall_s"], n["cpu_s"]) if n and n["status"] == "ok" else "–"
             mok, nok = m and m["status"] == "ok", n and n["status"] == "ok"
-            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
-                rrs_label(rrs), ms, ns,
+            out.append("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |" % (
+                rrs_label(rrs), source, ms, ns,
                 ratio(m["wall_s"], n["wall_s"]) if mok and nok else "–",
                 ratio(m["cpu_s"], n["cpu_s"]) if mok and nok else "–",
                 mib(m["peak_kb"]) if m else "–", mib(n["peak_kb"]) if n else "–",

@@ -171,6 +171,8 @@ for s in "${SIZE_LIST[@]}"; do
   D="$OUT/load/rr$s"
   nice python3 "$LOADPY" check "${CAPS[@]}" --timeout "$TIMEOUT" --case "rr$s" --tool meridian --rrs "$s" \
     --log "$RUN/logs/check-meridian-rr$s.log" -- "$MERIDIAN_BIN" check --config "$D/meridian.toml"
+  nice python3 "$LOADPY" check "${CAPS[@]}" --timeout "$TIMEOUT" --case "rr$s" --tool meridian-zf --rrs "$s" \
+    --log "$RUN/logs/check-meridian-zf-rr$s.log" -- "$MERIDIAN_BIN" check --config "$D/zonefile/meridian.toml"
   nice python3 "$LOADPY" check "${CAPS[@]}" --timeout "$TIMEOUT" --case "rr$s" --tool nsd-checkzone --rrs "$s" \
     --log "$RUN/logs/check-nsd-rr$s.log" -- nsd-checkzone load.example. "$D/load.example.zone"
 done
