@@ -449,13 +449,22 @@ impl std::hash::Hasher for FxHasher {
 /// Interns the value sets of trie nodes. Ids below `singles` are the
 /// one-value sets `{id}`; every larger id is the union of two smaller
 /// ids, so one pass in id order classifies them all ([`SetDag`]).
+///
+/// Sets are deduplicated by content through a hash of it (a collision
+/// only costs a duplicate set: equal sets under two ids classify alike).
+/// Contents live in one arena, so building allocates per distinct set,
+/// not per node.
 #[derive(Debug)]
 pub struct SetBuilder {
     singles: u32,
     pairs: Vec<(u32, u32)>,
-    by_pair: HashMap<(u32, u32), u32, Fx>,
-    by_content: HashMap<Box<[u32]>, u32, Fx>,
-    contents: Vec<Box<[u32]>>,
+    /// By content hash: the first set with it.
+    by_hash: HashMap<u64, u32, Fx>,
+    /// Contents of the sets above the singles, back to back, sorted
+    /// within each; set `singles + i` is `arena[starts[i]..starts[i + 1]]`.
+    arena: Vec<u32>,
+    starts: Vec<usize>,
+    scratch: Vec<u32>,
 }
 
 impl SetBuilder {
@@ -464,9 +473,10 @@ impl SetBuilder {
         Self {
             singles,
             pairs: Vec::new(),
-            by_pair: HashMap::default(),
-            by_content: HashMap::default(),
-            contents: Vec::new(),
+            by_hash: HashMap::default(),
+            arena: Vec::new(),
+            starts: vec![0],
+            scratch: Vec::new(),
         }
     }
 
@@ -476,56 +486,53 @@ impl SetBuilder {
         if a == b {
             return a;
         }
-        if let Some(&id) = self.by_pair.get(&(a, b)) {
-            return id;
-        }
-        let merged = {
-            let ca = self.content(&a);
-            let cb = self.content(&b);
-            let mut m = Vec::with_capacity(ca.len() + cb.len());
+        let mut m = std::mem::take(&mut self.scratch);
+        m.clear();
+        {
+            let (ca, cb) = (self.content(&a), self.content(&b));
             let (mut i, mut j) = (0, 0);
-            while i < ca.len() || j < cb.len() {
-                let x = match (ca.get(i), cb.get(j)) {
-                    (Some(&x), Some(&y)) if x == y => {
-                        j += 1;
-                        i += 1;
-                        x
-                    }
-                    (Some(&x), Some(&y)) if x < y => {
-                        i += 1;
-                        x
-                    }
-                    (_, Some(&y)) => {
-                        j += 1;
-                        y
-                    }
-                    (Some(&x), None) => {
-                        i += 1;
-                        x
-                    }
-                    (None, None) => break,
-                };
-                m.push(x);
+            while let (Some(&x), Some(&y)) = (ca.get(i), cb.get(j)) {
+                m.push(x.min(y));
+                i += usize::from(x <= y);
+                j += usize::from(y <= x);
             }
-            m.into_boxed_slice()
+            m.extend_from_slice(&ca[i..]);
+            m.extend_from_slice(&cb[j..]);
+        }
+        let hash = {
+            use std::hash::{BuildHasher, Hasher};
+            let mut h = Fx.build_hasher();
+            for &x in &m {
+                h.write_u32(x);
+            }
+            h.finish()
         };
-        let id = match self.by_content.get(&merged) {
-            Some(&id) => id,
+        let existing = self
+            .by_hash
+            .get(&hash)
+            .copied()
+            .filter(|&id| self.content(&id) == m);
+        let id = match existing {
+            Some(id) => id,
             None => {
                 let id = self.singles + self.pairs.len() as u32;
                 self.pairs.push((a, b));
-                self.contents.push(merged.clone());
-                self.by_content.insert(merged, id);
+                self.arena.extend_from_slice(&m);
+                self.starts.push(self.arena.len());
+                self.by_hash.entry(hash).or_insert(id);
                 id
             }
         };
-        self.by_pair.insert((a, b), id);
+        self.scratch = m;
         id
     }
 
     fn content<'a>(&'a self, id: &'a u32) -> &'a [u32] {
         match id.checked_sub(self.singles) {
-            Some(i) => &self.contents[i as usize],
+            Some(i) => {
+                let i = i as usize;
+                &self.arena[self.starts[i]..self.starts[i + 1]]
+            }
             None => std::slice::from_ref(id),
         }
     }
