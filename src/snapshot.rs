@@ -8,6 +8,7 @@
 //! change reuses every other part (they are behind `Arc`s), so publishing
 //! one costs a few allocations, not a rebuild.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -17,11 +18,12 @@ use crate::dns::fast::FastIndex;
 use crate::dns::records::DomainName;
 use crate::dns::zone::Zone;
 use crate::geo::GeoDb;
+use crate::geo::locations::LocationTable;
 use crate::health::{DcHealth, HealthView, Observed};
 use crate::latency::{LatencyView, Model, ProbeIncumbent, Sources};
 use crate::model::{Attribute, DcId, GeoSpec, LatencySource, Step, ZoneConfig};
 use crate::policy::Plan;
-use crate::policy::geo::{GeoPolicy, Keep};
+use crate::policy::geo::{GeoPolicy, GeoRequest, Keep};
 
 /// Building walks the GeoIP database with large temporary vectors; give
 /// the freed memory back to the system so it does not stay resident.
@@ -34,8 +36,9 @@ fn release_free_memory() {
     }
 }
 
-/// What makes two services' geo tables identical.
-type TableKey = (Vec<DcId>, GeoSpec, Keep);
+/// Services with the same datacenters, kept attributes and (compared
+/// apart) geo settings share one geo policy.
+type GeoKey<'a> = (&'a [DcId], Keep);
 
 /// Everything a query needs, frozen.
 #[derive(Clone, Debug)]
@@ -77,20 +80,91 @@ impl Snapshot {
         geo_fingerprint: u64,
     ) -> Self {
         let started = Instant::now();
-        let (mut built, mut kept) = (0usize, 0usize);
-        let mut zones: Vec<Arc<Zone>> = sources
-            .into_iter()
-            .map(|source| match source {
-                ZoneSource::Kept(zone) => {
-                    kept += 1;
-                    zone
-                }
-                ZoneSource::Fresh(zc, fingerprint) => {
-                    built += 1;
-                    Arc::new(build_zone(*zc, &geo, fingerprint))
-                }
-            })
-            .collect();
+        let mut zones: Vec<Arc<Zone>> = Vec::with_capacity(sources.len());
+        let mut fresh: Vec<(ZoneConfig, u64)> = Vec::new();
+        for source in sources {
+            match source {
+                ZoneSource::Kept(zone) => zones.push(zone),
+                ZoneSource::Fresh(zc, fingerprint) => fresh.push((*zc, fingerprint)),
+            }
+        }
+        let (built, kept) = (fresh.len(), zones.len());
+        // Geo policies first: services with the same datacenters and geo
+        // settings share one (its class map or, with `networks`
+        // overrides, its own tables), and all are built together on one
+        // location table (one walk of the GeoIP database for every zone
+        // built, done only if a service needs it).
+        let mut requests: Vec<GeoRequest<'_>> = Vec::new();
+        let mut policy_of: Vec<Vec<Option<usize>>> = Vec::with_capacity(fresh.len());
+        for (zc, _) in &fresh {
+            let mut cache: HashMap<GeoKey<'_>, Vec<(&GeoSpec, usize)>> = HashMap::new();
+            let ids = zc
+                .services
+                .iter()
+                .map(|s| {
+                    let spec = &s.policy;
+                    spec.needs_location().then(|| {
+                        let keep = Keep {
+                            country: spec.steps.contains(&Step::Same(Attribute::Country)),
+                            continent: spec.steps.contains(&Step::Same(Attribute::Continent)),
+                            distance: spec.steps.contains(&Step::Latency)
+                                && spec.latency_source == LatencySource::Clients,
+                        };
+                        let same = cache.entry((&s.datacenters[..], keep)).or_default();
+                        if let Some(&(_, id)) = same.iter().find(|(g, _)| **g == spec.geo) {
+                            return id;
+                        }
+                        requests.push(GeoRequest {
+                            spec: &spec.geo,
+                            candidates: &s.datacenters,
+                            dcs: &zc.datacenters,
+                            keep,
+                        });
+                        same.push((&spec.geo, requests.len() - 1));
+                        requests.len() - 1
+                    })
+                })
+                .collect();
+            policy_of.push(ids);
+        }
+        let policies: Vec<Arc<GeoPolicy>> = if requests.is_empty() {
+            Vec::new()
+        } else {
+            let t = Instant::now();
+            let locations = Arc::new(LocationTable::build(&geo));
+            let ((b4, b6), (n4, n6), sets) = locations.sizes();
+            tracing::debug!(
+                v4_blocks = b4,
+                v6_blocks = b6,
+                v4_nodes = n4,
+                v6_nodes = n6,
+                sets,
+                locations = locations.locations().len(),
+                elapsed_ms = t.elapsed().as_millis() as u64,
+                "built the GeoIP location table"
+            );
+            let t = Instant::now();
+            let built = GeoPolicy::build_all(&locations, &requests);
+            tracing::debug!(
+                policies = built.len(),
+                elapsed_ms = t.elapsed().as_millis() as u64,
+                "built geo policies"
+            );
+            built.into_iter().map(Arc::new).collect()
+        };
+        drop(requests);
+        for ((zc, fingerprint), ids) in fresh.into_iter().zip(policy_of) {
+            let plans = zc
+                .services
+                .iter()
+                .zip(&ids)
+                .map(|(s, id)| {
+                    let table = id.and_then(|i| policies.get(i)).map(Arc::clone);
+                    Arc::new(Plan::build(&zc, s, table, geo.countries()))
+                })
+                .collect();
+            zones.push(Arc::new(Zone::build(zc, plans, fingerprint)));
+        }
         // Most labels first, so a child zone served here wins over its parent.
         zones.sort_by_key(|z| std::cmp::Reverse(z.origin_labels()));
         let fast = FastIndex::new(&zones);
@@ -196,52 +270,4 @@ pub enum ZoneSource {
     Fresh(Box<ZoneConfig>, u64),
     /// Keep a zone built before, as it is.
     Kept(Arc<Zone>),
-}
-
-/// Builds one zone with its policy tables.
-fn build_zone(mut zc: ZoneConfig, geo: &GeoDb, fingerprint: u64) -> Zone {
-    let records = std::mem::take(&mut zc.records);
-    let zc = &zc;
-    // Services with the same datacenters and geo settings share
-    // one table: building one walks the whole GeoIP database.
-    let mut cache: Vec<(TableKey, Arc<GeoPolicy>)> = Vec::new();
-    let mut plans = Vec::with_capacity(zc.services.len());
-    for s in &zc.services {
-        let spec = &s.policy;
-        let table = spec.needs_location().then(|| {
-            let keep = Keep {
-                country: spec.steps.contains(&Step::Same(Attribute::Country)),
-                continent: spec.steps.contains(&Step::Same(Attribute::Continent)),
-                distance: spec.steps.contains(&Step::Latency)
-                    && spec.latency_source == LatencySource::Clients,
-            };
-            let key = (s.datacenters.clone(), spec.geo.clone(), keep);
-            if let Some((_, p)) = cache.iter().find(|(k, _)| *k == key) {
-                return Arc::clone(p);
-            }
-            let p = Arc::new(GeoPolicy::build(
-                &spec.geo,
-                &s.datacenters,
-                &zc.datacenters,
-                geo,
-                keep,
-            ));
-            let (v4, v6) = p.table_sizes();
-            tracing::debug!(
-                zone = %zc.origin, service = %s.name, classes = p.ranking_count(),
-                v4_blocks = v4, v6_blocks = v6, "built geo table"
-            );
-            cache.push((key, Arc::clone(&p)));
-            p
-        });
-        plans.push(Arc::new(Plan::build(zc, s, table, geo.countries())));
-    }
-    Zone::build(
-        ZoneConfig {
-            records,
-            ..zc.clone()
-        },
-        plans,
-        fingerprint,
-    )
 }

@@ -7,11 +7,13 @@
 //! floats). Where a record has a country but no coordinates, the country
 //! table supplies an IP-weighted centroid.
 //!
-//! It knows nothing of datacenters or health: policies ask it for locations
-//! and build their own tables (see [`crate::policy::geo`]).
+//! It knows nothing of datacenters or health: [`locations`] maps every
+//! client network to a location id once per database load, and policies
+//! map those ids to their rankings (see [`crate::policy::geo`]).
 
 pub mod countries;
 pub mod distance;
+pub mod locations;
 pub mod table;
 
 use std::fmt;

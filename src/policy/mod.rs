@@ -899,6 +899,14 @@ impl Classes {
         id
     }
 
+    /// Drops the index [`Self::intern`] uses, once a table is built: the
+    /// list alone answers queries, and thousands of services each keep
+    /// one.
+    pub fn seal(&mut self) {
+        self.index = std::collections::HashMap::new();
+        self.list.shrink_to_fit();
+    }
+
     /// The class with this id.
     pub fn get(&self, id: u32) -> &GeoClass {
         &self.list[id as usize]

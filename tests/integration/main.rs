@@ -8,6 +8,7 @@ mod config_files;
 mod fast_path;
 mod fuzz_findings;
 mod geo_routing;
+mod geo_scale;
 mod harness;
 mod health;
 mod latency;
