@@ -238,33 +238,11 @@ enum Miss {
     Own(Box<Template>),
 }
 
-/// Templates one zone's plain names share; see [`Zone::is_plain`].
-#[derive(Debug, Default)]
-struct Shared {
-    /// NXDOMAIN below a plain name, built for a stand-in below the apex,
-    /// with pointer fixups.
-    nxdomain: Option<Template>,
-    /// NODATA at a plain name: the same with NOERROR.
-    nodata: Option<Template>,
-}
-
-impl Shared {
-    fn build(zone: &Zone) -> Self {
-        let Some(nxdomain) = miss_template(zone, zone.origin()) else {
-            return Self::default();
-        };
-        if nxdomain.rcode != 3 {
-            return Self::default();
-        }
-        let nodata = Template {
-            rcode: 0,
-            ..nxdomain.clone()
-        };
-        Self {
-            nxdomain: Some(nxdomain),
-            nodata: Some(nodata),
-        }
-    }
+/// The NXDOMAIN the plain names of `zone` share below them (see
+/// [`Zone::is_plain`]): built for a stand-in below the apex, with pointer
+/// fixups. Their NODATA is the same with NOERROR.
+fn shared_nxdomain(zone: &Zone) -> Option<Template> {
+    miss_template(zone, zone.origin()).filter(|t| t.rcode == 3)
 }
 
 /// What the fast path reads from the snapshot besides the templates.
@@ -282,7 +260,8 @@ pub(crate) struct Serving<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct ZoneIndex {
     names: HashSet<NameEntry>,
-    shared: Shared,
+    /// The NXDOMAIN (and, with NOERROR, the NODATA) plain names share.
+    nxdomain: Option<Template>,
 }
 
 /// The snapshot's zones, most specific first, for the fast path.
@@ -504,10 +483,10 @@ fn direct(rtype: RecordType) -> bool {
     )
 }
 
-/// The answer to a query for `set`'s type at a plain name: the records,
-/// each with its owner compressed to the question (offset 12), as
-/// hickory's encoder writes them.
-fn direct_template(qname_len: u16, set: super::zone::RrSet<'_>) -> Option<Template> {
+/// The answer section for a query of `set`'s type at a plain name: the
+/// records, each with its owner compressed to the question (offset 12),
+/// as hickory's encoder writes them. Returns the body and the count.
+fn direct_body(set: super::zone::RrSet<'_>) -> Option<(Vec<u8>, u16)> {
     let mut body = Vec::new();
     let mut count = 0u16;
     for rdata in set.wire() {
@@ -519,16 +498,7 @@ fn direct_template(qname_len: u16, set: super::zone::RrSet<'_>) -> Option<Templa
         body.extend_from_slice(rdata);
         count = count.checked_add(1)?;
     }
-    Some(Template {
-        body: body.into_boxed_slice(),
-        fixups: Box::new([]),
-        qname_len,
-        counts: [count, 0, 0],
-        authoritative: true,
-        rcode: 0,
-        addresses: None,
-        optional_at: None,
-    })
+    Some((body, count))
 }
 
 /// A plain name's entry. With only types [`direct`] encodes, the answers
@@ -540,11 +510,11 @@ fn plain_entry(zone: &Zone, node: &Node) -> Option<NameEntry> {
     if node.rrsets().all(|set| direct(set.rtype())) {
         let mut data = key.to_vec();
         for set in node.rrsets() {
-            let t = direct_template(u16::from(key_len), set)?;
+            let (body, count) = direct_body(set)?;
             data.extend_from_slice(&u16::from(set.rtype()).to_be_bytes());
-            data.extend_from_slice(&t.counts[0].to_be_bytes());
-            data.extend_from_slice(&u16::try_from(t.body.len()).ok()?.to_be_bytes());
-            data.extend_from_slice(&t.body);
+            data.extend_from_slice(&count.to_be_bytes());
+            data.extend_from_slice(&u16::try_from(body.len()).ok()?.to_be_bytes());
+            data.extend_from_slice(&body);
         }
         return Some(NameEntry {
             data: data.into_boxed_slice(),
@@ -557,7 +527,19 @@ fn plain_entry(zone: &Zone, node: &Node) -> Option<NameEntry> {
     for set in node.rrsets() {
         let t = set.rtype();
         let template = match direct(t) {
-            true => direct_template(u16::from(key_len), set)?,
+            true => {
+                let (body, count) = direct_body(set)?;
+                Template {
+                    body: body.into_boxed_slice(),
+                    fixups: Box::new([]),
+                    qname_len: u16::from(key_len),
+                    counts: [count, 0, 0],
+                    authoritative: true,
+                    rcode: 0,
+                    addresses: None,
+                    optional_at: None,
+                }
+            }
             false => template(&name, t, zone.resolve_with(&name, t, &mut no_choice))?,
         };
         by_type.push((u16::from(t), Response::Static(template)));
@@ -615,10 +597,10 @@ fn general_entry(zone: &Zone, key: &[u8]) -> Option<NameEntry> {
 impl ZoneIndex {
     /// Builds templates for every name of `zone`.
     pub(crate) fn build(zone: &Zone) -> Self {
-        let shared = Shared::build(zone);
+        let nxdomain = shared_nxdomain(zone);
         let mut names = HashSet::with_capacity(zone.nodes().len());
         for node in zone.nodes() {
-            let entry = match shared.nodata.is_some() && zone.is_plain(node.key(), node) {
+            let entry = match nxdomain.is_some() && zone.is_plain(node.key(), node) {
                 true => plain_entry(zone, node),
                 false => general_entry(zone, node.key()),
             };
@@ -626,7 +608,7 @@ impl ZoneIndex {
                 names.insert(entry);
             }
         }
-        Self { names, shared }
+        Self { names, nxdomain }
     }
 
     /// The miss template below `entry`'s name, if the fast path has one.
@@ -636,17 +618,24 @@ impl ZoneIndex {
         match miss {
             Miss::General => None,
             Miss::Own(t) => Some(t),
-            Miss::Shared => self.shared.nxdomain.as_ref(),
+            Miss::Shared => self.nxdomain.as_ref(),
         }
     }
 
     /// The zone's shared NODATA for a name of wire length `name_len`,
     /// with the shift of its pointers.
-    fn nodata(&self, name_len: usize, name: &[u8]) -> Option<(&Template, usize)> {
-        let t = self.shared.nodata.as_ref()?;
+    fn nodata(&self, name_len: usize, name: &[u8]) -> Option<(Body<'_>, usize)> {
+        let t = self.nxdomain.as_ref()?;
         // Built for a shorter name: see the miss templates.
         let delta = name_len.checked_sub(usize::from(t.qname_len))?;
-        (delta == 0 || labels(name) <= MAX_MISS_LABELS).then_some((t, delta))
+        let body = Body {
+            header: Header {
+                rcode: 0,
+                ..t.header()
+            },
+            ..t.view()
+        };
+        (delta == 0 || labels(name) <= MAX_MISS_LABELS).then_some((body, delta))
     }
 }
 
@@ -734,7 +723,7 @@ impl FastIndex {
                         (Some(view), None, 0)
                     }
                     None => match index.nodata(q.name_len, name) {
-                        Some((t, delta)) => (Some(t.view()), None, delta),
+                        Some((t, delta)) => (Some(t), None, delta),
                         None => return false,
                     },
                 },
@@ -743,29 +732,13 @@ impl FastIndex {
                         true => general.by_type.first(),
                         false => general.by_type.iter().find(|(t, _)| *t == q.qtype),
                     };
-                    let resp = match (found, &general.other) {
-                        (Some((_, r)), _) => r,
-                        (None, Some(r)) => r,
-                        (None, None) => {
-                            let Some((t, delta)) = index.nodata(q.name_len, name) else {
-                                return false;
-                            };
-                            return self.write(
-                                env,
-                                packet,
-                                Some(t.view()),
-                                None,
-                                delta,
-                                src,
-                                transport,
-                                (max_udp_payload, base),
-                                out,
-                            );
-                        }
-                    };
-                    match resp {
-                        Response::Static(t) => (Some(t.view()), None, 0),
-                        Response::Dynamic(dynamic) => match (&dynamic.first_cname, env.ecs) {
+                    match found.map(|(_, r)| r).or(general.other.as_ref()) {
+                        None => match index.nodata(q.name_len, name) {
+                            Some((t, delta)) => (Some(t), None, delta),
+                            None => return false,
+                        },
+                        Some(Response::Static(t)) => (Some(t.view()), None, 0),
+                        Some(Response::Dynamic(dynamic)) => match (&dynamic.first_cname, env.ecs) {
                             (Some(t), Some(_)) => (Some(t.view()), None, 0),
                             _ => {
                                 let Dynamic {

@@ -127,19 +127,18 @@ struct Building(HashMap<NameKey, (Sets, Option<u32>)>);
 impl Building {
     /// Creates the node at `key` and every empty non-terminal above it
     /// up to `origin`, so that names between the apex and a record answer
-    /// NODATA, not NXDOMAIN (RFC 8020). Returns `key`.
-    fn touch(&mut self, key: NameKey, origin: &[u8]) -> NameKey {
+    /// NODATA, not NXDOMAIN (RFC 8020).
+    fn touch(&mut self, key: &[u8], origin: &[u8]) {
         let mut at = 0;
         while key.len() - at > origin.len() {
             let above = &key[at..];
             if self.0.contains_key(above) {
-                return key;
+                return;
             }
             self.0.insert(above.into(), Default::default());
             at += 1 + usize::from(key[at]);
         }
         self.0.entry(origin.into()).or_default();
-        key
     }
 
     /// Adds `r` to its RRset at `key` (touched before).
@@ -380,24 +379,24 @@ impl Zone {
 
         let origin_key = name_key(&origin).unwrap_or_default();
         let mut nodes = Building::default();
-        let apex = nodes.touch(origin_key.clone(), &origin_key);
-        nodes.add(&apex, &soa);
+        nodes.touch(&origin_key, &origin_key);
+        nodes.add(&origin_key, &soa);
         for n in &z.ns {
             let r = Record::from_rdata(origin.clone(), z.ns_ttl, RData::NS(NS(n.clone())));
-            nodes.add(&apex, &r);
+            nodes.add(&origin_key, &r);
         }
         for r in records {
             let Some(key) = name_key(&r.0.name) else {
                 continue; // validation encodes every name
             };
-            let key = nodes.touch(key, &origin_key);
+            nodes.touch(&key, &origin_key);
             nodes.add(&key, &r.0);
         }
         for (i, s) in z.services.iter().enumerate() {
             let Some(key) = name_key(&s.fqdn) else {
                 continue;
             };
-            let key = nodes.touch(key, &origin_key);
+            nodes.touch(&key, &origin_key);
             if let Some(node) = nodes.0.get_mut(&key) {
                 node.1 = u32::try_from(i).ok();
             }
@@ -407,7 +406,7 @@ impl Zone {
             .0
             .into_iter()
             .filter_map(|(key, (sets, service))| {
-                let cut = key != apex && sets.iter().any(|s| s.0 == RecordType::NS);
+                let cut = key != origin_key && sets.iter().any(|s| s.0 == RecordType::NS);
                 has_cuts |= cut;
                 Node::new(&key, sets, service, cut)
             })
@@ -746,19 +745,18 @@ impl Zone {
                 let Some(dc) = self.config.datacenters.get(dc.index()) else {
                     continue;
                 };
+                let data: Vec<RData> = match v6 {
+                    true => dc.v6.iter().map(|&ip| RData::AAAA(AAAA(ip))).collect(),
+                    false => dc.v4.iter().map(|&ip| RData::A(A(ip))).collect(),
+                };
                 // Per-address health: addresses whose own targets are
                 // down are left out.
-                let data: Vec<RData> = if v6 {
-                    dc.v6.iter().map(|&ip| RData::AAAA(AAAA(ip))).collect()
-                } else {
-                    dc.v4.iter().map(|&ip| RData::A(A(ip))).collect()
-                };
                 let kept = data
                     .into_iter()
                     .enumerate()
-                    .filter(|&(i, _)| !decision.leaves_out(k, v6, i));
-                res.answers
-                    .extend(kept.map(|(_, d)| Record::from_rdata(name.clone(), ttl, d)));
+                    .filter(|&(i, _)| !decision.leaves_out(k, v6, i))
+                    .map(|(_, d)| Record::from_rdata(name.clone(), ttl, d));
+                res.answers.extend(kept);
             }
             let added = res.answers.len() - before;
             if added == 0 {
