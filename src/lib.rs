@@ -111,16 +111,38 @@ pub fn load_keeping(
     previous: Option<&Snapshot>,
 ) -> Result<(Config, Snapshot), Error> {
     let server = config::load_server(config_path)?;
-    let geo_fingerprint = fingerprint_files([Some(&server.geoip), server.countries.as_ref()]);
-    let keep = previous.filter(|p| geo_fingerprint == Some(p.geo_fingerprint));
+    // The GeoIP database is read once: hashed to tell whether it changed,
+    // and opened from the same bytes when it did.
+    let geo_bytes = std::fs::read(&server.geoip).map_err(|e| geo::GeoError::Open {
+        path: server.geoip.clone(),
+        reason: e.to_string(),
+    })?;
+    let countries_text = match &server.countries {
+        Some(path) => Some((
+            path,
+            std::fs::read(path)
+                .map_err(|e| Error::Countries(format!("{}: cannot read: {e}", path.display())))?,
+        )),
+        None => None,
+    };
+    let geo_fingerprint = {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut h = DefaultHasher::new();
+        let countries = countries_text.as_ref().map(|(_, b)| config::fingerprint(b));
+        (config::fingerprint(&geo_bytes), countries).hash(&mut h);
+        h.finish()
+    };
+    let keep = previous.filter(|p| geo_fingerprint == p.geo_fingerprint);
     let geo = match keep {
         Some(p) => Arc::clone(&p.geo),
         None => {
-            let countries = match &server.countries {
-                Some(path) => geo::countries::load(path).map_err(Error::Countries)?,
+            let countries = match &countries_text {
+                Some((path, bytes)) => {
+                    geo::countries::from_file_bytes(path, bytes).map_err(Error::Countries)?
+                }
                 None => geo::countries::builtin(),
             };
-            Arc::new(GeoDb::open(&server.geoip, countries)?)
+            Arc::new(GeoDb::from_file_bytes(&server.geoip, geo_bytes, countries)?)
         }
     };
     let mut sources = Vec::new();
@@ -174,7 +196,7 @@ pub fn load_keeping(
         config::Coarse::Asn(path) => Some(Arc::new(latency::asn::AsnTable::open(path)?)),
         config::Coarse::Prefix(..) => None,
     };
-    let snapshot = Snapshot::build(sources, &config.server, geo, geo_fingerprint.unwrap_or(0));
+    let snapshot = Snapshot::build(sources, &config.server, geo, geo_fingerprint);
     let sources = latency::Sources {
         map,
         asn,
@@ -190,22 +212,6 @@ fn zone_fingerprint(toml: u64, records_file: Option<u64>) -> u64 {
     let mut h = DefaultHasher::new();
     (toml, records_file).hash(&mut h);
     h.finish()
-}
-
-/// A hash of the contents of the `paths` given (`None` counts as a file
-/// of its own); `None` if one cannot be read.
-fn fingerprint_files<'a>(
-    paths: impl IntoIterator<Item = Option<&'a std::path::PathBuf>>,
-) -> Option<u64> {
-    use std::hash::{DefaultHasher, Hasher};
-    let mut h = DefaultHasher::new();
-    for path in paths {
-        match path {
-            Some(p) => h.write_u64(config::fingerprint(&std::fs::read(p).ok()?)),
-            None => h.write_u8(0),
-        }
-    }
-    Some(h.finish())
 }
 
 /// Socket buffer size asked for on UDP sockets (the kernel caps it at

@@ -19,11 +19,12 @@ pub fn builtin() -> CountryTable {
     parse(BUILTIN_CSV).unwrap_or_default()
 }
 
-/// Loads a table from a file.
-pub fn load(path: &Path) -> Result<CountryTable, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{}: cannot read: {e}", path.display()))?;
-    parse(&text).map_err(|e| format!("{}: {e}", path.display()))
+/// Parses the bytes of the file at `path` (read by the caller, which
+/// also hashes them to tell a changed table; `path` names it in errors).
+pub fn from_file_bytes(path: &Path, bytes: &[u8]) -> Result<CountryTable, String> {
+    let text = std::str::from_utf8(bytes)
+        .map_err(|e| format!("{}: cannot read: not UTF-8: {e}", path.display()))?;
+    parse(text).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 /// Parses CSV with the header

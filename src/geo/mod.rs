@@ -140,9 +140,15 @@ fn coord(lat: Option<Num>, lon: Option<Num>) -> Option<Coord> {
 }
 
 impl GeoDb {
-    /// Opens a database file (read fully into memory).
-    pub fn open(path: &Path, countries: CountryTable) -> Result<Self, GeoError> {
-        let reader = Reader::open_readfile(path).map_err(|e| GeoError::Open {
+    /// Builds from the bytes of the file at `path` (read by the caller,
+    /// which also hashes them to tell a changed database; `path` names it
+    /// in errors).
+    pub fn from_file_bytes(
+        path: &Path,
+        bytes: Vec<u8>,
+        countries: CountryTable,
+    ) -> Result<Self, GeoError> {
+        let reader = Reader::from_source(bytes).map_err(|e| GeoError::Open {
             path: path.to_path_buf(),
             reason: e.to_string(),
         })?;
@@ -155,15 +161,7 @@ impl GeoDb {
 
     /// Builds from bytes (tests, embedded databases).
     pub fn from_bytes(bytes: Vec<u8>, countries: CountryTable) -> Result<Self, GeoError> {
-        let reader = Reader::from_source(bytes).map_err(|e| GeoError::Open {
-            path: PathBuf::from("<memory>"),
-            reason: e.to_string(),
-        })?;
-        Ok(Self {
-            reader,
-            countries,
-            path: PathBuf::from("<memory>"),
-        })
+        Self::from_file_bytes(Path::new("<memory>"), bytes, countries)
     }
 
     /// The database path.
