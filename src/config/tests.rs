@@ -698,6 +698,17 @@ fn records_file_errors_name_the_file_and_line() {
         "$INCLUDE is not supported",
     );
     check(&format!("{ok}*.w A 192.0.2.1\n"), 2, "wildcard");
+    // An escaped newline, quoted or not, still counts as a line.
+    check(
+        &format!("{ok}t TXT \"a\\\nb\"\nx A 192.0.2.300\n"),
+        4,
+        "bad A value",
+    );
+    check(
+        &format!("{ok}u TXT a\\\nb\nx A 192.0.2.300\n"),
+        4,
+        "bad A value",
+    );
     check(&format!("{ok}x CH TXT t\n"), 2, "only IN");
     check(&format!("{ok}x TXT \"open\n\n"), 2, "unterminated");
     check(&format!("{ok}x TXT ( a\nb\n"), 2, "never closed");

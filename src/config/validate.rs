@@ -618,7 +618,11 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
     Ok(zone)
 }
 
-fn reject_wildcard(file: &Path, key: &str, name: &DomainName) -> Result<(), ConfigError> {
+pub(super) fn reject_wildcard(
+    file: &Path,
+    key: &str,
+    name: &DomainName,
+) -> Result<(), ConfigError> {
     if name.iter().any(|label| label == b"*") {
         return Err(ConfigError::new(
             file,

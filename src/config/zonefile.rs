@@ -22,6 +22,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::records::{Loc, Records};
+use super::validate::{check_range, reject_wildcard};
 use super::{ConfigError, MAX_TTL};
 use crate::dns::records::{
     DomainName, RdataToken, is_class, parse_file_record, parse_name, parse_ttl_text, type_code,
@@ -90,14 +91,14 @@ fn entries(text: &str) -> impl Iterator<Item = Result<Entry<'_>, (u32, String)>>
                         let from = pos + 1;
                         let mut at = from;
                         while at < bytes.len() && bytes[at] != b'"' {
-                            match bytes[at] {
-                                b'\\' => at += 2,
-                                b'\n' => {
-                                    line += 1;
-                                    at += 1;
-                                }
-                                _ => at += 1,
+                            // An escaped newline is still a line.
+                            if bytes[at] == b'\\' {
+                                at += 1;
                             }
+                            if bytes.get(at) == Some(&b'\n') {
+                                line += 1;
+                            }
+                            at += 1;
                         }
                         let Some(inner) = text.get(from..at.min(bytes.len())) else {
                             return Some(Err((line, "malformed quoted string".into())));
@@ -119,6 +120,9 @@ fn entries(text: &str) -> impl Iterator<Item = Result<Entry<'_>, (u32, String)>>
                                 b' ' | b'\t' | b'\r' | b'\n' | b';' | b'(' | b')' | b'"'
                             )
                         {
+                            if bytes[pos] == b'\\' && bytes.get(pos + 1) == Some(&b'\n') {
+                                line += 1;
+                            }
                             pos += if bytes[pos] == b'\\' { 2 } else { 1 };
                         }
                         pos = pos.min(bytes.len());
@@ -182,7 +186,8 @@ pub(super) fn read(
                         let value = arg.and_then(|t| parse_ttl_text(t.text)).ok_or_else(|| {
                             at(line, "$TTL needs a TTL such as 3600 or 1h".into())
                         })?;
-                        ttl_default = check_ttl(value).map_err(|e| at(line, e))?;
+                        ttl_default =
+                            check_range(path, &format!("line {line}"), value, 0, MAX_TTL)?;
                     }
                     "$INCLUDE" => {
                         return Err(at(
@@ -205,12 +210,7 @@ pub(super) fn read(
             if !origin.zone_of(&name) {
                 return Err(at(line, format!("{name} is not inside the zone {origin}")));
             }
-            if name.iter().any(|label| label == b"*") {
-                return Err(at(
-                    line,
-                    "wildcard names (`*`) are not supported yet; list the names explicitly".into(),
-                ));
-            }
+            reject_wildcard(path, &format!("line {line}"), &name)?;
             owner = Some((name, line));
         }
         let Some((name, _)) = &owner else {
@@ -232,7 +232,7 @@ pub(super) fn read(
                         ),
                     )
                 })?;
-                ttl = Some(check_ttl(v).map_err(|e| at(line, e))?);
+                ttl = Some(check_range(path, &format!("line {line}"), v, 0, MAX_TTL)?);
             } else if is_class(t.text) {
                 if !t.text.eq_ignore_ascii_case("IN") {
                     return Err(at(line, format!("class {}: only IN is served", t.text)));
@@ -265,14 +265,6 @@ pub(super) fn read(
     }
     check_apex_ns(path, &apex_ns, ns)?;
     records.check_groups_from(first_group)
-}
-
-fn check_ttl(value: u32) -> Result<u32, String> {
-    if value > MAX_TTL {
-        Err(format!("TTL {value} is out of range (0 to {MAX_TTL})"))
-    } else {
-        Ok(value)
-    }
 }
 
 /// The file's apex NS records, if any, must name exactly the TOML's `ns`.

@@ -199,14 +199,13 @@ pub fn parse_file_record(
             }
             strings.push(bytes);
         }
-        let mut record = Record::from_rdata(
+        let record = Record::from_rdata(
             owner.clone(),
             ttl,
             RData::TXT(rdata::TXT::from_bytes(
                 strings.iter().map(Vec::as_slice).collect(),
             )),
         );
-        record.dns_class = DNSClass::IN;
         return Ok(StaticRecord(record));
     }
     let mut value = String::new();
@@ -340,9 +339,7 @@ fn direct_record(
             _ => return None,
         }
     };
-    let mut record = Record::from_rdata(owner.clone(), ttl, rdata);
-    record.dns_class = DNSClass::IN;
-    Some(record)
+    Some(Record::from_rdata(owner.clone(), ttl, rdata))
 }
 
 /// A TXT record from plain text. Unlike the parser path, control
@@ -350,13 +347,12 @@ fn direct_record(
 /// `\DDD` as `(D1 << 16) + (D2 << 8) + D3`, which turned a newline
 /// (`\010`) into U+0100.
 fn txt_record(owner: &DomainName, value: &str, ttl: u32) -> Record {
-    let mut record = Record::from_rdata(
+    // `from_rdata` makes class IN records.
+    Record::from_rdata(
         owner.clone(),
         ttl,
         RData::TXT(rdata::TXT::new(txt_strings(value))),
-    );
-    record.dns_class = DNSClass::IN;
-    record
+    )
 }
 
 /// A TXT value's character-strings: the text split into pieces of at most
