@@ -27,8 +27,8 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 
 use crate::geo::table::{
-    BATCH, PrefixTable, SetBuilder, SetDag, Splits, TableBuilder, Uniform, addr_bits, family_bits,
-    prefix_range,
+    BATCH, IPV4_IN_IPV6, PrefixTable, SetBuilder, SetDag, Splits, TableBuilder, Uniform, addr_bits,
+    family_bits, prefix_range,
 };
 use crate::geo::{GeoDb, Location};
 use crate::model::{Continent, CountryCode};
@@ -102,14 +102,11 @@ impl LocationTable {
                 let (s, e) = prefix_range(bits, addr_bits(net.addr()), net.prefix_len());
                 builder.push(s, e, id);
             });
-            // The IPv4-mapped and IPv4-compatible ranges hold IPv4
-            // clients, routed by the IPv4 table; the IPv6 walk sees them
-            // as gaps. Ids of their own keep every IPv6 scope off them.
+            // The IPv6 walk sees the IPv4 ranges as gaps: ids of their own
+            // keep every IPv6 scope off them.
+            let [(mapped, m), (compatible, c)] = IPV4_IN_IPV6;
             let carve: &[(u128, u8, u32)] = if v6 {
-                &[
-                    (0xffff_u128 << 32, 96, IPV4_MAPPED),
-                    (0, 96, IPV4_COMPATIBLE),
-                ]
+                &[(mapped, m, IPV4_MAPPED), (compatible, c, IPV4_COMPATIBLE)]
             } else {
                 &[]
             };
@@ -139,15 +136,10 @@ impl LocationTable {
         &self.locations
     }
 
-    /// For a map from location id to class id (one entry per
-    /// [`Self::locations`]), which node sets are of one class.
-    pub fn uniform(&self, class_of: &[u32]) -> Uniform {
-        self.sets.uniform(class_of)
-    }
-
-    /// [`Self::uniform`] for many class maps at once, bit-parallel
-    /// ([`SetDag::uniform_batch`]): what makes ten thousand services
-    /// cheap to build.
+    /// For maps from location id to class id (one entry per
+    /// [`Self::locations`]), which node sets are of one class, for many
+    /// maps at once, bit-parallel ([`SetDag::uniform_batch`]): what makes
+    /// ten thousand services cheap to build.
     pub fn uniform_many(&self, class_of: &[&[u32]]) -> Vec<Uniform> {
         class_of
             .chunks(BATCH)

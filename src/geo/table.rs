@@ -45,6 +45,12 @@ pub fn prefix_range(bits: u8, addr: u128, prefix: u8) -> (u128, u128) {
     (start, start | size_minus_1)
 }
 
+/// The IPv6 /96s that hold IPv4 clients: IPv4-mapped (`::ffff:0:0/96`)
+/// and IPv4-compatible (`::/96`). The IPv4 table routes those clients;
+/// IPv6 tables keep them apart so that no IPv6 block (and so no ECS
+/// scope) spans them.
+pub const IPV4_IN_IPV6: [(u128, u8); 2] = [(0xffff_u128 << 32, 96), (0, 96)];
+
 /// An address as an integer in its family's space.
 pub fn addr_bits(addr: IpAddr) -> u128 {
     match addr {
@@ -581,14 +587,7 @@ pub const BATCH: usize = 64;
 
 impl SetDag {
     /// Which sets hold values of one class only, when value `v` has
-    /// class `class_of[v]`; see [`Self::uniform_batch`].
-    pub fn uniform(&self, class_of: &[u32]) -> Uniform {
-        self.uniform_batch(&[class_of])
-            .pop()
-            .unwrap_or_else(|| Uniform::from_sorted(self.singles, &[]))
-    }
-
-    /// [`Self::uniform`] for up to [`BATCH`] class maps (more are
+    /// class `class_of[v]`, for up to [`BATCH`] class maps (more are
     /// ignored), bit-parallel: a set is of one class when both its parts
     /// are and their members' classes are equal, so one pass over the
     /// sets with a word per set answers for every map at once. Class ids
@@ -723,11 +722,6 @@ impl Uniform {
         }
         let at = rank as usize + (s & (bit - 1)).count_ones() as usize;
         self.words.get(at).is_some_and(|x| x & (1 << (i % 64)) != 0)
-    }
-
-    /// Heap bytes (for memory estimates).
-    pub fn heap_bytes(&self) -> usize {
-        self.summary.len() * 8 + self.ranks.len() * 4 + self.words.len() * 8
     }
 }
 

@@ -31,7 +31,7 @@ use ipnet::IpNet;
 use crate::geo::Location;
 use crate::geo::distance::distance_km;
 use crate::geo::locations::{IPV4_COMPATIBLE, IPV4_MAPPED, LocationTable};
-use crate::geo::table::{PrefixTable, TableBuilder, Uniform, addr_bits, family_bits};
+use crate::geo::table::{IPV4_IN_IPV6, PrefixTable, TableBuilder, Uniform, addr_bits, family_bits};
 use crate::model::{Coord, Datacenter, DcId, GeoSpec};
 use crate::policy::{Classes, GeoClass};
 
@@ -118,6 +118,7 @@ pub struct GeoRequest<'a> {
 
 impl GeoPolicy {
     /// Builds the policy of one service; see [`Self::build_all`].
+    #[cfg(test)]
     pub fn build(
         spec: &GeoSpec,
         candidates: &[DcId],
@@ -181,21 +182,23 @@ impl GeoPolicy {
     /// over the same datacenters compute each distance once.
     fn class_map(&mut self, locations: &LocationTable, memo: &mut DistanceMemo) -> Box<[u32]> {
         let default = GeoClass::of(&self.spec.default);
-        // The memo's row of each candidate, in candidate order.
-        let rows: Vec<Box<[f64]>> = self
+        // The memo's row of each candidate, in candidate order: computed
+        // once per location, then borrowed.
+        let key = |dc: Coord| (dc.lat.to_bits(), dc.lon.to_bits());
+        for &(_, dc) in &self.candidates {
+            memo.entry(key(dc)).or_insert_with(|| {
+                locations
+                    .locations()
+                    .iter()
+                    .map(|l| l.and_then(|l| l.coord).map_or(0.0, |c| distance_km(c, dc)))
+                    .collect()
+            });
+        }
+        let memo = &*memo;
+        let rows: Vec<&[f64]> = self
             .candidates
             .iter()
-            .map(|&(_, dc)| {
-                memo.entry((dc.lat.to_bits(), dc.lon.to_bits()))
-                    .or_insert_with(|| {
-                        locations
-                            .locations()
-                            .iter()
-                            .map(|l| l.and_then(|l| l.coord).map_or(0.0, |c| distance_km(c, dc)))
-                            .collect()
-                    })
-                    .clone()
-            })
+            .map(|&(_, dc)| memo.get(&key(dc)).map_or(&[][..], |r| &r[..]))
             .collect();
         locations
             .locations()
@@ -325,14 +328,11 @@ impl GeoPolicy {
             // Longer prefixes win; at equal prefixes the later entry does.
             overrides.extend(refined);
             if v6 {
-                // The IPv4-mapped (::ffff:0:0/96) and IPv4-compatible
-                // (::/96) ranges hold IPv4 clients, routed by the IPv4
-                // table; the IPv6 walk sees them as gaps. Give each a
-                // ranking of its own so no IPv6 block (and so no ECS scope)
-                // spans them.
-                for base in [0xffff_u128 << 32, 0] {
+                // A ranking of its own for each IPv4 range (see
+                // `IPV4_IN_IPV6`).
+                for (base, len) in IPV4_IN_IPV6 {
                     let id = self.rankings.distinct(GeoClass::of(&spec.default));
-                    overrides.push((base, 96, id));
+                    overrides.push((base, len, id));
                 }
             }
             tables[usize::from(v6)] = Some(builder.finish(&overrides));
@@ -454,20 +454,6 @@ impl GeoPolicy {
             .filter(|(n, _)| n.contains(&addr))
             .max_by_key(|(n, _)| n.prefix_len())
             .map(|(n, _)| *n)
-    }
-
-    /// Distinct classes in the tables (for logs).
-    pub fn ranking_count(&self) -> usize {
-        self.rankings.len()
-    }
-
-    /// Blocks in the service's own IPv4 and IPv6 tables (for logs; none
-    /// when it reads the shared location table).
-    pub fn table_sizes(&self) -> (usize, usize) {
-        match &self.table {
-            Table::Shared { .. } => (0, 0),
-            Table::Own { v4, v6 } => (v4.len(), v6.len()),
-        }
     }
 }
 
