@@ -73,22 +73,37 @@ def main():
     rng = random.Random(20261125)
     os.makedirs(os.path.join(a.out, "zones"), exist_ok=True)
     origin = "load.example."
-    with open(os.path.join(a.out, "meridian.toml"), "w") as f:
-        f.write(f'listen = ["127.0.0.1:{a.port}"]\n')
-        f.write('zones = "zones"\n')
-        f.write(f'geoip = "{os.path.abspath(a.geoip)}"\n')
-        f.write("wait_for_probes = false\n")
-        f.write('state_file = "meridian-state.json"\n')
-        f.write("[rrl]\nenabled = false\n")
-        if a.admin:
-            f.write(f'[admin]\nlisten = "{a.admin}"\n')
-        else:
-            f.write("[admin]\nenabled = false\n")
+    def server_toml(state_file):
+        admin = f'listen = "{a.admin}"' if a.admin else "enabled = false"
+        return (f'listen = ["127.0.0.1:{a.port}"]\nzones = "zones"\n'
+                f'geoip = "{os.path.abspath(a.geoip)}"\nwait_for_probes = false\n'
+                f'state_file = "{state_file}"\n[rrl]\nenabled = false\n[admin]\n{admin}\n')
 
     soa = ("ns1.load.example.", "hostmaster.load.example.", 2026112501, 3600, 600, 1209600, 60)
+    soa_table = ('[soa]\nmname = "%s"\nrname = "%s"\nserial = %d\nrefresh = %d\nretry = %d\n'
+                 'expire = %d\nminimum = %d\n\n' % soa)
+
+    def zone_head(extra=""):
+        return f'origin = "{origin}"\nttl = 3600\n{extra}ns = ["ns1.load.example."]\n\n' + soa_table
+
+    # Datacenters and services, the same in both variants.
+    tail = []
+    if a.services:
+        tail.append("\n")
+        for k in range(a.datacenters):
+            lat, lon = dc_location(k, a.datacenters)
+            tail.append(f'[datacenters.dc{k}]\nlocation = [{lat}, {lon}]\n'
+                        f'addresses = ["198.18.{k >> 8}.{k & 255}", "2001:db8:{k:x}::1"]\n')
+        k = a.subset or a.datacenters
+        for j, dcs in enumerate(subsets(rng, a.datacenters, k, a.services)):
+            names = ", ".join(f'"dc{x}"' for x in dcs)
+            tail.append(f'\n[services.s{j}]\npolicy = "geo"\ndatacenters = [{names}]\n')
+    tail = "".join(tail)
+
+    with open(os.path.join(a.out, "meridian.toml"), "w") as f:
+        f.write(server_toml("meridian-state.json"))
     with open(os.path.join(a.out, "zones", "load.example.toml"), "w") as f:
-        f.write(f'origin = "{origin}"\nttl = 3600\nns = ["ns1.load.example."]\n\n')
-        f.write('[soa]\nmname = "%s"\nrname = "%s"\nserial = %d\nrefresh = %d\nretry = %d\nexpire = %d\nminimum = %d\n\n' % soa)
+        f.write(zone_head())
         f.write("[records]\n")
         f.write('ns1 = [{ type = "A", value = "192.0.2.53" }]\n')
         for i in range(a.names):
@@ -96,29 +111,16 @@ def main():
                 f'h{i} = [{{ type = "A", value = "10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}" }}, '
                 f'{{ type = "TXT", value = "v=host {i}" }}]\n'
             )
-        if a.services:
-            f.write("\n")
-            for k in range(a.datacenters):
-                lat, lon = dc_location(k, a.datacenters)
-                f.write(f'[datacenters.dc{k}]\nlocation = [{lat}, {lon}]\n')
-                f.write(f'addresses = ["198.18.{k >> 8}.{k & 255}", "2001:db8:{k:x}::1"]\n')
-            k = a.subset or a.datacenters
-            for j, dcs in enumerate(subsets(rng, a.datacenters, k, a.services)):
-                names = ", ".join(f'"dc{x}"' for x in dcs)
-                f.write(f'\n[services.s{j}]\npolicy = "geo"\ndatacenters = [{names}]\n')
+        f.write(tail)
 
     # The same zone with its static records from the master file
     # (`records_file`): zonefile/meridian.toml.
     zf = os.path.join(a.out, "zonefile")
     os.makedirs(os.path.join(zf, "zones"), exist_ok=True)
-    with open(os.path.join(a.out, "meridian.toml")) as src, open(os.path.join(zf, "meridian.toml"), "w") as dst:
-        dst.write(src.read().replace('state_file = "meridian-state.json"', 'state_file = "../meridian-state-zf.json"'))
-    with open(os.path.join(a.out, "zones", "load.example.toml")) as src:
-        text = src.read()
-    head, _, rest = text.partition("[records]\n")
-    tail = rest[rest.find("\n[datacenters."):] if "\n[datacenters." in rest else ""
+    with open(os.path.join(zf, "meridian.toml"), "w") as f:
+        f.write(server_toml("../meridian-state-zf.json"))
     with open(os.path.join(zf, "zones", "load.example.toml"), "w") as f:
-        f.write(head.replace("ttl = 3600\n", 'ttl = 3600\nrecords_file = "../../load.example.zone"\n', 1) + tail)
+        f.write(zone_head('records_file = "../../load.example.zone"\n') + tail)
 
     with open(os.path.join(a.out, "load.example.zone"), "w") as f:
         f.write(f"$ORIGIN {origin}\n$TTL 3600\n")
@@ -143,8 +145,8 @@ def main():
 
     with open(os.path.join(a.out, "names.txt"), "w") as f:
         picks = rng.sample(range(a.names), min(a.names, 10_000)) if a.names else []
-        for i, n in zip(itertools.cycle("AT"), picks):
-            f.write(f"h{n}.{origin} {'A' if i == 'A' else 'TXT'}\n")
+        for qtype, n in zip(itertools.cycle(("A", "TXT")), picks):
+            f.write(f"h{n}.{origin} {qtype}\n")
 
 
 if __name__ == "__main__":
