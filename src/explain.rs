@@ -188,9 +188,14 @@ pub fn explain_decision(
     let mut service = None;
     'zones: for (zi, zone) in snap.zones().iter().enumerate() {
         let zc = &zone.config;
+        // The service whose name answers, wildcards included.
+        let answering = zone.service_at(&fqdn);
         for (si, svc) in zc.services.iter().enumerate() {
             let svc_name = svc.fqdn.to_ascii().to_ascii_lowercase();
-            if svc_name != lower && !summary.cname_targets.contains(&svc_name) {
+            if answering != Some(si)
+                && svc_name != lower
+                && !summary.cname_targets.contains(&svc_name)
+            {
                 continue;
             }
             let Some(plan) = snap.plan(zi, si) else {

@@ -241,6 +241,16 @@ impl Records {
                 ));
             }
         }
+        if group.ns != NONE {
+            let owner = self.records[group.ns as usize].owner();
+            if owner.is_wildcard() {
+                return Err(self.error(
+                    self.locs[group.ns as usize],
+                    false,
+                    "a wildcard cannot own NS records (RFC 4592 §4.2): delegate the names explicitly",
+                ));
+            }
+        }
         self.check_rrsets(g)
     }
 

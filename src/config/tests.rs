@@ -135,13 +135,18 @@ fn with_records(extra: &str) -> String {
 
 #[test]
 fn review_holes_are_closed() {
-    // Wildcards are not supported (and must not crash the loader).
-    let e = err(&with_records(r#""*" = [{ type = "TXT", value = "x" }]"#));
-    assert!(e.reason.contains("wildcard"), "{e}");
-    let e = err(&format!(
+    // Wildcards load, as records and as services; a wildcard cannot own
+    // NS records.
+    zone(&with_records(r#""*" = [{ type = "TXT", value = "x" }]"#)).unwrap();
+    let z = zone(&format!(
         "{BASE}\n[services.\"*.x\"]\npolicy = \"geo\"\ndatacenters = [\"a\"]\n"
+    ))
+    .unwrap();
+    assert!(z.services.iter().any(|s| s.fqdn.is_wildcard()));
+    let e = err(&with_records(
+        r#""*.d" = [{ type = "NS", value = "ns.example.net." }]"#,
     ));
-    assert!(e.reason.contains("wildcard"), "{e}");
+    assert!(e.reason.contains("wildcard cannot own NS"), "{e}");
     // Two keys naming one service owner.
     let e = err(&format!(
         "{BASE}\n[services.\"www.t.example.\"]\npolicy = \"geo\"\ndatacenters = [\"a\"]\n"
@@ -697,7 +702,11 @@ fn records_file_errors_name_the_file_and_line() {
         2,
         "$INCLUDE is not supported",
     );
-    check(&format!("{ok}*.w A 192.0.2.1\n"), 2, "wildcard");
+    check(
+        &format!("{ok}*.w NS ns.example.net.\n"),
+        2,
+        "wildcard cannot own NS",
+    );
     // An escaped newline, quoted or not, still counts as a line.
     check(
         &format!("{ok}t TXT \"a\\\nb\"\nx A 192.0.2.300\n"),

@@ -443,7 +443,6 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         let owner = parse_name(owner_text, Some(&origin))
             .map_err(|e| ConfigError::new(file, okey.clone(), e))?;
         let owner = in_zone(&okey, owner)?;
-        reject_wildcard(file, &okey, &owner)?;
         let list_no = static_records.toml_list(okey.clone());
         let g = static_records.group_for(
             &owner,
@@ -596,7 +595,6 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         let fqdn =
             parse_name(name, Some(&origin)).map_err(|e| ConfigError::new(file, key.clone(), e))?;
         let fqdn = in_zone(&key, fqdn)?;
-        reject_wildcard(file, &key, &fqdn)?;
         if let Some(prev) = service_names.insert(fqdn.clone(), name) {
             return Err(ConfigError::new(
                 file,
@@ -616,21 +614,6 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
     check_name_server_addresses(file, &zone, &static_records)?;
     zone.records = static_records.into_records();
     Ok(zone)
-}
-
-pub(super) fn reject_wildcard(
-    file: &Path,
-    key: &str,
-    name: &DomainName,
-) -> Result<(), ConfigError> {
-    if name.iter().any(|label| label == b"*") {
-        return Err(ConfigError::new(
-            file,
-            key,
-            "wildcard names (`*`) are not supported yet; list the names explicitly",
-        ));
-    }
-    Ok(())
 }
 
 /// Name servers inside the zone need addresses here (glue), or resolvers

@@ -22,7 +22,7 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::records::{Loc, Records};
-use super::validate::{check_range, reject_wildcard};
+use super::validate::check_range;
 use super::{ConfigError, MAX_TTL};
 use crate::dns::records::{
     DomainName, RdataToken, is_class, parse_file_record, parse_name, parse_ttl_text, type_code,
@@ -210,7 +210,6 @@ pub(super) fn read(
             if !origin.zone_of(&name) {
                 return Err(at(line, format!("{name} is not inside the zone {origin}")));
             }
-            reject_wildcard(path, &format!("line {line}"), &name)?;
             owner = Some((name, line));
         }
         let Some((name, _)) = &owner else {

@@ -21,6 +21,10 @@
 //! existing ancestor's "miss" template, built for a stand-in child name;
 //! its pointers are found by encoding it for two stand-ins of different
 //! lengths and are shifted at query time by the length difference.
+//!
+//! Names a wildcard synthesizes (RFC 4592) are found on that same walk: a
+//! wildcard's entry is kept under its closest encloser and built for two
+//! stand-ins; what comes out the same for both holds for every name.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -31,7 +35,7 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 
 use super::envelope::{Envelope, Header, OptOut, Question, Transport, echo_ecs};
-use super::zone::{Node, Resolution, Zone, key_in};
+use super::zone::{Node, Resolution, WILDCARD_LABEL, Zone, key_in};
 use crate::health::HealthView;
 use crate::model::DcId;
 use crate::policy::{Client, Decision, Latency, Outcome, Plan};
@@ -82,6 +86,19 @@ impl Template {
         }
     }
 
+    /// Whether `self` and `other` make the same response whatever the
+    /// question's length (they may have been built for different names).
+    fn same_bytes(&self, other: &Self) -> bool {
+        self.body == other.body
+            && self.fixups.is_empty()
+            && other.fixups.is_empty()
+            && self.counts == other.counts
+            && self.authoritative == other.authoritative
+            && self.rcode == other.rcode
+            && self.addresses == other.addresses
+            && self.optional_at == other.optional_at
+    }
+
     /// The response header for this template as it is.
     fn header(&self) -> Header {
         Header {
@@ -122,6 +139,31 @@ enum Response {
     Static(Template),
     /// Decided by a service.
     Dynamic(Box<Dynamic>),
+    /// The general path answers: a wildcard's response whose bytes
+    /// depend on the name it is synthesized for.
+    Defer,
+}
+
+/// Whether `a` and `b`, built for two names, answer both alike.
+fn same_response(a: &Response, b: &Response) -> bool {
+    match (a, b) {
+        (Response::Static(a), Response::Static(b)) => a.same_bytes(b),
+        (Response::Dynamic(a), Response::Dynamic(b)) => {
+            let same = |a: &Option<Template>, b: &Option<Template>| match (a, b) {
+                (Some(a), Some(b)) => a.same_bytes(b),
+                (a, b) => a.is_none() && b.is_none(),
+            };
+            Arc::ptr_eq(&a.plan, &b.plan)
+                && a.per_dc.slots == b.per_dc.slots
+                && a.per_dc.templates.len() == b.per_dc.templates.len()
+                && (a.per_dc.templates.iter().flatten())
+                    .zip(b.per_dc.templates.iter().flatten())
+                    .all(|(a, b)| a.same_bytes(b))
+                && same(&a.all_down, &b.all_down)
+                && same(&a.first_cname, &b.first_cname)
+        }
+        _ => false,
+    }
 }
 
 /// A service's answers: per datacenter of the service, the template with
@@ -195,6 +237,17 @@ impl NameEntry {
         &self.data[..usize::from(self.key_len)]
     }
 
+    /// The same entry under another key.
+    fn rekey(self, key: &[u8]) -> Option<Self> {
+        let mut data = key.to_vec();
+        data.extend_from_slice(self.data.get(usize::from(self.key_len)..)?);
+        Some(Self {
+            data: data.into_boxed_slice(),
+            key_len: u8::try_from(key.len()).ok()?,
+            general: self.general,
+        })
+    }
+
     /// A packed name's answer to `qtype` (2 bytes each of count and
     /// body), or `None` for NODATA.
     fn packed(&self, qtype: u16) -> Option<(u16, &[u8])> {
@@ -260,6 +313,8 @@ pub(crate) struct Serving<'a> {
 #[derive(Debug, Default)]
 pub(crate) struct ZoneIndex {
     names: HashSet<NameEntry>,
+    /// The names wildcards synthesize, by closest encloser.
+    wildcards: HashSet<NameEntry>,
     /// The NXDOMAIN (and, with NOERROR, the NODATA) plain names share.
     nxdomain: Option<Template>,
 }
@@ -407,19 +462,30 @@ fn response(zone: &Zone, name: &Name, qtype: RecordType) -> Option<Response> {
     }
 }
 
-/// The template for names below `name` that do not exist, with pointer
-/// fixups, or `None` where that cannot be built safely.
-fn miss_template(zone: &Zone, name: &Name) -> Option<Template> {
-    // Two stand-in children that do not exist, one byte apart in length.
-    let (short, long) = [("x", "xx"), ("-m-", "-mm-"), ("_meridian_", "_meridian__")]
+/// Two stand-in children of `name` that do not exist, one byte apart in
+/// length; with `typical`, also not at, above or below the SOA's names
+/// (whose encoding compresses against such names in their own way).
+fn stand_ins(zone: &Zone, name: &Name, typical: bool) -> Option<(Name, Name)> {
+    let usable = |n: &Name| {
+        !zone.has_node(n)
+            && (!typical || super::zone::name_key(n).is_some_and(|key| !zone.near_soa_names(&key)))
+    };
+    [("x", "xx"), ("-m-", "-mm-"), ("_meridian_", "_meridian__")]
         .into_iter()
         .map(|(a, b)| (name.prepend_label(a).ok(), name.prepend_label(b).ok()))
         .find_map(|pair| match pair {
-            (Some(a), Some(b)) if !zone.has_node(&a) && !zone.has_node(&b) => Some((a, b)),
+            (Some(a), Some(b)) if usable(&a) && usable(&b) => Some((a, b)),
             _ => None,
-        })?;
-    let res_short = zone.resolve_with(&short, RecordType::A, &mut no_choice);
-    let res_long = zone.resolve_with(&long, RecordType::A, &mut no_choice);
+        })
+}
+
+/// The template for names below `name` that do not exist, with pointer
+/// fixups, or `None` where that cannot be built safely.
+fn miss_template(zone: &Zone, name: &Name) -> Option<Template> {
+    let (short, long) = stand_ins(zone, name, false)?;
+    // Used only where no wildcard covers the name (see `ZoneIndex::below`).
+    let res_short = zone.resolve_literally(&short, RecordType::A, &mut no_choice);
+    let res_long = zone.resolve_literally(&long, RecordType::A, &mut no_choice);
     if res_short.service.is_some() || res_long.service.is_some() {
         return None;
     }
@@ -594,12 +660,67 @@ fn general_entry(zone: &Zone, key: &[u8]) -> Option<NameEntry> {
     })
 }
 
+/// The entry for the names that the wildcard `node` synthesizes, keyed by
+/// its closest encloser (the wildcard's parent). A plain wildcard's packed
+/// answers point only at the question's start, so they hold for any name.
+/// Otherwise the entry is built for two stand-in names of different
+/// lengths: responses that come out the same for both hold for every
+/// name; the rest are left to the general path.
+fn wildcard_entry(zone: &Zone, shared: bool, node: &Node) -> Option<NameEntry> {
+    let encloser = node.key().get(WILDCARD_LABEL.len()..)?;
+    if shared && zone.is_plain(node.key(), node) && node.rrsets().all(|s| direct(s.rtype())) {
+        return plain_entry(zone, node)?.rekey(encloser);
+    }
+    let (short, long) = stand_ins(zone, &Name::from_bytes(encloser).ok()?, true)?;
+    let short = general_entry(zone, &super::zone::name_key(&short)?)?;
+    let long = general_entry(zone, &super::zone::name_key(&long)?)?;
+    let (mut short, long) = (short.general?, long.general?);
+    if short.by_type.len() != long.by_type.len() {
+        return None;
+    }
+    for ((t, a), (u, b)) in short.by_type.iter_mut().zip(long.by_type.iter()) {
+        if t != u {
+            return None;
+        }
+        if !same_response(a, b) {
+            *a = Response::Defer;
+        }
+    }
+    match (&mut short.other, &long.other) {
+        (Some(a), Some(b)) if !same_response(a, b) => *a = Response::Defer,
+        (Some(_), Some(_)) | (None, None) => {}
+        _ => return None,
+    }
+    // Names below a synthesized name are the wildcard's too: the walk
+    // never stops at one.
+    short.miss = Miss::General;
+    Some(NameEntry {
+        data: encloser.into(),
+        key_len: u8::try_from(encloser.len()).ok()?,
+        general: Some(short),
+    })
+}
+
+/// A name not in the index: synthesized by a wildcard, or a miss.
+enum Below<'a> {
+    Wildcard(&'a NameEntry),
+    /// A miss template, and the shift of its pointers.
+    Miss(Body<'a>, usize),
+}
+
 impl ZoneIndex {
     /// Builds templates for every name of `zone`.
     pub(crate) fn build(zone: &Zone) -> Self {
         let nxdomain = shared_nxdomain(zone);
         let mut names = HashSet::with_capacity(zone.nodes().len());
+        let mut wildcards = HashSet::new();
         for node in zone.nodes() {
+            if zone.has_wildcards()
+                && node.key().starts_with(WILDCARD_LABEL)
+                && let Some(entry) = wildcard_entry(zone, nxdomain.is_some(), node)
+            {
+                wildcards.insert(entry);
+            }
             let entry = match nxdomain.is_some() && zone.is_plain(node.key(), node) {
                 true => plain_entry(zone, node),
                 false => general_entry(zone, node.key()),
@@ -608,7 +729,48 @@ impl ZoneIndex {
                 names.insert(entry);
             }
         }
-        Self { names, nxdomain }
+        Self {
+            names,
+            wildcards,
+            nxdomain,
+        }
+    }
+
+    /// What answers `name` (wire length `name_len`), which is not in the
+    /// index: the wildcard below its closest encloser (RFC 4592), else
+    /// that encloser's miss template. `None`: the general path answers.
+    fn below(&self, name: &[u8], name_len: usize, origin_len: usize) -> Option<Below<'_>> {
+        // hickory's encoder remembers at most 64 names to compress
+        // against; a question with that many labels fills them, and the
+        // general path then spells out names the templates point at.
+        // Such names are rare: leave them to the general path.
+        if labels(name) > MAX_MISS_LABELS {
+            return None;
+        }
+        // Ancestors up to the zone's apex, which always exists.
+        let mut at = 0;
+        let encloser = loop {
+            let len = usize::from(*name.get(at)?);
+            at += 1 + len;
+            if len == 0 || name.len() - at < origin_len {
+                return None;
+            }
+            let above = name.get(at..)?;
+            if let Some(entry) = self.names.get(above) {
+                break (above, entry);
+            }
+        };
+        if !self.wildcards.is_empty()
+            && let Some(wildcard) = self.wildcards.get(encloser.0)
+        {
+            return Some(Below::Wildcard(wildcard));
+        }
+        // A miss below an existing name: NXDOMAIN or referral, its
+        // pointers shifted by how much longer this name is than the
+        // stand-in the template was built for.
+        let t = self.miss(encloser.1)?;
+        let delta = name_len.checked_sub(usize::from(t.qname_len))?;
+        Some(Below::Miss(t.view(), delta))
     }
 
     /// The miss template below `entry`'s name, if the fast path has one.
@@ -702,123 +864,103 @@ impl FastIndex {
         };
         let index = zone.fast_index();
 
-        // Exact match, else the closest existing ancestor's miss template.
-        let (template, scope, delta) = match index.names.get(name) {
-            Some(entry) => match &entry.general {
-                None => match entry.packed(q.qtype) {
-                    Some((count, body)) => {
-                        let header = Header {
-                            aa: true,
-                            tc: false,
-                            rcode: 0,
-                            question: true,
-                            counts: [count, 0, 0],
-                        };
-                        let view = Body {
-                            header,
-                            body,
-                            fixups: &[],
-                            optional_at: None,
-                        };
-                        (Some(view), None, 0)
-                    }
+        // Exact match; else the wildcard that synthesizes the name, or the
+        // closest existing ancestor's miss template.
+        let entry = match index.names.get(name) {
+            Some(entry) => entry,
+            None => match index.below(name, q.name_len, zone.origin_key().len()) {
+                Some(Below::Wildcard(entry)) if !zone.near_soa_names(name) => entry,
+                Some(Below::Miss(body, delta)) => {
+                    return self.write(
+                        env,
+                        packet,
+                        Some(body),
+                        None,
+                        delta,
+                        src,
+                        transport,
+                        (max_udp_payload, base),
+                        out,
+                    );
+                }
+                _ => return false,
+            },
+        };
+        let (template, scope, delta) = match &entry.general {
+            None => match entry.packed(q.qtype) {
+                Some((count, body)) => {
+                    let header = Header {
+                        aa: true,
+                        tc: false,
+                        rcode: 0,
+                        question: true,
+                        counts: [count, 0, 0],
+                    };
+                    let view = Body {
+                        header,
+                        body,
+                        fixups: &[],
+                        optional_at: None,
+                    };
+                    (Some(view), None, 0)
+                }
+                None => match index.nodata(q.name_len, name) {
+                    Some((t, delta)) => (Some(t), None, delta),
+                    None => return false,
+                },
+            },
+            Some(general) => {
+                let found = match general.any_first && q.qtype == 255 {
+                    true => general.by_type.first(),
+                    false => general.by_type.iter().find(|(t, _)| *t == q.qtype),
+                };
+                match found.map(|(_, r)| r).or(general.other.as_ref()) {
                     None => match index.nodata(q.name_len, name) {
                         Some((t, delta)) => (Some(t), None, delta),
                         None => return false,
                     },
-                },
-                Some(general) => {
-                    let found = match general.any_first && q.qtype == 255 {
-                        true => general.by_type.first(),
-                        false => general.by_type.iter().find(|(t, _)| *t == q.qtype),
-                    };
-                    match found.map(|(_, r)| r).or(general.other.as_ref()) {
-                        None => match index.nodata(q.name_len, name) {
-                            Some((t, delta)) => (Some(t), None, delta),
-                            None => return false,
-                        },
-                        Some(Response::Static(t)) => (Some(t.view()), None, 0),
-                        Some(Response::Dynamic(dynamic)) => match (&dynamic.first_cname, env.ecs) {
-                            (Some(t), Some(_)) => (Some(t.view()), None, 0),
-                            _ => {
-                                let Dynamic {
-                                    plan,
-                                    per_dc,
-                                    all_down,
-                                    ..
-                                } = &**dynamic;
-                                let addr = env.client_addr(src);
-                                let entropy = env.entropy(seed, src);
-                                let d = plan.decide_with(
-                                    &Client { addr },
-                                    health.zone(zone_at),
-                                    Latency {
-                                        view: latency,
-                                        zone: zone_at,
-                                    },
-                                    entropy,
-                                    &mut (),
-                                );
-                                let t = match (d.outcome, all_down) {
-                                    (Outcome::Answer, _) => {
-                                        return self.assemble(
-                                            env,
-                                            packet,
-                                            &d,
-                                            per_dc,
-                                            addr,
-                                            transport,
-                                            (max_udp_payload, base),
-                                            out,
-                                        );
-                                    }
-                                    (_, Some(t)) => t,
-                                    (_, None) => return false,
-                                };
-                                (Some(t.view()), Some((addr, d.scope)), 0)
-                            }
-                        },
-                    }
-                }
-            },
-            None => {
-                // Ancestors up to the zone's apex, which always exists.
-                let mut at = 0;
-                let mut found = None;
-                while let Some(&len) = name.get(at) {
-                    at += 1 + usize::from(len);
-                    if len == 0 || name.len() - at < zone.origin_key().len() {
-                        break;
-                    }
-                    if let Some(entry) = name.get(at..).and_then(|n| index.names.get(n)) {
-                        found = Some(entry);
-                        break;
-                    }
-                }
-                match found {
-                    // A miss below an existing name: NXDOMAIN or referral.
-                    Some(entry) => match index.miss(entry) {
-                        Some(t) => {
-                            // hickory's encoder remembers at most 64 names
-                            // to compress against; a question with that
-                            // many labels fills them, and the general path
-                            // then spells out the SOA names the template
-                            // points at. Such names are rare: leave them
-                            // to the general path.
-                            if labels(name) > MAX_MISS_LABELS {
-                                return false;
-                            }
-                            // Shift pointers by how much longer this name is
-                            // than the stand-in the template was built for.
-                            let Some(delta) = q.name_len.checked_sub(usize::from(t.qname_len))
-                            else {
-                                return false;
+                    Some(Response::Static(t)) => (Some(t.view()), None, 0),
+                    Some(Response::Defer) => return false,
+                    Some(Response::Dynamic(dynamic)) => match (&dynamic.first_cname, env.ecs) {
+                        (Some(t), Some(_)) => (Some(t.view()), None, 0),
+                        _ => {
+                            let Dynamic {
+                                plan,
+                                per_dc,
+                                all_down,
+                                ..
+                            } = &**dynamic;
+                            let addr = env.client_addr(src);
+                            let entropy = env.entropy(seed, src);
+                            let d = plan.decide_with(
+                                &Client { addr },
+                                health.zone(zone_at),
+                                Latency {
+                                    view: latency,
+                                    zone: zone_at,
+                                },
+                                entropy,
+                                &mut (),
+                            );
+                            let t = match (d.outcome, all_down) {
+                                (Outcome::Answer, _) => {
+                                    return self.assemble(
+                                        env,
+                                        packet,
+                                        &d,
+                                        per_dc,
+                                        addr,
+                                        transport,
+                                        (max_udp_payload, base),
+                                        out,
+                                    );
+                                }
+                                (_, Some(t)) => t,
+                                (_, None) => return false,
                             };
-                            (Some(t.view()), None, delta)
+                            (Some(t.view()), Some((addr, d.scope)), 0)
                         }
-                        None => return false,
                     },
-                    None => return false,
                 }
             }
         };

@@ -21,6 +21,9 @@ use crate::policy::{Decision, Outcome, Plan};
 /// Longest CNAME chain followed inside a zone before giving up.
 const MAX_CNAME_CHAIN: usize = 8;
 
+/// The leftmost label of a wildcard owner's key: `*`, length 1.
+pub(crate) const WILDCARD_LABEL: &[u8] = b"\x01*";
+
 /// A service ready to answer: how it selects. Its address records are
 /// made from the zone's datacenters when an answer needs them.
 #[derive(Debug)]
@@ -275,6 +278,8 @@ pub struct Zone {
     nodes: HashSet<Node>,
     /// Some node delegates (so `find_cut` has something to find).
     has_cuts: bool,
+    /// Some owner is a wildcard (so `wildcard_for` has something to find).
+    has_wildcards: bool,
     /// The SOA's MNAME and RNAME: the NODATA and NXDOMAIN answers point
     /// at them, so names above them are not plain.
     soa_names: [NameKey; 2],
@@ -402,12 +407,14 @@ impl Zone {
             }
         }
         let mut has_cuts = false;
+        let mut has_wildcards = false;
         let nodes: HashSet<Node> = nodes
             .0
             .into_iter()
             .filter_map(|(key, (sets, service))| {
                 let cut = key != origin_key && sets.iter().any(|s| s.0 == RecordType::NS);
                 has_cuts |= cut;
+                has_wildcards |= key.starts_with(WILDCARD_LABEL);
                 Node::new(&key, sets, service, cut)
             })
             .collect();
@@ -428,6 +435,7 @@ impl Zone {
             negative_ttl,
             nodes,
             has_cuts,
+            has_wildcards,
             soa_names: [
                 name_key(&z.soa.mname).unwrap_or_default(),
                 name_key(&z.soa.rname).unwrap_or_default(),
@@ -461,6 +469,42 @@ impl Zone {
         self.nodes.get(&*name_key(name)?)
     }
 
+    /// The node answering for `name`: its own, or for a name that does
+    /// not exist, the wildcard that synthesizes it (see
+    /// [`Self::wildcard_for`]).
+    fn node_or_wildcard(&self, name: &Name) -> Option<&Node> {
+        let key = name_key(name)?;
+        self.nodes.get(&*key).or_else(|| self.wildcard_for(&key))
+    }
+
+    /// RFC 4592 §3.3.1: for a name that does not exist, the wildcard
+    /// `*` directly below its closest encloser (its longest existing
+    /// ancestor), if there is one. Existing names, empty non-terminals
+    /// among them, block the match: a wildcard never answers for a name
+    /// below another existing name.
+    pub(crate) fn wildcard_for(&self, key: &[u8]) -> Option<&Node> {
+        if !self.has_wildcards {
+            return None;
+        }
+        let mut at = 0;
+        while key.len() - at > self.origin_key.len() {
+            at += 1 + usize::from(key[at]);
+            let encloser = key.get(at..)?;
+            if self.nodes.contains(encloser) {
+                let mut wildcard = Vec::with_capacity(WILDCARD_LABEL.len() + encloser.len());
+                wildcard.extend_from_slice(WILDCARD_LABEL);
+                wildcard.extend_from_slice(encloser);
+                return self.nodes.get(&wildcard[..]);
+            }
+        }
+        None
+    }
+
+    /// Whether some owner in the zone is a wildcard.
+    pub(crate) fn has_wildcards(&self) -> bool {
+        self.has_wildcards
+    }
+
     /// The origin's key.
     pub(crate) fn origin_key(&self) -> &[u8] {
         &self.origin_key
@@ -476,7 +520,7 @@ impl Zone {
         if *key == *self.origin_key || node.service().is_some() || node.cut {
             return false;
         }
-        if self.soa_names.iter().any(|n| key_in(n, key)) {
+        if self.near_soa_names(key) {
             return false;
         }
         if node
@@ -497,13 +541,22 @@ impl Zone {
         true
     }
 
+    /// Whether `key` is at, above or below one of the SOA's names:
+    /// responses with the SOA compress those names against such a
+    /// question, each in its own way.
+    pub(crate) fn near_soa_names(&self, key: &[u8]) -> bool {
+        self.soa_names
+            .iter()
+            .any(|n| key_in(n, key) || key_in(key, n))
+    }
+
     /// Record types present at `name` and at the names its in-zone CNAME
     /// chain leads to; with A and AAAA where a service answers.
     pub(crate) fn types_along(&self, name: &Name) -> Vec<RecordType> {
         let mut out = Vec::new();
         let mut name = name.clone();
         for _ in 0..MAX_CNAME_CHAIN {
-            let Some(node) = self.node(&name) else {
+            let Some(node) = self.node_or_wildcard(&name) else {
                 break;
             };
             out.extend(node.rrsets().map(|s| s.rtype));
@@ -518,6 +571,18 @@ impl Zone {
         out.sort_unstable_by_key(|t| u16::from(*t));
         out.dedup();
         out
+    }
+
+    /// The service that answers address queries for `name` (through an
+    /// in-zone CNAME chain, or a wildcard), if any.
+    pub fn service_at(&self, name: &str) -> Option<usize> {
+        let name = Name::from_ascii(name).ok()?;
+        if !self.origin.zone_of(&name) {
+            return None;
+        }
+        let mut no_choice = |_: &ServiceAnswers| Decision::empty();
+        self.resolve_with(&name, RecordType::A, &mut no_choice)
+            .service
     }
 
     /// The service at index `i`.
@@ -597,6 +662,28 @@ impl Zone {
         qtype: RecordType,
         choose: &mut Choose<'_>,
     ) -> Resolution {
+        self.resolve(qname, qtype, choose, true)
+    }
+
+    /// Answers `qname`/`qtype` as if the zone had no wildcards: what a
+    /// name that does not exist gets where no wildcard covers it (the
+    /// fast path's miss templates).
+    pub(crate) fn resolve_literally(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        choose: &mut Choose<'_>,
+    ) -> Resolution {
+        self.resolve(qname, qtype, choose, false)
+    }
+
+    fn resolve(
+        &self,
+        qname: &Name,
+        qtype: RecordType,
+        choose: &mut Choose<'_>,
+        wildcards: bool,
+    ) -> Resolution {
         let mut res = Resolution {
             authoritative: true,
             ..Resolution::default()
@@ -611,7 +698,13 @@ impl Zone {
                     return res;
                 }
             }
-            let Some(node) = self.node(&name) else {
+            let found = match wildcards {
+                true => self.node_or_wildcard(&name),
+                false => self.node(&name),
+            };
+            // A wildcard's records are synthesized with the name asked
+            // for as their owner (RFC 4592 §3.3.2): `name` stays as is.
+            let Some(node) = found else {
                 // RFC 6604: after a CNAME, the rcode describes the last name.
                 res.rcode = ResponseCode::NXDomain;
                 self.negative(&mut res, None);

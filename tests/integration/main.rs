@@ -21,4 +21,5 @@ mod robustness;
 mod rrl;
 mod rum_beacon;
 mod tcp_hardening;
+mod wildcards;
 mod zonefile;
