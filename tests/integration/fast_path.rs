@@ -74,9 +74,9 @@ degraded_ttl = 5
 "#;
 
 /// The zone store's cases: plain names of every type the fast index
-/// encodes directly and of the types it asks the general path for, a
-/// name above the SOA's RNAME (whose negative answers compress against
-/// it), mixed-case owners, empty non-terminals, very deep names, a
+/// encodes directly and of the types it asks the general path for,
+/// names above and below the SOA's RNAME (whose negative answers compress
+/// against them), mixed-case owners, empty non-terminals, very deep names, a
 /// delegation, and a more specific zone served beside this one.
 pub const STORE_ZONE: &str = r#"
 origin = "store.test."
@@ -88,6 +88,7 @@ serial = 1
 ns1 = [{ type = "A", value = "192.0.2.53" }]
 admins = [{ type = "TXT", value = "above the rname" }]
 "hostmaster.admins" = [{ type = "A", value = "192.0.2.60" }]
+"below.hostmaster.admins" = [{ type = "TXT", value = "below the rname" }]
 Mixed = [
   { type = "A", value = "192.0.2.61" },
   { type = "A", value = "192.0.2.62" },
