@@ -153,15 +153,7 @@ pub(super) fn validate_policy(
     }
 
     if latency && latency_source == LatencySource::Probes {
-        let kind = |id: DcId| {
-            zone.dc(id).probe.as_ref().map(|p| match &p.kind {
-                crate::model::ProbeKind::Tcp => "tcp",
-                crate::model::ProbeKind::Http(h) if h.tls => "https",
-                crate::model::ProbeKind::Http(_) => "http",
-                crate::model::ProbeKind::Dns(_) => "dns",
-                crate::model::ProbeKind::External => "external",
-            })
-        };
+        let kind = |id: DcId| zone.dc(id).probe.as_ref().map(|p| p.kind.type_name());
         if let Some(&first) = datacenters.first()
             && let Some(&other) = datacenters.iter().find(|&&d| kind(d) != kind(first))
         {
