@@ -131,13 +131,19 @@ pub(super) fn validate_policy(
         let measures = dc
             .probe
             .as_ref()
-            .is_some_and(|p| p.kind != crate::model::ProbeKind::External);
+            // An exec probe's time is its command's run time, not an RTT.
+            .is_some_and(|p| {
+                !matches!(
+                    p.kind,
+                    crate::model::ProbeKind::External | crate::model::ProbeKind::Exec(_)
+                )
+            });
         if latency && latency_source == LatencySource::Probes && !measures {
             return Err(ConfigError::new(
                 file,
                 format!("datacenters.{}.probe", key_part(&dc.name)),
                 format!(
-                    "missing or external; service {name:?} ranks by probe RTT (source = \"probes\"), which needs a tcp, http, https or dns probe"
+                    "missing, external or exec; service {name:?} ranks by probe RTT (source = \"probes\"), which needs a tcp, http, https, dns, icmp or grpc probe"
                 ),
             ));
         }

@@ -722,6 +722,35 @@ datacenters = ["a"]
     }
 
     #[test]
+    fn an_exec_probe_measures_no_rtt_for_latency_services() {
+        let text = r#"
+origin = "t.example."
+ns = ["ns1.t.example."]
+[soa]
+rname = "hostmaster.t.example."
+serial = 1
+[records]
+ns1 = [{ type = "A", value = "192.0.2.53" }]
+[datacenters.a]
+addresses = ["192.0.2.1"]
+probe = { type = "exec", command = ["true"] }
+[services.www]
+policy = "latency"
+source = "probes"
+datacenters = ["a"]
+"#;
+        let e = super::super::parse_zone(Path::new("zones/t.toml"), text)
+            .expect_err("exec times are no RTTs");
+        assert_eq!(e.key, "datacenters.a.probe");
+        assert!(e.reason.contains("exec"), "{e}");
+        let grpc = text.replace(
+            r#"{ type = "exec", command = ["true"] }"#,
+            r#"{ type = "grpc", port = 50051 }"#,
+        );
+        super::super::parse_zone(Path::new("zones/t.toml"), &grpc).expect("grpc measures");
+    }
+
+    #[test]
     fn grpc_settings() {
         let ProbeKind::Grpc(g) = kind(r#"type = "grpc", port = 50051"#) else {
             panic!("grpc")
