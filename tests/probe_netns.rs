@@ -8,7 +8,7 @@
 //! host's network configuration while it runs. Without root, or without
 //! `ip` (iproute2), it fails and says so: it never passes silently.
 //!
-//! The namespace `mrdi-<pid>` is joined by the link `mrdi<pid>` (host
+//! Each namespace `mrdi-<pid>-<n>` is joined by the link `mrdi<pid>x<n>` (host
 //! side `198.19.<n>.1/30`, namespace side `198.19.<n>.2/30`: RFC 2544
 //! benchmarking space, a block `n` no address or route uses; 198.19 so as
 //! not to meet `tests/netns_latency.rs`'s 198.18 blocks). [`Lab`]'s `Drop`
@@ -78,11 +78,16 @@ impl Lab {
              (run it as root, e.g. in CI's container)"
         );
         must("ip", &["-V"]);
+        // Labs of tests running side by side: one at a time picks its
+        // block and adds its addresses, each with its own number.
+        static CREATING: std::sync::Mutex<u32> = std::sync::Mutex::new(0);
+        let mut next = CREATING.lock().unwrap_or_else(|e| e.into_inner());
+        *next += 1;
         let pid = std::process::id();
         let block = free_block();
         let lab = Self {
-            ns: format!("mrdi-{pid}"),
-            host_if: format!("mrdi{pid}"),
+            ns: format!("mrdi-{pid}-{next}"),
+            host_if: format!("mrdi{pid}x{next}"),
             peer: Ipv4Addr::new(198, 19, block, 2),
         };
         must("ip", &["netns", "add", &lab.ns]);
@@ -211,5 +216,98 @@ async fn icmp_follows_a_link_going_down_and_up() {
     lab.link(true);
     until(&s, "up", "192.0.2.1").await;
     drop(s);
+    drop(lab);
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns`, on a
+/// runtime of its own there: the sockets it opens live in `ns`.
+fn in_namespace<T: Send>(ns: &str, f: impl AsyncFnOnce() -> T + Send) -> T {
+    let path = format!("/var/run/netns/{ns}");
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+            // SAFETY: setns(2) with a valid namespace descriptor; it moves
+            // only this thread, which ends after `f`.
+            let rc =
+                unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime");
+            rt.block_on(f())
+        })
+        .join()
+        .expect("namespace thread")
+    })
+}
+
+/// Unprivileged datagram ICMP sockets, where `ping_group_range` admits
+/// this process's group: in a namespace of its own (the setting is per
+/// namespace), so this host's setting stays as it is. Several probes of
+/// one address at once each get their own reply.
+#[test]
+fn datagram_icmp_sockets_where_ping_group_range_allows_them() {
+    use meridian::health::Verdict;
+    use meridian::health::probe::icmp::{Facts, choose_socket};
+    use meridian::health::probe::{Context, Prober};
+    use meridian::model::{IcmpProbe, IcmpSocket, ProbeKind};
+
+    let lab = Lab::create();
+    must(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &lab.ns,
+            "sysctl",
+            "-q",
+            "-w",
+            "net.ipv4.ping_group_range=0 4294967294",
+        ],
+    );
+    // The decision, from facts as the namespace shows them.
+    let facts = in_namespace(&lab.ns, async || Facts::read());
+    assert_eq!(
+        facts.ping_group_range,
+        Some((0, 4_294_967_294)),
+        "{facts:?}"
+    );
+    assert_eq!(choose_socket(&facts), Ok(IcmpSocket::Datagram));
+    // And the kernel agrees: a datagram ICMP socket opens there.
+    in_namespace(&lab.ns, async || {
+        for (domain, protocol) in [
+            (socket2::Domain::IPV4, socket2::Protocol::ICMPV4),
+            (socket2::Domain::IPV6, socket2::Protocol::ICMPV6),
+        ] {
+            socket2::Socket::new(domain, socket2::Type::DGRAM, Some(protocol))
+                .unwrap_or_else(|e| panic!("datagram ICMP socket ({domain:?}): {e}"));
+        }
+    });
+
+    let kind = ProbeKind::Icmp(IcmpProbe {
+        socket: IcmpSocket::Datagram,
+    });
+    let ctx = Context {
+        zone: "icmp.test.",
+        datacenter: "far",
+    };
+    let outcomes = in_namespace(&lab.ns, async || {
+        let mut set = tokio::task::JoinSet::new();
+        for target in ["127.0.0.1:0", "[::1]:0", "127.0.0.1:0", "[::1]:0"]
+            .into_iter()
+            .cycle()
+            .take(16)
+        {
+            let target: std::net::SocketAddr = target.parse().expect("addr");
+            let prober = Prober::new(&kind, target, Duration::from_secs(2), ctx).expect("prober");
+            set.spawn(async move { prober.run(target, Duration::from_secs(2)).await });
+        }
+        set.join_all().await
+    });
+    for o in &outcomes {
+        assert_eq!(o.verdict, Verdict::Pass, "{outcomes:?}");
+    }
+    say(&format!("{} datagram ICMP probes passed", outcomes.len()));
     drop(lab);
 }
