@@ -294,6 +294,39 @@ async fn output_is_bounded_and_drained_and_an_endless_writer_is_killed() {
     }
 }
 
+#[tokio::test]
+async fn exec_probes_take_a_probe_slot_each() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // Two commands that fail if they ever run at the same time: each
+    // holds a directory as a lock while it runs.
+    let script = format!(
+        "mkdir '{0}/lock' 2>/dev/null || {{ echo overlap; exit 1; }}; sleep 0.3; rmdir '{0}/lock'",
+        dir.path().display()
+    );
+    let probe = format!(
+        "type = \"exec\", command = {}, targets = [\"127.0.0.1\"], \
+         interval = \"1s\", timeout = \"800ms\", rise = 1, fall = 1, jitter = 0.0",
+        argv(&["/bin/sh", "-c", &script])
+    );
+    let text = zone(&[("one", &probe), ("two", &probe)]);
+    let s = TestServer::start_with(crate::harness::Setup {
+        zones: &[("types.test.toml", &text)],
+        server_toml: "max_probes_in_flight = 1",
+        ..crate::harness::Setup::default()
+    })
+    .await;
+    // Both start at once (no jitter); with one slot the second waits.
+    for name in ["one", "two"] {
+        let d = until(&s, name, "three probes", |d| {
+            target(d)["probes"].as_u64() >= Some(3)
+        })
+        .await;
+        let t = target(&d);
+        assert_eq!(t["consecutive_passes"], t["probes"], "{d:#}");
+        assert!(t["last_error"].is_null(), "{d:#}");
+    }
+}
+
 //------------ gRPC ----------------------------------------------------------
 
 /// A tonic gRPC server with the standard health service on 127.0.0.1.
