@@ -4,7 +4,7 @@
 //! The command runs without a shell, in a process group of its own, with
 //! stdin closed and stdout and stderr on one pipe. The whole group is
 //! killed (`SIGKILL`) when the probe ends: at the timeout (the probe's
-//! future is dropped, and [`Group`]'s `Drop` kills), and after the command
+//! future is dropped, and `Group`'s `Drop` kills), and after the command
 //! exits too, so nothing it started in the background outlives it. Only
 //! the first [`OUTPUT_LIMIT`] bytes of output are kept; the rest is read
 //! and discarded, so a chatty command never blocks on a full pipe.

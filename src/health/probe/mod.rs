@@ -6,6 +6,10 @@
 //! the target: when this host runs out of file descriptors or has no route,
 //! every probe fails at once, and counting those would fail every healthy
 //! datacenter over in `fall` intervals.
+//!
+//! One module per probe type: `tcp`, `http` (http and
+//! https), `dns`, [`icmp`], `grpc`, [`exec`]; [`tls`] holds what the TLS
+//! probes share (the certificate's expiry, the grpc client configuration).
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
@@ -181,7 +185,7 @@ pub fn os_error(e: &(dyn std::error::Error + 'static)) -> Option<i32> {
 
 /// Why a probe did not pass.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub(super) struct Failure {
+struct Failure {
     fault: Fault,
     reason: String,
 }
