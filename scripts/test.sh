@@ -4,7 +4,8 @@
 # any arguments given (CI passes --locked).
 #
 #   chromium   tests/chromium_rum.rs: the RUM snippet in a real browser
-#   iproute2   tests/netns_latency.rs: network namespaces with delayed links
+#   iproute2   tests/netns_latency.rs: network namespaces with delayed links;
+#              tests/probe_netns.rs: ICMP probes over a link taken down
 #
 # Those tests fail, rather than pass, when their tool is absent; this
 # script is what keeps them from being absent.

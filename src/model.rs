@@ -170,8 +170,79 @@ pub enum ProbeKind {
     Http(HttpProbe),
     /// A DNS query gets an expected response code.
     Dns(DnsProbe),
+    /// An ICMP echo request gets a reply.
+    Icmp(IcmpProbe),
+    /// The gRPC health service (`grpc.health.v1.Health/Check`) answers
+    /// `SERVING`.
+    Grpc(GrpcProbe),
+    /// An operator's command exits with status 0.
+    Exec(ExecProbe),
     /// No active checks: state comes from the admin API.
     External,
+}
+
+impl ProbeKind {
+    /// The probe type's name, as the zone file and `/status` spell it.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Http(h) if h.tls => "https",
+            Self::Http(_) => "http",
+            Self::Dns(_) => "dns",
+            Self::Icmp(_) => "icmp",
+            Self::Grpc(_) => "grpc",
+            Self::Exec(_) => "exec",
+            Self::External => "external",
+        }
+    }
+}
+
+/// The kind of ICMP socket a probe opens, decided once when the config is
+/// loaded from what this process may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IcmpSocket {
+    /// An unprivileged ICMP datagram socket (`SOCK_DGRAM`,
+    /// `IPPROTO_ICMP`): allowed when a group of the process is inside
+    /// `net.ipv4.ping_group_range`. The kernel picks the identifier and
+    /// hands each socket only its own replies.
+    Datagram,
+    /// A raw ICMP socket: needs `CAP_NET_RAW`. Every raw socket sees every
+    /// echo reply; replies are matched by identifier and sequence.
+    Raw,
+}
+
+/// ICMP echo probe settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IcmpProbe {
+    /// The socket kind this process can use.
+    pub socket: IcmpSocket,
+}
+
+/// TLS settings of a probe (https, grpc with `tls = true`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProbeTls {
+    /// Verify the server certificate.
+    pub verify: bool,
+    /// Fail when the server certificate expires in fewer days.
+    pub min_cert_days: Option<u32>,
+}
+
+/// gRPC health probe settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrpcProbe {
+    /// The service name asked about; empty for the whole server.
+    pub service: String,
+    /// `:authority` (and TLS server name); default: the target address.
+    pub host: Option<String>,
+    /// TLS settings; `None` for plaintext HTTP/2.
+    pub tls: Option<ProbeTls>,
+}
+
+/// Command probe settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecProbe {
+    /// Program and arguments (never run by a shell).
+    pub command: Vec<String>,
 }
 
 /// HTTP(S) probe settings.
@@ -191,6 +262,8 @@ pub struct HttpProbe {
     pub expect_body: Option<String>,
     /// Verify the server certificate (HTTPS).
     pub tls_verify: bool,
+    /// HTTPS: fail when the server certificate expires in fewer days.
+    pub min_cert_days: Option<u32>,
     /// How long a capacity reported in the `Meridian-Capacity` response
     /// header holds without a new report.
     pub capacity_hold: Duration,

@@ -131,13 +131,19 @@ pub(super) fn validate_policy(
         let measures = dc
             .probe
             .as_ref()
-            .is_some_and(|p| p.kind != crate::model::ProbeKind::External);
+            // An exec probe's time is its command's run time, not an RTT.
+            .is_some_and(|p| {
+                !matches!(
+                    p.kind,
+                    crate::model::ProbeKind::External | crate::model::ProbeKind::Exec(_)
+                )
+            });
         if latency && latency_source == LatencySource::Probes && !measures {
             return Err(ConfigError::new(
                 file,
                 format!("datacenters.{}.probe", key_part(&dc.name)),
                 format!(
-                    "missing or external; service {name:?} ranks by probe RTT (source = \"probes\"), which needs a tcp, http, https or dns probe"
+                    "missing, external or exec; service {name:?} ranks by probe RTT (source = \"probes\"), which needs a tcp, http, https, dns, icmp or grpc probe"
                 ),
             ));
         }
@@ -153,15 +159,7 @@ pub(super) fn validate_policy(
     }
 
     if latency && latency_source == LatencySource::Probes {
-        let kind = |id: DcId| {
-            zone.dc(id).probe.as_ref().map(|p| match &p.kind {
-                crate::model::ProbeKind::Tcp => "tcp",
-                crate::model::ProbeKind::Http(h) if h.tls => "https",
-                crate::model::ProbeKind::Http(_) => "http",
-                crate::model::ProbeKind::Dns(_) => "dns",
-                crate::model::ProbeKind::External => "external",
-            })
-        };
+        let kind = |id: DcId| zone.dc(id).probe.as_ref().map(|p| p.kind.type_name());
         if let Some(&first) = datacenters.first()
             && let Some(&other) = datacenters.iter().find(|&&d| kind(d) != kind(first))
         {

@@ -7,7 +7,10 @@ use std::time::Duration;
 use super::ConfigError;
 use super::raw::RawProbe;
 use crate::dns::records::parse_name;
-use crate::model::{DnsProbe, HttpMethod, HttpProbe, ProbeKind, ProbeSpec};
+use crate::model::{
+    DnsProbe, ExecProbe, GrpcProbe, HttpMethod, HttpProbe, IcmpProbe, ProbeKind, ProbeSpec,
+    ProbeTls,
+};
 
 /// Default time between probes of one target.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(5);
@@ -27,6 +30,110 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_CAPACITY_HOLD: Duration = Duration::from_secs(60);
 /// Shortest timeout accepted.
 pub const MIN_TIMEOUT: Duration = Duration::from_millis(10);
+/// Largest `min_cert_days` accepted (about ten years).
+pub const MAX_CERT_DAYS: u32 = 3650;
+/// Most arguments (program included) an exec probe's command may have.
+pub const MAX_COMMAND_ARGS: usize = 256;
+
+/// Reads an exec probe's `command`: an array of strings, the program
+/// first. A string is refused: the command never runs through a shell,
+/// so splitting and quoting would be guesswork.
+fn command(
+    file: &Path,
+    key: &str,
+    value: Option<&toml::Value>,
+) -> Result<Vec<String>, ConfigError> {
+    let err = |reason: String| ConfigError::new(file, key, reason);
+    let items = match value {
+        None => return Err(err("required for exec probes".into())),
+        Some(toml::Value::String(s)) => {
+            return Err(err(format!(
+                "{s:?} is a string; give an array of the program and its arguments, \
+                 such as [\"/usr/local/bin/check\", \"--quick\"] (no shell runs it)"
+            )));
+        }
+        Some(toml::Value::Array(items)) => items,
+        Some(_) => {
+            return Err(err(
+                "an array of the program and its arguments, such as [\"/usr/local/bin/check\"]"
+                    .into(),
+            ));
+        }
+    };
+    if items.is_empty() {
+        return Err(err("empty; give at least the program".into()));
+    }
+    if items.len() > MAX_COMMAND_ARGS {
+        return Err(err(format!(
+            "{} arguments; at most {MAX_COMMAND_ARGS}",
+            items.len()
+        )));
+    }
+    let mut argv = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let toml::Value::String(s) = item else {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}[{i}]"),
+                "must be a string",
+            ));
+        };
+        if s.contains('\0') {
+            return Err(ConfigError::new(
+                file,
+                format!("{key}[{i}]"),
+                "contains a NUL byte",
+            ));
+        }
+        argv.push(s.clone());
+    }
+    let program = &argv[0];
+    if program.is_empty() {
+        return Err(ConfigError::new(
+            file,
+            format!("{key}[0]"),
+            "the program is empty",
+        ));
+    }
+    // A path is checked now; a bare name is looked up in PATH when run.
+    if program.contains('/') {
+        use std::os::unix::fs::PermissionsExt;
+        match std::fs::metadata(program) {
+            Err(e) => {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{key}[0]"),
+                    format!("{program}: {e}"),
+                ));
+            }
+            Ok(m) if !m.is_file() || m.permissions().mode() & 0o111 == 0 => {
+                return Err(ConfigError::new(
+                    file,
+                    format!("{key}[0]"),
+                    format!("{program} is not an executable file"),
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+    Ok(argv)
+}
+
+/// A `host` must be a DNS name or an address: it becomes the TLS server
+/// name and the request authority.
+fn check_host(file: &Path, key: &str, host: &str) -> Result<(), ConfigError> {
+    if host.parse::<IpAddr>().is_ok()
+        || rustls::pki_types::ServerName::try_from(host.to_string()).is_ok()
+    {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            file,
+            key,
+            format!("{host:?} is not a host name or address"),
+        ))
+    }
+}
 
 /// Parses `"5s"`, `"500ms"`, `"1.5s"`, `"2m"`, `"1h"`, `"7d"`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -144,13 +251,15 @@ pub(super) fn validate_probe(
         "http" => Some(80),
         "https" => Some(443),
         "dns" => Some(53),
-        "tcp" | "external" => None,
+        // ICMP has no ports; an exec command may not need one.
+        "icmp" | "exec" => Some(0),
+        "tcp" | "grpc" | "external" => None,
         other => {
             return Err(ConfigError::new(
                 file,
                 format!("{key}.type"),
                 format!(
-                    "unknown probe type {other:?} (available: http, https, tcp, dns, external)"
+                    "unknown probe type {other:?} (available: http, https, tcp, dns, icmp, grpc, exec, external)"
                 ),
             ));
         }
@@ -159,7 +268,6 @@ pub(super) fn validate_probe(
     for (field, present) in [
         ("method", raw.method.is_some()),
         ("path", raw.path.is_some()),
-        ("host", raw.host.is_some()),
         ("expect_status", raw.expect_status.is_some()),
         ("expect_body", raw.expect_body.is_some()),
         ("capacity_hold", raw.capacity_hold.is_some()),
@@ -168,8 +276,28 @@ pub(super) fn validate_probe(
             not_for(file, key, field, present, kind_name)?;
         }
     }
-    if kind_name != "https" {
+    if !matches!(kind_name, "http" | "https" | "grpc") {
+        not_for(file, key, "host", raw.host.is_some(), kind_name)?;
+    }
+    if !matches!(kind_name, "https" | "grpc") {
         not_for(file, key, "tls_verify", raw.tls_verify.is_some(), kind_name)?;
+        not_for(
+            file,
+            key,
+            "min_cert_days",
+            raw.min_cert_days.is_some(),
+            kind_name,
+        )?;
+    }
+    if kind_name != "grpc" {
+        not_for(file, key, "service", raw.service.is_some(), kind_name)?;
+        not_for(file, key, "tls", raw.tls.is_some(), kind_name)?;
+    }
+    if kind_name != "exec" {
+        not_for(file, key, "command", raw.command.is_some(), kind_name)?;
+    }
+    if kind_name == "icmp" {
+        not_for(file, key, "port", raw.port.is_some(), kind_name)?;
     }
     if kind_name != "dns" {
         for (field, present) in [
@@ -180,9 +308,62 @@ pub(super) fn validate_probe(
             not_for(file, key, field, present, kind_name)?;
         }
     }
+    let min_cert_days = match raw.min_cert_days {
+        None => None,
+        Some(d) => Some(
+            u32::try_from(d)
+                .ok()
+                .filter(|d| *d <= MAX_CERT_DAYS)
+                .ok_or_else(|| {
+                    ConfigError::new(
+                        file,
+                        format!("{key}.min_cert_days"),
+                        format!("{d} is out of range (0 to {MAX_CERT_DAYS})"),
+                    )
+                })?,
+        ),
+    };
     let kind = match kind_name {
         "tcp" => ProbeKind::Tcp,
         "external" => ProbeKind::External,
+        "icmp" => {
+            let socket = crate::health::probe::icmp::choose_socket(
+                &crate::health::probe::icmp::Facts::read(),
+            )
+            .map_err(|e| ConfigError::new(file, format!("{key}.type"), e))?;
+            ProbeKind::Icmp(IcmpProbe { socket })
+        }
+        "exec" => ProbeKind::Exec(ExecProbe {
+            command: command(file, &format!("{key}.command"), raw.command.as_ref())?,
+        }),
+        "grpc" => {
+            let tls = raw.tls.unwrap_or(false);
+            if !tls {
+                for (field, present) in [
+                    ("tls_verify", raw.tls_verify.is_some()),
+                    ("min_cert_days", raw.min_cert_days.is_some()),
+                ] {
+                    if present {
+                        return Err(ConfigError::new(
+                            file,
+                            format!("{key}.{field}"),
+                            "applies to grpc probes with `tls = true` only",
+                        ));
+                    }
+                }
+            }
+            if let Some(host) = &raw.host {
+                check_host(file, &format!("{key}.host"), host)?;
+            }
+            ProbeKind::Grpc(GrpcProbe {
+                service: raw.service.clone().unwrap_or_default(),
+                host: raw.host.clone(),
+                tls: tls.then(|| ProbeTls {
+                    verify: raw.tls_verify.unwrap_or(true),
+                    min_cert_days,
+                }),
+            })
+        }
         "dns" => {
             let name = raw.name.as_deref().ok_or_else(|| {
                 ConfigError::new(file, format!("{key}.name"), "required for dns probes")
@@ -268,6 +449,7 @@ pub(super) fn validate_probe(
                 expect_status,
                 expect_body: raw.expect_body.clone(),
                 tls_verify: raw.tls_verify.unwrap_or(true),
+                min_cert_days,
             })
         }
     };
@@ -282,6 +464,13 @@ pub(super) fn validate_probe(
                     t.parse::<IpAddr>(),
                     raw.port.or(default_port),
                 ) {
+                    (Ok(a), _, _) if kind_name == "icmp" && a.port() != 0 => {
+                        return Err(ConfigError::new(
+                            file,
+                            k,
+                            format!("{t:?}: ICMP has no ports; give the address alone"),
+                        ));
+                    }
                     (Ok(a), _, _) => a,
                     (_, Ok(ip), Some(port)) => SocketAddr::new(ip, port),
                     (_, Ok(_), None) => {
@@ -322,7 +511,7 @@ pub(super) fn validate_probe(
                 ConfigError::new(
                     file,
                     format!("{key}.port"),
-                    "required for tcp probes without `targets`",
+                    format!("required for {kind_name} probes without `targets`"),
                 )
             })?;
             v4.iter()
@@ -409,6 +598,220 @@ pub(super) fn validate_probe(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::IcmpSocket;
+
+    /// A zone whose datacenter `a` has the probe table `p`.
+    fn zone(p: &str) -> Result<crate::config::ZoneConfig, ConfigError> {
+        let text = format!(
+            r#"
+origin = "t.example."
+ns = ["ns1.t.example."]
+[soa]
+rname = "hostmaster.t.example."
+serial = 1
+[records]
+ns1 = [{{ type = "A", value = "192.0.2.53" }}]
+[datacenters.a]
+addresses = ["192.0.2.1", "2001:db8::1"]
+probe = {{ {p} }}
+[services.www]
+policy = "failover"
+datacenters = ["a"]
+"#
+        );
+        super::super::parse_zone(Path::new("zones/t.toml"), &text)
+    }
+
+    fn kind(p: &str) -> ProbeKind {
+        zone(p).expect("valid").datacenters[0]
+            .probe
+            .clone()
+            .expect("probe")
+            .kind
+    }
+
+    /// The error for probe table `p`: its key (after `datacenters.a.probe.`)
+    /// and reason.
+    fn err(p: &str) -> (String, String) {
+        let e = zone(p).expect_err("must be rejected");
+        assert_eq!(e.file, Path::new("zones/t.toml"));
+        let key = e
+            .key
+            .strip_prefix("datacenters.a.probe.")
+            .unwrap_or(&e.key)
+            .to_string();
+        (key, e.reason)
+    }
+
+    #[test]
+    fn exec_takes_an_argv_array_never_a_string() {
+        let ProbeKind::Exec(e) = kind(r#"type = "exec", command = ["/bin/sh", "-c", "exit 0"]"#)
+        else {
+            panic!("exec")
+        };
+        assert_eq!(e.command, ["/bin/sh", "-c", "exit 0"]);
+        let spec = zone(r#"type = "exec", command = ["true"]"#)
+            .expect("valid")
+            .datacenters[0]
+            .probe
+            .clone()
+            .expect("probe");
+        // No port needed: each answer address, port 0.
+        assert_eq!(
+            spec.targets,
+            [
+                "192.0.2.1:0".parse().unwrap(),
+                "[2001:db8::1]:0".parse().unwrap()
+            ]
+        );
+
+        let (key, reason) = err(r#"type = "exec", command = "/bin/check --fast""#);
+        assert_eq!(key, "command");
+        assert!(
+            reason.contains("array") && reason.contains("shell"),
+            "{reason}"
+        );
+        assert_eq!(err(r#"type = "exec""#).0, "command");
+        assert_eq!(err(r#"type = "exec", command = []"#).0, "command");
+        assert_eq!(
+            err(r#"type = "exec", command = ["/bin/sh", 1]"#).0,
+            "command[1]"
+        );
+        assert_eq!(err(r#"type = "exec", command = [""]"#).0, "command[0]");
+        let (key, reason) = err(r#"type = "exec", command = ["/nonexistent/check"]"#);
+        assert_eq!(key, "command[0]");
+        assert!(reason.contains("/nonexistent/check"), "{reason}");
+        let plain = tempfile::NamedTempFile::new().expect("temp file");
+        let (key, reason) = err(&format!(
+            r#"type = "exec", command = ["{}"]"#,
+            plain.path().display()
+        ));
+        assert_eq!(key, "command[0]");
+        assert!(reason.contains("not an executable"), "{reason}");
+        let (key, reason) = err(r#"type = "tcp", port = 1, command = ["true"]"#);
+        assert_eq!(key, "command");
+        assert!(reason.contains("does not apply to tcp"), "{reason}");
+    }
+
+    #[test]
+    fn min_cert_days_is_ranged_and_needs_tls() {
+        let ProbeKind::Http(h) = kind(r#"type = "https", min_cert_days = 7"#) else {
+            panic!("https")
+        };
+        assert_eq!(h.min_cert_days, Some(7));
+        let ProbeKind::Http(h) = kind(r#"type = "https""#) else {
+            panic!("https")
+        };
+        assert_eq!(h.min_cert_days, None);
+        assert!(matches!(
+            kind(r#"type = "https", min_cert_days = 3650"#),
+            ProbeKind::Http(_)
+        ));
+        for bad in ["-1", "3651"] {
+            let (key, reason) = err(&format!(r#"type = "https", min_cert_days = {bad}"#));
+            assert_eq!(key, "min_cert_days");
+            assert!(reason.contains("out of range (0 to 3650)"), "{reason}");
+        }
+        assert_eq!(
+            err(r#"type = "http", min_cert_days = 7"#).0,
+            "min_cert_days"
+        );
+        let (key, reason) = err(r#"type = "grpc", port = 50051, min_cert_days = 7"#);
+        assert_eq!(key, "min_cert_days");
+        assert!(reason.contains("tls = true"), "{reason}");
+    }
+
+    #[test]
+    fn an_exec_probe_measures_no_rtt_for_latency_services() {
+        let text = r#"
+origin = "t.example."
+ns = ["ns1.t.example."]
+[soa]
+rname = "hostmaster.t.example."
+serial = 1
+[records]
+ns1 = [{ type = "A", value = "192.0.2.53" }]
+[datacenters.a]
+addresses = ["192.0.2.1"]
+probe = { type = "exec", command = ["true"] }
+[services.www]
+policy = "latency"
+source = "probes"
+datacenters = ["a"]
+"#;
+        let e = super::super::parse_zone(Path::new("zones/t.toml"), text)
+            .expect_err("exec times are no RTTs");
+        assert_eq!(e.key, "datacenters.a.probe");
+        assert!(e.reason.contains("exec"), "{e}");
+        let grpc = text.replace(
+            r#"{ type = "exec", command = ["true"] }"#,
+            r#"{ type = "grpc", port = 50051 }"#,
+        );
+        super::super::parse_zone(Path::new("zones/t.toml"), &grpc).expect("grpc measures");
+    }
+
+    #[test]
+    fn grpc_settings() {
+        let ProbeKind::Grpc(g) = kind(r#"type = "grpc", port = 50051"#) else {
+            panic!("grpc")
+        };
+        assert_eq!(
+            (g.service.as_str(), g.host.as_deref(), g.tls),
+            ("", None, None)
+        );
+        let ProbeKind::Grpc(g) = kind(
+            r#"type = "grpc", port = 443, service = "shop.Cart", tls = true, host = "api.example", tls_verify = false, min_cert_days = 14"#,
+        ) else {
+            panic!("grpc")
+        };
+        assert_eq!(g.service, "shop.Cart");
+        assert_eq!(g.host.as_deref(), Some("api.example"));
+        assert_eq!(
+            g.tls,
+            Some(ProbeTls {
+                verify: false,
+                min_cert_days: Some(14)
+            })
+        );
+        assert_eq!(err(r#"type = "grpc""#).0, "port");
+        assert_eq!(err(r#"type = "grpc", port = 1, path = "/""#).0, "path");
+        assert_eq!(
+            err(r#"type = "grpc", port = 1, tls_verify = false"#).0,
+            "tls_verify"
+        );
+        assert_eq!(err(r#"type = "grpc", port = 1, host = "a b""#).0, "host");
+        assert_eq!(err(r#"type = "https", service = "x""#).0, "service");
+        assert_eq!(err(r#"type = "https", tls = true"#).0, "tls");
+        assert_eq!(err(r#"type = "tcp", port = 1, host = "x""#).0, "host");
+    }
+
+    #[test]
+    fn icmp_has_no_ports_and_needs_a_socket_this_process_may_open() {
+        let facts = crate::health::probe::icmp::Facts::read();
+        match crate::health::probe::icmp::choose_socket(&facts) {
+            Ok(socket) => {
+                let spec = zone(r#"type = "icmp""#).expect("valid").datacenters[0]
+                    .probe
+                    .clone()
+                    .expect("probe");
+                assert_eq!(
+                    spec.kind,
+                    ProbeKind::Icmp(crate::model::IcmpProbe { socket })
+                );
+                assert!(matches!(socket, IcmpSocket::Datagram | IcmpSocket::Raw));
+                assert_eq!(spec.targets[0], "192.0.2.1:0".parse().unwrap());
+                assert_eq!(err(r#"type = "icmp", port = 7"#).0, "port");
+                let (key, reason) = err(r#"type = "icmp", targets = ["127.0.0.1:80"]"#);
+                assert_eq!(key, "targets[0]");
+                assert!(reason.contains("no ports"), "{reason}");
+            }
+            Err(expected) => {
+                let (key, reason) = err(r#"type = "icmp""#);
+                assert_eq!(key, "type");
+                assert_eq!(reason, expected);
+            }
+        }
+    }
 
     #[test]
     fn durations() {

@@ -148,6 +148,13 @@ pub(super) struct RawProbe {
     pub(super) expect_body: Option<String>,
     pub(super) tls_verify: Option<bool>,
     pub(super) capacity_hold: Option<String>,
+    // https / grpc with TLS
+    pub(super) min_cert_days: Option<i64>,
+    // grpc
+    pub(super) service: Option<String>,
+    pub(super) tls: Option<bool>,
+    // exec: an argv array (a string is rejected with a hint)
+    pub(super) command: Option<toml::Value>,
     // dns
     pub(super) name: Option<String>,
     pub(super) qtype: Option<String>,

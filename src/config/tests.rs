@@ -208,7 +208,7 @@ fn probe_and_health_settings_are_checked() {
     assert_eq!(spec.timeout, std::time::Duration::from_millis(800));
     assert_eq!((spec.rise, spec.fall, spec.min_up), (2, 3, 1));
 
-    let e = err(&probe("type = \"icmp\""));
+    let e = err(&probe("type = \"smtp\""));
     assert_eq!(e.key, "datacenters.a.probe.type");
     let e = err(&probe("type = \"tcp\""));
     assert_eq!(e.key, "datacenters.a.probe.port", "{e}");

@@ -61,6 +61,18 @@ struct Target {
     rtt: RttStats,
     /// The probe type ([`probe_type`]) the RTTs were measured with.
     kind: &'static str,
+    /// When the target's server certificate expires, as last seen (TLS
+    /// probes); kept through failures that never reach the handshake.
+    cert_not_after: Option<SystemTime>,
+}
+
+impl Target {
+    /// Whole days until the server certificate expires (negative once
+    /// expired); `None` when not TLS or not yet seen.
+    fn cert_days_left(&self, now: SystemTime) -> Option<i64> {
+        self.cert_not_after
+            .map(|t| super::probe::tls::days_left(t, now))
+    }
 }
 
 //------------ LocalFaults --------------------------------------------------
@@ -310,13 +322,7 @@ fn now() -> SystemTime {
 
 /// A probe type's name, as the zone file and `/status` spell it.
 fn probe_type(kind: &ProbeKind) -> &'static str {
-    match kind {
-        ProbeKind::Tcp => "tcp",
-        ProbeKind::Http(h) if h.tls => "https",
-        ProbeKind::Http(_) => "http",
-        ProbeKind::Dns(_) => "dns",
-        ProbeKind::External => "external",
-    }
+    kind.type_name()
 }
 
 /// A small PRNG for jitter (xorshift64*): no dependency, seeded per target.
@@ -417,6 +423,7 @@ impl Monitor {
                                 if t.kind != kind {
                                     t.rtt = RttStats::new();
                                     t.kind = kind;
+                                    t.cert_not_after = None;
                                 }
                                 t
                             }
@@ -432,6 +439,7 @@ impl Monitor {
                                 local: LocalFaults::default(),
                                 rtt: RttStats::new(),
                                 kind: probe_type(&spec.kind),
+                                cert_not_after: None,
                             },
                         })
                         .collect(),
@@ -472,7 +480,11 @@ impl Monitor {
         drop(state);
         self.inner.pending.send_replace(pending);
         for (key, index, addr, spec, initial) in spawn {
-            let prober = match Prober::new(&spec.kind, addr, spec.timeout) {
+            let ctx = super::probe::Context {
+                zone: &key.0,
+                datacenter: &key.1,
+            };
+            let prober = match Prober::new(&spec.kind, addr, spec.timeout, ctx) {
                 Ok(p) => p,
                 Err(e) => {
                     tracing::error!(zone = %key.0, datacenter = %key.1, %addr, "cannot set up probe: {e}");
@@ -545,6 +557,9 @@ impl Monitor {
         };
         if let Some(c) = outcome.capacity {
             t.capacity = Some((c, clock));
+        }
+        if outcome.cert_not_after.is_some() {
+            t.cert_not_after = outcome.cert_not_after;
         }
         // Only a pass measures the target: a failure's time is a timeout
         // or a refusal, a local fault's is this host's.
@@ -856,6 +871,8 @@ impl Monitor {
                                                 "samples": t.rtt.samples(),
                                             }),
                                             "reported_capacity": t.capacity.map(|c| c.0),
+                                            "cert_days_left": t.cert_days_left(SystemTime::now()),
+                                            "cert_not_after_unix": unix(t.cert_not_after),
                                             "consecutive_passes": t.machine.passes(),
                                             "consecutive_failures": t.machine.failures(),
                                             "probes": t.probes,
@@ -994,6 +1011,7 @@ mod tests {
             local: LocalFaults::default(),
             rtt,
             kind: "tcp",
+            cert_not_after: None,
         }
     }
 

@@ -13,6 +13,7 @@ mod harness;
 mod health;
 mod latency;
 mod policies;
+mod probe_types;
 mod probes;
 mod protocol;
 mod protocol_hardening;

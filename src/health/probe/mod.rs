@@ -6,14 +6,25 @@
 //! the target: when this host runs out of file descriptors or has no route,
 //! every probe fails at once, and counting those would fail every healthy
 //! datacenter over in `fall` intervals.
+//!
+//! One module per probe type: `tcp`, `http` (http and
+//! https), `dns`, [`icmp`], `grpc`, [`exec`]; [`tls`] holds what the TLS
+//! probes share (the certificate's expiry, the grpc client configuration).
 
 use std::io;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use super::Verdict;
-use crate::dns::records::DomainName;
-use crate::model::{DnsProbe, HttpMethod, HttpProbe, ProbeKind};
+use crate::model::{DnsProbe, HttpProbe, IcmpSocket, ProbeKind};
+
+mod dns;
+pub mod exec;
+mod grpc;
+mod http;
+pub mod icmp;
+mod tcp;
+pub mod tls;
 
 /// Most body bytes an HTTP probe reads looking for `expect_body`.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -25,9 +36,11 @@ pub struct Outcome {
     pub verdict: Verdict,
     /// Time from start to result (not counting the wait for a probe
     /// slot). For a pass: `tcp` the connect, one round trip; `dns` one
-    /// query and response; `http` a fresh connection plus the request up
-    /// to the response headers (and the body with `expect_body`), two
-    /// round trips or more, and `https` the TLS handshake on top. See
+    /// query and response; `icmp` one echo request and reply; `http` a
+    /// fresh connection plus the request up to the response headers (and
+    /// the body with `expect_body`), two round trips or more, and `https`
+    /// the TLS handshake on top; `grpc` a fresh HTTP/2 connection (and
+    /// TLS handshake) plus one call; `exec` the command's run time. See
     /// [`super::rtt`].
     pub rtt: Duration,
     /// Why it did not pass.
@@ -35,6 +48,10 @@ pub struct Outcome {
     /// Spare capacity the target reported (HTTP probes, header
     /// [`CAPACITY_HEADER`]), in percent.
     pub capacity: Option<u8>,
+    /// When the server certificate expires (https, and grpc with TLS),
+    /// whether or not the probe passed; `None` when no handshake got
+    /// that far.
+    pub cert_not_after: Option<SystemTime>,
 }
 
 /// The response header in which an HTTP probe target reports its spare
@@ -138,7 +155,7 @@ pub fn has_route(target: SocketAddr) -> bool {
 }
 
 /// The wildcard address of `target`'s family, port 0.
-fn unspecified(target: SocketAddr) -> SocketAddr {
+pub(super) fn unspecified(target: SocketAddr) -> SocketAddr {
     if target.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -205,6 +222,35 @@ impl Failure {
     }
 }
 
+/// What a probe saw of its target besides pass or fail.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Seen {
+    /// The end of the server certificate's validity (TLS probes).
+    pub cert_not_after: Option<SystemTime>,
+}
+
+impl Seen {
+    /// Notes the server's end-entity certificate (DER), when there is one
+    /// and its validity can be read.
+    fn certificate(&mut self, der: Option<&[u8]>) {
+        if let Some(t) = der.and_then(tls::not_after) {
+            self.cert_not_after = Some(t);
+        }
+    }
+
+    /// Fails when the certificate seen expires in fewer than `min` days.
+    fn check_cert_days(&self, min: Option<u32>) -> Result<(), Failure> {
+        let (Some(min), Some(not_after)) = (min, self.cert_not_after) else {
+            return Ok(());
+        };
+        let days = tls::days_left(not_after, SystemTime::now());
+        if days >= i64::from(min) {
+            return Ok(());
+        }
+        Err(Failure::target(tls::expiry_error(days, min)))
+    }
+}
+
 /// A ready-to-run probe for one target.
 #[derive(Debug)]
 pub enum Prober {
@@ -222,6 +268,12 @@ pub enum Prober {
     },
     /// DNS query.
     Dns(DnsProbe),
+    /// ICMP echo.
+    Icmp(IcmpSocket),
+    /// gRPC health check.
+    Grpc(grpc::Grpc),
+    /// An operator's command.
+    Exec(exec::Exec),
     /// Nothing to run: state comes from the admin API.
     External,
 }
@@ -231,36 +283,33 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
+/// Where a probe runs: its zone and datacenter, for the environment of
+/// `exec` probes.
+#[derive(Clone, Copy, Debug)]
+pub struct Context<'a> {
+    /// The zone's origin.
+    pub zone: &'a str,
+    /// The datacenter's name.
+    pub datacenter: &'a str,
+}
+
 impl Prober {
-    /// Prepares a probe of `kind` for `target`.
-    pub fn new(kind: &ProbeKind, target: SocketAddr, timeout: Duration) -> Result<Self, String> {
+    /// Prepares a probe of `kind` for `target` in `ctx`.
+    pub fn new(
+        kind: &ProbeKind,
+        target: SocketAddr,
+        timeout: Duration,
+        ctx: Context<'_>,
+    ) -> Result<Self, String> {
         Ok(match kind {
             ProbeKind::Tcp => Self::Tcp,
             ProbeKind::External => Self::External,
             ProbeKind::Dns(d) => Self::Dns(d.clone()),
+            ProbeKind::Icmp(i) => Self::Icmp(i.socket),
+            ProbeKind::Grpc(g) => Self::Grpc(grpc::Grpc::new(g, target)?),
+            ProbeKind::Exec(e) => Self::Exec(exec::Exec::new(e, target, timeout, ctx)),
             ProbeKind::Http(spec) => {
-                install_crypto_provider();
-                let scheme = if spec.tls { "https" } else { "http" };
-                let mut builder = reqwest::Client::builder()
-                    .timeout(timeout)
-                    .connect_timeout(timeout)
-                    .redirect(reqwest::redirect::Policy::none())
-                    .no_proxy()
-                    // A fresh connection per probe: a dead server is seen
-                    // at once, not when a pooled connection times out.
-                    .pool_max_idle_per_host(0)
-                    .user_agent(concat!("meridian-probe/", env!("CARGO_PKG_VERSION")));
-                if spec.tls && !spec.tls_verify {
-                    builder = builder.tls_danger_accept_invalid_certs(true);
-                }
-                let url = match &spec.host {
-                    Some(host) => {
-                        builder = builder.resolve(host, target);
-                        format!("{scheme}://{host}:{}{}", target.port(), spec.path)
-                    }
-                    None => format!("{scheme}://{target}{}", spec.path),
-                };
-                let client = builder.build().map_err(|e| format!("HTTP client: {e}"))?;
+                let (client, url) = http::client(spec, target, timeout)?;
                 Self::Http {
                     client,
                     url,
@@ -273,177 +322,51 @@ impl Prober {
     /// Runs the probe once, bounded by `timeout`.
     pub async fn run(&self, target: SocketAddr, timeout: Duration) -> Outcome {
         let start = Instant::now();
-        let result = match tokio::time::timeout(timeout, self.check(target)).await {
-            Ok(r) => r,
-            Err(_) => Err(Failure::target(format!("timed out after {timeout:?}"))),
-        };
+        let mut seen = Seen::default();
+        let result =
+            match tokio::time::timeout(timeout, self.check(target, timeout, &mut seen)).await {
+                Ok(r) => r,
+                Err(_) => Err(Failure::target(format!("timed out after {timeout:?}"))),
+            };
         let rtt = start.elapsed();
-        match result {
-            Ok(capacity) => Outcome {
-                verdict: Verdict::Pass,
-                rtt,
-                error: None,
-                capacity,
-            },
-            Err(f) => Outcome {
-                verdict: match f.fault {
+        let (verdict, error, capacity) = match result {
+            Ok(capacity) => (Verdict::Pass, None, capacity),
+            Err(f) => (
+                match f.fault {
                     Fault::Target => Verdict::Fail,
                     Fault::Local => Verdict::LocalFault,
                 },
-                rtt,
-                error: Some(f.reason),
-                capacity: None,
-            },
+                Some(f.reason),
+                None,
+            ),
+        };
+        Outcome {
+            verdict,
+            rtt,
+            error,
+            capacity,
+            cert_not_after: seen.cert_not_after,
         }
     }
 
-    async fn check(&self, target: SocketAddr) -> Result<Option<u8>, Failure> {
+    async fn check(
+        &self,
+        target: SocketAddr,
+        timeout: Duration,
+        seen: &mut Seen,
+    ) -> Result<Option<u8>, Failure> {
         match self {
             Self::External => Err(Failure::local("external targets are not probed")),
-            Self::Tcp => tcp(target).await.map(|()| None),
-            Self::Http { client, url, spec } => http(client, url, spec, target).await,
-            Self::Dns(d) => dns(target, &d.name, d.qtype, d.rcode).await.map(|()| None),
+            Self::Tcp => tcp::tcp(target).await.map(|()| None),
+            Self::Http { client, url, spec } => http::http(client, url, spec, target, seen).await,
+            Self::Dns(d) => dns::dns(target, &d.name, d.qtype, d.rcode)
+                .await
+                .map(|()| None),
+            Self::Icmp(socket) => icmp::icmp(target, *socket, timeout).await.map(|()| None),
+            Self::Grpc(g) => g.check(target, seen).await.map(|()| None),
+            Self::Exec(e) => e.run().await.map(|()| None),
         }
     }
-}
-
-/// Connects, in two steps so that an error creating the socket is known
-/// to be this host's.
-async fn tcp(target: SocketAddr) -> Result<(), Failure> {
-    let socket = if target.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()
-    } else {
-        tokio::net::TcpSocket::new_v6()
-    }
-    .map_err(|e| Failure::io("socket", Step::Setup, &e, target))?;
-    socket
-        .connect(target)
-        .await
-        .map(drop)
-        .map_err(|e| Failure::io("connect", Step::Exchange, &e, target))
-}
-
-async fn http(
-    client: &reqwest::Client,
-    url: &str,
-    spec: &HttpProbe,
-    target: SocketAddr,
-) -> Result<Option<u8>, Failure> {
-    let request = match spec.method {
-        HttpMethod::Get => client.get(url),
-        HttpMethod::Head => client.head(url),
-    };
-    let mut response = request.send().await.map_err(|e| http_failure(&e, target))?;
-    let status = response.status().as_u16();
-    if !spec
-        .expect_status
-        .iter()
-        .any(|&(lo, hi)| (lo..=hi).contains(&status))
-    {
-        return Err(Failure::target(format!("status {status}")));
-    }
-    let capacity = match response.headers().get(CAPACITY_HEADER) {
-        Some(v) => parse_capacity(v.to_str().unwrap_or("")).map_err(Failure::target)?,
-        None => None,
-    };
-    let Some(needle) = &spec.expect_body else {
-        return Ok(capacity);
-    };
-    let mut body = Vec::new();
-    while body.len() < BODY_LIMIT {
-        match response
-            .chunk()
-            .await
-            .map_err(|e| http_failure(&e, target))?
-        {
-            Some(chunk) => body.extend_from_slice(&chunk),
-            None => break,
-        }
-    }
-    body.truncate(BODY_LIMIT);
-    let found = body
-        .windows(needle.len().max(1))
-        .any(|w| w == needle.as_bytes());
-    if found {
-        Ok(capacity)
-    } else {
-        Err(Failure::target(format!(
-            "body does not contain {needle:?} (first {} bytes read)",
-            body.len()
-        )))
-    }
-}
-
-/// An HTTP client error, classified by the OS error inside it. The client
-/// does not say which socket call failed, so this is [`Step::Exchange`]:
-/// creating the socket fails with resource errors, which are local there
-/// too.
-fn http_failure(e: &reqwest::Error, target: SocketAddr) -> Failure {
-    match os_error(e) {
-        // The OS error alone: the client's wrapping ("error sending
-        // request for url ...: client error (Connect): tcp open error")
-        // adds nothing an operator needs.
-        Some(errno) if classify(errno, Step::Exchange, || has_route(target)) == Fault::Local => {
-            Failure::local(io::Error::from_raw_os_error(errno).to_string())
-        }
-        _ => Failure::target(describe(e)),
-    }
-}
-
-/// reqwest's error chain in one line.
-fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
-async fn dns(target: SocketAddr, name: &DomainName, qtype: u16, want: u8) -> Result<(), Failure> {
-    let socket = tokio::net::UdpSocket::bind(unspecified(target))
-        .await
-        .map_err(|e| Failure::io("bind", Step::Setup, &e, target))?;
-    // A UDP connect only looks up the route: its errors are this host's.
-    socket
-        .connect(target)
-        .await
-        .map_err(|e| Failure::io("connect", Step::Setup, &e, target))?;
-    let id = probe_id();
-    // A query that cannot be built is not the target's fault.
-    let query = crate::dns::probe_query(name, qtype, id).map_err(Failure::local)?;
-    socket
-        .send(&query)
-        .await
-        .map_err(|e| Failure::io("send", Step::Exchange, &e, target))?;
-    let mut buf = vec![0u8; 4096];
-    loop {
-        let n = socket
-            .recv(&mut buf)
-            .await
-            .map_err(|e| Failure::io("receive", Step::Exchange, &e, target))?;
-        // Ignore stray datagrams; the timeout bounds the wait.
-        if let Some(rcode) = crate::dns::response_rcode(&buf[..n], id) {
-            return if rcode == want {
-                Ok(())
-            } else {
-                Err(Failure::target(format!("rcode {rcode}, expected {want}")))
-            };
-        }
-    }
-}
-
-/// A query ID that differs between probes.
-fn probe_id() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    ((n.wrapping_mul(0x9e37_79b9) ^ t) >> 8) as u16
 }
 
 #[cfg(test)]
@@ -561,25 +484,6 @@ mod tests {
     fn closed_port() -> SocketAddr {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
-    }
-
-    #[tokio::test]
-    async fn a_refused_http_connection_is_found_in_the_client_error_and_counts() {
-        install_crypto_provider();
-        let target = closed_port();
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .expect("client");
-        let e = client
-            .get(format!("http://{target}/"))
-            .send()
-            .await
-            .expect_err("nothing listens");
-        assert_eq!(os_error(&e), Some(libc::ECONNREFUSED), "{}", describe(&e));
-        let f = http_failure(&e, target);
-        assert_eq!(f.fault, Fault::Target);
-        assert!(f.reason.contains("refused"), "{}", f.reason);
     }
 
     #[tokio::test]
