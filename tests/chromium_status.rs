@@ -543,6 +543,17 @@ async fn the_status_page_follows_a_failure_and_its_drain_button_moves_the_answer
         .await;
     let status = s.server.monitor().status();
     assert_eq!(status["zones"][0]["datacenters"][0]["override"], "drain");
+    // The share of answers: a percentage for west (which got the answers
+    // since the drain) where /status counts answers per datacenter, "—"
+    // where it does not.
+    let counted = status["zones"][0]["services"][0].get("answers").is_some();
+    let share = "document.querySelector('tr[data-service=\"www\"][data-dc=\"west\"] td.share')";
+    let check = if counted {
+        format!("const c = {share}; return c !== null && /^[0-9.]+%$/.test(c.textContent);")
+    } else {
+        format!("const c = {share}; return c !== null && c.textContent === '—';")
+    };
+    browser.until("west's share of answers", &check).await;
 
     let png = browser.screenshot().await;
     assert!(png.starts_with(b"\x89PNG\r\n\x1a\n"), "a PNG screenshot");

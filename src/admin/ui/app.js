@@ -102,6 +102,9 @@
       const r = await api('GET', '/status');
       if (r.status === 200 && r.body) {
         $('token-form').hidden = true;
+        if ($('message').className === 'bad' && $('message').textContent.startsWith('/status: ')) {
+          message('', '');
+        }
         render(r.body);
         setConn('live', 'ok');
         $('updated').textContent = 'updated ' + new Date().toLocaleTimeString();
@@ -110,7 +113,9 @@
         again = false;
         askToken(token() ? 'token refused' : 'token needed');
       } else {
-        setConn(reason(r), 'bad');
+        // 403 (a name in Host without a token, say): say why in full.
+        setConn('refused (HTTP ' + r.status + ')', 'bad');
+        message('/status: ' + reason(r), 'bad');
       }
     } catch (e) {
       setConn('server unreachable (' + e.message + ')', 'bad');
@@ -330,7 +335,6 @@
         }
       }
     }
-    events.sort((a, b) => b.t - a.t);
   }
 
   //------------ Rendering -----------------------------------------------------
@@ -351,6 +355,9 @@
       renderServices(section.querySelector('table.services').tBodies[0], z, answers);
     }
     if (first) seed(status);
+    // Target changes carry the server's time, datacenter changes the
+    // poll's: order by time, newest first, then by arrival.
+    events.sort((a, b) => b.t - a.t || b.id - a.id);
     if (events.length > MAX_EVENTS) events.length = MAX_EVENTS;
     renderEvents(now);
   }
