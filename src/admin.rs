@@ -877,6 +877,30 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_the_apis_own_origin_is_same_origin() {
+        let host = Some("127.0.0.1:5380");
+        assert!(same_origin("http://127.0.0.1:5380", host));
+        assert!(same_origin("https://127.0.0.1:5380", host));
+        assert!(same_origin("http://[::1]:5380", Some("[::1]:5380")));
+        assert!(same_origin("http://LOCALHOST:5380", Some("localhost:5380")));
+        assert!(same_origin("http://localhost", Some("localhost")));
+        for other in [
+            "http://127.0.0.1:5381",
+            "http://127.0.0.1",
+            "http://127.0.0.1:5380/",
+            "http://127.0.0.1:53800",
+            "http://evil.example",
+            "ws://127.0.0.1:5380",
+            "http://",
+            "null",
+            "",
+        ] {
+            assert!(!same_origin(other, host), "{other}");
+        }
+        assert!(!same_origin("http://127.0.0.1:5380", None), "no Host");
+    }
+
+    #[test]
     fn the_busy_answers_are_well_formed() {
         for busy in [BUSY, beacon::BUSY] {
             let text = std::str::from_utf8(busy).unwrap();
