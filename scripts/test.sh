@@ -4,6 +4,8 @@
 # any arguments given (CI passes --locked).
 #
 #   chromium   tests/chromium_rum.rs: the RUM snippet in a real browser
+#   chromium-driver  tests/chromium_status.rs: the status page, driven
+#              through chromedriver (WebDriver)
 #   iproute2   tests/netns_latency.rs: network namespaces with delayed links;
 #              tests/probe_netns.rs: ICMP probes over a link taken down
 #
@@ -14,6 +16,7 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 { command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

@@ -2,6 +2,7 @@
 //!
 //! | method | path | what |
 //! |---|---|---|
+//! | GET | `/`, `/ui` | the live status page, see [`ui`] (never needs the token) |
 //! | GET | `/health` | the server's own liveness (never needs the token) |
 //! | GET | `/status` | every zone, datacenter, target and service, as JSON |
 //! | GET | `/explain?name=N&type=T&client=IP[/LEN]` | the routing decision for a client, step by step |
@@ -11,8 +12,10 @@
 //! | PUT | `/targets/{zone}/{dc}/{target}` | body `{"state": "up"}` or `"down"` |
 //! | POST | `/latency/import` | RUM measurements collected elsewhere, see [`crate::latency::beacon`] |
 //!
-//! With a token configured, every request but `/health` needs
-//! `Authorization: Bearer TOKEN`.
+//! With a token configured, every request but `/health` and the status
+//! page's files needs `Authorization: Bearer TOKEN`. A request with an
+//! `Origin` header other than the API's own (`http://` + its `Host`) is
+//! refused: another web page is at work in the operator's browser.
 //!
 //! # The listener
 //!
@@ -31,7 +34,8 @@
 //!   [`MAX_BODY_BYTES`] (`413`), [`MAX_IMPORT_BODY_BYTES`] for
 //!   `/latency/import`.
 //!
-//! Every response the router makes is JSON, errors included.
+//! Every response the router makes is JSON, errors included, but the
+//! status page's files.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -50,6 +54,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -63,6 +68,8 @@ use crate::config::AdminConfig;
 use crate::health::Override;
 use crate::health::monitor::{ActionError, Monitor};
 use crate::latency::beacon::{self, Import};
+
+mod ui;
 
 /// Largest request body (only `PUT /targets/...` reads one, a few bytes
 /// long); larger ones get `413 Payload Too Large`.
@@ -137,10 +144,11 @@ fn body_limit(path: &str) -> usize {
 }
 
 fn too_large(limit: usize) -> Response {
-    error(
-        StatusCode::PAYLOAD_TOO_LARGE,
-        format!("request body over {limit} bytes"),
-    )
+    error(StatusCode::PAYLOAD_TOO_LARGE, too_large_text(limit))
+}
+
+fn too_large_text(limit: usize) -> String {
+    format!("request body over {limit} bytes")
 }
 
 /// Makes every error response JSON: axum's own rejections (405 without a
@@ -192,20 +200,45 @@ fn local_host(host: &str) -> bool {
     name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok()
 }
 
+/// Whether `origin` (an `Origin` header) is this API's own origin: the
+/// page it serves at `/`, asking for `http://` (or `https://`, behind a
+/// TLS proxy that keeps the Host header) at exactly the `Host` it sent.
+/// Browsers leave the default port out of both, so the comparison is
+/// plain text; `null` (sandboxed frames, `file:` pages) never matches.
+fn same_origin(origin: &str, host: Option<&str>) -> bool {
+    let Some(host) = host else {
+        return false;
+    };
+    let authority = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"));
+    authority.is_some_and(|a| !a.is_empty() && a.eq_ignore_ascii_case(host))
+}
+
 async fn auth(State(app): State<AppState>, request: Request, next: Next) -> Response {
-    if app.token.is_none() {
-        // Without a token, keep browsers out: a web page could otherwise
-        // POST a drain here (browsers send simple cross-origin POSTs
-        // without asking), or read /status through DNS rebinding. Browsers
-        // always send Origin on such requests, and a rebound name in Host.
-        let headers = request.headers();
-        if headers.contains_key(header::ORIGIN) {
+    let headers = request.headers();
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    // Browsers send Origin on every cross-site request that could change
+    // something (a form POST needs no CORS preflight), so an Origin other
+    // than our own is another site at work in the operator's browser:
+    // refused, with or without a token. The status page's own requests
+    // carry our origin and pass.
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = String::from_utf8_lossy(origin.as_bytes());
+        if !same_origin(&origin, host) {
             return error(
                 StatusCode::FORBIDDEN,
-                "requests from web pages are refused (Origin header)",
+                format!(
+                    "requests from other web pages are refused: Origin {origin:?} \
+                     is not this API's own origin (http://HOST with HOST the Host header)"
+                ),
             );
         }
-        let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    }
+    if app.token.is_none() {
+        // Without a token, DNS rebinding could let a page read /status
+        // from a name it controls that resolves here: its requests are
+        // same-origin for the browser, but Host carries that name.
         if host.is_some_and(|h| !local_host(h)) {
             return error(
                 StatusCode::FORBIDDEN,
@@ -296,21 +329,67 @@ struct TargetInput {
     state: String,
 }
 
+/// What `PUT /targets/...` takes, for error messages.
+const TARGET_BODY: &str = r#"{"state": "up"} or {"state": "down"}"#;
+
+/// Why a request body was refused: the status and what to say.
+pub(crate) struct BodyError(StatusCode, String);
+
+impl IntoResponse for BodyError {
+    fn into_response(self) -> Response {
+        error(self.0, self.1)
+    }
+}
+
+/// Parses a JSON request body whatever its `Content-Type`, or none:
+/// `curl -d` labels JSON as a form, and the body is what counts. Errors
+/// say what is wrong with the JSON and where (line and column), and
+/// what `expected` looks like.
+pub(crate) fn json_body<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, BodyError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(BodyError(
+            StatusCode::BAD_REQUEST,
+            format!("empty body: send {expected}"),
+        ));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        let what = match e.classify() {
+            serde_json::error::Category::Data => "unexpected JSON in body",
+            _ => "body is not valid JSON",
+        };
+        BodyError(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: {e}; send {expected}"),
+        )
+    })
+}
+
+/// A request body as bytes, or why not: `413` over `limit`, the
+/// extractor's own reason otherwise.
+pub(crate) fn body_bytes(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+    limit: usize,
+) -> Result<axum::body::Bytes, BodyError> {
+    match body {
+        Ok(body) => Ok(body),
+        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(BodyError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            too_large_text(limit),
+        )),
+        Err(e) => Err(BodyError(e.status(), e.body_text())),
+    }
+}
+
 async fn set_target(
     State(app): State<AppState>,
     Path((zone, dc, target)): Path<(String, String, String)>,
-    body: Result<Json<TargetInput>, axum::extract::rejection::JsonRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Response {
-    let input = match body {
-        Ok(Json(input)) => input,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => return too_large(MAX_BODY_BYTES),
-        Err(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "body must be {\"state\": \"up\"} or {\"state\": \"down\"}",
-            );
-        }
-    };
+    let input: TargetInput =
+        match body_bytes(body, MAX_BODY_BYTES).and_then(|b| json_body(&b, TARGET_BODY)) {
+            Ok(input) => input,
+            Err(refused) => return refused.into_response(),
+        };
     let up = match input.state.as_str() {
         "up" => true,
         "down" => false,
@@ -337,12 +416,9 @@ async fn import_latency(
     let Some(target) = &app.import else {
         return error(StatusCode::NOT_FOUND, "latency import is not configured");
     };
-    let body = match body {
+    let body = match body_bytes(body, MAX_IMPORT_BODY_BYTES) {
         Ok(body) => body,
-        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            return too_large(MAX_IMPORT_BODY_BYTES);
-        }
-        Err(e) => return error(e.status(), e.body_text()),
+        Err(refused) => return refused.into_response(),
     };
     match beacon::import(&body, target) {
         Ok(imported) => Json(json!({ "imported": imported })).into_response(),
@@ -377,6 +453,7 @@ pub fn router_with(monitor: Monitor, token: Option<String>, import: Option<Impor
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .route("/health", get(|| async { Json(json!({ "status": "ok" })) }))
+        .merge(ui::routes())
         .merge(protected)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .with_state(app)
@@ -798,6 +875,30 @@ impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for AdminSer
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_apis_own_origin_is_same_origin() {
+        let host = Some("127.0.0.1:5380");
+        assert!(same_origin("http://127.0.0.1:5380", host));
+        assert!(same_origin("https://127.0.0.1:5380", host));
+        assert!(same_origin("http://[::1]:5380", Some("[::1]:5380")));
+        assert!(same_origin("http://LOCALHOST:5380", Some("localhost:5380")));
+        assert!(same_origin("http://localhost", Some("localhost")));
+        for other in [
+            "http://127.0.0.1:5381",
+            "http://127.0.0.1",
+            "http://127.0.0.1:5380/",
+            "http://127.0.0.1:53800",
+            "http://evil.example",
+            "ws://127.0.0.1:5380",
+            "http://",
+            "null",
+            "",
+        ] {
+            assert!(!same_origin(other, host), "{other}");
+        }
+        assert!(!same_origin("http://127.0.0.1:5380", None), "no Host");
+    }
 
     #[test]
     fn the_busy_answers_are_well_formed() {

@@ -1,7 +1,8 @@
 //! Admin API requests: any method, path, headers and body, driven through
 //! `meridian::admin::router` with tower's `oneshot`, must get a response,
 //! never a panic; the status must be one the API documents, and the body
-//! JSON (an object, with an `error` string for every error status).
+//! JSON (an object, with an `error` string for every error status), but
+//! for the status page's own files.
 //!
 //! The input is a request written almost as on the wire, so seeds and
 //! crash files read as text:
@@ -119,6 +120,12 @@ fuzz_target!(|data: &[u8]| {
     };
     let shown = format!("{} {} {:?}", req.method(), req.uri(), req.headers());
     let head = req.method() == axum::http::Method::HEAD;
+    // The status page's files (HTML, JS, CSS) are the only answers that
+    // are not JSON.
+    let page = matches!(
+        req.uri().path(),
+        "/" | "/ui" | "/ui/app.js" | "/ui/app.css"
+    );
     let (status, body) = RUNTIME.block_on(async move {
         let (open, guarded, _) = &*ROUTERS;
         let router = if with_token { guarded } else { open };
@@ -136,6 +143,10 @@ fuzz_target!(|data: &[u8]| {
     if head {
         // HEAD answers carry the headers of GET and no body.
         assert!(body.is_empty(), "a body for HEAD: {shown}");
+        return;
+    }
+    if page && status.is_success() {
+        assert!(!body.is_empty(), "an empty page: {shown}");
         return;
     }
     let json: serde_json::Value = serde_json::from_slice(&body).unwrap_or_else(|e| {

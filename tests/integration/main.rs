@@ -4,6 +4,7 @@
 //! UDP and TCP.
 
 mod admin_hardening;
+mod admin_ui;
 mod config_files;
 mod fast_path;
 mod fuzz_findings;
