@@ -5,6 +5,8 @@
 #
 #   chromium   tests/chromium_rum.rs: the RUM snippet in a real browser
 #   iproute2   tests/netns_latency.rs: network namespaces with delayed links
+#   dig, curl, jq (bind9-dnsutils, curl, jq)
+#              tests/readme.rs: every console example in README.md
 #
 # Those tests fail, rather than pass, when their tool is absent; this
 # script is what keeps them from being absent.
@@ -14,6 +16,9 @@ cd "$(dirname "$0")/.."
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 { command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)
+command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v jq >/dev/null 2>&1 || need+=(jq)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing ${need[*]}" >&2
