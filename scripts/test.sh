@@ -8,6 +8,8 @@
 #              through chromedriver (WebDriver)
 #   iproute2   tests/netns_latency.rs: network namespaces with delayed links;
 #              tests/probe_netns.rs: ICMP probes over a link taken down
+#   dig, curl, jq (bind9-dnsutils, curl, jq)
+#              tests/readme.rs: every console example in README.md
 #
 # Those tests fail, rather than pass, when their tool is absent; this
 # script is what keeps them from being absent.
@@ -18,6 +20,9 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 { command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)
+command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
+command -v curl >/dev/null 2>&1 || need+=(curl)
+command -v jq >/dev/null 2>&1 || need+=(jq)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing ${need[*]}" >&2
