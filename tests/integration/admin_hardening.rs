@@ -231,7 +231,7 @@ async fn a_slow_body_gets_408_after_request_timeout() {
 async fn a_large_body_gets_413() {
     let s = server("").await;
     let addr = admin_addr(&s);
-    let path = "/targets/gslb.example.com/us-east/192.0.2.10";
+    let path = "/targets/gslb.example.com/eu-west/198.51.100.10";
     let declared = format!(
         "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
          Content-Length: 3000000\r\nConnection: close\r\n\r\n"
@@ -255,7 +255,7 @@ async fn a_large_body_gets_413() {
     assert_eq!(code, 413, "{body}");
     json_error(&body);
     // A small body still gets through to the handler (which finds no
-    // such target: the example zone has no probes).
+    // such target: eu-west has no probe in the example zone).
     let small = r#"{"state": "up"}"#;
     let ok = format!(
         "PUT {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
