@@ -40,6 +40,7 @@ pub mod explain;
 mod fdlimit;
 pub mod geo;
 pub mod health;
+pub mod init;
 pub mod latency;
 pub mod model;
 mod persist;

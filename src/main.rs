@@ -43,6 +43,14 @@ enum Command {
         #[arg(long, short, default_value = "meridian.toml")]
         config: PathBuf,
     },
+    /// Write a starter configuration into DIR (created if missing):
+    /// meridian.toml and zones/gslb.example.com.toml, which `check`
+    /// accepts and `run` serves with the built-in GeoIP database. Never
+    /// overwrites a file: if one exists, nothing is written.
+    Init {
+        /// Directory for the configuration.
+        dir: PathBuf,
+    },
     /// Show how a client is answered: its GeoIP location, the ranked
     /// datacenters with distances (or, for latency steps, the RTT
     /// estimates, their level and samples, from the latency state file the
@@ -115,6 +123,24 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Init { dir } => match meridian::init::init(&dir) {
+            Ok(paths) => {
+                for p in &paths {
+                    eprintln!("wrote {}", p.display());
+                }
+                let config = dir.join("meridian.toml");
+                eprintln!(
+                    "next: edit the zone, then `meridian check --config {0}` and \
+                     `meridian run --config {0}`",
+                    config.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Explain {
             config,
             name,

@@ -12,6 +12,7 @@ mod geo_scale;
 mod harness;
 mod health;
 mod latency;
+mod packaging;
 mod policies;
 mod probes;
 mod protocol;
