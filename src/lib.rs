@@ -35,6 +35,7 @@
 
 pub mod admin;
 pub mod config;
+pub mod diff;
 pub mod dns;
 pub mod explain;
 mod fdlimit;

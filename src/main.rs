@@ -2,7 +2,7 @@
 //! the library. Owns no logic.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +42,28 @@ enum Command {
         /// Server config file.
         #[arg(long, short, default_value = "meridian.toml")]
         config: PathBuf,
+    },
+    /// What-if: which client networks a new config would move to another
+    /// datacenter. Loads both configs as `check` does, answers every
+    /// network of the GeoIP database under each (every datacenter up,
+    /// drain/force-up ignored) and prints the moves per service, per
+    /// datacenter pair, per country and per continent, in IPv4 /24 and
+    /// IPv6 /48 equivalents. Exit 0, 1 when a config does not load, 3 when
+    /// --fail-above is exceeded.
+    Diff {
+        /// The new config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The config in service now.
+        #[arg(long, default_value = "meridian.toml", value_name = "CURRENT")]
+        old: PathBuf,
+        /// Print the report as JSON (schema: README, "What-if diff").
+        #[arg(long)]
+        json: bool,
+        /// Exit 3 when any compared service moves more than PERCENT of the
+        /// database's IPv4 or IPv6 space, overall or in any continent.
+        #[arg(long, value_name = "PERCENT")]
+        fail_above: Option<f64>,
     },
     /// Write a starter configuration into DIR (created if missing):
     /// meridian.toml and zones/gslb.example.com.toml, which `check`
@@ -123,6 +145,12 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Diff {
+            config,
+            old,
+            json,
+            fail_above,
+        } => diff(&old, &config, json, fail_above),
         Command::Init { dir } => match meridian::init::init(&dir) {
             Ok(paths) => {
                 for p in &paths {
@@ -183,6 +211,58 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// `meridian diff`: see [`meridian::diff`].
+fn diff(old: &Path, new: &Path, json: bool, fail_above: Option<f64>) -> ExitCode {
+    if fail_above.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+        eprintln!("error: --fail-above: a percentage from 0 to 100");
+        return ExitCode::from(2);
+    }
+    if let (Ok(a), Ok(b)) = (old.canonicalize(), new.canonicalize())
+        && a == b
+    {
+        eprintln!(
+            "error: --config and --old are the same file ({}): nothing to compare; \
+             give the config in service with --old",
+            a.display()
+        );
+        return ExitCode::from(2);
+    }
+    let load = |path: &Path, which: &str| {
+        meridian::load(path).map_err(|e| eprintln!("error: {which} config: {e}"))
+    };
+    let (Ok((old_cfg, old_snap)), Ok((new_cfg, new_snap))) = (load(old, "old"), load(new, "new"))
+    else {
+        return ExitCode::FAILURE;
+    };
+    let report = meridian::diff::diff(
+        (&old_cfg, &old_snap),
+        (&new_cfg, &new_snap),
+        [old.display().to_string(), new.display().to_string()],
+    );
+    #[allow(clippy::print_stdout)]
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{report}");
+    }
+    match fail_above {
+        Some(limit) if report.max_percent() > limit => {
+            eprintln!(
+                "diff: {:.2} % moves somewhere, above --fail-above {limit}",
+                report.max_percent()
+            );
+            ExitCode::from(3)
+        }
+        _ => ExitCode::SUCCESS,
     }
 }
 

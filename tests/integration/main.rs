@@ -5,6 +5,7 @@
 
 mod admin_hardening;
 mod config_files;
+mod diff;
 mod fast_path;
 mod fuzz_findings;
 mod geo_routing;
