@@ -5,6 +5,9 @@
 #
 #   chromium   tests/chromium_rum.rs: the RUM snippet in a real browser
 #   iproute2   tests/netns_latency.rs: network namespaces with delayed links
+#   systemd    tests/integration/packaging.rs: systemd-analyze verify on the unit
+#   cargo-deb  tests/integration/packaging.rs: builds the .deb (cargo install,
+#              once: about 1.5 min of CPU, 4.5 min wall on a busy 2-core box)
 #
 # Those tests fail, rather than pass, when their tool is absent; this
 # script is what keeps them from being absent.
@@ -14,6 +17,8 @@ cd "$(dirname "$0")/.."
 need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 { command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing ${need[*]}" >&2
@@ -23,6 +28,11 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "scripts/test.sh: missing ${need[*]}; install them (Debian: sudo apt-get install ${need[*]}) and run again" >&2
     exit 1
   fi
+fi
+
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing cargo-deb 3.8.0 (cargo install --locked)" >&2
+  cargo install cargo-deb --version 3.8.0 --locked
 fi
 
 exec cargo test "$@"

@@ -65,6 +65,11 @@ enum Command {
         #[arg(long, value_name = "PERCENT")]
         fail_above: Option<f64>,
     },
+    /// GeoIP database maintenance.
+    Geoip {
+        #[command(subcommand)]
+        command: GeoipCommand,
+    },
     /// Write a starter configuration into DIR (created if missing):
     /// meridian.toml and zones/gslb.example.com.toml, which `check`
     /// accepts and `run` serves with the built-in GeoIP database. Never
@@ -92,6 +97,43 @@ enum Command {
         /// IPv6 /56), sent as EDNS Client Subnet.
         #[arg(long, value_name = "IP[/PREFIX]")]
         client: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GeoipCommand {
+    /// Install a newer GeoIP database beside the config and reload: the
+    /// operator's file (--file) or DB-IP's monthly lite database. The file
+    /// is verified (opens, >= 10,000 networks, >= 90 % with a country,
+    /// plausible build date not older than the installed one), written
+    /// atomically over the config's `geoip` path (or geoip.mmdb beside the
+    /// config when `geoip` is not set), then the running server is told
+    /// to reload through POST /reload on its admin API. Exit 0 when
+    /// installed (and reloaded), 1 when refused (nothing changed), 4 when
+    /// installed but the reload failed.
+    Update {
+        /// Server config file.
+        #[arg(long, short, default_value = "meridian.toml")]
+        config: PathBuf,
+        /// A database you downloaded: .mmdb or .mmdb.gz. Without it,
+        /// DB-IP's lite database is downloaded.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// DB-IP edition to download: country (about 8 MB, what ships) or
+        /// city (about 130 MB, city coordinates).
+        #[arg(long, default_value = "country", value_parser = ["country", "city"])]
+        edition: String,
+        /// Month to download, YYYY-MM (default: this month, else the
+        /// previous one when this month's is not out yet).
+        #[arg(long, value_name = "YYYY-MM")]
+        month: Option<String>,
+        /// Install even when the new database is older than the installed
+        /// one.
+        #[arg(long)]
+        force: bool,
+        /// Install only; do not ask the server to reload.
+        #[arg(long)]
+        no_reload: bool,
     },
 }
 
@@ -151,6 +193,17 @@ fn main() -> ExitCode {
             json,
             fail_above,
         } => diff(&old, &config, json, fail_above),
+        Command::Geoip {
+            command:
+                GeoipCommand::Update {
+                    config,
+                    file,
+                    edition,
+                    month,
+                    force,
+                    no_reload,
+                },
+        } => geoip_update(&config, file.as_deref(), &edition, month, force, no_reload),
         Command::Init { dir } => match meridian::init::init(&dir) {
             Ok(paths) => {
                 for p in &paths {
@@ -263,6 +316,185 @@ fn diff(old: &Path, new: &Path, json: bool, fail_above: Option<f64>) -> ExitCode
             ExitCode::from(3)
         }
         _ => ExitCode::SUCCESS,
+    }
+}
+
+/// `meridian geoip update`: see [`meridian::geo::update`].
+fn geoip_update(
+    config: &Path,
+    file: Option<&Path>,
+    edition: &str,
+    month: Option<String>,
+    force: bool,
+    no_reload: bool,
+) -> ExitCode {
+    use meridian::geo::update;
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    let server = match meridian::config::load_server(config) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let (target, configured) = update::target(&server);
+    if let Err(e) = update::check_not_source_tree(&target) {
+        return fail(&e);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (name, bytes) = match file {
+        Some(path) => match std::fs::read(path) {
+            Ok(b) => (path.to_path_buf(), b),
+            Err(e) => return fail(&format!("{}: {e}", path.display())),
+        },
+        None => {
+            let months = match month {
+                Some(m) => vec![m],
+                None => vec![
+                    update::month_of(now),
+                    update::month_of(now.saturating_sub(28 * 86_400)),
+                ],
+            };
+            match runtime.block_on(download(edition, &months)) {
+                Ok((url, b)) => (PathBuf::from(url), b),
+                Err(e) => return fail(&e),
+            }
+        }
+    };
+    let bytes = match update::decompress(bytes) {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("{}: {e}", name.display())),
+    };
+    let installed = if force {
+        None
+    } else {
+        update::installed_build(&target)
+    };
+    let summary = match update::verify(&name, bytes.clone(), now, installed) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("{e}; nothing installed")),
+    };
+    eprintln!("verified {}: {summary}", name.display());
+    if let Err(e) = update::install(&target, &bytes) {
+        return fail(&e);
+    }
+    eprintln!("installed {}", target.display());
+    if !configured {
+        eprintln!(
+            "next: set geoip = \"{}\" in {} (it uses the built-in database now), then reload: \
+             systemctl reload meridian, or kill -HUP the server",
+            update::DEFAULT_FILE_NAME,
+            config.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    if no_reload {
+        eprintln!("next: reload: systemctl reload meridian, or kill -HUP the server");
+        return ExitCode::SUCCESS;
+    }
+    let Some(admin) = &server.admin else {
+        eprintln!(
+            "the admin API is disabled in {}: reload with systemctl reload meridian, or kill -HUP the server",
+            config.display()
+        );
+        return ExitCode::SUCCESS;
+    };
+    match runtime.block_on(post_reload(admin)) {
+        Ok(body) => {
+            eprintln!("reloaded: {body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: installed, but the reload failed: {e}; reload with systemctl reload \
+                 meridian, or kill -HUP the server"
+            );
+            ExitCode::from(4)
+        }
+    }
+}
+
+/// Downloads the first of `months` that exists; returns its URL and bytes.
+async fn download(edition: &str, months: &[String]) -> Result<(String, Vec<u8>), String> {
+    meridian::health::probe::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(600))
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .user_agent(concat!("meridian/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let mut last = String::new();
+    for month in months {
+        let url = meridian::geo::update::dbip_url(edition, month);
+        eprintln!("downloading {url}");
+        let mut resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            last = format!("{url}: 404 Not Found");
+            continue;
+        }
+        if !resp.status().is_success() {
+            return Err(format!("{url}: HTTP {}", resp.status()));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > meridian::geo::update::MAX_BYTES {
+                return Err(format!("{url}: larger than expected; stopped"));
+            }
+        }
+        return Ok((url, bytes));
+    }
+    Err(last)
+}
+
+/// POST /reload on the admin API of `admin`.
+async fn post_reload(admin: &meridian::config::AdminConfig) -> Result<String, String> {
+    let mut addr = admin.listen;
+    if addr.port() == 0 {
+        return Err(format!("[admin] listen {addr} has no fixed port to reach"));
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let mut req = client.post(format!("http://{addr}/reload"));
+    if let Some(token) = &admin.token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("POST http://{addr}/reload: {e}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body.trim().to_string())
+    } else {
+        Err(format!(
+            "POST http://{addr}/reload: HTTP {status}: {}",
+            body.trim()
+        ))
     }
 }
 

@@ -15,6 +15,7 @@ pub mod countries;
 pub mod distance;
 pub mod locations;
 pub mod table;
+pub mod update;
 
 use std::borrow::Cow;
 use std::fmt;

@@ -228,7 +228,364 @@ async fn sigterm_finishes_tcp_answers_in_flight_and_exits_zero() {
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
-#[allow(dead_code)]
+//------------ meridian geoip update ------------------------------------------
+
+#[derive(serde::Serialize)]
+struct CountryRecord {
+    country_code: &'static str,
+}
+
+/// A flat-schema database of `n` IPv4 /24s (alternating countries, so
+/// none merge) built at `epoch`.
+fn geo_db(n: u32, epoch: std::time::SystemTime) -> Vec<u8> {
+    let mut w = mmdb_writer::Writer::builder("Meridian-Test-Update")
+        .build_epoch(epoch)
+        .build();
+    for i in 0..n {
+        let net =
+            ipnet::Ipv4Net::new(std::net::Ipv4Addr::from((20u32 << 24) + (i << 8)), 24).unwrap();
+        let country_code = ["DE", "FR", "US"][(i % 3) as usize];
+        w.insert(net, &CountryRecord { country_code }).unwrap();
+    }
+    w.to_bytes().unwrap()
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+fn update(config: &Path, file: &Path, extra: &[&str]) -> (Option<i32>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["geoip", "update", "--no-reload", "--config"])
+        .arg(config)
+        .arg("--file")
+        .arg(file)
+        .args(extra)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn leftovers(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(".geoip-update-"))
+        .collect()
+}
+
+/// A good database replaces the configured one by rename (a reader of
+/// the old file keeps reading the old file whole); corrupt, truncated,
+/// too small and older databases are refused and the installed one is
+/// kept byte for byte.
+#[test]
+fn geoip_update_installs_a_verified_file_atomically_and_refuses_bad_ones() {
+    use std::io::Read;
+    let dir = tempfile::tempdir().unwrap();
+    let zone = example_zone();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            zones: &[("gslb.example.com.toml", &zone)],
+            ..Setup::default()
+        },
+    );
+    let target = dir.path().join("test.mmdb");
+    let downloads = tempfile::tempdir().unwrap();
+    let good = geo_db(12_000, std::time::SystemTime::now());
+    let good_gz = downloads.path().join("dbip-country-lite-2026-11.mmdb.gz");
+    std::fs::write(&good_gz, gzip(&good)).unwrap();
+
+    let mut reader = std::fs::File::open(&target).unwrap();
+    let before = std::fs::read(&target).unwrap();
+    let (code, stderr) = update(&config, &good_gz, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("12000 IPv4 and 0 IPv6 networks, 100.0 % with a country"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&format!("installed {}", target.display())),
+        "{stderr}"
+    );
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        good,
+        "installed, decompressed"
+    );
+    let mut old = Vec::new();
+    reader.read_to_end(&mut old).unwrap();
+    assert_eq!(
+        old, before,
+        "the old file was replaced by rename, not rewritten"
+    );
+    assert!(leftovers(dir.path()).is_empty());
+    // The config loads with it.
+    let out = meridian(&["check", "--config"], &config);
+    let check = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{check}");
+    assert!(check.contains("type Meridian-Test-Update"), "{check}");
+
+    // Refused: garbage, a truncated download, a database far too small,
+    // one older than the installed one. Nothing changes.
+    let truncated = gzip(&good);
+    let cases: [(&str, Vec<u8>, &str); 4] = [
+        (
+            "garbage.mmdb",
+            b"this is not a database".to_vec(),
+            "cannot open GeoIP database",
+        ),
+        (
+            "truncated.mmdb.gz",
+            truncated[..truncated.len() / 2].to_vec(),
+            "not a valid gzip file",
+        ),
+        (
+            "small.mmdb",
+            crate::harness::flat_test_db(),
+            "networks (at least 10000 expected)",
+        ),
+        (
+            "old.mmdb",
+            geo_db(
+                12_000,
+                std::time::UNIX_EPOCH + Duration::from_secs(1_600_000_000),
+            ),
+            "older than the installed database",
+        ),
+    ];
+    for (name, bytes, why) in &cases {
+        let path = downloads.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let (code, stderr) = update(&config, &path, &[]);
+        assert_eq!(code, Some(1), "{name}: {stderr}");
+        assert!(stderr.contains(why), "{name}: {stderr}");
+        assert!(
+            stderr.contains("nothing installed") || *name == "truncated.mmdb.gz",
+            "{stderr}"
+        );
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            good,
+            "{name} changed the file"
+        );
+        assert!(leftovers(dir.path()).is_empty(), "{name}");
+    }
+    // --force takes an older one.
+    let (code, stderr) = update(&config, &downloads.path().join("old.mmdb"), &["--force"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(std::fs::read(&target).unwrap(), cases[3].1);
+}
+
+/// Without `geoip` in the config the file goes beside it as geoip.mmdb,
+/// and the operator is told to point `geoip` at it.
+#[test]
+fn geoip_update_without_a_configured_file_installs_beside_the_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = meridian(&["init"], dir.path());
+    assert!(out.status.success());
+    let config = dir.path().join("meridian.toml");
+    let file = dir.path().join("download.mmdb");
+    std::fs::write(&file, geo_db(10_500, std::time::SystemTime::now())).unwrap();
+    let (code, stderr) = update(&config, &file, &[]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(dir.path().join("geoip.mmdb").is_file());
+    assert!(
+        stderr.contains("next: set geoip = \"geoip.mmdb\""),
+        "{stderr}"
+    );
+    // The running config still uses the built-in database.
+    let out = meridian(&["check", "--config"], &config);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("<built-in dbip-country.mmdb>"));
+}
+
+//------------ systemd unit and .deb --------------------------------------------
+
+/// A tool the test needs; fails loudly when missing (scripts/test.sh
+/// installs them).
+fn require(tool: &str, install: &str) {
+    let found = Command::new("sh")
+        .args(["-c", &format!("command -v {tool}")])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        found,
+        "{tool} not found: {install} (scripts/test.sh does this)"
+    );
+}
+
+/// The unit has the hardening and the directives the README promises,
+/// and `systemd-analyze verify` accepts it without a warning.
+#[test]
+fn systemd_unit_is_hardened_and_verifies() {
+    let unit = repo_file("packaging/meridian.service");
+    for line in [
+        "User=meridian",
+        "ExecStart=/usr/bin/meridian run --config /etc/meridian/meridian.toml",
+        "ExecReload=/bin/kill -HUP $MAINPID",
+        "AmbientCapabilities=CAP_NET_BIND_SERVICE",
+        "CapabilityBoundingSet=CAP_NET_BIND_SERVICE",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ProtectHome=yes",
+        "PrivateTmp=yes",
+        "StateDirectory=meridian",
+        "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+        "SystemCallFilter=@system-service",
+        "WantedBy=multi-user.target",
+    ] {
+        assert!(
+            unit.lines().any(|l| l == line),
+            "packaging/meridian.service lacks {line}"
+        );
+    }
+    // The packaged config writes only where the unit lets it.
+    let config = repo_file("packaging/meridian.toml");
+    assert!(config.contains("state_file = \"/var/lib/meridian/state.json\""));
+    assert!(config.contains("state_file = \"/var/lib/meridian/latency.bin\""));
+
+    require("systemd-analyze", "apt-get install systemd");
+    let dir = tempfile::tempdir().unwrap();
+    // verify checks that the binaries exist: point it at this build.
+    let path = dir.path().join("meridian.service");
+    std::fs::write(
+        &path,
+        unit.replace("/usr/bin/meridian", env!("CARGO_BIN_EXE_meridian")),
+    )
+    .unwrap();
+    let out = Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        out.status.success() && said.trim().is_empty(),
+        "systemd-analyze verify: {said}"
+    );
+}
+
+/// `cargo deb` builds the package from this build's binary; it holds the
+/// binary, the unit, the example config as conffiles and a postinst that
+/// creates the user; extracted into a fresh tree, the binary accepts the
+/// shipped config with its built-in GeoIP database.
+#[test]
+fn deb_package_contents_and_its_config_check() {
+    require("cargo-deb", "cargo install cargo-deb --locked");
+    require("dpkg-deb", "apt-get install dpkg");
+    let out_dir = tempfile::tempdir().unwrap();
+    // --no-build: the binary this test run built (target/debug); the
+    // release build takes minutes.
+    let out = Command::new(env!("CARGO"))
+        .args(["deb", "--no-build", "--profile", "dev", "--fast", "--quiet"])
+        .arg("--manifest-path")
+        .arg(repo().join("Cargo.toml"))
+        .arg("--output")
+        .arg(out_dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "cargo deb: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deb = std::fs::read_dir(out_dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .expect("a .deb");
+
+    let dpkg = |args: &[&str], extra: Option<&Path>| {
+        let out = Command::new("dpkg-deb")
+            .args(args)
+            .arg(&deb)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "dpkg-deb {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let listing = dpkg(&["--contents"], None);
+    for (path, mode) in [
+        ("./usr/bin/meridian", "-rwxr-xr-x"),
+        ("./usr/lib/systemd/system/meridian.service", "-rw-r--r--"),
+        ("./etc/meridian/meridian.toml", "-rw-r-----"),
+        ("./etc/meridian/zones/gslb.example.com.toml", "-rw-r-----"),
+        ("./usr/share/doc/meridian/copyright", "-rw-r--r--"),
+    ] {
+        assert!(
+            listing
+                .lines()
+                .any(|l| l.starts_with(mode) && l.ends_with(path)),
+            "{path} ({mode}) not in the package:\n{listing}"
+        );
+    }
+    let field = |name: &str| {
+        let out = Command::new("dpkg-deb")
+            .args(["--field"])
+            .arg(&deb)
+            .arg(name)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(field("Package"), "meridian");
+    assert!(field("Depends").contains("adduser"), "{}", field("Depends"));
+
+    let root = tempfile::tempdir().unwrap();
+    let control = root.path().join("DEBIAN");
+    dpkg(&["--control"], Some(&control));
+    let conffiles = std::fs::read_to_string(control.join("conffiles")).unwrap();
+    assert!(
+        conffiles
+            .lines()
+            .any(|l| l == "/etc/meridian/meridian.toml"),
+        "{conffiles}"
+    );
+    assert!(
+        conffiles
+            .lines()
+            .any(|l| l == "/etc/meridian/zones/gslb.example.com.toml")
+    );
+    let postinst = std::fs::read_to_string(control.join("postinst")).unwrap();
+    assert!(postinst.contains("adduser --system --group"), "{postinst}");
+    assert!(
+        postinst.contains("deb-systemd-helper enable meridian.service"),
+        "{postinst}"
+    );
+
+    dpkg(&["--extract"], Some(root.path()));
+    let bin = root.path().join("usr/bin/meridian");
+    let config = root.path().join("etc/meridian/meridian.toml");
+    let out = Command::new(&bin)
+        .args(["check", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("GeoIP <built-in dbip-country.mmdb>"),
+        "{stderr}"
+    );
+    let out = Command::new(&bin).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("DB-IP"));
+}
+
 fn repo_file(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
