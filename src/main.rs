@@ -473,6 +473,7 @@ async fn post_reload(admin: &meridian::config::AdminConfig) -> Result<String, St
             std::net::Ipv6Addr::LOCALHOST.into()
         });
     }
+    meridian::health::probe::install_crypto_provider();
     let client = reqwest::Client::builder()
         .timeout(std::time::Duration::from_secs(120))
         .no_proxy()

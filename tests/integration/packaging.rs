@@ -405,6 +405,100 @@ fn geoip_update_without_a_configured_file_installs_beside_the_config() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("<built-in dbip-country.mmdb>"));
 }
 
+/// After installing, the update asks the server at `[admin] listen` to
+/// reload, with the token: a real HTTP listener on loopback stands in for
+/// the admin API and records the request. A failed reload exits 4, with
+/// the file installed.
+#[tokio::test]
+async fn geoip_update_posts_reload_to_the_admin_api_with_the_token() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = listener.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let zone = example_zone();
+    let server_toml =
+        format!("[admin]\nlisten = \"{admin}\"\ntoken = \"s3cret-token-for-tests\"\n");
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            zones: &[("gslb.example.com.toml", &zone)],
+            server_toml: &server_toml,
+            ..Setup::default()
+        },
+    );
+    let file = dir.path().join("new.mmdb");
+    std::fs::write(&file, geo_db(10_200, std::time::SystemTime::now())).unwrap();
+
+    for (status, code) in [("200 OK", 0), ("500 Internal Server Error", 4)] {
+        let mut run = {
+            let (config, file) = (config.clone(), file.clone());
+            tokio::task::spawn_blocking(move || {
+                Command::new(env!("CARGO_BIN_EXE_meridian"))
+                    .args(["geoip", "update", "--force", "--config"])
+                    .arg(&config)
+                    .arg("--file")
+                    .arg(&file)
+                    .output()
+                    .unwrap()
+            })
+        };
+        let mut conn = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(60), listener.accept()) => {
+                r.expect("the update connects to the admin API within 60 s").unwrap().0
+            }
+            out = &mut run => {
+                let out = out.unwrap();
+                panic!("exited without POST /reload: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        };
+        let mut request = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf))
+                .await
+                .unwrap()
+                .unwrap();
+            assert!(n > 0, "connection closed mid-request");
+            request.extend_from_slice(&buf[..n]);
+        }
+        let body = r#"{"result":"ok"}"#;
+        conn.write_all(
+            format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+        drop(conn);
+        let out = run.await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let request = String::from_utf8_lossy(&request).to_ascii_lowercase();
+        assert!(
+            request.starts_with("post /reload http/1.1\r\n"),
+            "{request}"
+        );
+        assert!(
+            request.contains("\r\nauthorization: bearer s3cret-token-for-tests\r\n"),
+            "{request}"
+        );
+        assert_eq!(out.status.code(), Some(code), "{stderr}");
+        if code == 0 {
+            assert!(stderr.contains(r#"reloaded: {"result":"ok"}"#), "{stderr}");
+        } else {
+            assert!(
+                stderr.contains("installed, but the reload failed"),
+                "{stderr}"
+            );
+            assert!(stderr.contains("HTTP 500"), "{stderr}");
+        }
+        assert_eq!(
+            std::fs::read(dir.path().join("test.mmdb")).unwrap(),
+            std::fs::read(&file).unwrap()
+        );
+    }
+}
+
 //------------ systemd unit and .deb --------------------------------------------
 
 /// A tool the test needs; fails loudly when missing (scripts/test.sh
