@@ -242,3 +242,44 @@ fn diff_refuses_one_file_twice_and_names_config_errors() {
         "{stderr}"
     );
 }
+
+/// Two different databases: the walk covers the networks either places,
+/// each counted once, located by the new database where it places them.
+#[test]
+fn diff_across_two_databases_counts_the_union_of_their_networks() {
+    let (a, b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let text = example_zone();
+    let old = config(a.path(), &text);
+    let new = write_config(
+        b.path(),
+        &Setup {
+            zones: &[("gslb.example.com.toml", &text)],
+            geoip: crate::harness::geoip2_test_db(),
+            ..Setup::default()
+        },
+    );
+    let (code, stdout, stderr) = diff(&["--json"], &old, &new);
+    assert_eq!(code, Some(0), "{stderr}");
+    let report: Value = serde_json::from_str(&stdout).unwrap();
+    // The flat database's 68,352 /24s and the GeoIP2 one's two /16s.
+    assert_eq!(size(&report["total"]), (TOTAL_V4 + 512.0, 2.0));
+    assert!(report["geoip"][1].as_str().unwrap().contains("GeoIP2-City"));
+    // 11.20/16 (Vladivostok) is new to the new database: unplaced before,
+    // so the default order (us-east) then; ap-southeast, nearest, now.
+    let www = service(&report, "www");
+    let ru = www["countries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["country"] == "RU")
+        .expect("RU moves");
+    assert_eq!(size(&ru["total"]), (512.0, 0.0));
+    assert!(
+        ru["moves"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| pair(m) == ("us-east".into(), "ap-southeast".into())),
+        "{ru}"
+    );
+}
