@@ -364,7 +364,11 @@ fn geoip_update(
                     update::month_of(now.saturating_sub(28 * 86_400)),
                 ],
             };
-            match runtime.block_on(download(edition, &months)) {
+            eprintln!(
+                "downloading DB-IP {edition} lite for {} from download.db-ip.com",
+                months.join(" (else ") + &")".repeat(months.len().saturating_sub(1))
+            );
+            match runtime.block_on(update::download(edition, &months)) {
                 Ok((url, b)) => (PathBuf::from(url), b),
                 Err(e) => return fail(&e),
             }
@@ -408,7 +412,7 @@ fn geoip_update(
         );
         return ExitCode::SUCCESS;
     };
-    match runtime.block_on(post_reload(admin)) {
+    match runtime.block_on(update::post_reload(admin)) {
         Ok(body) => {
             eprintln!("reloaded: {body}");
             ExitCode::SUCCESS
@@ -420,82 +424,6 @@ fn geoip_update(
             );
             ExitCode::from(4)
         }
-    }
-}
-
-/// Downloads the first of `months` that exists; returns its URL and bytes.
-async fn download(edition: &str, months: &[String]) -> Result<(String, Vec<u8>), String> {
-    meridian::health::probe::install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(600))
-        .connect_timeout(std::time::Duration::from_secs(30))
-        .user_agent(concat!("meridian/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
-    let mut last = String::new();
-    for month in months {
-        let url = meridian::geo::update::dbip_url(edition, month);
-        eprintln!("downloading {url}");
-        let mut resp = client
-            .get(&url)
-            .send()
-            .await
-            .map_err(|e| format!("{url}: {e}"))?;
-        if resp.status() == reqwest::StatusCode::NOT_FOUND {
-            last = format!("{url}: 404 Not Found");
-            continue;
-        }
-        if !resp.status().is_success() {
-            return Err(format!("{url}: HTTP {}", resp.status()));
-        }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
-            bytes.extend_from_slice(&chunk);
-            if bytes.len() as u64 > meridian::geo::update::MAX_BYTES {
-                return Err(format!("{url}: larger than expected; stopped"));
-            }
-        }
-        return Ok((url, bytes));
-    }
-    Err(last)
-}
-
-/// POST /reload on the admin API of `admin`.
-async fn post_reload(admin: &meridian::config::AdminConfig) -> Result<String, String> {
-    let mut addr = admin.listen;
-    if addr.port() == 0 {
-        return Err(format!("[admin] listen {addr} has no fixed port to reach"));
-    }
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    meridian::health::probe::install_crypto_provider();
-    let client = reqwest::Client::builder()
-        .timeout(std::time::Duration::from_secs(120))
-        .no_proxy()
-        .build()
-        .map_err(|e| format!("HTTP client: {e}"))?;
-    let mut req = client.post(format!("http://{addr}/reload"));
-    if let Some(token) = &admin.token {
-        req = req.bearer_auth(token);
-    }
-    let resp = req
-        .send()
-        .await
-        .map_err(|e| format!("POST http://{addr}/reload: {e}"))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if status.is_success() {
-        Ok(body.trim().to_string())
-    } else {
-        Err(format!(
-            "POST http://{addr}/reload: HTTP {status}: {}",
-            body.trim()
-        ))
     }
 }
 

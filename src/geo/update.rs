@@ -244,6 +244,84 @@ pub fn check_not_source_tree(target: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// Downloads DB-IP's `edition` database of the first of `months` that
+/// exists (a 404 tries the next); returns its URL and bytes.
+pub async fn download(edition: &str, months: &[String]) -> Result<(String, Vec<u8>), String> {
+    crate::health::probe::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(600))
+        .connect_timeout(std::time::Duration::from_secs(30))
+        .user_agent(concat!("meridian/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let mut last = String::new();
+    for month in months {
+        let url = dbip_url(edition, month);
+        let mut resp = client
+            .get(&url)
+            .send()
+            .await
+            .map_err(|e| format!("{url}: {e}"))?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            last = format!("{url}: 404 Not Found");
+            continue;
+        }
+        if !resp.status().is_success() {
+            return Err(format!("{url}: HTTP {}", resp.status()));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| format!("{url}: {e}"))? {
+            bytes.extend_from_slice(&chunk);
+            if bytes.len() as u64 > MAX_BYTES {
+                return Err(format!("{url}: larger than expected; stopped"));
+            }
+        }
+        return Ok((url, bytes));
+    }
+    Err(last)
+}
+
+/// Asks the server to reload: `POST /reload` on its admin API, with the
+/// token when one is set; a wildcard listen address is reached on
+/// loopback. Returns the response body.
+pub async fn post_reload(admin: &crate::config::AdminConfig) -> Result<String, String> {
+    let mut addr = admin.listen;
+    if addr.port() == 0 {
+        return Err(format!("[admin] listen {addr} has no fixed port to reach"));
+    }
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    crate::health::probe::install_crypto_provider();
+    let client = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(120))
+        .no_proxy()
+        .build()
+        .map_err(|e| format!("HTTP client: {e}"))?;
+    let mut req = client.post(format!("http://{addr}/reload"));
+    if let Some(token) = &admin.token {
+        req = req.bearer_auth(token);
+    }
+    let resp = req
+        .send()
+        .await
+        .map_err(|e| format!("POST http://{addr}/reload: {e}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if status.is_success() {
+        Ok(body.trim().to_string())
+    } else {
+        Err(format!(
+            "POST http://{addr}/reload: HTTP {status}: {}",
+            body.trim()
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
