@@ -25,6 +25,11 @@
 //!   speaks the wire format (hickory-proto).
 //! * [`Server`] binds sockets, runs the loops, and reloads on request: a
 //!   bad config is reported and the old snapshot stays in service.
+//! * Operator commands beside `run`: `diff` compares two loaded configs
+//!   over the GeoIP database with the real policy code, `init` writes a
+//!   starter config, `geo::update` verifies and installs a new database.
+//!   Without `geoip` set, the database compiled into the binary is used
+//!   ([`geo::EMBEDDED_DB`]).
 
 // Unsafe code only where a system call needs it (`dns::batch`'s
 // recvmmsg/sendmmsg, `fdlimit`'s setrlimit, `snapshot`'s malloc_trim),
