@@ -3,7 +3,7 @@
 //!
 //! Both configs are loaded exactly as `check` loads them, then every
 //! network of the GeoIP database is answered under each, by the real
-//! routing code ([`Plan::decide_with`]) with every datacenter up. A
+//! routing code ([`crate::policy::Plan::decide_with`]) with every datacenter up. A
 //! network *moves* when the set of datacenters in its answer differs.
 //!
 //! The answer of a deterministic plan (no `weighted`, `sticky` or
