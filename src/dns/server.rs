@@ -300,7 +300,16 @@ pub async fn serve_tcp(
         });
     }
     tracker.close();
-    tracker.wait().await;
+    // Shutdown: connections close at their next idle point. A client that
+    // keeps pipelining never reaches one, so after the idle timeout the
+    // rest are closed wherever they are.
+    if tokio::time::timeout(settings.idle_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        room.cancel();
+        tracker.wait().await;
+    }
 }
 
 async fn connection(

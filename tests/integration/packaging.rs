@@ -228,6 +228,103 @@ async fn sigterm_finishes_tcp_answers_in_flight_and_exits_zero() {
     assert_eq!(status.code(), Some(0), "{status}");
 }
 
+/// A client that keeps pipelining cannot hold shutdown open: its
+/// connection is closed at the first moment no query is waiting, and at
+/// the latest `tcp_idle_timeout` (1 s here) after SIGTERM; the process
+/// exits 0. (On loopback the first kind of moment comes within
+/// milliseconds; the timeout is the backstop for a client fast enough
+/// never to leave one.)
+#[tokio::test]
+async fn sigterm_closes_a_pipelining_connection_after_the_idle_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = example_zone();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            zones: &[("gslb.example.com.toml", &zone)],
+            server_toml: "tcp_idle_timeout = 1",
+            ..Setup::default()
+        },
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let pid = child.id().expect("pid");
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let line = wait_for_line(&mut lines, "listening on UDP and TCP").await;
+    let addr: SocketAddr = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("local="))
+        .expect("local= in the log line")
+        .parse()
+        .unwrap();
+    wait_for_line(&mut lines, "ready").await;
+    // Drain the log so the child never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+
+    let conn = TcpStream::connect(addr).await.unwrap();
+    let (mut rx, mut tx) = conn.into_split();
+    let packet = query("www.gslb.example.com", RecordType::A, None)
+        .to_vec()
+        .unwrap();
+    let mut framed = u16::try_from(packet.len()).unwrap().to_be_bytes().to_vec();
+    framed.extend_from_slice(&packet);
+    // Writes queries back to back for at most 20 s.
+    let writer = tokio::spawn(async move {
+        let until = tokio::time::Instant::now() + Duration::from_secs(20);
+        while tokio::time::Instant::now() < until {
+            if tx.write_all(&framed).await.is_err() {
+                return;
+            }
+        }
+    });
+    // Reads answers until the server closes the connection.
+    let (answers_tx, mut answers) = tokio::sync::watch::channel(0u64);
+    let reader = tokio::spawn(async move {
+        let mut n = 0u64;
+        loop {
+            let mut len = [0u8; 2];
+            if rx.read_exact(&mut len).await.is_err() {
+                return n;
+            }
+            let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+            if rx.read_exact(&mut buf).await.is_err() {
+                return n;
+            }
+            n += 1;
+            let _ = answers_tx.send(n);
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(10), answers.wait_for(|&n| n >= 100))
+        .await
+        .expect("100 pipelined answers within 10 s")
+        .unwrap();
+
+    // SAFETY: kill(2) on the child this test spawned.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill -TERM");
+    let sent_at = tokio::time::Instant::now();
+    let answered = tokio::time::timeout(Duration::from_secs(8), reader)
+        .await
+        .expect("the pipelining connection is closed within 8 s of SIGTERM")
+        .unwrap();
+    assert!(answered >= 100);
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("meridian exits within 10 s of SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(sent_at.elapsed() < Duration::from_secs(10));
+    writer.abort();
+}
+
 //------------ meridian geoip update ------------------------------------------
 
 #[derive(serde::Serialize)]
