@@ -10,6 +10,9 @@
 #              tests/probe_netns.rs: ICMP probes over a link taken down
 #   dig, curl, jq (bind9-dnsutils, curl, jq)
 #              tests/readme.rs: every console example in README.md
+#   systemd    tests/integration/packaging.rs: systemd-analyze verify on the unit
+#   cargo-deb  tests/integration/packaging.rs: builds the .deb (cargo install,
+#              once: about 1.5 min of CPU, 4.5 min wall on a busy 2-core box)
 #
 # Those tests fail, rather than pass, when their tool is absent; this
 # script is what keeps them from being absent.
@@ -23,6 +26,8 @@ command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing ${need[*]}" >&2
@@ -32,6 +37,11 @@ if [ ${#need[@]} -gt 0 ]; then
     echo "scripts/test.sh: missing ${need[*]}; install them (Debian: sudo apt-get install ${need[*]}) and run again" >&2
     exit 1
   fi
+fi
+
+if ! cargo deb --version >/dev/null 2>&1; then
+  echo "scripts/test.sh: installing cargo-deb 3.8.0 (cargo install --locked)" >&2
+  cargo install cargo-deb --version 3.8.0 --locked
 fi
 
 exec cargo test "$@"

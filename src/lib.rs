@@ -25,6 +25,11 @@
 //!   speaks the wire format (hickory-proto).
 //! * [`Server`] binds sockets, runs the loops, and reloads on request: a
 //!   bad config is reported and the old snapshot stays in service.
+//! * Operator commands beside `run`: `diff` compares two loaded configs
+//!   over the GeoIP database with the real policy code, `init` writes a
+//!   starter config, `geo::update` verifies and installs a new database.
+//!   Without `geoip` set, the database compiled into the binary is used
+//!   ([`geo::EMBEDDED_DB`]).
 
 // Unsafe code only where a system call needs it (`dns::batch`'s
 // recvmmsg/sendmmsg, `fdlimit`'s setrlimit, `snapshot`'s malloc_trim),
@@ -35,11 +40,13 @@
 
 pub mod admin;
 pub mod config;
+pub mod diff;
 pub mod dns;
 pub mod explain;
 mod fdlimit;
 pub mod geo;
 pub mod health;
+pub mod init;
 pub mod latency;
 pub mod model;
 mod persist;
@@ -112,11 +119,18 @@ pub fn load_keeping(
 ) -> Result<(Config, Snapshot), Error> {
     let server = config::load_server(config_path)?;
     // The GeoIP database is read once: hashed to tell whether it changed,
-    // and opened from the same bytes when it did.
-    let geo_bytes = std::fs::read(&server.geoip).map_err(|e| geo::GeoError::Open {
-        path: server.geoip.clone(),
-        reason: e.to_string(),
-    })?;
+    // and opened from the same bytes when it did. Without `geoip`, the
+    // database compiled into the binary.
+    let geo_file = match &server.geoip {
+        Some(path) => Some((
+            path,
+            std::fs::read(path).map_err(|e| geo::GeoError::Open {
+                path: path.clone(),
+                reason: e.to_string(),
+            })?,
+        )),
+        None => None,
+    };
     let countries_text = match &server.countries {
         Some(path) => Some((
             path,
@@ -129,7 +143,8 @@ pub fn load_keeping(
         use std::hash::{DefaultHasher, Hash, Hasher};
         let mut h = DefaultHasher::new();
         let countries = countries_text.as_ref().map(|(_, b)| config::fingerprint(b));
-        (config::fingerprint(&geo_bytes), countries).hash(&mut h);
+        let db = geo_file.as_ref().map_or(geo::EMBEDDED_DB, |(_, b)| &b[..]);
+        (config::fingerprint(db), countries).hash(&mut h);
         h.finish()
     };
     let keep = previous.filter(|p| geo_fingerprint == p.geo_fingerprint);
@@ -142,7 +157,10 @@ pub fn load_keeping(
                 }
                 None => geo::countries::builtin(),
             };
-            Arc::new(GeoDb::from_file_bytes(&server.geoip, geo_bytes, countries)?)
+            Arc::new(match geo_file {
+                Some((path, bytes)) => GeoDb::from_file_bytes(path, bytes, countries)?,
+                None => GeoDb::embedded(countries)?,
+            })
         }
     };
     let mut sources = Vec::new();

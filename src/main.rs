@@ -2,7 +2,7 @@
 //! the library. Owns no logic.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +43,41 @@ enum Command {
         #[arg(long, short, default_value = "meridian.toml")]
         config: PathBuf,
     },
+    /// What-if: which client networks a new config would move to another
+    /// datacenter. Loads both configs as `check` does, answers every
+    /// network of the GeoIP database under each (every datacenter up,
+    /// drain/force-up ignored) and prints the moves per service, per
+    /// datacenter pair, per country and per continent, in IPv4 /24 and
+    /// IPv6 /48 equivalents. Exit 0, 1 when a config does not load, 3 when
+    /// --fail-above is exceeded.
+    Diff {
+        /// The new config file.
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The config in service now.
+        #[arg(long, default_value = "meridian.toml", value_name = "CURRENT")]
+        old: PathBuf,
+        /// Print the report as JSON (schema: README, "What-if diff").
+        #[arg(long)]
+        json: bool,
+        /// Exit 3 when any compared service moves more than PERCENT of the
+        /// database's IPv4 or IPv6 space, overall or in any continent.
+        #[arg(long, value_name = "PERCENT")]
+        fail_above: Option<f64>,
+    },
+    /// GeoIP database maintenance.
+    Geoip {
+        #[command(subcommand)]
+        command: GeoipCommand,
+    },
+    /// Write a starter configuration into DIR (created if missing):
+    /// meridian.toml and zones/gslb.example.com.toml, which `check`
+    /// accepts and `run` serves with the built-in GeoIP database. Never
+    /// overwrites a file: if one exists, nothing is written.
+    Init {
+        /// Directory for the configuration.
+        dir: PathBuf,
+    },
     /// Show how a client is answered: its GeoIP location, the ranked
     /// datacenters with distances (or, for latency steps, the RTT
     /// estimates, their level and samples, from the latency state file the
@@ -62,6 +97,43 @@ enum Command {
         /// IPv6 /56), sent as EDNS Client Subnet.
         #[arg(long, value_name = "IP[/PREFIX]")]
         client: String,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum GeoipCommand {
+    /// Install a newer GeoIP database beside the config and reload: the
+    /// operator's file (--file) or DB-IP's monthly lite database. The file
+    /// is verified (opens, >= 10,000 networks, >= 90 % with a country,
+    /// plausible build date not older than the installed one), written
+    /// atomically over the config's `geoip` path (or geoip.mmdb beside the
+    /// config when `geoip` is not set), then the running server is told
+    /// to reload through POST /reload on its admin API. Exit 0 when
+    /// installed (and reloaded), 1 when refused (nothing changed), 4 when
+    /// installed but the reload failed.
+    Update {
+        /// Server config file.
+        #[arg(long, short, default_value = "meridian.toml")]
+        config: PathBuf,
+        /// A database you downloaded: .mmdb or .mmdb.gz. Without it,
+        /// DB-IP's lite database is downloaded.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        /// DB-IP edition to download: country (about 8 MB, what ships) or
+        /// city (about 130 MB, city coordinates).
+        #[arg(long, default_value = "country", value_parser = ["country", "city"])]
+        edition: String,
+        /// Month to download, YYYY-MM (default: this month, else the
+        /// previous one when this month's is not out yet).
+        #[arg(long, value_name = "YYYY-MM")]
+        month: Option<String>,
+        /// Install even when the new database is older than the installed
+        /// one.
+        #[arg(long)]
+        force: bool,
+        /// Install only; do not ask the server to reload.
+        #[arg(long)]
+        no_reload: bool,
     },
 }
 
@@ -115,6 +187,41 @@ fn main() -> ExitCode {
                 }
             }
         }
+        Command::Diff {
+            config,
+            old,
+            json,
+            fail_above,
+        } => diff(&old, &config, json, fail_above),
+        Command::Geoip {
+            command:
+                GeoipCommand::Update {
+                    config,
+                    file,
+                    edition,
+                    month,
+                    force,
+                    no_reload,
+                },
+        } => geoip_update(&config, file.as_deref(), &edition, month, force, no_reload),
+        Command::Init { dir } => match meridian::init::init(&dir) {
+            Ok(paths) => {
+                for p in &paths {
+                    eprintln!("wrote {}", p.display());
+                }
+                let config = dir.join("meridian.toml");
+                eprintln!(
+                    "next: edit the zone, then `meridian check --config {0}` and \
+                     `meridian run --config {0}`",
+                    config.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Explain {
             config,
             name,
@@ -156,6 +263,166 @@ fn main() -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// `meridian diff`: see [`meridian::diff`].
+fn diff(old: &Path, new: &Path, json: bool, fail_above: Option<f64>) -> ExitCode {
+    if fail_above.is_some_and(|p| !(0.0..=100.0).contains(&p)) {
+        eprintln!("error: --fail-above: a percentage from 0 to 100");
+        return ExitCode::from(2);
+    }
+    if let (Ok(a), Ok(b)) = (old.canonicalize(), new.canonicalize())
+        && a == b
+    {
+        eprintln!(
+            "error: --config and --old are the same file ({}): nothing to compare; \
+             give the config in service with --old",
+            a.display()
+        );
+        return ExitCode::from(2);
+    }
+    let load = |path: &Path, which: &str| {
+        meridian::load(path).map_err(|e| eprintln!("error: {which} config: {e}"))
+    };
+    let (Ok((old_cfg, old_snap)), Ok((new_cfg, new_snap))) = (load(old, "old"), load(new, "new"))
+    else {
+        return ExitCode::FAILURE;
+    };
+    let report = meridian::diff::diff(
+        (&old_cfg, &old_snap),
+        (&new_cfg, &new_snap),
+        [old.display().to_string(), new.display().to_string()],
+    );
+    #[allow(clippy::print_stdout)]
+    if json {
+        match serde_json::to_string_pretty(&report) {
+            Ok(text) => println!("{text}"),
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        print!("{report}");
+    }
+    match fail_above {
+        Some(limit) if report.max_percent() > limit => {
+            eprintln!(
+                "diff: {:.2} % moves somewhere, above --fail-above {limit}",
+                report.max_percent()
+            );
+            ExitCode::from(3)
+        }
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// `meridian geoip update`: see [`meridian::geo::update`].
+fn geoip_update(
+    config: &Path,
+    file: Option<&Path>,
+    edition: &str,
+    month: Option<String>,
+    force: bool,
+    no_reload: bool,
+) -> ExitCode {
+    use meridian::geo::update;
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("error: {e}");
+        ExitCode::FAILURE
+    };
+    let server = match meridian::config::load_server(config) {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    let (target, configured) = update::target(&server);
+    if let Err(e) = update::check_not_source_tree(&target) {
+        return fail(&e);
+    }
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => return fail(&format!("cannot start the runtime: {e}")),
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (name, bytes) = match file {
+        Some(path) => match std::fs::read(path) {
+            Ok(b) => (path.to_path_buf(), b),
+            Err(e) => return fail(&format!("{}: {e}", path.display())),
+        },
+        None => {
+            let months = match month {
+                Some(m) => vec![m],
+                None => vec![
+                    update::month_of(now),
+                    update::month_of(now.saturating_sub(28 * 86_400)),
+                ],
+            };
+            eprintln!(
+                "downloading DB-IP {edition} lite for {} from download.db-ip.com",
+                months.join(" (else ") + &")".repeat(months.len().saturating_sub(1))
+            );
+            match runtime.block_on(update::download(edition, &months)) {
+                Ok((url, b)) => (PathBuf::from(url), b),
+                Err(e) => return fail(&e),
+            }
+        }
+    };
+    let bytes = match update::decompress(bytes) {
+        Ok(b) => b,
+        Err(e) => return fail(&format!("{}: {e}", name.display())),
+    };
+    let installed = if force {
+        None
+    } else {
+        update::installed_build(&target)
+    };
+    let summary = match update::verify(&name, bytes.clone(), now, installed) {
+        Ok(s) => s,
+        Err(e) => return fail(&format!("{e}; nothing installed")),
+    };
+    eprintln!("verified {}: {summary}", name.display());
+    if let Err(e) = update::install(&target, &bytes) {
+        return fail(&e);
+    }
+    eprintln!("installed {}", target.display());
+    if !configured {
+        eprintln!(
+            "next: set geoip = \"{}\" in {} (it uses the built-in database now), then reload: \
+             systemctl reload meridian, or kill -HUP the server",
+            update::DEFAULT_FILE_NAME,
+            config.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    if no_reload {
+        eprintln!("next: reload: systemctl reload meridian, or kill -HUP the server");
+        return ExitCode::SUCCESS;
+    }
+    let Some(admin) = &server.admin else {
+        eprintln!(
+            "the admin API is disabled in {}: reload with systemctl reload meridian, or kill -HUP the server",
+            config.display()
+        );
+        return ExitCode::SUCCESS;
+    };
+    match runtime.block_on(update::post_reload(admin)) {
+        Ok(body) => {
+            eprintln!("reloaded: {body}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: installed, but the reload failed: {e}; reload with systemctl reload \
+                 meridian, or kill -HUP the server"
+            );
+            ExitCode::from(4)
         }
     }
 }

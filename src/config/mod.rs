@@ -46,8 +46,6 @@ use crate::model::ZoneConfig;
 pub const DEFAULT_LISTEN: [&str; 2] = ["127.0.0.1:5300", "[::1]:5300"];
 /// Default zones directory, relative to the config file.
 pub const DEFAULT_ZONES_DIR: &str = "zones";
-/// Default GeoIP database, relative to the config file.
-pub const DEFAULT_GEOIP: &str = "geoip/dbip-country.mmdb";
 /// Largest UDP response we send by default (DNS Flag Day 2020).
 pub const DEFAULT_MAX_UDP_PAYLOAD: u16 = 1232;
 /// Most UDP serving threads per listen address.
@@ -113,8 +111,10 @@ pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
     /// Directory of zone files.
     pub zones_dir: PathBuf,
-    /// GeoIP database (MaxMind DB format).
-    pub geoip: PathBuf,
+    /// GeoIP database (MaxMind DB format); `None` (the `geoip` key not
+    /// set) uses the DB-IP country database compiled into the binary
+    /// ([`crate::geo::EMBEDDED_DB`]).
+    pub geoip: Option<PathBuf>,
     /// Country coordinate table; `None` uses the built-in one.
     pub countries: Option<PathBuf>,
     /// Largest UDP response, bytes (512 to 4096).

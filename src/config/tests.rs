@@ -115,7 +115,16 @@ fn server_config_defaults_and_ranges() {
     let s = parse_server(Path::new("/etc/meridian/meridian.toml"), "").unwrap();
     assert_eq!(s.listen.len(), 2);
     assert_eq!(s.zones_dir, Path::new("/etc/meridian/zones"));
-    assert_eq!(s.geoip, Path::new("/etc/meridian/geoip/dbip-country.mmdb"));
+    assert_eq!(s.geoip, None, "no geoip key: the built-in database");
+    let s = parse_server(
+        Path::new("/etc/meridian/meridian.toml"),
+        "geoip = \"g/x.mmdb\"",
+    )
+    .unwrap();
+    assert_eq!(
+        s.geoip.as_deref(),
+        Some(Path::new("/etc/meridian/g/x.mmdb"))
+    );
     assert_eq!(s.max_udp_payload, 1232);
     let e = parse_server(Path::new("m.toml"), "max_udp_payload = 100").unwrap_err();
     assert_eq!(e.key, "max_udp_payload");

@@ -10,10 +10,9 @@ use ipnet::IpNet;
 use super::raw::{RawAdmin, RawRrl, RawServer, RawService, RawZone};
 use super::records::{Loc, Records, toml_key};
 use super::{
-    ConfigError, DEFAULT_GEOIP, DEFAULT_LISTEN, DEFAULT_MAX_UDP_PAYLOAD, DEFAULT_RECORD_TTL,
-    DEFAULT_SERVICE_TTL, DEFAULT_TCP_BUSY_IDLE_TIMEOUT_SECS, DEFAULT_TCP_IDLE_TIMEOUT_SECS,
-    DEFAULT_TCP_MAX_CONNECTIONS, DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_ZONES_DIR,
-    MAX_THREADS, MAX_TTL, ServerConfig,
+    ConfigError, DEFAULT_LISTEN, DEFAULT_MAX_UDP_PAYLOAD, DEFAULT_RECORD_TTL, DEFAULT_SERVICE_TTL,
+    DEFAULT_TCP_BUSY_IDLE_TIMEOUT_SECS, DEFAULT_TCP_IDLE_TIMEOUT_SECS, DEFAULT_TCP_MAX_CONNECTIONS,
+    DEFAULT_TCP_MAX_CONNECTIONS_PER_CLIENT, DEFAULT_ZONES_DIR, MAX_THREADS, MAX_TTL, ServerConfig,
 };
 use crate::dns::records::{DomainName, parse_name, parse_record};
 use crate::model::{
@@ -80,7 +79,11 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         }
     };
     let zones_dir = path_key("zones", raw.zones, DEFAULT_ZONES_DIR)?;
-    let geoip = path_key("geoip", raw.geoip, DEFAULT_GEOIP)?;
+    // Not set: the database compiled into the binary.
+    let geoip = match raw.geoip {
+        Some(p) => Some(path_key("geoip", Some(p), "")?),
+        None => None,
+    };
     let countries = match raw.countries {
         Some(p) => Some(path_key("countries", Some(p), "")?),
         None => None,

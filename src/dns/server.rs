@@ -211,6 +211,10 @@ pub async fn serve_tcp(
         settings.max_connections_per_client,
     );
     let tracker = TaskTracker::new();
+    // Slots close (to make room) only while idle; shutdown is not their
+    // parent: it closes each connection at its next idle point instead,
+    // so a query already arriving is answered (graceful shutdown).
+    let room = CancellationToken::new();
     let mut backoff = ACCEPT_BACKOFF_MIN;
     let (mut accept_log, mut refused_log, mut room_log) = (
         LogEvery::default(),
@@ -247,7 +251,7 @@ pub async fn serve_tcp(
             let changed = slots.changed().notified();
             tokio::pin!(changed);
             changed.as_mut().enable();
-            match slots.admit(client, &token) {
+            match slots.admit(client, &room) {
                 Ok(slot) => break slot,
                 Err(Refused::ClientLimit) => {
                     stats.refused_client_limit.fetch_add(1, Ordering::Relaxed);
@@ -285,17 +289,27 @@ pub async fn serve_tcp(
         let state = Arc::clone(&state);
         let stats = Arc::clone(&stats);
         let close = slot.close_token().clone();
+        let shutdown = token.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
         tracker.spawn(async move {
             tokio::select! {
                 () = close.cancelled() => {}
-                () = connection(stream, peer, state, settings, slot) => {}
+                () = connection(stream, peer, state, settings, slot, shutdown) => {}
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
         });
     }
     tracker.close();
-    tracker.wait().await;
+    // Shutdown: connections close at their next idle point. A client that
+    // keeps pipelining never reaches one, so after the idle timeout the
+    // rest are closed wherever they are.
+    if tokio::time::timeout(settings.idle_timeout, tracker.wait())
+        .await
+        .is_err()
+    {
+        room.cancel();
+        tracker.wait().await;
+    }
 }
 
 async fn connection(
@@ -304,6 +318,7 @@ async fn connection(
     state: Arc<ArcSwap<Snapshot>>,
     settings: TcpSettings,
     mut slot: Slot,
+    shutdown: CancellationToken,
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
@@ -318,7 +333,9 @@ async fn connection(
         // which the slot table may close this connection to make room.
         if reader.buffer().is_empty() {
             let since = slot.idle();
-            if !next_query_starts(&mut reader, &mut slot, &settings, since).await || !slot.busy() {
+            if !next_query_starts(&mut reader, &mut slot, &settings, since, &shutdown).await
+                || !slot.busy()
+            {
                 return;
             }
         }
@@ -376,18 +393,22 @@ async fn connection(
 /// false on EOF, error or idle timeout. The timeout is counted from the
 /// start of the wait and shrinks to the busy one as soon as the listener
 /// comes under pressure (RFC 7766 §6.2.3: "servers MAY use a shorter
-/// idle timeout" when resources are short).
+/// idle timeout" when resources are short). False at once on shutdown,
+/// unless the next query's first bytes are already here.
 async fn next_query_starts<R: tokio::io::AsyncRead + Unpin>(
     reader: &mut BufReader<R>,
     slot: &mut Slot,
     settings: &TcpSettings,
     since: Instant,
+    shutdown: &CancellationToken,
 ) -> bool {
     loop {
         let pressure = *slot.pressure().borrow_and_update();
         let deadline = since + settings.idle(pressure);
         tokio::select! {
+            biased;
             r = reader.fill_buf() => return matches!(r, Ok(b) if !b.is_empty()),
+            () = shutdown.cancelled() => return false,
             () = tokio::time::sleep_until(deadline) => return false,
             r = slot.pressure().changed() => {
                 if r.is_err() {

@@ -15,7 +15,9 @@ pub mod countries;
 pub mod distance;
 pub mod locations;
 pub mod table;
+pub mod update;
 
+use std::borrow::Cow;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,22 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
 use crate::model::{Continent, Coord, CountryCode, CountryTable};
+
+/// `YYYY-MM-DD` (UTC) of a Unix time: how `check` prints a database's
+/// build date. Civil-from-days after H. Hinnant's algorithm, so no date
+/// crate is needed for one line.
+pub fn iso_date(epoch: u64) -> String {
+    let days = (epoch / 86_400) as i64 + 719_468;
+    let era = days.div_euclid(146_097);
+    let doe = days.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}")
+}
 
 /// A client's resolved location.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
@@ -55,9 +73,18 @@ pub enum GeoError {
     },
 }
 
+/// The shipped DB-IP country database (`geoip/dbip-country.mmdb`, CC BY 4.0,
+/// see `geoip/README.md`), compiled in: the database used when `geoip` is
+/// not set, so an installed binary runs from any directory.
+pub static EMBEDDED_DB: &[u8] = include_bytes!("../../geoip/dbip-country.mmdb");
+
+/// How [`GeoDb::path`] names the compiled-in database.
+pub const EMBEDDED_NAME: &str = "<built-in dbip-country.mmdb>";
+
 /// An open GeoIP database plus the country table.
 pub struct GeoDb {
-    reader: Reader<Vec<u8>>,
+    /// Borrowed for the compiled-in database, owned for a file's bytes.
+    reader: Reader<Cow<'static, [u8]>>,
     countries: CountryTable,
     path: PathBuf,
 }
@@ -148,6 +175,23 @@ impl GeoDb {
         bytes: Vec<u8>,
         countries: CountryTable,
     ) -> Result<Self, GeoError> {
+        Self::open(path, Cow::Owned(bytes), countries)
+    }
+
+    /// Opens the compiled-in database ([`EMBEDDED_DB`]), without copying it.
+    pub fn embedded(countries: CountryTable) -> Result<Self, GeoError> {
+        Self::open(
+            Path::new(EMBEDDED_NAME),
+            Cow::Borrowed(EMBEDDED_DB),
+            countries,
+        )
+    }
+
+    fn open(
+        path: &Path,
+        bytes: Cow<'static, [u8]>,
+        countries: CountryTable,
+    ) -> Result<Self, GeoError> {
         let reader = Reader::from_source(bytes).map_err(|e| GeoError::Open {
             path: path.to_path_buf(),
             reason: e.to_string(),
@@ -169,16 +213,26 @@ impl GeoDb {
         &self.path
     }
 
-    /// `database_type` and build time from the metadata, for messages.
+    /// `database_type` and build date from the metadata, for messages.
     pub fn describe(&self) -> String {
         let m = self.reader.metadata();
         format!(
-            "{} (type {}, IPv{}, built at epoch {})",
+            "{} (type {}, IPv{}, built {})",
             self.path.display(),
             m.database_type,
             m.ip_version,
-            m.build_epoch
+            iso_date(m.build_epoch)
         )
+    }
+
+    /// The database's build time, seconds since the Unix epoch.
+    pub fn build_epoch(&self) -> u64 {
+        self.reader.metadata().build_epoch
+    }
+
+    /// The database's `database_type` metadata.
+    pub fn database_type(&self) -> &str {
+        &self.reader.metadata().database_type
     }
 
     /// The country table in use.
@@ -263,5 +317,33 @@ impl GeoDb {
             };
             f(net, key, &decode);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn iso_dates() {
+        assert_eq!(iso_date(0), "1970-01-01");
+        // The shipped database's build_epoch (geoip/README.md).
+        assert_eq!(iso_date(1_780_345_978), "2026-06-01");
+        assert_eq!(iso_date(951_782_400), "2000-02-29");
+        assert_eq!(iso_date(4_107_542_399), "2100-02-28");
+        assert_eq!(iso_date(1_798_761_599), "2026-12-31");
+    }
+
+    #[test]
+    fn embedded_database_opens_and_places_addresses() {
+        let db = GeoDb::embedded(countries::builtin()).unwrap();
+        assert_eq!(db.path(), Path::new(EMBEDDED_NAME));
+        let (_, loc) = db.lookup("193.0.6.139".parse().unwrap());
+        assert_eq!(loc.unwrap().country, CountryCode::parse("NL"));
+        assert!(
+            db.describe().contains("built 2026-06-01"),
+            "{}",
+            db.describe()
+        );
     }
 }

@@ -6,6 +6,7 @@
 mod admin_hardening;
 mod admin_ui;
 mod config_files;
+mod diff;
 mod fast_path;
 mod fuzz_findings;
 mod geo_routing;
@@ -13,6 +14,7 @@ mod geo_scale;
 mod harness;
 mod health;
 mod latency;
+mod packaging;
 mod policies;
 mod probe_types;
 mod probes;
