@@ -226,11 +226,10 @@ async fn run(config: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
 
 /// Reloads off the runtime threads (it walks the GeoIP database); failures
 /// are logged and the running configuration kept.
+/// SIGHUP: the same reload as `POST /reload`, which logs its result.
 async fn reload(server: &std::sync::Arc<meridian::Server>) {
     let s = std::sync::Arc::clone(server);
-    match tokio::task::spawn_blocking(move || s.reload()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("reload failed, keeping the running configuration: {e}"),
-        Err(e) => tracing::error!("reload failed: {e}"),
+    if let Err(e) = tokio::task::spawn_blocking(move || s.reload()).await {
+        tracing::error!("reload failed: {e}");
     }
 }

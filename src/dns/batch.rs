@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::{Transport, handle_query};
 use super::rrl::Limiter;
+use crate::metrics::dns::Shard;
 use crate::snapshot::Snapshot;
 
 /// Queries taken per `recvmmsg`.
@@ -29,6 +30,7 @@ pub fn serve(
     socket: &UdpSocket,
     state: &Arc<ArcSwap<Snapshot>>,
     rrl: &Limiter,
+    shard: &Shard,
     token: &CancellationToken,
 ) {
     let fd = socket.as_raw_fd();
@@ -93,6 +95,8 @@ pub fn serve(
         let snap = state.load();
         // One clock read and one settings load for the whole batch.
         let limits = rrl.batch();
+        // One lock of this thread's own counters per batch.
+        let mut tally = shard.tally(&snap);
         let mut ready = 0;
         for i in 0..received {
             let h = &msgs[i].msg_hdr;
@@ -120,6 +124,9 @@ pub fn serve(
                 Transport::Udp,
                 &mut outs[ready],
             );
+            if handled.send {
+                tally.count(&handled, &outs[ready]);
+            }
             // A valid server cookie proves the source address: exempt.
             if handled.send
                 && limits
@@ -130,6 +137,7 @@ pub fn serve(
                 ready += 1;
             }
         }
+        drop(tally);
         drop(limits);
         drop(snap);
         let mut sent = 0;

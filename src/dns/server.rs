@@ -26,8 +26,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::slots::{ClientKey, Refused, Slot, Slots};
-use super::handler::{Transport, handle_into};
+use super::handler::{Transport, handle_query};
 use super::rrl::Limiter;
+use crate::metrics::dns::Shard;
 use crate::snapshot::Snapshot;
 
 /// TCP limits.
@@ -101,6 +102,7 @@ pub fn serve_udp(
     socket: std::net::UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
     rrl: Arc<Limiter>,
+    shard: Arc<Shard>,
     token: CancellationToken,
 ) {
     if let Err(e) = socket.set_read_timeout(Some(UDP_SHUTDOWN_POLL)) {
@@ -108,10 +110,10 @@ pub fn serve_udp(
     }
     #[cfg(target_os = "linux")]
     {
-        super::batch::serve(&socket, &state, &rrl, &token);
+        super::batch::serve(&socket, &state, &rrl, &shard, &token);
     }
     #[cfg(not(target_os = "linux"))]
-    serve_udp_simple(socket, state, rrl, token);
+    serve_udp_simple(socket, state, rrl, shard, token);
 }
 
 /// One query per system call: the portable loop.
@@ -120,6 +122,7 @@ fn serve_udp_simple(
     socket: std::net::UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
     rrl: Arc<Limiter>,
+    shard: Arc<Shard>,
     token: CancellationToken,
 ) {
     // Large enough for any datagram; EDNS clients may send big queries.
@@ -148,7 +151,17 @@ fn serve_udp_simple(
         }
         let handled = {
             let snap = state.load();
-            super::handler::handle_query(&snap, &buf[..len], src.ip(), Transport::Udp, &mut out)
+            let handled = super::handler::handle_query(
+                &snap,
+                &buf[..len],
+                src.ip(),
+                Transport::Udp,
+                &mut out,
+            );
+            if handled.send {
+                shard.tally(&snap).count(&handled, &out);
+            }
+            handled
         };
         // One query per batch here: the clock is read per query. A valid
         // server cookie proves the source address: exempt.
@@ -204,6 +217,7 @@ pub async fn serve_tcp(
     state: Arc<ArcSwap<Snapshot>>,
     settings: TcpSettings,
     stats: Arc<TcpStats>,
+    shard: Arc<Shard>,
     token: CancellationToken,
 ) {
     let slots = Slots::new(
@@ -284,12 +298,13 @@ pub async fn serve_tcp(
         };
         let state = Arc::clone(&state);
         let stats = Arc::clone(&stats);
+        let shard = Arc::clone(&shard);
         let close = slot.close_token().clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
         tracker.spawn(async move {
             tokio::select! {
                 () = close.cancelled() => {}
-                () = connection(stream, peer, state, settings, slot) => {}
+                () = connection(stream, peer, state, settings, slot, shard) => {}
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
         });
@@ -304,6 +319,7 @@ async fn connection(
     state: Arc<ArcSwap<Snapshot>>,
     settings: TcpSettings,
     mut slot: Slot,
+    shard: Arc<Shard>,
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
@@ -342,7 +358,11 @@ async fn connection(
         }
         let answered = {
             let snap = state.load();
-            handle_into(&snap, &query, peer.ip(), Transport::Tcp, &mut out)
+            let handled = handle_query(&snap, &query, peer.ip(), Transport::Tcp, &mut out);
+            if handled.send {
+                shard.tally(&snap).count(&handled, &out);
+            }
+            handled.send
         };
         if answered {
             let Ok(n) = u16::try_from(out.len()) else {

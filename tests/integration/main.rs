@@ -12,6 +12,7 @@ mod geo_scale;
 mod harness;
 mod health;
 mod latency;
+mod metrics;
 mod policies;
 mod probes;
 mod protocol;
