@@ -17,6 +17,7 @@ mod policies;
 mod probes;
 mod protocol;
 mod protocol_hardening;
+mod reload_api;
 mod reload_zones;
 mod robustness;
 mod rrl;
