@@ -45,6 +45,7 @@ pub mod metrics;
 pub mod model;
 mod persist;
 pub mod policy;
+pub mod querylog;
 pub mod snapshot;
 
 use std::net::SocketAddr;
@@ -81,6 +82,9 @@ pub enum Error {
     /// The state file (operator overrides) could not be read.
     #[error("{0}")]
     State(String),
+    /// The query log file could not be opened.
+    #[error("{0}")]
+    QueryLog(String),
     /// The ASN database could not be opened.
     #[error("{0}")]
     Asn(#[from] latency::asn::AsnError),
@@ -599,6 +603,8 @@ fn restart_only_changes(
         "rrl.table_size",
     );
     check(new.rum != running.rum, "[rum]");
+    check(new.log_format != running.log_format, "log_format");
+    check(new.query_log != running.query_log, "[query_log]");
     keys
 }
 
@@ -621,6 +627,8 @@ struct Reloader {
     monitor: health::monitor::Monitor,
     rrl: Arc<Limiter>,
     latency: Arc<latency::hub::Hub>,
+    /// Reopened after every reload (log rotation).
+    query_log: Option<Arc<querylog::QueryLog>>,
 }
 
 /// A running server.
@@ -831,6 +839,36 @@ impl Server {
             monitor.attach_answers(Box::new(move || dns.answers()));
         }
         server_metrics(&metrics, &monitor, &tcp_stats, &rrl);
+        let query_log = match &config.server.query_log {
+            Some(q) => {
+                let log = querylog::QueryLog::start(q).map_err(Error::QueryLog)?;
+                tracing::info!(
+                    path = %q.path.display(),
+                    sample = q.sample,
+                    queue = q.queue,
+                    "query log on"
+                );
+                let l = Arc::clone(&log);
+                metrics.add_source(Box::new(move |out| {
+                    let mut f = metrics::Family::new(
+                        "meridian_query_log_dropped",
+                        "Query log records dropped because the writer's queue was full.",
+                        metrics::Kind::Counter,
+                    );
+                    f.int(vec![], l.dropped());
+                    out.push(f);
+                    let mut f = metrics::Family::new(
+                        "meridian_query_log_written",
+                        "Query log records written.",
+                        metrics::Kind::Counter,
+                    );
+                    f.int(vec![], l.written());
+                    out.push(f);
+                }));
+                Some(log)
+            }
+            None => None,
+        };
         let mut addrs = Vec::with_capacity(sockets.len());
         let mut threads = Vec::new();
         for (udp, listener) in sockets {
@@ -843,10 +881,13 @@ impl Server {
             addrs.push(local);
             for socket in udp {
                 let (state, rrl, token) = (Arc::clone(&state), Arc::clone(&rrl), token.clone());
-                let shard = metrics.dns.shard(dns::Transport::Udp);
+                let obs = dns::server::Observer {
+                    shard: metrics.dns.shard(dns::Transport::Udp),
+                    log: query_log.as_ref().map(querylog::QueryLog::tap),
+                };
                 let handle = std::thread::Builder::new()
                     .name(format!("udp {local}"))
-                    .spawn(move || serve_udp(socket, state, rrl, shard, token))
+                    .spawn(move || serve_udp(socket, state, rrl, obs, token))
                     .map_err(|source| Error::Bind {
                         addr: local,
                         proto: "udp",
@@ -860,6 +901,7 @@ impl Server {
                 tcp,
                 Arc::clone(&tcp_stats),
                 metrics.dns.shard(dns::Transport::Tcp),
+                query_log.clone(),
                 token.clone(),
             ));
         }
@@ -875,6 +917,7 @@ impl Server {
             monitor: monitor.clone(),
             rrl: Arc::clone(&rrl),
             latency: Arc::clone(&hub),
+            query_log: query_log.clone(),
         });
         // The admin API's POST /reload; weak, so the monitor (which the
         // reloader holds) does not keep the reloader alive.
@@ -990,6 +1033,9 @@ impl Reloader {
         let result = self.reload_inner(started);
         self.metrics.reloads.built(started.elapsed().as_secs_f64());
         self.metrics.reloads.reloaded(result.is_ok());
+        if let Some(log) = &self.query_log {
+            log.reopen();
+        }
         let mut cs = self.config_state.lock().unwrap_or_else(|e| e.into_inner());
         let at = std::time::SystemTime::now();
         match &result {

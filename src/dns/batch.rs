@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::{Transport, handle_query};
 use super::rrl::Limiter;
-use crate::metrics::dns::Shard;
+use super::server::Observer;
 use crate::snapshot::Snapshot;
 
 /// Queries taken per `recvmmsg`.
@@ -30,7 +30,7 @@ pub fn serve(
     socket: &UdpSocket,
     state: &Arc<ArcSwap<Snapshot>>,
     rrl: &Limiter,
-    shard: &Shard,
+    obs: &mut Observer,
     token: &CancellationToken,
 ) {
     let fd = socket.as_raw_fd();
@@ -96,7 +96,7 @@ pub fn serve(
         // One clock read and one settings load for the whole batch.
         let limits = rrl.batch();
         // One lock of this thread's own counters per batch.
-        let mut tally = shard.tally(&snap);
+        let mut tally = obs.shard.tally(&snap);
         let mut ready = 0;
         for i in 0..received {
             let h = &msgs[i].msg_hdr;
@@ -126,6 +126,16 @@ pub fn serve(
             );
             if handled.send {
                 tally.count(&handled, &outs[ready]);
+                if let Some(log) = &mut obs.log {
+                    log.offer(
+                        &snap,
+                        &bufs[i][..len],
+                        src.ip(),
+                        Transport::Udp,
+                        &handled,
+                        &outs[ready],
+                    );
+                }
             }
             // A valid server cookie proves the source address: exempt.
             if handled.send

@@ -29,7 +29,18 @@ use self::slots::{ClientKey, Refused, Slot, Slots};
 use super::handler::{Transport, handle_query};
 use super::rrl::Limiter;
 use crate::metrics::dns::Shard;
+use crate::querylog::{QueryLog, Tap};
 use crate::snapshot::Snapshot;
+
+/// What a serving thread counts and logs: its metrics shard, and its
+/// query log tap when the log is on.
+#[derive(Debug)]
+pub struct Observer {
+    /// This thread's counters.
+    pub shard: Arc<Shard>,
+    /// The query log, when on.
+    pub log: Option<Tap>,
+}
 
 /// TCP limits.
 #[derive(Clone, Copy, Debug)]
@@ -102,7 +113,7 @@ pub fn serve_udp(
     socket: std::net::UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
     rrl: Arc<Limiter>,
-    shard: Arc<Shard>,
+    mut obs: Observer,
     token: CancellationToken,
 ) {
     if let Err(e) = socket.set_read_timeout(Some(UDP_SHUTDOWN_POLL)) {
@@ -110,10 +121,10 @@ pub fn serve_udp(
     }
     #[cfg(target_os = "linux")]
     {
-        super::batch::serve(&socket, &state, &rrl, &shard, &token);
+        super::batch::serve(&socket, &state, &rrl, &mut obs, &token);
     }
     #[cfg(not(target_os = "linux"))]
-    serve_udp_simple(socket, state, rrl, shard, token);
+    serve_udp_simple(socket, state, rrl, obs, token);
 }
 
 /// One query per system call: the portable loop.
@@ -122,7 +133,7 @@ fn serve_udp_simple(
     socket: std::net::UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
     rrl: Arc<Limiter>,
-    shard: Arc<Shard>,
+    mut obs: Observer,
     token: CancellationToken,
 ) {
     // Large enough for any datagram; EDNS clients may send big queries.
@@ -159,7 +170,10 @@ fn serve_udp_simple(
                 &mut out,
             );
             if handled.send {
-                shard.tally(&snap).count(&handled, &out);
+                obs.shard.tally(&snap).count(&handled, &out);
+                if let Some(log) = &mut obs.log {
+                    log.offer(&snap, &buf[..len], src.ip(), Transport::Udp, &handled, &out);
+                }
             }
             handled
         };
@@ -218,6 +232,7 @@ pub async fn serve_tcp(
     settings: TcpSettings,
     stats: Arc<TcpStats>,
     shard: Arc<Shard>,
+    log: Option<Arc<QueryLog>>,
     token: CancellationToken,
 ) {
     let slots = Slots::new(
@@ -298,13 +313,16 @@ pub async fn serve_tcp(
         };
         let state = Arc::clone(&state);
         let stats = Arc::clone(&stats);
-        let shard = Arc::clone(&shard);
+        let obs = Observer {
+            shard: Arc::clone(&shard),
+            log: log.as_ref().map(QueryLog::tcp_tap),
+        };
         let close = slot.close_token().clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
         tracker.spawn(async move {
             tokio::select! {
                 () = close.cancelled() => {}
-                () = connection(stream, peer, state, settings, slot, shard) => {}
+                () = connection(stream, peer, state, settings, slot, obs) => {}
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
         });
@@ -319,7 +337,7 @@ async fn connection(
     state: Arc<ArcSwap<Snapshot>>,
     settings: TcpSettings,
     mut slot: Slot,
-    shard: Arc<Shard>,
+    mut obs: Observer,
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
@@ -360,7 +378,10 @@ async fn connection(
             let snap = state.load();
             let handled = handle_query(&snap, &query, peer.ip(), Transport::Tcp, &mut out);
             if handled.send {
-                shard.tally(&snap).count(&handled, &out);
+                obs.shard.tally(&snap).count(&handled, &out);
+                if let Some(log) = &mut obs.log {
+                    log.offer(&snap, &query, peer.ip(), Transport::Tcp, &handled, &out);
+                }
             }
             handled.send
         };

@@ -72,6 +72,16 @@ const RCODES: [&str; 18] = [
     "BADCOOKIE",
 ];
 
+/// An RCODE's name (extended ones included), e.g. `NXDOMAIN`.
+pub fn rcode_name(code: u16) -> std::borrow::Cow<'static, str> {
+    match code {
+        0..=15 => RCODES[usize::from(code)].into(),
+        16 => "BADVERS".into(),
+        23 => "BADCOOKIE".into(),
+        n => format!("RCODE{n}").into(),
+    }
+}
+
 /// The `zone` label of queries for names in no zone of ours.
 pub const NO_ZONE_LABEL: &str = "none";
 

@@ -17,6 +17,7 @@ mod policies;
 mod probes;
 mod protocol;
 mod protocol_hardening;
+mod querylog;
 mod reload_api;
 mod reload_zones;
 mod robustness;
