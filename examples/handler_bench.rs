@@ -29,6 +29,7 @@ fn main() {
     let metrics = meridian::metrics::Metrics::new();
     let shard = metrics.dns.shard(meridian::dns::Transport::Udp);
     let mut reused = Vec::with_capacity(4096);
+    let mut seen = meridian::dns::Seen::default();
     // `--service geo|lat`: only that service of the bench zone
     // (bench/zones/policies.bench.toml), A with ECS from the subnets
     // below; `--rum N`: N published /24 RUM rows (every other /24 from
@@ -168,12 +169,13 @@ fn main() {
     for i in 0..iterations {
         let q = &queries[i % queries.len()];
         if reuse {
-            let handled = meridian::dns::handle_query(
+            let _ = meridian::dns::handle_observed(
                 &snap,
                 q,
                 src,
                 meridian::dns::Transport::Udp,
                 &mut reused,
+                &mut seen,
             );
             if with_metrics {
                 if i % 32 == 0 {
@@ -181,7 +183,7 @@ fn main() {
                     tally = Some(shard.tally(&snap));
                 }
                 if let Some(t) = &mut tally {
-                    t.count(&handled, &reused);
+                    t.count(&seen, &reused);
                 }
             }
             bytes += reused.len();

@@ -24,7 +24,7 @@ use std::time::SystemTime;
 
 use crate::config::QueryLogConfig;
 use crate::dns::envelope::Envelope;
-use crate::dns::handler::{Handled, Seen, Transport};
+use crate::dns::handler::{Seen, Transport};
 use crate::dns::zone::Zone;
 use crate::snapshot::Snapshot;
 
@@ -125,8 +125,8 @@ pub struct Tap {
 }
 
 impl Tap {
-    /// Offers the query `packet` from `client`, answered as `handled`
-    /// with `out`, to the log: one in `sample` is queued, never waited
+    /// Offers the query `packet` from `client`, answered with `out` as
+    /// `seen` says, to the log: one in `sample` is queued, never waited
     /// for.
     pub fn offer(
         &mut self,
@@ -134,7 +134,7 @@ impl Tap {
         packet: &[u8],
         client: IpAddr,
         proto: Transport,
-        handled: &Handled,
+        seen: &Seen,
         out: &[u8],
     ) {
         let n = if self.shared {
@@ -152,7 +152,7 @@ impl Tap {
             .and_then(|e| e.question.as_ref())
             .and_then(|q| packet.get(12..12 + q.name_len))
             .unwrap_or_default();
-        let seen = handled.seen;
+        let seen = *seen;
         let record = Record {
             at: SystemTime::now(),
             proto,

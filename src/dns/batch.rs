@@ -13,7 +13,7 @@ use arc_swap::ArcSwap;
 use socket2::{SockAddr, SockAddrStorage};
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{Transport, handle_query};
+use super::handler::{Seen, Transport, handle_observed};
 use super::rrl::Limiter;
 use super::server::Observer;
 use crate::snapshot::Snapshot;
@@ -52,6 +52,7 @@ pub fn serve(
     let mut send_iovs = iovs.clone();
     let mut send_msgs = msgs.clone();
     let mut send_names: Vec<SockAddr> = vec![blank; BATCH];
+    let mut seen = Seen::default();
 
     while !token.is_cancelled() {
         for i in 0..BATCH {
@@ -117,22 +118,23 @@ pub fn serve(
                 continue;
             }
             let len = (msgs[i].msg_len as usize).min(QUERY_BUFFER);
-            let handled = handle_query(
+            let handled = handle_observed(
                 &snap,
                 &bufs[i][..len],
                 src.ip(),
                 Transport::Udp,
                 &mut outs[ready],
+                &mut seen,
             );
             if handled.send {
-                tally.count(&handled, &outs[ready]);
+                tally.count(&seen, &outs[ready]);
                 if let Some(log) = &mut obs.log {
                     log.offer(
                         &snap,
                         &bufs[i][..len],
                         src.ip(),
                         Transport::Udp,
-                        &handled,
+                        &seen,
                         &outs[ready],
                     );
                 }

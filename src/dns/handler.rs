@@ -38,13 +38,13 @@ pub struct Handled {
     /// The query carried a valid server cookie (RFC 7873 §5.2.4): its
     /// source address is proven, so response rate limiting exempts it.
     pub cookie_valid: bool,
-    /// What the metrics and the query log count: the zone, the service
-    /// and its decision. A few stores per query, no lookups.
-    pub seen: Seen,
 }
 
 /// What a query was, and how it was decided, in the snapshot's numeric
-/// ids (names are resolved when metrics are scraped).
+/// ids (names are resolved when metrics are scraped): what the metrics
+/// and the query log count. The serving loop keeps one and the handler
+/// fills it in with a few stores per query; the decision's fields are
+/// meaningful only when `service` is set.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Seen {
     /// The zone's position in [`Snapshot::zones`], or [`Seen::NO_ZONE`].
@@ -70,6 +70,21 @@ pub struct Seen {
 }
 
 impl Seen {
+    /// Starts a query: no zone, no service, no extended RCODE.
+    #[inline]
+    fn start(&mut self, env: &Envelope) {
+        self.zone = Self::NO_ZONE;
+        self.service = Self::NO_SERVICE;
+        self.qtype = env.question.as_ref().map_or(0, |q| q.qtype);
+        self.ecs = match env.ecs {
+            None => 0,
+            Some(e) if e.addr.is_ipv4() => 4,
+            Some(_) => 6,
+        };
+        self.scope = 0;
+        self.ext_rcode = 0;
+    }
+
     /// No zone holds the name (or it was not read).
     pub const NO_ZONE: u16 = u16::MAX;
     /// No service decided the answer.
@@ -124,7 +139,30 @@ pub fn handle_query(
     out: &mut Vec<u8>,
 ) -> Handled {
     // The clock is read only for a query that carries a cookie.
-    run(snap, packet, (src, transport, None), Paths::Both, out)
+    let mut seen = Seen::default();
+    run(
+        snap,
+        packet,
+        (src, transport, None),
+        Paths::Both,
+        &mut seen,
+        out,
+    )
+}
+
+/// [`handle_query`], also telling `seen` what the query was and how it
+/// was decided (for metrics and the query log). The serving loops keep
+/// one `Seen` and pass it for every query.
+#[inline]
+pub fn handle_observed(
+    snap: &Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    out: &mut Vec<u8>,
+    seen: &mut Seen,
+) -> Handled {
+    run(snap, packet, (src, transport, None), Paths::Both, seen, out)
 }
 
 /// [`handle_query`] at cookie time `now` (seconds since the epoch, modulo
@@ -138,7 +176,15 @@ pub fn handle_query_at(
     now: u32,
     out: &mut Vec<u8>,
 ) -> Handled {
-    run(snap, packet, (src, transport, Some(now)), Paths::Both, out)
+    let mut seen = Seen::default();
+    run(
+        snap,
+        packet,
+        (src, transport, Some(now)),
+        Paths::Both,
+        &mut seen,
+        out,
+    )
 }
 
 /// Which paths may answer.
@@ -156,28 +202,20 @@ fn run(
     packet: &[u8],
     (src, transport, now): (IpAddr, Transport, Option<u32>),
     paths: Paths,
+    seen: &mut Seen,
     out: &mut Vec<u8>,
 ) -> Handled {
     let Some(env) = Envelope::scan(packet) else {
         return Handled::default();
     };
     let ctx = Context::new(snap, &env, src, now);
-    let mut seen = Seen {
-        qtype: env.question.as_ref().map_or(0, |q| q.qtype),
-        ecs: match env.ecs {
-            None => 0,
-            Some(e) if e.addr.is_ipv4() => 4,
-            Some(_) => 6,
-        },
-        ..Seen::default()
-    };
-    let send = ctx.envelope_reply(snap, packet, transport, &mut seen, out)
-        || (paths != Paths::Slow && ctx.fast(snap, packet, src, transport, &mut seen, out))
-        || (paths != Paths::Fast && ctx.slow(snap, packet, src, transport, &mut seen, out));
+    seen.start(&env);
+    let send = ctx.envelope_reply(snap, packet, transport, seen, out)
+        || (paths != Paths::Slow && ctx.fast(snap, packet, src, transport, seen, out))
+        || (paths != Paths::Fast && ctx.slow(snap, packet, src, transport, seen, out));
     Handled {
         send,
         cookie_valid: ctx.cookie_valid,
-        seen,
     }
 }
 
@@ -192,7 +230,16 @@ pub fn handle_fast_at(
     now: u32,
     out: &mut Vec<u8>,
 ) -> bool {
-    run(snap, packet, (src, transport, Some(now)), Paths::Fast, out).send
+    let mut seen = Seen::default();
+    run(
+        snap,
+        packet,
+        (src, transport, Some(now)),
+        Paths::Fast,
+        &mut seen,
+        out,
+    )
+    .send
 }
 
 /// The general path alone, at cookie time `now`: hickory parses the
@@ -207,11 +254,13 @@ pub fn handle_slow_at(
     now: u32,
 ) -> Option<Vec<u8>> {
     let mut out = Vec::new();
+    let mut seen = Seen::default();
     run(
         snap,
         packet,
         (src, transport, Some(now)),
         Paths::Slow,
+        &mut seen,
         &mut out,
     )
     .send
@@ -330,11 +379,9 @@ impl<'s> Context<'s> {
     ) -> bool {
         let env = self.env;
         // The fast path may have declined after filling some of it.
-        *seen = Seen {
-            qtype: seen.qtype,
-            ecs: seen.ecs,
-            ..Seen::default()
-        };
+        seen.zone = Seen::NO_ZONE;
+        seen.service = Seen::NO_SERVICE;
+        seen.scope = 0;
         let response = Message::from_vec(packet)
             .ok()
             .and_then(|query| respond(snap, &query, env, src, seen));

@@ -26,7 +26,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::slots::{ClientKey, Refused, Slot, Slots};
-use super::handler::{Transport, handle_query};
+use super::handler::{Seen, Transport, handle_observed};
 use super::rrl::Limiter;
 use crate::metrics::dns::Shard;
 use crate::querylog::{QueryLog, Tap};
@@ -139,6 +139,7 @@ fn serve_udp_simple(
     // Large enough for any datagram; EDNS clients may send big queries.
     let mut buf = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(4096);
+    let mut seen = Seen::default();
     while !token.is_cancelled() {
         let (len, src) = match socket.recv_from(&mut buf) {
             Ok(x) => x,
@@ -162,17 +163,18 @@ fn serve_udp_simple(
         }
         let handled = {
             let snap = state.load();
-            let handled = super::handler::handle_query(
+            let handled = handle_observed(
                 &snap,
                 &buf[..len],
                 src.ip(),
                 Transport::Udp,
                 &mut out,
+                &mut seen,
             );
             if handled.send {
-                obs.shard.tally(&snap).count(&handled, &out);
+                obs.shard.tally(&snap).count(&seen, &out);
                 if let Some(log) = &mut obs.log {
-                    log.offer(&snap, &buf[..len], src.ip(), Transport::Udp, &handled, &out);
+                    log.offer(&snap, &buf[..len], src.ip(), Transport::Udp, &seen, &out);
                 }
             }
             handled
@@ -347,6 +349,7 @@ async fn connection(
     let mut writer = BufWriter::with_capacity(16 * 1024, writer);
     let mut query = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(4096);
+    let mut seen = Seen::default();
     loop {
         // Idle until the first byte of the next query: the only state in
         // which the slot table may close this connection to make room.
@@ -376,11 +379,18 @@ async fn connection(
         }
         let answered = {
             let snap = state.load();
-            let handled = handle_query(&snap, &query, peer.ip(), Transport::Tcp, &mut out);
+            let handled = handle_observed(
+                &snap,
+                &query,
+                peer.ip(),
+                Transport::Tcp,
+                &mut out,
+                &mut seen,
+            );
             if handled.send {
-                obs.shard.tally(&snap).count(&handled, &out);
+                obs.shard.tally(&snap).count(&seen, &out);
                 if let Some(log) = &mut obs.log {
-                    log.offer(&snap, &query, peer.ip(), Transport::Tcp, &handled, &out);
+                    log.offer(&snap, &query, peer.ip(), Transport::Tcp, &seen, &out);
                 }
             }
             handled.send

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use super::{Family, Kind, Labels};
-use crate::dns::handler::{Handled, Seen, Transport};
+use crate::dns::handler::{Seen, Transport};
 use crate::dns::zone::Zone;
 use crate::policy::Outcome;
 use crate::snapshot::Snapshot;
@@ -354,12 +354,12 @@ pub struct Tally<'a> {
 }
 
 impl Tally<'_> {
-    /// Counts one query the handler answered with `out` (before response
-    /// rate limiting, which counts what it withholds itself).
+    /// Counts one query the handler answered with `out`, as `seen` says
+    /// (before response rate limiting, which counts what it withholds
+    /// itself).
     #[inline]
-    pub fn count(&mut self, handled: &Handled, out: &[u8]) {
+    pub fn count(&mut self, seen: &Seen, out: &[u8]) {
         let c = &mut *self.counts;
-        let seen = &handled.seen;
         let z = usize::from(seen.zone).min(c.zones);
         if let Some(v) = c
             .requests

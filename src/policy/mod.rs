@@ -106,6 +106,7 @@ pub struct Choice {
 
 impl Choice {
     /// The chosen datacenters, best first.
+    #[inline]
     pub fn dcs(&self) -> &[DcId] {
         &self.dcs[..usize::from(self.len)]
     }
