@@ -221,8 +221,7 @@ fn server_metrics(
     rrl: &Arc<Limiter>,
 ) {
     use metrics::{Family, Kind};
-    let monitor = monitor.clone();
-    metrics.add_source(Box::new(move |out| monitor.metric_families(out)));
+    metrics.add_source(monitor.metric_source());
     let (tcp, rrl) = (Arc::clone(tcp), Arc::clone(rrl));
     metrics.add_source(Box::new(move |out| {
         let t = tcp.read();

@@ -986,6 +986,18 @@ impl Monitor {
         let _ = self.inner.answers.set(read);
     }
 
+    /// [`Self::metric_families`] as a metrics source that does not keep
+    /// the monitor alive (the monitor holds the metrics for `GET
+    /// /metrics`: a strong reference back would be a cycle).
+    pub fn metric_source(&self) -> crate::metrics::Source {
+        let weak = Arc::downgrade(&self.inner);
+        Box::new(move |out| {
+            if let Some(inner) = weak.upgrade() {
+                Self { inner }.metric_families(out);
+            }
+        })
+    }
+
     /// The metric families of health and probes: per target, probe
     /// results, RTT histogram and state changes; per datacenter, whether
     /// it is usable, its observed state and its override.

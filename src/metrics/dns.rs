@@ -95,19 +95,6 @@ pub const ALL_DOWN: &str = "all_down";
 /// The `step` label of a decision the health filter changed (failover).
 pub const HEALTH: &str = "health";
 
-/// The step label of `seen` (a service's decision), for query logs.
-pub fn step_label<'a>(seen: &Seen, snap: &'a Snapshot) -> &'a str {
-    if seen.choice.all_down {
-        return ALL_DOWN;
-    }
-    if seen.choice.degraded {
-        return HEALTH;
-    }
-    snap.plan(usize::from(seen.zone), usize::from(seen.service))
-        .and_then(|p| p.step_name(usize::from(seen.step)))
-        .unwrap_or("")
-}
-
 //------------ Layout ---------------------------------------------------------
 
 /// Where a snapshot's counters go: per zone, per service, the first
