@@ -263,6 +263,36 @@ async fn status(State(app): State<AppState>) -> Response {
     Json(app.monitor.status()).into_response()
 }
 
+/// `GET /metrics`: the Prometheus text format.
+async fn metrics(State(app): State<AppState>) -> Response {
+    match app.monitor.metrics_text() {
+        Some(text) => {
+            ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()
+        }
+        None => error(StatusCode::NOT_FOUND, "metrics are not available here"),
+    }
+}
+
+/// `POST /reload`: what SIGHUP does, with the result in the response.
+/// 200 `{"ok":true,"generation":N,...}`, or 422 with the error (the
+/// running configuration stays in service).
+async fn reload(State(app): State<AppState>) -> Response {
+    let monitor = app.monitor.clone();
+    match tokio::task::spawn_blocking(move || monitor.reload()).await {
+        Ok(Some(Ok(serde_json::Value::Object(mut done)))) => {
+            done.insert("ok".into(), serde_json::Value::Bool(true));
+            Json(serde_json::Value::Object(done)).into_response()
+        }
+        Ok(Some(Ok(_))) => Json(json!({ "ok": true })).into_response(),
+        Ok(Some(Err(e))) => error(StatusCode::UNPROCESSABLE_ENTITY, e),
+        Ok(None) => error(StatusCode::NOT_FOUND, "reload is not available here"),
+        Err(e) => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("reload failed: {e}"),
+        ),
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ExplainQuery {
@@ -446,6 +476,8 @@ pub fn router_with(monitor: Monitor, token: Option<String>, import: Option<Impor
         .route("/datacenters/{zone}/{dc}/undrain", post(undrain))
         .route("/datacenters/{zone}/{dc}/force-up", post(force_up))
         .route("/targets/{zone}/{dc}/{target}", put(set_target))
+        .route("/metrics", get(metrics))
+        .route("/reload", post(reload))
         .route(
             IMPORT_PATH,
             post(import_latency).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY_BYTES)),

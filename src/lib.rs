@@ -48,9 +48,11 @@ pub mod geo;
 pub mod health;
 pub mod init;
 pub mod latency;
+pub mod metrics;
 pub mod model;
 mod persist;
 pub mod policy;
+pub mod querylog;
 pub mod snapshot;
 
 use std::net::SocketAddr;
@@ -87,6 +89,9 @@ pub enum Error {
     /// The state file (operator overrides) could not be read.
     #[error("{0}")]
     State(String),
+    /// The query log file could not be opened.
+    #[error("{0}")]
+    QueryLog(String),
     /// The ASN database could not be opened.
     #[error("{0}")]
     Asn(#[from] latency::asn::AsnError),
@@ -222,6 +227,73 @@ pub fn load_keeping(
     };
     let snapshot = snapshot.with_latency(sources, Box::default());
     Ok((config, snapshot))
+}
+
+/// Registers the metrics read from the server's parts at scrape time:
+/// health and probes (the monitor), TCP, response rate limiting and the
+/// envelope's error counts.
+fn server_metrics(
+    metrics: &metrics::Metrics,
+    monitor: &health::monitor::Monitor,
+    tcp: &Arc<TcpStats>,
+    rrl: &Arc<Limiter>,
+) {
+    use metrics::{Family, Kind};
+    metrics.add_source(monitor.metric_source());
+    let (tcp, rrl) = (Arc::clone(tcp), Arc::clone(rrl));
+    metrics.add_source(Box::new(move |out| {
+        let t = tcp.read();
+        let mut f = Family::new(
+            "meridian_tcp_connections_open",
+            "DNS-over-TCP connections open now.",
+            Kind::Gauge,
+        );
+        f.int(vec![], t.open);
+        out.push(f);
+        let mut f = Family::new(
+            "meridian_tcp_refused",
+            "DNS-over-TCP connections refused or closed by the limits, by reason.",
+            Kind::Counter,
+        );
+        f.int(
+            vec![("reason", "client_limit".into())],
+            t.refused_client_limit,
+        );
+        f.int(
+            vec![("reason", "closed_for_room".into())],
+            t.closed_for_room,
+        );
+        f.int(vec![("reason", "accept_error".into())], t.accept_errors);
+        out.push(f);
+        let r = rrl.stats();
+        let mut f = Family::new(
+            "meridian_rrl_dropped",
+            "UDP responses withheld by response rate limiting.",
+            Kind::Counter,
+        );
+        f.int(vec![], r.dropped);
+        out.push(f);
+        let mut f = Family::new(
+            "meridian_rrl_slipped",
+            "UDP responses sent truncated (slip) instead of withheld by response rate limiting.",
+            Kind::Counter,
+        );
+        f.int(vec![], r.slipped);
+        out.push(f);
+        let c = dns::counters::counts();
+        let mut f = Family::new(
+            "meridian_dns_malformed",
+            "Malformed queries, answered FORMERR.",
+            Kind::Counter,
+        );
+        f.int(vec![], c.formerr);
+        out.push(f);
+    }));
+}
+
+/// A bound address for a log line (`Option`'s `Some(..)` kept out).
+fn display_addr(addr: Option<SocketAddr>) -> String {
+    addr.map_or_else(|| "unknown".to_string(), |a| a.to_string())
 }
 
 /// A zone's fingerprint: its TOML's and its records file's.
@@ -438,12 +510,150 @@ fn tcp_settings(
     }
 }
 
+/// What a successful reload did.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Reloaded {
+    /// The configuration generation now in service.
+    pub generation: u64,
+    /// Zones in service.
+    pub zones: usize,
+    /// Time to load and build, in milliseconds.
+    pub elapsed_ms: u64,
+    /// Settings that changed but take effect only at restart (config
+    /// keys), empty when none.
+    pub needs_restart: Vec<&'static str>,
+}
+
+/// The last reload's result, for `/status`.
+#[derive(Clone, Debug)]
+struct LastReload {
+    ok: bool,
+    error: Option<String>,
+    at: std::time::SystemTime,
+}
+
+/// The configuration in service: its generation and load time, and the
+/// last reload's result.
+#[derive(Debug)]
+struct ConfigState {
+    generation: u64,
+    loaded_at: std::time::SystemTime,
+    last_reload: Option<LastReload>,
+}
+
+impl ConfigState {
+    fn status(&self) -> serde_json::Value {
+        serde_json::json!({
+            "generation": self.generation,
+            "loaded_at": rfc3339(self.loaded_at),
+            "last_reload": self.last_reload.as_ref().map(|r| serde_json::json!({
+                "result": if r.ok { "ok" } else { "error" },
+                "error": r.error,
+                "at": rfc3339(r.at),
+            })),
+        })
+    }
+}
+
+/// `t` as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T20:19:27.123Z`.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs();
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil from days (Howard Hinnant's algorithm), proleptic Gregorian.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+/// The settings that differ between `running` and `new` and take effect
+/// only at restart, by config key.
+fn restart_only_changes(
+    running: &config::ServerConfig,
+    new: &config::ServerConfig,
+) -> Vec<&'static str> {
+    let mut keys = Vec::new();
+    let mut check = |changed: bool, key: &'static str| {
+        if changed {
+            keys.push(key);
+        }
+    };
+    check(new.listen != running.listen, "listen");
+    check(new.threads != running.threads, "threads");
+    check(
+        new.tcp_idle_timeout != running.tcp_idle_timeout,
+        "tcp_idle_timeout",
+    );
+    check(
+        new.tcp_busy_idle_timeout != running.tcp_busy_idle_timeout,
+        "tcp_busy_idle_timeout",
+    );
+    check(
+        new.tcp_max_connections != running.tcp_max_connections,
+        "tcp_max_connections",
+    );
+    check(
+        new.tcp_max_connections_per_client != running.tcp_max_connections_per_client,
+        "tcp_max_connections_per_client",
+    );
+    check(new.admin != running.admin, "[admin]");
+    check(new.state_file != running.state_file, "state_file");
+    check(
+        new.max_probes_in_flight != running.max_probes_in_flight,
+        "max_probes_in_flight",
+    );
+    check(
+        new.rrl.table_size != running.rrl.table_size,
+        "rrl.table_size",
+    );
+    check(new.rum != running.rum, "[rum]");
+    check(new.log_format != running.log_format, "log_format");
+    check(new.query_log != running.query_log, "[query_log]");
+    keys
+}
+
+/// Everything a reload touches, shared by [`Server::reload`] (SIGHUP) and
+/// `POST /reload`.
+#[derive(Debug)]
+struct Reloader {
+    state: Arc<ArcSwap<Snapshot>>,
+    config_path: PathBuf,
+    config: std::sync::Mutex<Config>,
+    /// The server settings the process started with: what restart-only
+    /// settings are compared against (not the last reload's, so a
+    /// change that is reverted stops being reported).
+    running: config::ServerConfig,
+    /// Held for the whole of a reload: SIGHUP and `POST /reload` are
+    /// served one at a time.
+    reloading: std::sync::Mutex<()>,
+    config_state: Arc<std::sync::Mutex<ConfigState>>,
+    metrics: metrics::Metrics,
+    monitor: health::monitor::Monitor,
+    rrl: Arc<Limiter>,
+    latency: Arc<latency::hub::Hub>,
+    /// Reopened after every reload (log rotation).
+    query_log: Option<Arc<querylog::QueryLog>>,
+}
+
 /// A running server.
 #[derive(Debug)]
 pub struct Server {
     state: Arc<ArcSwap<Snapshot>>,
-    config_path: PathBuf,
-    config: std::sync::Mutex<Config>,
+    reloader: Arc<Reloader>,
+    metrics: metrics::Metrics,
     addrs: Vec<SocketAddr>,
     admin_addr: Option<SocketAddr>,
     monitor: health::monitor::Monitor,
@@ -482,9 +692,18 @@ impl Server {
         // First, before sockets, probes and files take descriptors.
         let fd_limit = raise_fd_limit();
         let path = config_path.to_path_buf();
+        let started = std::time::Instant::now();
         let (config, snapshot) = tokio::task::spawn_blocking(move || load(&path))
             .await
             .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let metrics = metrics::Metrics::new();
+        metrics.reloads.built(started.elapsed().as_secs_f64());
+        metrics.reloads.set_generation(1);
+        let config_state = Arc::new(std::sync::Mutex::new(ConfigState {
+            generation: 1,
+            loaded_at: std::time::SystemTime::now(),
+            last_reload: None,
+        }));
         let overrides =
             health::overrides::Overrides::load(&config.server.state_file).map_err(Error::State)?;
         let listen = options
@@ -567,7 +786,7 @@ impl Server {
                 Arc::new(rum.clone()),
                 Arc::clone(&hub) as Arc<dyn latency::beacon::BeaconSink>,
             );
-            tracing::info!(addr = ?addr, "RUM beacon listener");
+            tracing::info!(addr = %display_addr(addr), "RUM beacon listener");
             tasks.spawn(latency::beacon::serve(
                 listener,
                 Arc::clone(&beacons),
@@ -592,7 +811,7 @@ impl Server {
                 settings.import = Some(import);
                 let connections = settings.max_connections as u64;
                 tracing::info!(
-                    addr = ?addr,
+                    addr = %display_addr(addr),
                     max_connections = settings.max_connections,
                     "admin API listening"
                 );
@@ -619,15 +838,54 @@ impl Server {
         {
             let (tcp_stats, rrl, hub) =
                 (Arc::clone(&tcp_stats), Arc::clone(&rrl), Arc::clone(&hub));
+            let config_state = Arc::clone(&config_state);
             monitor.attach_stats(Box::new(move || {
+                let config = config_state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .status();
                 serde_json::json!({
                     "tcp": tcp_stats.read(),
                     "rrl": rrl.stats(),
                     "latency": hub.status(),
                     "rum": beacons.as_ref().map(|b| b.stats()),
+                    "config": config,
                 })
             }));
+            let dns = Arc::clone(&metrics.dns);
+            monitor.attach_answers(Box::new(move || dns.answers()));
         }
+        server_metrics(&metrics, &monitor, &tcp_stats, &rrl);
+        let query_log = match &config.server.query_log {
+            Some(q) => {
+                let log = querylog::QueryLog::start(q).map_err(Error::QueryLog)?;
+                tracing::info!(
+                    path = %q.path.display(),
+                    sample = q.sample,
+                    queue = q.queue,
+                    "query log on"
+                );
+                let l = Arc::clone(&log);
+                metrics.add_source(Box::new(move |out| {
+                    let mut f = metrics::Family::new(
+                        "meridian_query_log_dropped",
+                        "Query log records dropped because the writer's queue was full.",
+                        metrics::Kind::Counter,
+                    );
+                    f.int(vec![], l.dropped());
+                    out.push(f);
+                    let mut f = metrics::Family::new(
+                        "meridian_query_log_written",
+                        "Query log records written.",
+                        metrics::Kind::Counter,
+                    );
+                    f.int(vec![], l.written());
+                    out.push(f);
+                }));
+                Some(log)
+            }
+            None => None,
+        };
         let mut addrs = Vec::with_capacity(sockets.len());
         let mut threads = Vec::new();
         for (udp, listener) in sockets {
@@ -640,9 +898,13 @@ impl Server {
             addrs.push(local);
             for socket in udp {
                 let (state, rrl, token) = (Arc::clone(&state), Arc::clone(&rrl), token.clone());
+                let obs = dns::server::Observer {
+                    shard: metrics.dns.shard(dns::Transport::Udp),
+                    log: query_log.as_ref().map(querylog::QueryLog::tap),
+                };
                 let handle = std::thread::Builder::new()
                     .name(format!("udp {local}"))
-                    .spawn(move || serve_udp(socket, state, rrl, token))
+                    .spawn(move || serve_udp(socket, state, rrl, obs, token))
                     .map_err(|source| Error::Bind {
                         addr: local,
                         proto: "udp",
@@ -655,14 +917,45 @@ impl Server {
                 Arc::clone(&state),
                 tcp,
                 Arc::clone(&tcp_stats),
+                metrics.dns.shard(dns::Transport::Tcp),
+                query_log.clone(),
                 token.clone(),
             ));
         }
         tasks.close();
+        let reloader = Arc::new(Reloader {
+            state: Arc::clone(&state),
+            config_path: config_path.to_path_buf(),
+            running: config.server.clone(),
+            config: std::sync::Mutex::new(config),
+            reloading: std::sync::Mutex::new(()),
+            config_state,
+            metrics: metrics.clone(),
+            monitor: monitor.clone(),
+            rrl: Arc::clone(&rrl),
+            latency: Arc::clone(&hub),
+            query_log: query_log.clone(),
+        });
+        // The admin API's POST /reload; weak, so the monitor (which the
+        // reloader holds) does not keep the reloader alive.
+        let weak = Arc::downgrade(&reloader);
+        monitor.attach_ops(health::monitor::Ops {
+            metrics: {
+                let metrics = metrics.clone();
+                Box::new(move || metrics.encode())
+            },
+            reload: Box::new(move || match weak.upgrade() {
+                Some(r) => r
+                    .reload()
+                    .map(|r| serde_json::to_value(r).unwrap_or_default())
+                    .map_err(|e| e.to_string()),
+                None => Err("the server is shutting down".to_string()),
+            }),
+        });
         Ok(Self {
             state,
-            config_path: config_path.to_path_buf(),
-            config: std::sync::Mutex::new(config),
+            reloader,
+            metrics,
             addrs,
             admin_addr,
             monitor,
@@ -718,32 +1011,87 @@ impl Server {
         self.state.load_full()
     }
 
+    /// The metrics `GET /metrics` serves.
+    pub fn metrics(&self) -> &metrics::Metrics {
+        &self.metrics
+    }
+
     /// Re-reads the config, zones and GeoIP database and swaps in a new
     /// snapshot. On any error the running snapshot stays in service and
     /// the error is returned. Listen addresses and TCP limits take effect
-    /// only at restart. Blocking (walks the GeoIP database): call it from
-    /// `spawn_blocking`.
-    pub fn reload(&self) -> Result<(), Error> {
+    /// only at restart. Reloads are serialized (SIGHUP and `POST
+    /// /reload` share this), and each one's result is logged, counted in
+    /// the metrics and shown in `/status`. Blocking (walks the GeoIP
+    /// database): call it from `spawn_blocking`.
+    pub fn reload(&self) -> Result<Reloaded, Error> {
+        self.reloader.reload()
+    }
+
+    /// Stops serving and waits for every loop and connection to end.
+    pub async fn shutdown(self) {
+        self.token.cancel();
+        self.tasks.wait().await;
+        self.monitor.shutdown().await;
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in threads {
+                let _ = t.join();
+            }
+        })
+        .await;
+    }
+}
+
+impl Reloader {
+    /// See [`Server::reload`].
+    fn reload(&self) -> Result<Reloaded, Error> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        let started = std::time::Instant::now();
+        let result = self.reload_inner(started);
+        self.metrics.reloads.built(started.elapsed().as_secs_f64());
+        self.metrics.reloads.reloaded(result.is_ok());
+        if let Some(log) = &self.query_log {
+            log.reopen();
+        }
+        let mut cs = self.config_state.lock().unwrap_or_else(|e| e.into_inner());
+        let at = std::time::SystemTime::now();
+        match &result {
+            Ok(r) => {
+                cs.generation = r.generation;
+                cs.loaded_at = at;
+                self.metrics.reloads.set_generation(r.generation);
+                tracing::info!(
+                    generation = r.generation,
+                    zones = r.zones,
+                    elapsed_ms = r.elapsed_ms,
+                    "configuration reloaded"
+                );
+            }
+            Err(e) => {
+                tracing::error!(
+                    generation = cs.generation,
+                    "reload failed, keeping the running configuration: {e}"
+                );
+            }
+        }
+        cs.last_reload = Some(LastReload {
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(ToString::to_string),
+            at,
+        });
+        result
+    }
+
+    fn reload_inner(&self, started: std::time::Instant) -> Result<Reloaded, Error> {
         let previous = self.state.load_full();
         let (config, snapshot) = load_keeping(&self.config_path, Some(&previous))?;
         drop(previous);
         let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
-        let (new, old) = (&config.server, &current.server);
-        if new.listen != old.listen
-            || new.threads != old.threads
-            || new.tcp_idle_timeout != old.tcp_idle_timeout
-            || new.tcp_max_connections != old.tcp_max_connections
-            || new.tcp_max_connections_per_client != old.tcp_max_connections_per_client
-            || new.tcp_busy_idle_timeout != old.tcp_busy_idle_timeout
-            || new.admin != old.admin
-            || new.state_file != old.state_file
-            || new.max_probes_in_flight != old.max_probes_in_flight
-            || new.rrl.table_size != old.rrl.table_size
-            || new.rum != old.rum
-        {
+        let needs_restart = restart_only_changes(&self.running, &config.server);
+        if !needs_restart.is_empty() {
             tracing::warn!(
-                "listen addresses, threads, TCP limits, [admin] (including the token), \
-                 state_file, max_probes_in_flight, rrl.table_size and [rum] change only on restart"
+                "{} changed but take(s) effect only on restart; the running values stay in force",
+                needs_restart.join(", ")
             );
         }
         self.rrl.configure(&config.server.rrl);
@@ -764,21 +1112,17 @@ impl Server {
         // published onto the old snapshot: publish again onto the new one.
         self.monitor.publish();
         *current = config;
-        tracing::info!(zones = current.zones.len(), "configuration reloaded");
-        Ok(())
-    }
-
-    /// Stops serving and waits for every loop and connection to end.
-    pub async fn shutdown(self) {
-        self.token.cancel();
-        self.tasks.wait().await;
-        self.monitor.shutdown().await;
-        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        let _ = tokio::task::spawn_blocking(move || {
-            for t in threads {
-                let _ = t.join();
-            }
+        let generation = self
+            .config_state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .generation
+            + 1;
+        Ok(Reloaded {
+            generation,
+            zones: current.zones.len(),
+            elapsed_ms: started.elapsed().as_millis() as u64,
+            needs_restart,
         })
-        .await;
     }
 }

@@ -137,7 +137,9 @@ enum GeoipCommand {
     },
 }
 
-fn init_tracing() {
+/// Logging to standard error, as text or (`log_format = "json"`) one
+/// JSON object per line.
+fn init_tracing(format: meridian::config::LogFormat) {
     use tracing_subscriber::EnvFilter;
     // hickory-proto logs some malformed packets at WARN: on the query
     // path that is one line per packet a remote client chooses to send.
@@ -145,18 +147,31 @@ fn init_tracing() {
     // this keeps any it still sees out of the log unless asked for.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,hickory_proto=error"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    match format {
+        meridian::config::LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        meridian::config::LogFormat::Text => builder
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config, listen } => {
-            init_tracing();
+            // The log format comes from the config; if it cannot be read,
+            // text, and starting reports why.
+            let format = meridian::config::load_server(&config)
+                .map(|c| c.log_format)
+                .unwrap_or_default();
+            init_tracing(format);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(r) => r,
                 Err(e) => {
@@ -493,11 +508,10 @@ async fn run(config: PathBuf, listen: Vec<SocketAddr>) -> ExitCode {
 
 /// Reloads off the runtime threads (it walks the GeoIP database); failures
 /// are logged and the running configuration kept.
+/// SIGHUP: the same reload as `POST /reload`, which logs its result.
 async fn reload(server: &std::sync::Arc<meridian::Server>) {
     let s = std::sync::Arc::clone(server);
-    match tokio::task::spawn_blocking(move || s.reload()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!("reload failed, keeping the running configuration: {e}"),
-        Err(e) => tracing::error!("reload failed: {e}"),
+    if let Err(e) = tokio::task::spawn_blocking(move || s.reload()).await {
+        tracing::error!("reload failed: {e}");
     }
 }

@@ -254,6 +254,13 @@ impl Snapshot {
         &self.zones
     }
 
+    /// The zone list itself, shared by every snapshot a health or
+    /// latency change derives from it: a new one means a reload (the
+    /// metrics re-index their counters then).
+    pub fn zones_shared(&self) -> &Arc<[Arc<Zone>]> {
+        &self.zones
+    }
+
     /// The routing plan of a service, by zone position in [`Self::zones`]
     /// and service position in that zone's config.
     pub fn plan(&self, zone: usize, service: usize) -> Option<&Plan> {

@@ -149,7 +149,42 @@ pub struct ServerConfig {
     pub latency: LatencyConfig,
     /// The RUM beacon listener (`[rum]`).
     pub rum: RumConfig,
+    /// The format of the process's own log lines (`log_format`).
+    pub log_format: LogFormat,
+    /// The query log (`[query_log]`); `None` when off (the default).
+    pub query_log: Option<QueryLogConfig>,
 }
+
+/// The format of log lines on standard error (`log_format`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines (the default).
+    #[default]
+    Text,
+    /// One JSON object per line (tracing-subscriber's JSON format).
+    Json,
+}
+
+/// The query log (`[query_log]`): JSON lines, one per logged query.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueryLogConfig {
+    /// The file records are appended to.
+    pub path: PathBuf,
+    /// Log one query in `sample` (per serving thread); 1 logs every one.
+    pub sample: u32,
+    /// Records waiting for the writer; when it is full, records are
+    /// dropped (and counted), never waited for.
+    pub queue: usize,
+}
+
+/// Default of `[query_log] sample`: every query.
+pub const DEFAULT_QUERY_LOG_SAMPLE: u32 = 1;
+/// Most of `[query_log] sample`.
+pub const MAX_QUERY_LOG_SAMPLE: u32 = 1_000_000;
+/// Default of `[query_log] queue`, records.
+pub const DEFAULT_QUERY_LOG_QUEUE: usize = 65_536;
+/// Most of `[query_log] queue`, records.
+pub const MAX_QUERY_LOG_QUEUE: usize = 16_777_216;
 
 /// Response rate limiting (`[rrl]`), as BIND, Knot and NSD do it: each
 /// client prefix gets a budget of responses per second per kind of

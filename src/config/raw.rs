@@ -28,6 +28,17 @@ pub(super) struct RawServer {
     pub(super) rrl: Option<RawRrl>,
     pub(super) latency: Option<super::latency::RawLatency>,
     pub(super) rum: Option<super::rum::RawRum>,
+    pub(super) log_format: Option<String>,
+    pub(super) query_log: Option<RawQueryLog>,
+}
+
+/// `[query_log]` in `meridian.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawQueryLog {
+    pub(super) path: Option<String>,
+    pub(super) sample: Option<i64>,
+    pub(super) queue: Option<i64>,
 }
 
 /// `[cookies]` in `meridian.toml`.

@@ -140,6 +140,49 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
     let rrl = validate_rrl(file, raw.rrl.unwrap_or_default())?;
     let latency = super::latency::validate_latency(file, base, raw.latency.unwrap_or_default())?;
     let rum = super::rum::validate_rum(file, raw.rum, &listen, admin.as_ref())?;
+    let log_format = match raw.log_format.as_deref() {
+        None | Some("text") => super::LogFormat::Text,
+        Some("json") => super::LogFormat::Json,
+        Some(other) => {
+            return Err(ConfigError::new(
+                file,
+                "log_format",
+                format!("{other:?}: \"text\" or \"json\""),
+            ));
+        }
+    };
+    let query_log = match raw.query_log {
+        None => None,
+        Some(q) => {
+            let Some(path) = q.path else {
+                return Err(ConfigError::new(
+                    file,
+                    "query_log.path",
+                    "missing: the file to write the query log to (remove [query_log] to turn it off)",
+                ));
+            };
+            let sample = check_range(
+                file,
+                "query_log.sample",
+                q.sample
+                    .unwrap_or(i64::from(super::DEFAULT_QUERY_LOG_SAMPLE)),
+                1,
+                i64::from(super::MAX_QUERY_LOG_SAMPLE),
+            )?;
+            let queue = check_range(
+                file,
+                "query_log.queue",
+                q.queue.unwrap_or(super::DEFAULT_QUERY_LOG_QUEUE as i64),
+                1,
+                super::MAX_QUERY_LOG_QUEUE as i64,
+            )?;
+            Some(super::QueryLogConfig {
+                path: path_key("query_log.path", Some(path), "")?,
+                sample: sample as u32,
+                queue: queue as usize,
+            })
+        }
+    };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match raw.threads {
         Some(n) => check_range(file, "threads", n, 1, MAX_THREADS)? as usize,
@@ -157,6 +200,8 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         rrl,
         latency,
         rum,
+        log_format,
+        query_log,
         listen,
         zones_dir,
         geoip,

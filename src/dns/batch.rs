@@ -13,8 +13,9 @@ use arc_swap::ArcSwap;
 use socket2::{SockAddr, SockAddrStorage};
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{Transport, handle_query};
+use super::handler::{Seen, Transport, handle_observed};
 use super::rrl::Limiter;
+use super::server::Observer;
 use crate::snapshot::Snapshot;
 
 /// Queries taken per `recvmmsg`.
@@ -29,6 +30,7 @@ pub fn serve(
     socket: &UdpSocket,
     state: &Arc<ArcSwap<Snapshot>>,
     rrl: &Limiter,
+    obs: &mut Observer,
     token: &CancellationToken,
 ) {
     let fd = socket.as_raw_fd();
@@ -50,6 +52,7 @@ pub fn serve(
     let mut send_iovs = iovs.clone();
     let mut send_msgs = msgs.clone();
     let mut send_names: Vec<SockAddr> = vec![blank; BATCH];
+    let mut seen = Seen::default();
 
     while !token.is_cancelled() {
         for i in 0..BATCH {
@@ -93,6 +96,8 @@ pub fn serve(
         let snap = state.load();
         // One clock read and one settings load for the whole batch.
         let limits = rrl.batch();
+        // One lock of this thread's own counters per batch.
+        let mut tally = obs.shard.tally(&snap);
         let mut ready = 0;
         for i in 0..received {
             let h = &msgs[i].msg_hdr;
@@ -113,13 +118,27 @@ pub fn serve(
                 continue;
             }
             let len = (msgs[i].msg_len as usize).min(QUERY_BUFFER);
-            let handled = handle_query(
+            let handled = handle_observed(
                 &snap,
                 &bufs[i][..len],
                 src.ip(),
                 Transport::Udp,
                 &mut outs[ready],
+                &mut seen,
             );
+            if handled.send {
+                tally.count(&seen, &outs[ready]);
+                if let Some(log) = &mut obs.log {
+                    log.offer(
+                        &snap,
+                        &bufs[i][..len],
+                        src.ip(),
+                        Transport::Udp,
+                        &seen,
+                        &outs[ready],
+                    );
+                }
+            }
             // A valid server cookie proves the source address: exempt.
             if handled.send
                 && limits
@@ -130,6 +149,7 @@ pub fn serve(
                 ready += 1;
             }
         }
+        drop(tally);
         drop(limits);
         drop(snap);
         let mut sent = 0;

@@ -172,6 +172,8 @@ fn same_response(a: &Response, b: &Response) -> bool {
 #[derive(Debug)]
 struct Dynamic {
     plan: Arc<Plan>,
+    /// The service's position in its zone (for metrics).
+    service: u16,
     per_dc: PerDc,
     all_down: Option<Template>,
     /// The name is a CNAME (chain) to the service: with ECS in the query,
@@ -449,6 +451,7 @@ fn response(zone: &Zone, name: &Name, qtype: RecordType) -> Option<Response> {
             };
             Some(Response::Dynamic(Box::new(Dynamic {
                 plan: Arc::clone(plan),
+                service: u16::try_from(service).ok()?,
                 per_dc,
                 all_down,
                 first_cname: if probe.tailored_via_cname() {
@@ -822,6 +825,7 @@ impl FastIndex {
         src: IpAddr,
         transport: Transport,
         base: &OptOut<'_>,
+        seen: &mut super::handler::Seen,
         out: &mut Vec<u8>,
     ) -> bool {
         let Serving {
@@ -863,6 +867,7 @@ impl FastIndex {
             );
         };
         let index = zone.fast_index();
+        seen.zone = u16::try_from(zone_at).unwrap_or(super::handler::Seen::NO_ZONE);
 
         // Exact match; else the wildcard that synthesizes the name, or the
         // closest existing ancestor's miss template.
@@ -926,6 +931,7 @@ impl FastIndex {
                         _ => {
                             let Dynamic {
                                 plan,
+                                service,
                                 per_dc,
                                 all_down,
                                 ..
@@ -942,6 +948,7 @@ impl FastIndex {
                                 entropy,
                                 &mut (),
                             );
+                            seen.decided(usize::from(*service), &d);
                             let t = match (d.outcome, all_down) {
                                 (Outcome::Answer, _) => {
                                     return self.assemble(

@@ -40,6 +40,82 @@ pub struct Handled {
     pub cookie_valid: bool,
 }
 
+/// What a query was, and how it was decided, in the snapshot's numeric
+/// ids (names are resolved when metrics are scraped): what the metrics
+/// and the query log count. The serving loop keeps one and the handler
+/// fills it in with a few stores per query; the decision's fields are
+/// meaningful only when `service` is set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Seen {
+    /// The zone's position in [`Snapshot::zones`], or [`Seen::NO_ZONE`].
+    pub zone: u16,
+    /// QTYPE, 0 when the question could not be read.
+    pub qtype: u16,
+    /// The service's position in its zone, or [`Seen::NO_SERVICE`].
+    pub service: u16,
+    /// The decision's datacenters (when `service` is set).
+    pub choice: crate::policy::Choice,
+    /// The decision's outcome (when `service` is set).
+    pub outcome: crate::policy::Outcome,
+    /// The policy step that decided (when `service` is set): see
+    /// [`crate::policy::Decision::step`].
+    pub step: u8,
+    /// ECS in the query: 0 none, 4 or 6 its family.
+    pub ecs: u8,
+    /// The ECS scope returned (with `ecs`).
+    pub scope: u8,
+    /// An extended RCODE the envelope answered (BADVERS 16, BADCOOKIE
+    /// 23); 0 when the header's RCODE says it all.
+    pub ext_rcode: u8,
+}
+
+impl Seen {
+    /// Starts a query: no zone, no service, no extended RCODE.
+    #[inline]
+    fn start(&mut self, env: &Envelope) {
+        self.zone = Self::NO_ZONE;
+        self.service = Self::NO_SERVICE;
+        self.qtype = env.question.as_ref().map_or(0, |q| q.qtype);
+        self.ecs = match env.ecs {
+            None => 0,
+            Some(e) if e.addr.is_ipv4() => 4,
+            Some(_) => 6,
+        };
+        self.scope = 0;
+        self.ext_rcode = 0;
+    }
+
+    /// No zone holds the name (or it was not read).
+    pub const NO_ZONE: u16 = u16::MAX;
+    /// No service decided the answer.
+    pub const NO_SERVICE: u16 = u16::MAX;
+
+    /// Records a service's decision.
+    pub(crate) fn decided(&mut self, service: usize, d: &crate::policy::Decision) {
+        self.service = u16::try_from(service).unwrap_or(Self::NO_SERVICE);
+        self.choice = d.choice;
+        self.outcome = d.outcome;
+        self.step = d.step;
+        self.scope = d.scope;
+    }
+}
+
+impl Default for Seen {
+    fn default() -> Self {
+        Self {
+            zone: Self::NO_ZONE,
+            qtype: 0,
+            service: Self::NO_SERVICE,
+            choice: crate::policy::Choice::of(&[], false, false),
+            outcome: crate::policy::Outcome::Answer,
+            step: 0,
+            ecs: 0,
+            scope: 0,
+            ext_rcode: 0,
+        }
+    }
+}
+
 /// Answers one query packet into `out` (cleared first; reuse it across
 /// queries to avoid allocating). Returns `false` when nothing is to be
 /// sent. Tries the template fast path first, then the general path.
@@ -63,7 +139,30 @@ pub fn handle_query(
     out: &mut Vec<u8>,
 ) -> Handled {
     // The clock is read only for a query that carries a cookie.
-    run(snap, packet, (src, transport, None), Paths::Both, out)
+    let mut seen = Seen::default();
+    run(
+        snap,
+        packet,
+        (src, transport, None),
+        Paths::Both,
+        &mut seen,
+        out,
+    )
+}
+
+/// [`handle_query`], also telling `seen` what the query was and how it
+/// was decided (for metrics and the query log). The serving loops keep
+/// one `Seen` and pass it for every query.
+#[inline]
+pub fn handle_observed(
+    snap: &Snapshot,
+    packet: &[u8],
+    src: IpAddr,
+    transport: Transport,
+    out: &mut Vec<u8>,
+    seen: &mut Seen,
+) -> Handled {
+    run(snap, packet, (src, transport, None), Paths::Both, seen, out)
 }
 
 /// [`handle_query`] at cookie time `now` (seconds since the epoch, modulo
@@ -77,7 +176,15 @@ pub fn handle_query_at(
     now: u32,
     out: &mut Vec<u8>,
 ) -> Handled {
-    run(snap, packet, (src, transport, Some(now)), Paths::Both, out)
+    let mut seen = Seen::default();
+    run(
+        snap,
+        packet,
+        (src, transport, Some(now)),
+        Paths::Both,
+        &mut seen,
+        out,
+    )
 }
 
 /// Which paths may answer.
@@ -95,15 +202,17 @@ fn run(
     packet: &[u8],
     (src, transport, now): (IpAddr, Transport, Option<u32>),
     paths: Paths,
+    seen: &mut Seen,
     out: &mut Vec<u8>,
 ) -> Handled {
     let Some(env) = Envelope::scan(packet) else {
         return Handled::default();
     };
     let ctx = Context::new(snap, &env, src, now);
-    let send = ctx.envelope_reply(snap, packet, transport, out)
-        || (paths != Paths::Slow && ctx.fast(snap, packet, src, transport, out))
-        || (paths != Paths::Fast && ctx.slow(snap, packet, src, transport, out));
+    seen.start(&env);
+    let send = ctx.envelope_reply(snap, packet, transport, seen, out)
+        || (paths != Paths::Slow && ctx.fast(snap, packet, src, transport, seen, out))
+        || (paths != Paths::Fast && ctx.slow(snap, packet, src, transport, seen, out));
     Handled {
         send,
         cookie_valid: ctx.cookie_valid,
@@ -121,7 +230,16 @@ pub fn handle_fast_at(
     now: u32,
     out: &mut Vec<u8>,
 ) -> bool {
-    run(snap, packet, (src, transport, Some(now)), Paths::Fast, out).send
+    let mut seen = Seen::default();
+    run(
+        snap,
+        packet,
+        (src, transport, Some(now)),
+        Paths::Fast,
+        &mut seen,
+        out,
+    )
+    .send
 }
 
 /// The general path alone, at cookie time `now`: hickory parses the
@@ -136,11 +254,13 @@ pub fn handle_slow_at(
     now: u32,
 ) -> Option<Vec<u8>> {
     let mut out = Vec::new();
+    let mut seen = Seen::default();
     run(
         snap,
         packet,
         (src, transport, Some(now)),
         Paths::Slow,
+        &mut seen,
         &mut out,
     )
     .send
@@ -189,6 +309,7 @@ impl<'s> Context<'s> {
         snap: &Snapshot,
         packet: &[u8],
         transport: Transport,
+        seen: &mut Seen,
         out: &mut Vec<u8>,
     ) -> bool {
         let env = self.env;
@@ -211,6 +332,7 @@ impl<'s> Context<'s> {
             // RFC 6891 §6.1.3: BADVERS (16), with our highest version (0)
             // and the question, as BIND sends it.
             count(Event::BadVers);
+            seen.ext_rcode = 16;
             env.error(packet, 16, max, &self.base, out);
             return true;
         }
@@ -219,6 +341,7 @@ impl<'s> Context<'s> {
             // RFC 7873 §5.2.3: BADCOOKIE (23) with a fresh cookie; the
             // client retries with it.
             count(Event::BadCookie);
+            seen.ext_rcode = 23;
             env.error(packet, 23, max, &self.base, out);
             return true;
         }
@@ -231,6 +354,7 @@ impl<'s> Context<'s> {
         packet: &[u8],
         src: IpAddr,
         transport: Transport,
+        seen: &mut Seen,
         out: &mut Vec<u8>,
     ) -> bool {
         let serving = super::fast::Serving {
@@ -239,8 +363,9 @@ impl<'s> Context<'s> {
             max_udp_payload: snap.max_udp_payload,
             seed: snap.seed,
         };
-        snap.fast
-            .answer(serving, self.env, packet, src, transport, &self.base, out)
+        snap.fast.answer(
+            serving, self.env, packet, src, transport, &self.base, seen, out,
+        )
     }
 
     fn slow(
@@ -249,12 +374,17 @@ impl<'s> Context<'s> {
         packet: &[u8],
         src: IpAddr,
         transport: Transport,
+        seen: &mut Seen,
         out: &mut Vec<u8>,
     ) -> bool {
         let env = self.env;
+        // The fast path may have declined after filling some of it.
+        seen.zone = Seen::NO_ZONE;
+        seen.service = Seen::NO_SERVICE;
+        seen.scope = 0;
         let response = Message::from_vec(packet)
             .ok()
-            .and_then(|query| respond(snap, &query, env, src));
+            .and_then(|query| respond(snap, &query, env, src, seen));
         match response {
             Some((mut response, ecs)) => {
                 let limit = env.limit(transport, snap.max_udp_payload);
@@ -279,6 +409,7 @@ fn respond(
     query: &Message,
     env: &Envelope,
     src: IpAddr,
+    seen: &mut Seen,
 ) -> Option<(Message, Option<(Ecs, u8)>)> {
     let mut md = Metadata::response_from_request(&query.metadata);
     md.message_type = MessageType::Response;
@@ -313,24 +444,35 @@ fn respond(
     let Some((zone_index, zone)) = snap.find_zone(q.name()) else {
         return fail(resp, ResponseCode::Refused);
     };
+    seen.zone = u16::try_from(zone_index).unwrap_or(Seen::NO_ZONE);
 
     let client = Client {
         addr: env.client_addr(src),
     };
     let entropy = env.entropy(snap.seed, src);
     let health = snap.health.zone(zone_index);
+    let mut decided = None;
     let mut res = zone.resolve_with(q.name(), qtype, &mut |svc| {
         let latency = crate::policy::Latency {
             view: &snap.latency,
             zone: zone_index,
         };
-        svc.plan
-            .decide_with(&client, health, latency, entropy, &mut ())
+        let d = svc
+            .plan
+            .decide_with(&client, health, latency, entropy, &mut ());
+        decided = Some(d);
+        d
     });
+    if let (Some(service), Some(d)) = (res.service, &decided) {
+        seen.decided(service, d);
+    }
     if env.ecs.is_some() && res.tailored_via_cname() {
         res.first_cname_only();
     }
     let scope = res.scope;
+    if scope.is_none() {
+        seen.scope = 0;
+    }
     res.fill(&mut resp);
     Some((resp, echo_ecs(env, client.addr, scope)))
 }

@@ -20,7 +20,7 @@ pub mod rrl;
 pub mod server;
 pub mod zone;
 
-pub use handler::{Handled, Transport, handle, handle_into, handle_query};
+pub use handler::{Handled, Seen, Transport, handle, handle_into, handle_observed, handle_query};
 
 use std::net::{IpAddr, SocketAddr};
 

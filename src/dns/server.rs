@@ -26,9 +26,21 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use self::slots::{ClientKey, Refused, Slot, Slots};
-use super::handler::{Transport, handle_into};
+use super::handler::{Seen, Transport, handle_observed};
 use super::rrl::Limiter;
+use crate::metrics::dns::Shard;
+use crate::querylog::{QueryLog, Tap};
 use crate::snapshot::Snapshot;
+
+/// What a serving thread counts and logs: its metrics shard, and its
+/// query log tap when the log is on.
+#[derive(Debug)]
+pub struct Observer {
+    /// This thread's counters.
+    pub shard: Arc<Shard>,
+    /// The query log, when on.
+    pub log: Option<Tap>,
+}
 
 /// TCP limits.
 #[derive(Clone, Copy, Debug)]
@@ -101,6 +113,7 @@ pub fn serve_udp(
     socket: std::net::UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
     rrl: Arc<Limiter>,
+    mut obs: Observer,
     token: CancellationToken,
 ) {
     if let Err(e) = socket.set_read_timeout(Some(UDP_SHUTDOWN_POLL)) {
@@ -108,10 +121,10 @@ pub fn serve_udp(
     }
     #[cfg(target_os = "linux")]
     {
-        super::batch::serve(&socket, &state, &rrl, &token);
+        super::batch::serve(&socket, &state, &rrl, &mut obs, &token);
     }
     #[cfg(not(target_os = "linux"))]
-    serve_udp_simple(socket, state, rrl, token);
+    serve_udp_simple(socket, state, rrl, obs, token);
 }
 
 /// One query per system call: the portable loop.
@@ -120,11 +133,13 @@ fn serve_udp_simple(
     socket: std::net::UdpSocket,
     state: Arc<ArcSwap<Snapshot>>,
     rrl: Arc<Limiter>,
+    mut obs: Observer,
     token: CancellationToken,
 ) {
     // Large enough for any datagram; EDNS clients may send big queries.
     let mut buf = vec![0u8; 65_535];
     let mut out = Vec::with_capacity(4096);
+    let mut seen = Seen::default();
     while !token.is_cancelled() {
         let (len, src) = match socket.recv_from(&mut buf) {
             Ok(x) => x,
@@ -148,7 +163,21 @@ fn serve_udp_simple(
         }
         let handled = {
             let snap = state.load();
-            super::handler::handle_query(&snap, &buf[..len], src.ip(), Transport::Udp, &mut out)
+            let handled = handle_observed(
+                &snap,
+                &buf[..len],
+                src.ip(),
+                Transport::Udp,
+                &mut out,
+                &mut seen,
+            );
+            if handled.send {
+                obs.shard.tally(&snap).count(&seen, &out);
+                if let Some(log) = &mut obs.log {
+                    log.offer(&snap, &buf[..len], src.ip(), Transport::Udp, &seen, &out);
+                }
+            }
+            handled
         };
         // One query per batch here: the clock is read per query. A valid
         // server cookie proves the source address: exempt.
@@ -204,6 +233,8 @@ pub async fn serve_tcp(
     state: Arc<ArcSwap<Snapshot>>,
     settings: TcpSettings,
     stats: Arc<TcpStats>,
+    shard: Arc<Shard>,
+    log: Option<Arc<QueryLog>>,
     token: CancellationToken,
 ) {
     let slots = Slots::new(
@@ -288,13 +319,17 @@ pub async fn serve_tcp(
         };
         let state = Arc::clone(&state);
         let stats = Arc::clone(&stats);
+        let obs = Observer {
+            shard: Arc::clone(&shard),
+            log: log.as_ref().map(QueryLog::tcp_tap),
+        };
         let close = slot.close_token().clone();
         let shutdown = token.clone();
         stats.open.fetch_add(1, Ordering::Relaxed);
         tracker.spawn(async move {
             tokio::select! {
                 () = close.cancelled() => {}
-                () = connection(stream, peer, state, settings, slot, shutdown) => {}
+                () = connection(stream, peer, state, settings, slot, shutdown, obs) => {}
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
         });
@@ -319,6 +354,7 @@ async fn connection(
     settings: TcpSettings,
     mut slot: Slot,
     shutdown: CancellationToken,
+    mut obs: Observer,
 ) {
     let _ = stream.set_nodelay(true);
     let (reader, writer) = stream.split();
@@ -328,6 +364,7 @@ async fn connection(
     let mut writer = BufWriter::with_capacity(16 * 1024, writer);
     let mut query = Vec::with_capacity(512);
     let mut out = Vec::with_capacity(4096);
+    let mut seen = Seen::default();
     loop {
         // Idle until the first byte of the next query: the only state in
         // which the slot table may close this connection to make room.
@@ -359,7 +396,21 @@ async fn connection(
         }
         let answered = {
             let snap = state.load();
-            handle_into(&snap, &query, peer.ip(), Transport::Tcp, &mut out)
+            let handled = handle_observed(
+                &snap,
+                &query,
+                peer.ip(),
+                Transport::Tcp,
+                &mut out,
+                &mut seen,
+            );
+            if handled.send {
+                obs.shard.tally(&snap).count(&seen, &out);
+                if let Some(log) = &mut obs.log {
+                    log.offer(&snap, &query, peer.ip(), Transport::Tcp, &seen, &out);
+                }
+            }
+            handled.send
         };
         if answered {
             let Ok(n) = u16::try_from(out.len()) else {

@@ -64,6 +64,8 @@ struct Target {
     /// When the target's server certificate expires, as last seen (TLS
     /// probes); kept through failures that never reach the handshake.
     cert_not_after: Option<SystemTime>,
+    /// Probe results, RTTs and state changes, for the metrics.
+    counts: ProbeCounts,
 }
 
 impl Target {
@@ -72,6 +74,47 @@ impl Target {
     fn cert_days_left(&self, now: SystemTime) -> Option<i64> {
         self.cert_not_after
             .map(|t| super::probe::tls::days_left(t, now))
+    }
+}
+
+/// Upper bounds of the probe RTT histogram, in seconds.
+const RTT_BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A target's probe counts since it was first configured (reloads that
+/// keep the target keep them).
+#[derive(Debug, Default, Clone)]
+struct ProbeCounts {
+    /// By verdict: pass, fail, local fault.
+    results: [u64; 3],
+    /// RTT of every probe that ran (pass or fail), cumulative per bucket.
+    rtt_buckets: [u64; RTT_BUCKETS.len()],
+    rtt_sum: f64,
+    rtt_count: u64,
+    /// State changes (UP, DOWN).
+    changes: u64,
+}
+
+impl ProbeCounts {
+    fn observe(&mut self, outcome: &Outcome, changed: bool) {
+        let i = match outcome.verdict {
+            Verdict::Pass => 0,
+            Verdict::Fail => 1,
+            Verdict::LocalFault => 2,
+        };
+        self.results[i] += 1;
+        if outcome.verdict != Verdict::LocalFault {
+            let secs = outcome.rtt.as_secs_f64();
+            for (b, &le) in self.rtt_buckets.iter_mut().zip(&RTT_BUCKETS) {
+                if secs <= le {
+                    *b += 1;
+                }
+            }
+            self.rtt_sum += secs;
+            self.rtt_count += 1;
+        }
+        self.changes += u64::from(changed);
     }
 }
 
@@ -302,7 +345,31 @@ struct Inner {
     generation_token: Mutex<CancellationToken>,
     /// The server's own counters (TCP, rate limiting), for `/status`.
     server_stats: std::sync::OnceLock<ServerStats>,
+    /// Answers per service and datacenter, for `/status`.
+    answers: std::sync::OnceLock<AnswerCounts>,
+    /// `GET /metrics` and `POST /reload`.
+    ops: std::sync::OnceLock<Ops>,
+    /// Services with no usable datacenter at the last publication, by
+    /// (zone, service): logged once when one enters and once when it
+    /// leaves.
+    all_down: Mutex<std::collections::BTreeSet<(String, String)>>,
 }
+
+/// What the admin API's operations endpoints call: the server attaches
+/// them (see [`Monitor::attach_ops`]).
+pub struct Ops {
+    /// The metrics in the Prometheus text format.
+    pub metrics: Box<dyn Fn() -> String + Send + Sync>,
+    /// Reloads the configuration (blocking; serialized with SIGHUP):
+    /// what it did as JSON, or the error naming file, key and reason.
+    pub reload: Box<dyn Fn() -> Result<Value, String> + Send + Sync>,
+}
+
+/// Reads the answer counts since start, per (zone, service), by
+/// datacenter name; see [`Monitor::attach_answers`].
+pub type AnswerCounts = Box<
+    dyn Fn() -> std::collections::HashMap<(String, String), BTreeMap<String, u64>> + Send + Sync,
+>;
 
 /// Reads the server's counters as JSON; see [`Monitor::attach_stats`].
 pub type ServerStats = Box<dyn Fn() -> Value + Send + Sync>;
@@ -321,6 +388,43 @@ fn now() -> SystemTime {
 }
 
 /// A probe type's name, as the zone file and `/status` spell it.
+/// What a service answers with no usable datacenter, for the log line.
+fn all_down_behaviour(a: &crate::model::AllDown) -> &'static str {
+    use crate::model::AllDown;
+    match a {
+        AllDown::All => "answering with every datacenter (when_all_down = \"all\")",
+        AllDown::None => "answering NODATA (when_all_down = \"none\")",
+        AllDown::Servfail => "answering SERVFAIL (when_all_down = \"servfail\")",
+        AllDown::Fallback(_) => "answering with the fallback records",
+    }
+}
+
+/// A target state as logs and metrics write it.
+fn target_state(s: TargetState) -> &'static str {
+    match s {
+        TargetState::Unknown => "unknown",
+        TargetState::Up => "up",
+        TargetState::Down => "down",
+    }
+}
+
+/// An observed datacenter state as logs and metrics write it.
+fn observed(o: Observed) -> &'static str {
+    match o {
+        Observed::Up => "up",
+        Observed::Down => "down",
+        Observed::Unknown => "unknown",
+    }
+}
+
+/// An override as the API and metrics write it.
+fn override_name(o: Override) -> &'static str {
+    match o {
+        Override::Drain => "drain",
+        Override::ForceUp => "force-up",
+    }
+}
+
 fn probe_type(kind: &ProbeKind) -> &'static str {
     kind.type_name()
 }
@@ -369,6 +473,9 @@ impl Monitor {
                 tasks: TaskTracker::new(),
                 generation_token: Mutex::new(token.child_token()),
                 server_stats: std::sync::OnceLock::new(),
+                answers: std::sync::OnceLock::new(),
+                ops: std::sync::OnceLock::new(),
+                all_down: Mutex::default(),
                 token,
             }),
         }
@@ -440,6 +547,7 @@ impl Monitor {
                                 rtt: RttStats::new(),
                                 kind: probe_type(&spec.kind),
                                 cert_not_after: None,
+                                counts: ProbeCounts::default(),
                             },
                         })
                         .collect(),
@@ -571,16 +679,17 @@ impl Monitor {
         // state stays Unknown for `warmup` to decide.
         let first = std::mem::take(&mut t.awaited);
         let changed = t.machine.observe(outcome.verdict);
+        t.counts.observe(&outcome, changed.is_some());
         let at = now();
         Self::note_local_fault(key, t, &outcome, clock, at, dc.stale_after);
         if let Some(s) = changed {
             t.changed_at = Some(at);
             match &outcome.error {
                 Some(e) => {
-                    tracing::info!(zone = %key.0, datacenter = %key.1, target = %t.addr, "target is {s:?}: {e}")
+                    tracing::info!(zone = %key.0, datacenter = %key.1, target = %t.addr, "target is {}: {e}", target_state(s))
                 }
                 None => {
-                    tracing::info!(zone = %key.0, datacenter = %key.1, target = %t.addr, "target is {s:?}")
+                    tracing::info!(zone = %key.0, datacenter = %key.1, target = %t.addr, "target is {}", target_state(s))
                 }
             }
         }
@@ -634,8 +743,8 @@ impl Monitor {
             tracing::warn!(
                 zone = %key.0, datacenter = %key.1, target = %t.addr,
                 "probe failed on this host, not at the target: {reason}; \
-                 state {:?} is kept{stale} (local faults for {:.0?}, {} since start)",
-                t.machine.state(),
+                 state {} is kept{stale} (local faults for {:.0?}, {} since start)",
+                target_state(t.machine.state()),
                 lasted,
                 t.local.count,
             );
@@ -647,7 +756,7 @@ impl Monitor {
     fn settle(key: &DcKey, dc: &mut Dc, clock: tokio::time::Instant) -> bool {
         let (before, after) = (dc.published, dc.summary(clock));
         if after.0 != before.0 {
-            tracing::warn!(zone = %key.0, datacenter = %key.1, "datacenter is now {:?} (was {:?})", after.0, before.0);
+            tracing::warn!(zone = %key.0, datacenter = %key.1, "datacenter is now {} (was {})", observed(after.0), observed(before.0));
         }
         if after.1 != before.1 {
             tracing::info!(zone = %key.0, datacenter = %key.1, "capacity is now {}% (was {}%)", after.1, before.1);
@@ -721,7 +830,49 @@ impl Monitor {
         self.inner
             .swap
             .rcu(|cur| Arc::new(cur.with_health(self.view_for(cur))));
+        self.note_all_down();
         self.inner.published.send_modify(|n| *n += 1);
+    }
+
+    /// Logs each service that has just lost its last usable datacenter
+    /// (once, at ERROR) and each that has one again (once, at WARN),
+    /// never per query.
+    fn note_all_down(&self) {
+        let snap = self.inner.swap.load();
+        let mut now = std::collections::BTreeSet::new();
+        for (zi, z) in snap.zones().iter().enumerate() {
+            for s in &z.config.services {
+                if !s
+                    .datacenters
+                    .iter()
+                    .any(|&d| snap.health.dc(zi, d).usable(s.warmup))
+                {
+                    now.insert((z.origin().to_ascii(), s.name.clone()));
+                }
+            }
+        }
+        let mut before = self
+            .inner
+            .all_down
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for (zone, service) in now.difference(&before) {
+            let fallback = snap
+                .zones()
+                .iter()
+                .find(|z| z.origin().to_ascii() == *zone)
+                .and_then(|z| z.config.services.iter().find(|s| s.name == *service))
+                .map_or("", |s| all_down_behaviour(&s.when_all_down));
+            tracing::error!(
+                zone = %zone,
+                service = %service,
+                "service has no usable datacenter left; {fallback}"
+            );
+        }
+        for (zone, service) in before.difference(&now) {
+            tracing::warn!(zone = %zone, service = %service, "service has a usable datacenter again");
+        }
+        *before = now;
     }
 
     /// A receiver that changes whenever health is published (for tests and
@@ -760,7 +911,12 @@ impl Monitor {
         let key = Self::find_dc(&state, zone, dc)?;
         let saved = state.overrides.set(&key.0, &key.1, value);
         drop(state);
-        tracing::warn!(zone = %key.0, datacenter = %key.1, "operator override: {value:?}");
+        tracing::warn!(
+            zone = %key.0,
+            datacenter = %key.1,
+            "operator override: {}",
+            value.map_or("cleared (probes decide)", override_name)
+        );
         self.publish();
         match saved {
             Ok(()) => Ok(None),
@@ -805,11 +961,12 @@ impl Monitor {
         };
         if t.machine.set(s).is_some() {
             t.changed_at = Some(now());
+            t.counts.changes += 1;
         }
         t.last_at = Some(now());
         let changed = Self::settle(&key, d, tokio::time::Instant::now());
         drop(state);
-        tracing::warn!(zone = %key.0, datacenter = %key.1, %target, "external input: {s:?}");
+        tracing::warn!(zone = %key.0, datacenter = %key.1, %target, "external input: {}", target_state(s));
         if changed {
             self.publish();
         }
@@ -822,9 +979,152 @@ impl Monitor {
         let _ = self.inner.server_stats.set(read);
     }
 
+    /// Attaches `GET /metrics` and `POST /reload`.
+    pub fn attach_ops(&self, ops: Ops) {
+        let _ = self.inner.ops.set(ops);
+    }
+
+    /// The metrics text, when the server attached it.
+    pub fn metrics_text(&self) -> Option<String> {
+        self.inner.ops.get().map(|o| (o.metrics)())
+    }
+
+    /// Reloads the configuration (blocking), when the server attached a
+    /// reloader; `None` otherwise.
+    pub fn reload(&self) -> Option<Result<Value, String>> {
+        self.inner.ops.get().map(|o| (o.reload)())
+    }
+
+    /// Adds per-datacenter answer counts to each service in
+    /// [`Self::status`] (`"answers"`).
+    pub fn attach_answers(&self, read: AnswerCounts) {
+        let _ = self.inner.answers.set(read);
+    }
+
+    /// [`Self::metric_families`] as a metrics source that does not keep
+    /// the monitor alive (the monitor holds the metrics for `GET
+    /// /metrics`: a strong reference back would be a cycle).
+    pub fn metric_source(&self) -> crate::metrics::Source {
+        let weak = Arc::downgrade(&self.inner);
+        Box::new(move |out| {
+            if let Some(inner) = weak.upgrade() {
+                Self { inner }.metric_families(out);
+            }
+        })
+    }
+
+    /// The metric families of health and probes: per target, probe
+    /// results, RTT histogram and state changes; per datacenter, whether
+    /// it is usable, its observed state and its override.
+    pub fn metric_families(&self, out: &mut Vec<crate::metrics::Family>) {
+        use crate::metrics::{Family, Kind, Value};
+        let snap = self.inner.swap.load_full();
+        let state = self.lock();
+        let mut results = Family::new(
+            "meridian_probe_results",
+            "Health probe results per target: pass, fail, or local_fault (could not run on this host).",
+            Kind::Counter,
+        );
+        let mut rtt = Family::new(
+            "meridian_probe_rtt_seconds",
+            "Health probe round-trip time per target (probes that ran, passing or failing).",
+            Kind::Histogram,
+        );
+        let mut changes = Family::new(
+            "meridian_probe_state_changes",
+            "Target state changes (up, down) per target, from probes or external input.",
+            Kind::Counter,
+        );
+        let mut up = Family::new(
+            "meridian_target_up",
+            "Target state: 1 up, 0 down, -1 unknown.",
+            Kind::Gauge,
+        );
+        for ((zone, dc), d) in &state.dcs {
+            for t in &d.targets {
+                let labels = || {
+                    vec![
+                        ("zone", zone.clone()),
+                        ("datacenter", dc.clone()),
+                        ("target", t.addr.to_string()),
+                    ]
+                };
+                for (i, result) in ["pass", "fail", "local_fault"].iter().enumerate() {
+                    let mut l = labels();
+                    l.push(("result", (*result).to_string()));
+                    results.int(l, t.counts.results[i]);
+                }
+                rtt.push(
+                    labels(),
+                    Value::Histogram {
+                        buckets: RTT_BUCKETS
+                            .iter()
+                            .copied()
+                            .zip(t.counts.rtt_buckets)
+                            .collect(),
+                        sum: t.counts.rtt_sum,
+                        count: t.counts.rtt_count,
+                    },
+                );
+                changes.int(labels(), t.counts.changes);
+                let v = match t.machine.state() {
+                    TargetState::Up => 1.0,
+                    TargetState::Down => 0.0,
+                    TargetState::Unknown => -1.0,
+                };
+                up.push(labels(), Value::Float(v));
+            }
+        }
+        drop(state);
+        let mut usable = Family::new(
+            "meridian_datacenter_usable",
+            "1 when answers may name the datacenter (observed up, or forced up), else 0.",
+            Kind::Gauge,
+        );
+        let mut observed_f = Family::new(
+            "meridian_datacenter_observed",
+            "The datacenter's probed state: 1 for the current one of up, down, unknown.",
+            Kind::Gauge,
+        );
+        let mut forced = Family::new(
+            "meridian_datacenter_override",
+            "Operator override: 1 for the current one of none, drain, force-up.",
+            Kind::Gauge,
+        );
+        for (zi, z) in snap.zones().iter().enumerate() {
+            let origin = z.origin().to_ascii();
+            for (di, dc) in z.config.datacenters.iter().enumerate() {
+                let h = snap.health.dc(zi, crate::model::DcId(di as u16));
+                let labels = || vec![("zone", origin.clone()), ("datacenter", dc.name.clone())];
+                usable.int(
+                    labels(),
+                    u64::from(h.usable(crate::model::Warmup::AssumeUp)),
+                );
+                for o in [Observed::Up, Observed::Down, Observed::Unknown] {
+                    let mut l = labels();
+                    l.push(("state", observed(o).to_string()));
+                    observed_f.int(l, u64::from(h.observed == o));
+                }
+                for o in [None, Some(Override::Drain), Some(Override::ForceUp)] {
+                    let mut l = labels();
+                    l.push(("override", o.map_or("none", override_name).to_string()));
+                    forced.int(l, u64::from(h.forced == o));
+                }
+            }
+        }
+        out.extend([results, rtt, changes, up, usable, observed_f, forced]);
+    }
+
     /// Everything `/status` shows.
     pub fn status(&self) -> Value {
         let snap = self.inner.swap.load_full();
+        // Read before the state lock: the counters have locks of their own.
+        let answers = self
+            .inner
+            .answers
+            .get()
+            .map(|read| read())
+            .unwrap_or_default();
         let state = self.lock();
         let clock = tokio::time::Instant::now();
         let unix = |t: Option<SystemTime>| {
@@ -923,9 +1223,23 @@ impl Monitor {
                             .filter(|&&d| snap.health.dc(zi, d).usable(s.warmup))
                             .map(|&d| z.config.dc(d).name.as_str())
                             .collect();
+                        let answers: serde_json::Map<String, Value> = s
+                            .datacenters
+                            .iter()
+                            .map(|&d| {
+                                let name = &z.config.dc(d).name;
+                                let n = answers
+                                    .get(&(origin.clone(), s.name.clone()))
+                                    .and_then(|m| m.get(name))
+                                    .copied()
+                                    .unwrap_or(0);
+                                (name.clone(), json!(n))
+                            })
+                            .collect();
                         json!({
                             "name": s.name,
                             "fqdn": s.fqdn.to_ascii(),
+                            "answers": answers,
                             "policy": s.policy.name(),
                             "datacenters": s.datacenters.iter().map(|&d| z.config.dc(d).name.as_str()).collect::<Vec<_>>(),
                             "usable": usable,
@@ -1012,6 +1326,7 @@ mod tests {
             rtt,
             kind: "tcp",
             cert_not_after: None,
+            counts: ProbeCounts::default(),
         }
     }
 

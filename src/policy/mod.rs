@@ -106,6 +106,7 @@ pub struct Choice {
 
 impl Choice {
     /// The chosen datacenters, best first.
+    #[inline]
     pub fn dcs(&self) -> &[DcId] {
         &self.dcs[..usize::from(self.len)]
     }
@@ -186,6 +187,10 @@ pub struct Decision {
     /// the renderer rotates `n` addresses by `rotation * n >> 32`. Zero for
     /// services that do not rotate.
     pub rotation: u32,
+    /// The step that decided the ranking's first candidate (its position
+    /// in the plan, see [`Plan::step_name`]): the last step that changed
+    /// it, or the first step when none did. For metrics and query logs.
+    pub step: u8,
 }
 
 impl Decision {
@@ -199,6 +204,7 @@ impl Decision {
             scope: 0,
             left_out: [0; MAX_ANSWERS],
             rotation: 0,
+            step: 0,
         }
     }
 
@@ -548,7 +554,13 @@ impl Plan {
         };
         let mut scope = class.map_or(0, |(_, s)| s);
         let mut rng = entropy;
+        // The step that last changed the leading candidate.
+        let (mut lead, mut decider) = (c.ranked().first().copied(), 0usize);
         for (i, step) in self.steps.iter().enumerate() {
+            let now = c.ranked().first().copied();
+            if now != lead {
+                (lead, decider) = (now, i.saturating_sub(1));
+            }
             match step {
                 Built::Geo => {
                     let Some((class, _)) = class else { continue };
@@ -605,6 +617,9 @@ impl Plan {
             }
             trace.stage(|| self.stage(i, &c, scope));
         }
+        if c.ranked().first().copied() != lead {
+            decider = self.steps.len().saturating_sub(1);
+        }
 
         let mut order = [DcId(0); MAX_CANDIDATES];
         for (slot, &p) in order.iter_mut().zip(c.ranked()) {
@@ -619,6 +634,7 @@ impl Plan {
             0
         };
         let mut decision = self.conclude(choice, scope, rotation);
+        decision.step = u8::try_from(decider).unwrap_or(u8::MAX);
         if decision.outcome == Outcome::Answer {
             for (slot, &dc) in decision.left_out.iter_mut().zip(decision.choice.dcs()) {
                 let down = state(dc).down_addresses;
@@ -784,6 +800,7 @@ impl Plan {
             scope,
             left_out: [0; MAX_ANSWERS],
             rotation,
+            step: 0,
         }
     }
 
@@ -823,6 +840,17 @@ impl Plan {
             .iter()
             .position(|&d| d == dc)
             .map(|p| p as u8)
+    }
+
+    /// The name of step `i` as the config writes it (`geo`, `weighted`,
+    /// `nearest(2)`, ...).
+    pub fn step_name(&self, i: usize) -> Option<&str> {
+        self.step_names.get(i).map(String::as_str)
+    }
+
+    /// The number of steps.
+    pub fn step_count(&self) -> usize {
+        self.step_names.len()
     }
 
     /// The trace of step `i` with the candidates after it.
