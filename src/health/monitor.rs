@@ -1040,6 +1040,17 @@ impl Monitor {
             "Target state: 1 up, 0 down, -1 unknown.",
             Kind::Gauge,
         );
+        let mut cert_days = Family::new(
+            "meridian_probe_certificate_days_left",
+            "Whole days until the target's TLS certificate expires (https and TLS grpc probes; negative once expired).",
+            Kind::Gauge,
+        );
+        let mut cert_expiry = Family::new(
+            "meridian_probe_certificate_expiry_timestamp_seconds",
+            "When the target's TLS certificate expires, as a Unix time (https and TLS grpc probes).",
+            Kind::Gauge,
+        );
+        let now = SystemTime::now();
         for ((zone, dc), d) in &state.dcs {
             for t in &d.targets {
                 let labels = || {
@@ -1073,6 +1084,13 @@ impl Monitor {
                     TargetState::Unknown => -1.0,
                 };
                 up.push(labels(), Value::Float(v));
+                if let (Some(days), Some(at)) = (t.cert_days_left(now), t.cert_not_after) {
+                    cert_days.push(labels(), Value::Float(days as f64));
+                    let unix = at
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .map_or(0.0, |d| d.as_secs_f64());
+                    cert_expiry.push(labels(), Value::Float(unix));
+                }
             }
         }
         drop(state);
@@ -1112,7 +1130,17 @@ impl Monitor {
                 }
             }
         }
-        out.extend([results, rtt, changes, up, usable, observed_f, forced]);
+        out.extend([
+            results,
+            rtt,
+            changes,
+            up,
+            cert_days,
+            cert_expiry,
+            usable,
+            observed_f,
+            forced,
+        ]);
     }
 
     /// Everything `/status` shows.

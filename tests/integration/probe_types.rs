@@ -529,6 +529,22 @@ async fn a_certificate_expiring_sooner_than_min_cert_days_fails_the_https_probe(
     let d = until(&s, "unchecked", "up", |d| target(d)["state"] == "up").await;
     assert_eq!(target(&d)["cert_days_left"], 1, "{d:#}");
 
+    // The metrics say the same, per target.
+    let text = s.server.monitor().metrics_text().expect("metrics attached");
+    for (dc, days) in [("short", 1), ("long", 89), ("unchecked", 1)] {
+        let line = format!(
+            "meridian_probe_certificate_days_left{{zone=\"types.test.\",datacenter=\"{dc}\","
+        );
+        let found = text
+            .lines()
+            .find(|l| l.starts_with(&line))
+            .unwrap_or_else(|| panic!("no {line} in\n{text}"));
+        assert!(
+            found.ends_with(&format!(" {days}")) || found.ends_with(&format!(" {days}.0")),
+            "{found}"
+        );
+    }
+
     // `short` is first in the failover order, but its certificate is
     // about to expire: answers go to `long`.
     until(&s, "short", "down", |d| target(d)["state"] == "down").await;
