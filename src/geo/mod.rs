@@ -30,7 +30,7 @@ use serde::de::{self, Deserializer, Visitor};
 use crate::model::{Continent, Coord, CountryCode, CountryTable};
 
 /// `YYYY-MM-DD` (UTC) of a Unix time: how `check` prints a database's
-/// build date. Civil-from-days after H. Hinnant's algorithm, so no date
+/// build date, and the date part of [`crate::rfc3339`]. Civil-from-days after H. Hinnant's algorithm, so no date
 /// crate is needed for one line.
 pub fn iso_date(epoch: u64) -> String {
     let days = (epoch / 86_400) as i64 + 719_468;
@@ -332,6 +332,8 @@ mod tests {
         assert_eq!(iso_date(951_782_400), "2000-02-29");
         assert_eq!(iso_date(4_107_542_399), "2100-02-28");
         assert_eq!(iso_date(1_798_761_599), "2026-12-31");
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_780_345_978_123);
+        assert_eq!(crate::rfc3339(t), "2026-06-01T20:32:58.123Z");
     }
 
     #[test]
