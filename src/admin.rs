@@ -363,7 +363,7 @@ struct TargetInput {
 const TARGET_BODY: &str = r#"{"state": "up"} or {"state": "down"}"#;
 
 /// Why a request body was refused: the status and what to say.
-pub(crate) struct BodyError(StatusCode, String);
+struct BodyError(StatusCode, String);
 
 impl IntoResponse for BodyError {
     fn into_response(self) -> Response {
@@ -375,7 +375,7 @@ impl IntoResponse for BodyError {
 /// `curl -d` labels JSON as a form, and the body is what counts. Errors
 /// say what is wrong with the JSON and where (line and column), and
 /// what `expected` looks like.
-pub(crate) fn json_body<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, BodyError> {
+fn json_body<T: DeserializeOwned>(body: &[u8], expected: &str) -> Result<T, BodyError> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(BodyError(
             StatusCode::BAD_REQUEST,
@@ -396,7 +396,7 @@ pub(crate) fn json_body<T: DeserializeOwned>(body: &[u8], expected: &str) -> Res
 
 /// A request body as bytes, or why not: `413` over `limit`, the
 /// extractor's own reason otherwise.
-pub(crate) fn body_bytes(
+fn body_bytes(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
     limit: usize,
 ) -> Result<axum::body::Bytes, BodyError> {

@@ -139,13 +139,12 @@ pub fn handle_query(
     out: &mut Vec<u8>,
 ) -> Handled {
     // The clock is read only for a query that carries a cookie.
-    let mut seen = Seen::default();
     run(
         snap,
         packet,
         (src, transport, None),
         Paths::Both,
-        &mut seen,
+        &mut Seen::default(),
         out,
     )
 }
@@ -176,13 +175,12 @@ pub fn handle_query_at(
     now: u32,
     out: &mut Vec<u8>,
 ) -> Handled {
-    let mut seen = Seen::default();
     run(
         snap,
         packet,
         (src, transport, Some(now)),
         Paths::Both,
-        &mut seen,
+        &mut Seen::default(),
         out,
     )
 }
@@ -230,13 +228,12 @@ pub fn handle_fast_at(
     now: u32,
     out: &mut Vec<u8>,
 ) -> bool {
-    let mut seen = Seen::default();
     run(
         snap,
         packet,
         (src, transport, Some(now)),
         Paths::Fast,
-        &mut seen,
+        &mut Seen::default(),
         out,
     )
     .send
@@ -254,13 +251,12 @@ pub fn handle_slow_at(
     now: u32,
 ) -> Option<Vec<u8>> {
     let mut out = Vec::new();
-    let mut seen = Seen::default();
     run(
         snap,
         packet,
         (src, transport, Some(now)),
         Paths::Slow,
-        &mut seen,
+        &mut Seen::default(),
         &mut out,
     )
     .send
