@@ -186,7 +186,7 @@ impl ProbeKind {
     pub fn type_name(&self) -> &'static str {
         match self {
             Self::Tcp => "tcp",
-            Self::Http(h) if h.tls => "https",
+            Self::Http(h) if h.tls.is_some() => "https",
             Self::Http(_) => "http",
             Self::Dns(_) => "dns",
             Self::Icmp(_) => "icmp",
@@ -248,8 +248,8 @@ pub struct ExecProbe {
 /// HTTP(S) probe settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HttpProbe {
-    /// HTTPS instead of HTTP.
-    pub tls: bool,
+    /// HTTPS (and its certificate checks) instead of HTTP.
+    pub tls: Option<ProbeTls>,
     /// `GET` or `HEAD`.
     pub method: HttpMethod,
     /// Request path, starting with `/`.
@@ -260,10 +260,6 @@ pub struct HttpProbe {
     pub expect_status: Vec<(u16, u16)>,
     /// Substring required in the first 64 KiB of the body.
     pub expect_body: Option<String>,
-    /// Verify the server certificate (HTTPS).
-    pub tls_verify: bool,
-    /// HTTPS: fail when the server certificate expires in fewer days.
-    pub min_cert_days: Option<u32>,
     /// How long a capacity reported in the `Meridian-Capacity` response
     /// header holds without a new report.
     pub capacity_hold: Duration,

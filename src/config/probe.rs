@@ -323,6 +323,11 @@ pub(super) fn validate_probe(
                 })?,
         ),
     };
+    // https and TLS grpc: one set of certificate settings.
+    let tls_settings = |min_cert_days| ProbeTls {
+        verify: raw.tls_verify.unwrap_or(true),
+        min_cert_days,
+    };
     let kind = match kind_name {
         "tcp" => ProbeKind::Tcp,
         "external" => ProbeKind::External,
@@ -338,6 +343,7 @@ pub(super) fn validate_probe(
         }),
         "grpc" => {
             let tls = raw.tls.unwrap_or(false);
+            let settings = tls_settings(min_cert_days);
             if !tls {
                 for (field, present) in [
                     ("tls_verify", raw.tls_verify.is_some()),
@@ -358,10 +364,7 @@ pub(super) fn validate_probe(
             ProbeKind::Grpc(GrpcProbe {
                 service: raw.service.clone().unwrap_or_default(),
                 host: raw.host.clone(),
-                tls: tls.then(|| ProbeTls {
-                    verify: raw.tls_verify.unwrap_or(true),
-                    min_cert_days,
-                }),
+                tls: tls.then_some(settings),
             })
         }
         "dns" => {
@@ -442,14 +445,12 @@ pub(super) fn validate_probe(
             )?;
             ProbeKind::Http(HttpProbe {
                 capacity_hold,
-                tls: kind_name == "https",
+                tls: (kind_name == "https").then(|| tls_settings(min_cert_days)),
                 method,
                 path,
                 host: raw.host.clone(),
                 expect_status,
                 expect_body: raw.expect_body.clone(),
-                tls_verify: raw.tls_verify.unwrap_or(true),
-                min_cert_days,
             })
         }
     };
@@ -698,11 +699,17 @@ datacenters = ["a"]
         let ProbeKind::Http(h) = kind(r#"type = "https", min_cert_days = 7"#) else {
             panic!("https")
         };
-        assert_eq!(h.min_cert_days, Some(7));
+        assert_eq!(
+            h.tls,
+            Some(ProbeTls {
+                verify: true,
+                min_cert_days: Some(7)
+            })
+        );
         let ProbeKind::Http(h) = kind(r#"type = "https""#) else {
             panic!("https")
         };
-        assert_eq!(h.min_cert_days, None);
+        assert_eq!(h.tls.and_then(|t| t.min_cert_days), None);
         assert!(matches!(
             kind(r#"type = "https", min_cert_days = 3650"#),
             ProbeKind::Http(_)

@@ -18,7 +18,7 @@ pub(super) fn client(
     timeout: std::time::Duration,
 ) -> Result<(reqwest::Client, String), String> {
     super::install_crypto_provider();
-    let scheme = if spec.tls { "https" } else { "http" };
+    let scheme = if spec.tls.is_some() { "https" } else { "http" };
     let mut builder = reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
@@ -29,9 +29,9 @@ pub(super) fn client(
         .pool_max_idle_per_host(0)
         // The peer certificate, for its expiry: read from the handshake
         // the probe makes anyway, so no second connection.
-        .tls_info(spec.tls)
+        .tls_info(spec.tls.is_some())
         .user_agent(concat!("meridian-probe/", env!("CARGO_PKG_VERSION")));
-    if spec.tls && !spec.tls_verify {
+    if spec.tls.as_ref().is_some_and(|t| !t.verify) {
         builder = builder.tls_danger_accept_invalid_certs(true);
     }
     let url = match &spec.host {
@@ -60,7 +60,7 @@ pub(super) async fn http(
     if let Some(info) = response.extensions().get::<reqwest::tls::TlsInfo>() {
         seen.certificate(info.peer_certificate());
     }
-    seen.check_cert_days(spec.min_cert_days)?;
+    seen.check_cert_days(spec.tls.as_ref().and_then(|t| t.min_cert_days))?;
     let status = response.status().as_u16();
     if !spec
         .expect_status
