@@ -147,9 +147,13 @@ fn init_tracing(format: meridian::config::LogFormat) {
     // this keeps any it still sees out of the log unless asked for.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new("info,hickory_proto=error"));
+    // A log line that cannot be written (stderr closed) is lost, not
+    // reported: the report would go to the same stderr, and Rust's
+    // `eprintln!` panics there, taking down whatever task was logging.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         meridian::config::LogFormat::Json => builder
             .json()

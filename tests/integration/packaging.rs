@@ -780,3 +780,67 @@ fn deb_package_contents_and_its_config_check() {
 fn repo_file(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
+
+/// The value of `key=` in a log line.
+fn log_field(line: &str, key: &str) -> SocketAddr {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no {key} in {line:?}"))
+        .parse()
+        .unwrap()
+}
+
+/// With its stderr closed (the reader gone, as when a log pipe dies), the
+/// server loses log lines, not its work: a reload, which logs, still
+/// succeeds, and DNS is still answered. The log's own error report used
+/// to panic the logging task ("failed printing to stderr").
+#[tokio::test]
+async fn a_closed_stderr_loses_log_lines_not_the_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = example_zone();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            zones: &[("gslb.example.com.toml", &zone)],
+            ..Setup::default()
+        },
+    );
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let admin = log_field(
+        &wait_for_line(&mut lines, "admin API listening").await,
+        "addr=",
+    );
+    let dns = log_field(
+        &wait_for_line(&mut lines, "listening on UDP and TCP").await,
+        "local=",
+    );
+    wait_for_line(&mut lines, "ready").await;
+    drop(lines);
+
+    for _ in 0..3 {
+        let mut conn = TcpStream::connect(admin).await.unwrap();
+        let request = format!(
+            "POST /reload HTTP/1.1\r\nHost: {admin}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        );
+        conn.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        tokio::time::timeout(Duration::from_secs(30), conn.read_to_string(&mut response))
+            .await
+            .expect("reload answered")
+            .unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        assert!(response.contains(r#""ok":true"#), "{response}");
+    }
+    assert!(udp_answers(dns).await, "DNS still answered");
+    assert!(child.try_wait().unwrap().is_none(), "still running");
+}
