@@ -24,8 +24,6 @@
 //! and `jq` must be installed; `scripts/test.sh` installs them when they
 //! are missing, and this test fails, rather than passes, without them.
 
-use std::io::Read;
-use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -161,31 +159,38 @@ fn path_with(bin: &Path) -> String {
     )
 }
 
-/// Waits (bounded) until the admin API answers `/health`: the server is
-/// up, its first probe round done.
+/// Waits (bounded) until the server logs `ready`: its sockets and admin
+/// API are open and its first probe round is done. Every line it logs to
+/// stderr is kept, for the message if it exits instead.
 fn wait_until_ready(server: &mut Server) {
-    let admin: SocketAddr = "127.0.0.1:5380".parse().unwrap();
+    let stderr = server.0.stderr.take().expect("stderr piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Read to the end, past `ready`: the server keeps logging.
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            let Ok(line) = line else { return };
+            let _ = tx.send(line);
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(60);
+    let mut log = Vec::new();
     loop {
-        if let Some(status) = server.0.try_wait().unwrap() {
-            let mut err = String::new();
-            if let Some(e) = server.0.stderr.as_mut() {
-                let _ = e.read_to_string(&mut err);
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.ends_with(" ready") => return,
+            Ok(line) => log.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                panic!("the server was not ready within 60 s:\n{}", log.join("\n"))
             }
-            panic!(
-                "the server exited ({status}) before it was ready; are 127.0.0.1:5300 and :5380 free?\n{err}"
-            );
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                let status = server.0.wait().unwrap();
+                panic!(
+                    "the server exited ({status}) before it was ready; are 127.0.0.1:5300 and \
+                     :5380 free?\n{}",
+                    log.join("\n")
+                );
+            }
         }
-        if TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_ok() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the server did not open its admin API within 60 s"
-        );
-        // The port is not open yet: the connect attempt itself paced the
-        // loop when it timed out; a refused one returns at once.
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -219,7 +224,7 @@ fn every_console_example_in_the_readme_runs_as_shown() {
             .args(["run", "--config", "meridian.toml"])
             .current_dir(dir.path())
             .env("PATH", &path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
