@@ -150,25 +150,12 @@ async fn sigterm_finishes_tcp_answers_in_flight_and_exits_zero() {
             ..Setup::default()
         },
     );
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["run", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut child, mut lines) = spawn_run(&config);
     let pid = child.id().expect("pid");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = wait_for_line(&mut lines, "listening on UDP and TCP").await;
-    let addr: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("local="))
-        .expect("local= in the log line")
-        .parse()
-        .unwrap();
+    let addr = log_field(
+        &wait_for_line(&mut lines, "listening on UDP and TCP").await,
+        "local=",
+    );
     wait_for_line(&mut lines, "ready").await;
 
     // One full exchange first: the connection is accepted and served.
@@ -246,25 +233,12 @@ async fn sigterm_closes_a_pipelining_connection_after_the_idle_timeout() {
             ..Setup::default()
         },
     );
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["run", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let (mut child, mut lines) = spawn_run(&config);
     let pid = child.id().expect("pid");
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
-    let line = wait_for_line(&mut lines, "listening on UDP and TCP").await;
-    let addr: SocketAddr = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("local="))
-        .expect("local= in the log line")
-        .parse()
-        .unwrap();
+    let addr = log_field(
+        &wait_for_line(&mut lines, "listening on UDP and TCP").await,
+        "local=",
+    );
     wait_for_line(&mut lines, "ready").await;
     // Drain the log so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
@@ -781,6 +755,27 @@ fn repo_file(path: &str) -> String {
     std::fs::read_to_string(repo().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
+/// `meridian run` on `config` (any free port), its log read line by line.
+fn spawn_run(
+    config: &Path,
+) -> (
+    tokio::process::Child,
+    tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
+        .args(["run", "--listen", "127.0.0.1:0", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
 /// The value of `key=` in a log line.
 fn log_field(line: &str, key: &str) -> SocketAddr {
     line.split_whitespace()
@@ -805,17 +800,7 @@ async fn a_closed_stderr_loses_log_lines_not_the_server() {
             ..Setup::default()
         },
     );
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_meridian"))
-        .args(["run", "--listen", "127.0.0.1:0", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let (mut child, mut lines) = spawn_run(&config);
     let admin = log_field(
         &wait_for_line(&mut lines, "admin API listening").await,
         "addr=",
