@@ -293,8 +293,8 @@ impl Browser {
         .await
     }
 
-    /// Clicks the element `css` selects, as a user would.
-    async fn click(&self, css: &str) {
+    /// The W3C element reference of the element `css` selects.
+    async fn element(&self, css: &str) -> String {
         let found = self
             .command(
                 reqwest::Method::POST,
@@ -303,10 +303,15 @@ impl Browser {
             )
             .await;
         // The W3C element reference key.
-        let id = found["element-6066-11e4-a52e-4f735466cecf"]
+        found["element-6066-11e4-a52e-4f735466cecf"]
             .as_str()
             .unwrap_or_else(|| panic!("no element {css}: {found}"))
-            .to_string();
+            .to_string()
+    }
+
+    /// Clicks the element `css` selects, as a user would.
+    async fn click(&self, css: &str) {
+        let id = self.element(css).await;
         self.command(
             reqwest::Method::POST,
             &self.path(&format!("/element/{id}/click")),
@@ -317,17 +322,7 @@ impl Browser {
 
     /// Types `text` into the element `css` selects.
     async fn type_into(&self, css: &str, text: &str) {
-        let found = self
-            .command(
-                reqwest::Method::POST,
-                &self.path("/element"),
-                Some(json!({ "using": "css selector", "value": css })),
-            )
-            .await;
-        let id = found["element-6066-11e4-a52e-4f735466cecf"]
-            .as_str()
-            .unwrap_or_else(|| panic!("no element {css}: {found}"))
-            .to_string();
+        let id = self.element(css).await;
         self.command(
             reqwest::Method::POST,
             &self.path(&format!("/element/{id}/value")),
