@@ -752,7 +752,7 @@ impl ZoneIndex {
         }
         // Ancestors up to the zone's apex, which always exists.
         let mut at = 0;
-        let encloser = loop {
+        let (encloser, entry) = loop {
             let len = usize::from(*name.get(at)?);
             at += 1 + len;
             if len == 0 || name.len() - at < origin_len {
@@ -764,14 +764,14 @@ impl ZoneIndex {
             }
         };
         if !self.wildcards.is_empty()
-            && let Some(wildcard) = self.wildcards.get(encloser.0)
+            && let Some(wildcard) = self.wildcards.get(encloser)
         {
             return Some(Below::Wildcard(wildcard));
         }
         // A miss below an existing name: NXDOMAIN or referral, its
         // pointers shifted by how much longer this name is than the
         // stand-in the template was built for.
-        let t = self.miss(encloser.1)?;
+        let t = self.miss(entry)?;
         let delta = name_len.checked_sub(usize::from(t.qname_len))?;
         Some(Below::Miss(t.view(), delta))
     }
