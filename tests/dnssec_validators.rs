@@ -403,9 +403,9 @@ async fn unbound_forwards_client_ecs_and_caches_per_subnet() {
         ]
     );
 
-    // Both again, the first from another host of the same /24 (Unbound
-    // trims a /32 to max-client-subnet-ipv4 = 24): answered from the
-    // subnet cache, each with its own address, no new upstream query.
+    // Both again, the first from one host of the cached /24: answered
+    // from the subnet cache, each with its own address, no new upstream
+    // query.
     let eu2 = unbound
         .query("www.ecs.example.", RecordType::A, Some("198.51.100.77/32"))
         .await;

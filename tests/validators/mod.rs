@@ -31,6 +31,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, UdpSocket as StdUdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
@@ -266,10 +267,11 @@ fn descendants(pid: u32) -> Vec<(i32, String)> {
 //------------ DNS client ----------------------------------------------------
 
 /// A query for `name`/`qtype` with EDNS (payload 1232). `stub` makes it a
-/// stub resolver's query: RD=1 and AD=1 (RFC 6840 5.7: a validating
+/// stub resolver's query: RD=1 and AD=1 (RFC 6840 5.7, 5.8: a validating
 /// resolver sets AD in its answer only when the query had AD or DO).
 pub fn build_query(name: &str, qtype: RecordType, stub: bool, ecs: Option<&str>) -> Vec<u8> {
-    let id = u16::try_from(std::process::id() % 60_000).unwrap_or(1) ^ qtype_bits(qtype);
+    static NEXT_ID: AtomicU16 = AtomicU16::new(0x2b1d);
+    let id = NEXT_ID.fetch_add(7919, Ordering::Relaxed);
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
     m.metadata.recursion_desired = stub;
     m.metadata.authentic_data = stub;
@@ -292,10 +294,6 @@ pub fn build_query(name: &str, qtype: RecordType, stub: bool, ecs: Option<&str>)
     }
     m.edns = Some(edns);
     m.to_vec().expect("query encodes")
-}
-
-fn qtype_bits(t: RecordType) -> u16 {
-    u16::from(t).rotate_left(7)
 }
 
 /// One UDP exchange with `addr`; `None` when nothing comes back in time.
