@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-use hickory_proto::rr::{Name, RecordType};
+use hickory_proto::rr::{Name, RData, RecordType};
 use ipnet::IpNet;
 use serde_json::Value;
 use tempfile::TempDir;
@@ -797,13 +797,14 @@ pub async fn dnsviz(server: SocketAddr, anchor: &TrustAnchor, names: &[&str]) ->
     let keys = dir.path().join("anchor.keys");
     let grok = dir.path().join("grok.json");
     std::fs::write(&keys, anchor.dnskeys().join("\n") + "\n").expect("write anchor keys");
+    let ns_names = loopback_ns_names(server, zone).await;
+    let servers: Vec<String> = ns_names
+        .iter()
+        .map(|ns| format!("{ns}={}:{}", server.ip(), server.port()))
+        .collect();
     let mut cmd = dnsviz_cmd(&dnsviz);
     cmd.args(["probe", "-A", "-4", "-b", "127.0.0.1", "-a", zone, "-x"])
-        .arg(format!(
-            "{zone}+:ns.{zone}={}:{}",
-            server.ip(),
-            server.port()
-        ))
+        .arg(format!("{zone}+:{}", servers.join(",")))
         .arg("-o")
         .arg(&probe)
         .arg(zone)
@@ -819,6 +820,54 @@ pub async fn dnsviz(server: SocketAddr, anchor: &TrustAnchor, names: &[&str]) ->
     run_ok(cmd).await;
     let json = std::fs::read_to_string(&grok).expect("grok output");
     DnsvizReport::parse(&json)
+}
+
+/// The names of the zone's NS RRset, after checking that each is in the
+/// zone with `server`'s address as its A record. dnsviz queries every NS
+/// host it learns at the address the zone gives it, on port 53, whatever
+/// `-x` says (it resolves NS names itself; explicit servers are not used
+/// as their addresses): a zone whose NS hosts are elsewhere would make it
+/// wait for servers it cannot reach from 127.0.0.1. So the zone under test
+/// must have in-zone NS names with glue 127.0.0.1 (the port then comes
+/// from `-x`, which dnsviz keys by zone and address).
+async fn loopback_ns_names(server: SocketAddr, zone: &str) -> Vec<String> {
+    let answers = |m: Message| m.answers;
+    let ask = |name: String, t: RecordType| async move {
+        let q = build_query(&name, t, false, None);
+        match exchange(server, &q, QUERY_TIMEOUT).await {
+            Some(m) => answers(m),
+            None => panic!("no answer from {server} for {name} {t}"),
+        }
+    };
+    let names: Vec<String> = ask(zone.to_owned(), RecordType::NS)
+        .await
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::NS(ns) => Some(ns.0.to_ascii()),
+            _ => None,
+        })
+        .collect();
+    assert!(!names.is_empty(), "{server} gives no NS RRset for {zone}");
+    for ns in &names {
+        let addrs: Vec<IpAddr> = ask(ns.clone(), RecordType::A)
+            .await
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            })
+            .collect();
+        assert!(
+            ns.to_ascii_lowercase()
+                .ends_with(&zone.to_ascii_lowercase())
+                && !addrs.is_empty()
+                && addrs.iter().all(|a| *a == server.ip()),
+            "dnsviz would query the NS host {ns} at {addrs:?} port 53, not {server}: \
+             give the zone under test in-zone NS names whose only A record is {}",
+            server.ip()
+        );
+    }
+    names
 }
 
 //------------ Validators ----------------------------------------------------
