@@ -7,9 +7,11 @@
 //! To point them at Meridian, build `Validators::new(meridian_addr,
 //! anchor)` with the zone's DNSKEY as `anchor` and run the same checks.
 //!
-//! The ECS test needs an authoritative server that answers per subnet: a
+//! The ECS tests need an authoritative server that answers per subnet: a
 //! small UDP responder in this file, unsigned, behind an Unbound that
-//! treats its zone as insecure.
+//! treats its zone as insecure; and, signed, two NSDs serving two versions
+//! of the zone signed under one key, behind a splitter that picks one by
+//! the client's ECS subnet (what Meridian does with one server).
 //!
 //! Its own test binary: it drives system packages (unbound, nsd,
 //! bind9-utils, bind9-dnsutils, dnsviz; `scripts/test.sh` installs them),
@@ -442,4 +444,131 @@ async fn unbound_forwards_client_ecs_and_caches_per_subnet() {
         Some((ip("127.0.0.0"), 24))
     );
     task.abort();
+}
+
+//------------ ECS and DNSSEC together ------------------------------------------
+
+/// A server that tailors signed answers by ECS, as Meridian does: one zone
+/// signed twice under one key (`www` is 192.0.2.1 in one version and
+/// 192.0.2.2 in the other), each version served by its own NSD, and a
+/// splitter on 127.0.0.1 that sends 203.0.113.0/24 to the second and
+/// everything else to the first, echoing the client's ECS with scope /24.
+/// Returns the splitter's address, the anchor, the ECS subnets it saw for
+/// `www` A, and what must stay alive.
+async fn tailored_signed_server() -> (
+    SocketAddr,
+    TrustAnchor,
+    Seen,
+    (Nsd, Nsd, TempDir, JoinHandle<()>),
+) {
+    let dir = TempDir::new().expect("temp dir");
+    let (anchor, base) = validators::keygen(dir.path(), ZONE).await;
+    let eu_text = ZONE_TEXT.replace("192.0.2.10", "192.0.2.1");
+    let ap_text = ZONE_TEXT.replace("192.0.2.10", "192.0.2.2");
+    let eu_file = validators::sign_with_key(dir.path(), ZONE, &eu_text, &base, "eu").await;
+    let ap_file = validators::sign_with_key(dir.path(), ZONE, &ap_text, &base, "ap").await;
+    let eu = Nsd::start(ZONE, &eu_file).await;
+    let ap = Nsd::start(ZONE, &ap_file).await;
+    let (eu_addr, ap_addr) = (eu.addr(), ap.addr());
+
+    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+        .await
+        .expect("bind splitter");
+    let addr = sock.local_addr().expect("splitter addr");
+    let seen: Seen = Arc::default();
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
+                return;
+            };
+            let Ok(q) = Message::from_vec(&buf[..n]) else {
+                continue;
+            };
+            let ecs = q.edns.as_ref().and_then(|e| {
+                e.options().options.iter().find_map(|(_, o)| match o {
+                    EdnsOption::Subnet(cs) => Some((cs.addr(), cs.source_prefix())),
+                    _ => None,
+                })
+            });
+            if let Some(query) = q.queries.first() {
+                log.lock()
+                    .expect("lock")
+                    .push((query.name().to_ascii(), query.query_type(), ecs));
+            }
+            let backend = match ecs {
+                Some((IpAddr::V4(a), _)) if a.octets()[..3] == [203, 0, 113] => ap_addr,
+                _ => eu_addr,
+            };
+            let Some(mut r) =
+                validators::exchange(backend, &buf[..n], validators::QUERY_TIMEOUT).await
+            else {
+                continue;
+            };
+            if let (Some((ip, source)), Some(edns)) = (ecs, r.edns.as_mut()) {
+                // RFC 7871 7.2.1: the answer is good for the client's /24.
+                edns.options_mut()
+                    .insert(EdnsOption::Subnet(ClientSubnet::new(ip, source, 24)));
+            }
+            if let Ok(bytes) = r.to_vec() {
+                let _ = sock.send_to(&bytes, peer).await;
+            }
+        }
+    });
+    (addr, anchor, seen, (eu, ap, dir, task))
+}
+
+/// The "ECS and DNSSEC together": Unbound, validating and caching
+/// per subnet, gives each region its own signed answer with AD=1, also
+/// from its cache.
+#[tokio::test]
+async fn unbound_validates_ecs_tailored_signed_answers() {
+    let (addr, anchor, seen, keep) = tailored_signed_server().await;
+    let v = Validators::new(addr, anchor).await;
+    let unbound = v.unbound().await;
+    let www = |seen: &Seen| {
+        seen.lock()
+            .expect("lock")
+            .iter()
+            .filter(|(n, t, _)| n == "www.signed.example." && *t == RecordType::A)
+            .count()
+    };
+    for round in 0..2 {
+        for (subnet, want) in [
+            ("198.51.100.0/24", "192.0.2.1"),
+            ("203.0.113.0/24", "192.0.2.2"),
+        ] {
+            let r = unbound
+                .query("www.signed.example.", RecordType::A, Some(subnet))
+                .await;
+            assert_eq!(
+                r.rcode,
+                ResponseCode::NoError,
+                "{subnet}: {r:?}\n{}",
+                unbound.log()
+            );
+            assert!(
+                r.ad,
+                "round {round}, {subnet}: not validated: {r:?}\n{}",
+                unbound.log()
+            );
+            assert_eq!(
+                r.rdata(RecordType::A),
+                [want],
+                "round {round}, {subnet}: {r:?}"
+            );
+            let net: ipnet::IpNet = subnet.parse().expect("subnet");
+            assert_eq!(r.ecs, Some((net.addr(), 24, 24)), "{r:?}");
+        }
+        // The first round asked the server once per subnet; the second is
+        // answered from Unbound's subnet cache.
+        assert_eq!(
+            www(&seen),
+            2,
+            "round {round}: {:?}",
+            seen.lock().expect("lock")
+        );
+    }
+    keep.3.abort();
 }

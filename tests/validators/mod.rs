@@ -935,13 +935,32 @@ pub async fn keygen(dir: &Path, zone: &str) -> (TrustAnchor, String) {
     (TrustAnchor::from_dnskeys(zone, &key), base)
 }
 
-/// Signs `zone_text` (zone file text for `zone`, without DNSKEY) in `dir`.
+/// Signs `zone_text` (zone file text for `zone`, without DNSKEY) in `dir`
+/// with a fresh CSK.
 pub async fn sign_zone(dir: &Path, zone: &str, zone_text: &str) -> SignedZone {
     let (anchor, base) = keygen(dir, zone).await;
-    let unsigned = dir.join("zone.db");
+    let file = sign_with_key(dir, zone, zone_text, &base, "zone").await;
+    SignedZone {
+        zone: fqdn(zone),
+        file,
+        anchor,
+    }
+}
+
+/// Signs `zone_text` in `dir` with the key `base` (from [`keygen`] in the
+/// same directory) into `dir/NAME.signed`: several versions of a zone
+/// under one key, as a server that tailors answers serves them.
+pub async fn sign_with_key(
+    dir: &Path,
+    zone: &str,
+    zone_text: &str,
+    base: &str,
+    name: &str,
+) -> PathBuf {
+    let unsigned = dir.join(format!("{name}.db"));
     let key = std::fs::read_to_string(dir.join(format!("{base}.key"))).expect("key file");
     std::fs::write(&unsigned, format!("{zone_text}\n{key}")).expect("write zone");
-    let signed = dir.join("zone.signed");
+    let signed = dir.join(format!("{name}.signed"));
     let mut cmd = tokio::process::Command::new(tool("dnssec-signzone", "bind9-utils"));
     // -d: the dsset- file goes to `dir`, not to the working directory.
     cmd.current_dir(dir)
@@ -956,11 +975,7 @@ pub async fn sign_zone(dir: &Path, zone: &str, zone_text: &str) -> SignedZone {
         .arg(&unsigned)
         .arg(dir.join(format!("{base}.key")));
     run_ok(cmd).await;
-    SignedZone {
-        zone: fqdn(zone),
-        file: signed,
-        anchor,
-    }
+    signed
 }
 
 /// NSD (Debian `nsd`) serving one zone file on a free loopback port.
