@@ -34,9 +34,10 @@ command -v jq >/dev/null 2>&1 || need+=(jq)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
 command -v delv >/dev/null 2>&1 || need+=(bind9-dnsutils)
-command -v unbound >/dev/null 2>&1 || need+=(unbound)
+# (unbound and nsd live in /usr/sbin, which a non-root PATH may lack)
+{ command -v unbound || [ -x /usr/sbin/unbound ]; } >/dev/null 2>&1 || need+=(unbound)
 command -v dnsviz >/dev/null 2>&1 || need+=(dnsviz)
-command -v nsd >/dev/null 2>&1 || need+=(nsd)
+{ command -v nsd || [ -x /usr/sbin/nsd ]; } >/dev/null 2>&1 || need+=(nsd)
 { command -v dnssec-keygen && command -v dnssec-signzone; } >/dev/null 2>&1 || need+=(bind9-utils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
