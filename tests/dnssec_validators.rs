@@ -80,7 +80,10 @@ async fn wrong_anchor() -> TrustAnchor {
 #[tokio::test]
 async fn unbound_sets_ad_on_positive_nxdomain_and_nodata_answers() {
     let r = reference().await;
-    let v = Validators::new(r.nsd.addr(), r.zone.anchor.clone()).await;
+    // The anchor read from the server is the key that signed the zone.
+    let fetched = TrustAnchor::fetch_sep(r.nsd.addr(), ZONE).await;
+    assert_eq!(fetched.ds().await, r.zone.anchor.ds().await);
+    let v = Validators::new(r.nsd.addr(), fetched).await;
     let unbound = v.unbound().await;
     let log = || unbound.log();
 

@@ -384,6 +384,28 @@ impl TrustAnchor {
         Self { zone, dnskeys }
     }
 
+    /// The SEP keys (flags 257) of the DNSKEY RRset `server` serves for
+    /// `zone`, read with `dig`: an anchor that does not depend on how the
+    /// server stores its keys. Trusting the server under test for its own
+    /// anchor is circular; compare [`TrustAnchor::ds`] with the DS given to
+    /// the parent (e.g. `meridian dnssec ds ZONE`) to close the loop.
+    pub async fn fetch_sep(server: SocketAddr, zone: &str) -> Self {
+        let mut cmd = tokio::process::Command::new(tool("dig", "bind9-dnsutils"));
+        cmd.arg(format!("@{}", server.ip()))
+            .arg("-p")
+            .arg(server.port().to_string())
+            .args(["+norec", "+noall", "+answer", "+time=2", "+tries=2"])
+            .arg(fqdn(zone))
+            .arg("DNSKEY");
+        let out = run_ok(cmd).await;
+        let sep: Vec<&str> = out
+            .stdout
+            .lines()
+            .filter(|l| l.split_whitespace().skip_while(|w| *w != "DNSKEY").nth(1) == Some("257"))
+            .collect();
+        Self::from_dnskeys(zone, &sep.join("\n"))
+    }
+
     /// The zone, with its final dot.
     pub fn zone(&self) -> &str {
         &self.zone
