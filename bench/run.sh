@@ -2,10 +2,14 @@
 # Meridian benchmark harness: loopback UDP load with dnsperf, server and load
 # generator pinned to separate CPUs, server CPU read from /proc. See bench/README.md.
 #
-# Usage: bench/run.sh [--seconds N] [--peers] [--quick]
+# Usage: bench/run.sh [--seconds N] [--peers] [--quick] [--do]
 #   --seconds N  length of each measurement (default 12; dnsperf -l, always bounded)
 #   --quick      3 s measurements, 1 s warm-up: a smoke test
 #   --peers      also install (apt) and measure gdnsd, Knot and NSD
+#   --do         every query carries the DNSSEC OK bit (DO=1), as validating resolvers
+#                send it: signed zones answer with their RRSIGs. dnsperf's -D cannot be
+#                combined with the -B query files, so the DO bit is set in copies of
+#                them (out/queries-do/; a query without EDNS gets an OPT record)
 #
 # Environment knobs (defaults in brackets):
 #   SERVER_CPUS [1]       CPU list for the server under test (taskset -c syntax)
@@ -43,17 +47,20 @@ QDIR="$OUT/queries"
 SECS=12
 WARM=2
 PEERS=""
+DO=""
 while [ $# -gt 0 ]; do
   case $1 in
     --seconds) SECS=${2:?--seconds needs a value}; shift 2 ;;
     --seconds=*) SECS=${1#*=}; shift ;;
     --quick) SECS=3; WARM=1; shift ;;
     --peers) PEERS=1; shift ;;
+    --do) DO=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "run.sh: unknown argument '$1' (try --help)" >&2; exit 2 ;;
   esac
 done
 
+DO_SHOW=off; [ -z "$DO" ] || DO_SHOW="on (--do)"
 SERVER_CPUS=${SERVER_CPUS:-1}
 CLIENT_CPU=${CLIENT_CPU:-0}
 MERIDIAN_BIN=${MERIDIAN_BIN:-$ROOT/target/release/meridian}
@@ -124,7 +131,7 @@ RESULTS="$RUN/results.jsonl"
 ln -sfn "runs/$STAMP" "$OUT/latest"
 exec > >(tee "$RUN/run.log") 2>&1
 echo "run.sh: $(date -Is) results in $RUN"
-echo "run.sh: server CPUs $SERVER_CPUS, dnsperf CPU $CLIENT_CPU, $SECS s per run, files: $FILES${PEERS:+, peers: $PEER_FILES}, bench zone: $BENCH_ZONES, rrl: $RRL"
+echo "run.sh: server CPUs $SERVER_CPUS, dnsperf CPU $CLIENT_CPU, $SECS s per run, files: $FILES${PEERS:+, peers: $PEER_FILES}, bench zone: $BENCH_ZONES, rrl: $RRL, DO bit: $DO_SHOW"
 
 # ---- process bookkeeping: we only ever signal PIDs we started ----------------------
 STARTED=()           # names of servers started by this script (their PIDs are in $RUN/pids)
@@ -188,6 +195,52 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
+set_do() { # set_do IN OUT: copy a dnsperf -B file (2-byte length + message per query)
+  # with the DO bit set in every query's OPT record (RFC 6891 6.1.3: the top bit
+  # of the TTL's low 16 bits); a query without OPT gets one (payload 1232, DO).
+  python3 - "$1" "$2" <<'EOF'
+import struct, sys
+
+def skip_name(m, i):
+    while True:
+        n = m[i]
+        if n == 0:
+            return i + 1
+        if n & 0xC0 == 0xC0:
+            return i + 2
+        i += n + 1
+
+data = open(sys.argv[1], "rb").read()
+out, pos, total, added = bytearray(), 0, 0, 0
+while pos < len(data):
+    (length,) = struct.unpack_from("!H", data, pos)
+    m = bytearray(data[pos + 2:pos + 2 + length])
+    if len(m) != length:
+        sys.exit("truncated query at byte %d" % pos)
+    pos += 2 + length
+    qd, an, ns, ar = struct.unpack_from("!HHHH", m, 4)
+    i = 12
+    for _ in range(qd):
+        i = skip_name(m, i) + 4
+    has_opt = False
+    for k in range(an + ns + ar):
+        i = skip_name(m, i)
+        rtype, _cls, _ttl, rdlen = struct.unpack_from("!HHIH", m, i)
+        if rtype == 41 and k >= an + ns:
+            m[i + 6] |= 0x80          # TTL bytes: ext-rcode, version, DO|Z (hi), Z (lo)
+            has_opt = True
+        i += 10 + rdlen
+    if not has_opt:
+        m += b"\x00" + struct.pack("!HHIH", 41, 1232, 0x8000, 0)
+        struct.pack_into("!H", m, 10, ar + 1)
+        added += 1
+    out += struct.pack("!H", len(m)) + m
+    total += 1
+open(sys.argv[2], "wb").write(out)
+print("run.sh: %s: DO=1 in %d queries (%d got an OPT record) -> %s" % (sys.argv[1].rsplit("/", 1)[-1], total, added, sys.argv[2]))
+EOF
+}
+
 port_busy() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q .; }
 
 ready() { # ready PORT KIND: KIND=soa -> a SOA answer for the zone; KIND=any -> any reply
@@ -229,7 +282,7 @@ measure() { # measure NAME PORT FILE MODE [extra measure.py args]
   shift 4
   if [ $(( $(date +%s) - T_START )) -gt "$BUDGET" ]; then idle=0; retries=0; fi
   python3 "$BENCH/measure.py" run --name "$name" --mode "$mode" --pid "$SERVER_PID" --port "$port" \
-    --queries "$QDIR/$file.bin" --seconds "$SECS" --clients "$CLIENTS" --outstanding "$OUTSTANDING" \
+    --queries "$MQDIR/$file.bin" --seconds "$SECS" --clients "$CLIENTS" --outstanding "$OUTSTANDING" \
     --client-cpu "$CLIENT_CPU" --idle-wait "$idle" --retries "$retries" \
     --raw "$RUN/raw/$name-$file-$mode.txt" --out "$RESULTS" "$@"
 }
@@ -248,7 +301,7 @@ bench_server() { # bench_server NAME PORT KIND "FILES" CMD...
     | tee "$RUN/logs/verify-$name.txt"
   # Warm-up (not recorded): caches, page faults, CPU frequency.
   python3 "$BENCH/measure.py" run --name "$name" --mode warmup --pid "$SERVER_PID" --port "$port" \
-    --queries "$QDIR/${files%% *}.bin" --seconds "$WARM" --client-cpu "$CLIENT_CPU" --retries 0 \
+    --queries "$MQDIR/${files%% *}.bin" --seconds "$WARM" --client-cpu "$CLIENT_CPU" --retries 0 \
     --raw "$RUN/raw/$name-warmup.txt" --out "$RUN/warmup.jsonl" > /dev/null
   for f in $files; do
     measure "$name" "$port" "$f" sat
@@ -277,6 +330,14 @@ if [ -n "$regen" ] || [ "$BENCH/gen_queries.py" -nt "$QDIR/mixed.bin" ]; then
   python3 "$BENCH/gen_queries.py" --out "$QDIR"
 fi
 for f in $FILES $PEER_FILES; do [ -s "$QDIR/$f.bin" ] || die "no query file $QDIR/$f.bin"; done
+MQDIR=$QDIR          # the query files dnsperf sends
+if [ -n "$DO" ]; then
+  MQDIR="$OUT/queries-do"
+  mkdir -p "$MQDIR"
+  for f in $(printf '%s\n' $FILES $PEER_FILES | sort -u); do
+    set_do "$QDIR/$f.bin" "$MQDIR/$f.bin" || die "cannot set the DO bit in $QDIR/$f.bin"
+  done
+fi
 if [ ! -x "$OUT/null_echo" ] || [ "$BENCH/null_echo.c" -nt "$OUT/null_echo" ]; then
   cc -O2 -Wall -o "$OUT/null_echo" "$BENCH/null_echo.c"
 fi
@@ -284,7 +345,8 @@ fi
 { "$MERIDIAN_BIN" --version 2>&1 | head -n 1
   echo "commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo unknown)" \
     "($(GIT_OPTIONAL_LOCKS=0 git -C "$ROOT" status --porcelain --untracked-files=no 2>/dev/null | wc -l) modified files)"
-  dnsperf -h 2>&1 | grep -m1 Version; uname -r; nproc; } > "$RUN/versions.txt"
+  dnsperf -h 2>&1 | grep -m1 Version; uname -r; nproc
+  echo "DO bit: $DO_SHOW"; } > "$RUN/versions.txt"
 
 # ---- config copy: meridian.toml + zones/ (+ bench/zones/), with the RRL setting ----
 if [ "$BENCH_ZONES" = 1 ] || [ "$RRL" != shipped ]; then
@@ -344,6 +406,9 @@ fi
 log "results ($(( $(date +%s) - T_START )) s)"
 python3 "$BENCH/measure.py" report --results "$RESULTS" --rss "$RUN/rss.txt" --md "$RUN/results.md" \
   --server-cpus "$SERVER_CPUS" --client-cpu "$CLIENT_CPU"
+if [ -n "$DO" ]; then
+  printf '\nQueries sent with the DNSSEC OK bit (DO=1, run.sh --do), from %s.\n' "$MQDIR" | tee -a "$RUN/results.md"
+fi
 cp "$RUN/results.md" "$OUT/results.md"
 cp "$RESULTS" "$OUT/results.jsonl"
 echo

@@ -11,6 +11,11 @@
 #   dig, curl, jq (bind9-dnsutils, curl, jq)
 #              tests/readme.rs: every console example in README.md
 #   systemd    tests/integration/packaging.rs: systemd-analyze verify on the unit
+#   unbound, delv, dnsviz, nsd, dnssec-keygen/-signzone (unbound, bind9-dnsutils,
+#              dnsviz, nsd, bind9-utils)
+#              tests/dnssec_validators.rs: third-party DNSSEC validators against a
+#              signed zone; the packages' own services are kept from starting
+#              (a temporary /usr/sbin/policy-rc.d), so nothing binds port 53
 #   cargo-deb  tests/integration/packaging.rs: builds the .deb (cargo install,
 #              once: about 1.5 min of CPU, 4.5 min wall on a busy 2-core box)
 #
@@ -28,11 +33,26 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
+command -v delv >/dev/null 2>&1 || need+=(bind9-dnsutils)
+# (unbound and nsd live in /usr/sbin, which a non-root PATH may lack)
+{ command -v unbound || [ -x /usr/sbin/unbound ]; } >/dev/null 2>&1 || need+=(unbound)
+command -v dnsviz >/dev/null 2>&1 || need+=(dnsviz)
+{ command -v nsd || [ -x /usr/sbin/nsd ]; } >/dev/null 2>&1 || need+=(nsd)
+{ command -v dnssec-keygen && command -v dnssec-signzone; } >/dev/null 2>&1 || need+=(bind9-utils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing ${need[*]}" >&2
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+    # unbound and nsd would start their system service on port 53 at install
+    # time; the tests run their own instances on free loopback ports instead.
+    made_policy=""
+    if [ ! -e /usr/sbin/policy-rc.d ]; then
+      printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && made_policy=1
+    fi
+    rc=0
+    apt-get update -qq &&
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null || rc=$?
+    [ -z "$made_policy" ] || rm -f /usr/sbin/policy-rc.d
+    [ "$rc" = 0 ] || exit "$rc"
   else
     echo "scripts/test.sh: missing ${need[*]}; install them (Debian: sudo apt-get install ${need[*]}) and run again" >&2
     exit 1
