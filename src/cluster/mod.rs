@@ -163,6 +163,8 @@ struct Inner {
     synced: watch::Sender<bool>,
     errors: AtomicU64,
     reconnects: AtomicU64,
+    /// The endpoint the next session uses (an index into `endpoints`).
+    endpoint: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Inner {
@@ -204,6 +206,11 @@ impl Cluster {
         token: CancellationToken,
         tasks: &tokio_util::task::TaskTracker,
     ) -> Self {
+        // Instances start on different members (by name), so one
+        // member's loss does not move them all at once.
+        let first_endpoint = config.name.bytes().fold(0usize, |h, b| {
+            h.wrapping_mul(31).wrapping_add(usize::from(b))
+        });
         let cluster = Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -223,6 +230,7 @@ impl Cluster {
                 synced: watch::channel(false).0,
                 errors: AtomicU64::new(0),
                 reconnects: AtomicU64::new(0),
+                endpoint: std::sync::atomic::AtomicUsize::new(first_endpoint),
             }),
         };
         // Votes count from the start (none yet): the fallback is visible.
@@ -291,6 +299,8 @@ impl Cluster {
                 Ok(()) => return,
                 Err(e) => {
                     self.inner.errors.fetch_add(1, Ordering::Relaxed);
+                    // The next session tries the next member.
+                    self.inner.endpoint.fetch_add(1, Ordering::Relaxed);
                     self.disconnected(&e);
                 }
             }
@@ -350,12 +360,15 @@ impl Cluster {
             }
             options = options.with_tls(t);
         }
-        let mut client = bounded(
-            limit,
-            "connect",
-            Client::connect(&c.endpoints, Some(options)),
-        )
-        .await?;
+        // One member per session, the next one after a failure: a
+        // balanced channel over every member keeps sending some calls to
+        // a dead one (connection refused), which would end sessions on
+        // the live ones too.
+        let n = self.inner.endpoint.load(Ordering::Relaxed) % c.endpoints.len();
+        let endpoint = &c.endpoints[n];
+        let mut client = bounded(limit, "connect", Client::connect([endpoint], Some(options)))
+            .await
+            .map_err(|e| format!("{endpoint}: {e}"))?;
         let ttl = c.lease_ttl.as_secs() as i64;
         let lease = bounded(limit, "lease grant", client.lease_grant(ttl, None))
             .await?
@@ -638,7 +651,15 @@ impl Cluster {
     /// (the watch confirms it, and brings it to every other instance).
     async fn set_override(&self, change: OverrideChange) -> Result<(), String> {
         let not_stored = "the override was not stored cluster-wide and nothing changed";
-        let Some(mut client) = self.inner.client.borrow().clone() else {
+        // A session that just ended (an etcd member went away) is usually
+        // back within moments: wait for it up to dial_timeout.
+        let mut rx = self.inner.client.subscribe();
+        let connected =
+            tokio::time::timeout(self.inner.config.dial_timeout, rx.wait_for(Option::is_some))
+                .await
+                .ok()
+                .and_then(|r| r.ok().and_then(|c| c.clone()));
+        let Some(mut client) = connected else {
             let why = self.lock().last_error.clone().unwrap_or_default();
             return Err(format!(
                 "etcd is unreachable ({why}): {not_stored}; retry when GET /cluster shows \"connected\": true"
