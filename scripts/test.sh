@@ -11,6 +11,9 @@
 #   dig, curl, jq (bind9-dnsutils, curl, jq)
 #              tests/readme.rs: every console example in README.md
 #   systemd    tests/integration/packaging.rs: systemd-analyze verify on the unit
+#   etcd-server  tests/cluster.rs: a three-member etcd cluster on loopback
+#   protobuf-compiler, libprotobuf-dev  building etcd-client (its build
+#              script runs protoc on etcd's .proto files)
 #   cargo-deb  tests/integration/packaging.rs: builds the .deb (cargo install,
 #              once: about 1.5 min of CPU, 4.5 min wall on a busy 2-core box)
 #
@@ -28,6 +31,9 @@ command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 command -v dpkg-deb >/dev/null 2>&1 || need+=(dpkg)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
+command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+[ -e /usr/include/google/protobuf/descriptor.proto ] || need+=(libprotobuf-dev)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing ${need[*]}" >&2
