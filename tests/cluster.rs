@@ -766,6 +766,23 @@ async fn different_config_generations_are_flagged() {
         metrics.contains("meridian_cluster_instances_live 3"),
         "{metrics}"
     );
+
+    // C gets the same zones and reloads: the flag clears everywhere, and
+    // a quorum change applies without a restart.
+    std::fs::write(all[2].dir.path().join("zones/c.test.toml"), &z).unwrap();
+    let toml = all[2].dir.path().join("meridian.toml");
+    let text = std::fs::read_to_string(&toml).unwrap();
+    std::fs::write(&toml, text.replace("quorum = 2", "quorum = \"all\"")).unwrap();
+    let (code, body) = all[2].post("/reload", "").await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["needs_restart"], serde_json::json!([]), "{body}");
+    for i in &all {
+        until(Duration::from_secs(3), "generations agree", async || {
+            i.get("/cluster").await["generations_differ"] == false
+        })
+        .await;
+    }
+    assert_eq!(all[2].get("/cluster").await["quorum"], "all");
 }
 
 /// Alone in a cluster (its peers not started), `majority` falls back to
