@@ -523,10 +523,26 @@ impl Cluster {
     fn resync(&self, kvs: &[KeyValue]) {
         {
             let mut s = self.lock();
-            s.peers.clear();
-            s.overrides.clear();
+            // Applied over what is known (so only changes are logged),
+            // then whatever etcd no longer has is removed.
             for kv in kvs {
                 self.apply_one(&mut s, kv.key(), Some(kv.value()));
+            }
+            let present: std::collections::BTreeSet<&[u8]> =
+                kvs.iter().map(KeyValue::key).collect();
+            let gone: Vec<String> = s
+                .peers
+                .keys()
+                .map(|name| self.key(&format!("instances/{name}")))
+                .chain(
+                    s.overrides
+                        .keys()
+                        .map(|(z, d)| self.key(&format!("overrides/{z}/{d}"))),
+                )
+                .filter(|k| !present.contains(k.as_bytes()))
+                .collect();
+            for key in gone {
+                self.apply_one(&mut s, key.as_bytes(), None);
             }
         }
         self.push_votes();
@@ -586,9 +602,18 @@ impl Cluster {
             let k = (zone.to_string(), dc.to_string());
             match value.map(serde_json::from_slice::<SharedOverride>) {
                 None => {
-                    s.overrides.remove(&k);
+                    if s.overrides.remove(&k).is_some() {
+                        tracing::warn!(zone = %zone, datacenter = %dc, "shared override cleared (probes decide)");
+                    }
                 }
                 Some(Ok(o)) => {
+                    if s.overrides.get(&k) != Some(&o) {
+                        tracing::warn!(
+                            zone = %zone, datacenter = %dc, by = %o.by, instance = %o.instance,
+                            "shared override: {}",
+                            serde_json::to_value(o.value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+                        );
+                    }
                     s.overrides.insert(k, o);
                 }
                 Some(Err(e)) => {
