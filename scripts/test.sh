@@ -16,6 +16,7 @@
 #              tests/dnssec_validators.rs: third-party DNSSEC validators against a
 #              signed zone; the packages' own services are kept from starting
 #              (a temporary /usr/sbin/policy-rc.d), so nothing binds port 53
+#   etcd-server  tests/cluster.rs: a three-member etcd cluster on loopback
 #   cargo-deb  tests/integration/packaging.rs: builds the .deb (cargo install,
 #              once: about 1.5 min of CPU, 4.5 min wall on a busy 2-core box)
 #
@@ -39,6 +40,7 @@ command -v delv >/dev/null 2>&1 || need+=(bind9-dnsutils)
 command -v dnsviz >/dev/null 2>&1 || need+=(dnsviz)
 { command -v nsd || [ -x /usr/sbin/nsd ]; } >/dev/null 2>&1 || need+=(nsd)
 { command -v dnssec-keygen && command -v dnssec-signzone; } >/dev/null 2>&1 || need+=(bind9-utils)
+command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "scripts/test.sh: installing ${need[*]}" >&2

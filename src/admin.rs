@@ -5,8 +5,9 @@
 //! | GET | `/`, `/ui` | the live status page, see [`ui`] (never needs the token) |
 //! | GET | `/health` | the server's own liveness (never needs the token) |
 //! | GET | `/status` | every zone, datacenter, target and service, as JSON |
+//! | GET | `/cluster` | `[cluster]`: the instances, what each sees, config generations |
 //! | GET | `/explain?name=N&type=T&client=IP[/LEN]` | the routing decision for a client, step by step |
-//! | POST | `/datacenters/{zone}/{dc}/drain` | never answer with `dc` |
+//! | POST | `/datacenters/{zone}/{dc}/drain` | never answer with `dc` (optional body `{"by": "who"}`) |
 //! | POST | `/datacenters/{zone}/{dc}/undrain` | clear any override |
 //! | POST | `/datacenters/{zone}/{dc}/force-up` | answer with `dc` whatever probes say |
 //! | PUT | `/targets/{zone}/{dc}/{target}` | body `{"state": "up"}` or `"down"` |
@@ -103,6 +104,7 @@ fn action_result(r: Result<Option<String>, ActionError>) -> Response {
         Err(e @ ActionError::NotFound(_)) => error(StatusCode::NOT_FOUND, e),
         Err(e @ ActionError::Invalid(_)) => error(StatusCode::BAD_REQUEST, e),
         Err(e @ ActionError::Storage(_)) => error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        Err(e @ ActionError::Unavailable(_)) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
 
@@ -326,31 +328,111 @@ async fn explain(
     }
 }
 
+/// The optional body of drain, undrain and force-up.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OverrideInput {
+    by: Option<String>,
+}
+
+/// What the override endpoints take, for error messages.
+const OVERRIDE_BODY: &str = r#"no body, or {"by": "who is asking"}"#;
+
+/// Longest `by`, bytes.
+const MAX_BY: usize = 256;
+
+/// Who sets an override (shown in `/status` in cluster mode): the body's
+/// `by`, else the `X-Meridian-Operator` header, else the client's
+/// address.
+fn operator(request: &Request, body: &[u8]) -> Result<String, BodyError> {
+    let from_body = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        json_body::<OverrideInput>(body, OVERRIDE_BODY)?.by
+    };
+    let from_header = || {
+        request
+            .headers()
+            .get("x-meridian-operator")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let peer = || {
+        request
+            .extensions()
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string())
+    };
+    let by = from_body.or_else(from_header).unwrap_or_else(peer);
+    let by = by.trim().to_string();
+    if by.is_empty() || by.len() > MAX_BY || by.chars().any(char::is_control) {
+        return Err(BodyError(
+            StatusCode::BAD_REQUEST,
+            format!("by: 1 to {MAX_BY} bytes of text without control characters"),
+        ));
+    }
+    Ok(by)
+}
+
 async fn set_override(
     app: AppState,
     zone: String,
     dc: String,
     value: Option<Override>,
+    request: Request,
 ) -> Response {
-    action_result(app.monitor.set_override(&zone, &dc, value))
+    let (parts, body) = request.into_parts();
+    // Over the limit, or the client went away while sending it.
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES)
+        .await
+        .map_err(|_| {
+            BodyError(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                too_large_text(MAX_BODY_BYTES),
+            )
+        });
+    let request = Request::from_parts(parts, axum::body::Body::empty());
+    let by = match body.and_then(|b| operator(&request, &b)) {
+        Ok(by) => by,
+        Err(refused) => return refused.into_response(),
+    };
+    action_result(app.monitor.set_override_by(&zone, &dc, value, &by).await)
 }
 
-async fn drain(State(app): State<AppState>, Path((zone, dc)): Path<(String, String)>) -> Response {
-    set_override(app, zone, dc, Some(Override::Drain)).await
+async fn drain(
+    State(app): State<AppState>,
+    Path((zone, dc)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    set_override(app, zone, dc, Some(Override::Drain), request).await
 }
 
 async fn undrain(
     State(app): State<AppState>,
     Path((zone, dc)): Path<(String, String)>,
+    request: Request,
 ) -> Response {
-    set_override(app, zone, dc, None).await
+    set_override(app, zone, dc, None, request).await
 }
 
 async fn force_up(
     State(app): State<AppState>,
     Path((zone, dc)): Path<(String, String)>,
+    request: Request,
 ) -> Response {
-    set_override(app, zone, dc, Some(Override::ForceUp)).await
+    set_override(app, zone, dc, Some(Override::ForceUp), request).await
+}
+
+/// `GET /cluster`: the instances of the cluster, what each sees, and
+/// whether their config generations differ; 404 alone.
+async fn cluster(State(app): State<AppState>) -> Response {
+    match app.monitor.cluster_view() {
+        Some(view) => Json(view).into_response(),
+        None => error(
+            StatusCode::NOT_FOUND,
+            "cluster mode is off: [cluster] is not configured",
+        ),
+    }
 }
 
 #[derive(Deserialize)]
@@ -471,6 +553,7 @@ pub fn router_with(monitor: Monitor, token: Option<String>, import: Option<Impor
     };
     let protected = Router::new()
         .route("/status", get(status))
+        .route("/cluster", get(cluster))
         .route("/explain", get(explain))
         .route("/datacenters/{zone}/{dc}/drain", post(drain))
         .route("/datacenters/{zone}/{dc}/undrain", post(undrain))

@@ -39,6 +39,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod admin;
+pub mod cluster;
 pub mod config;
 pub mod diff;
 pub mod dns;
@@ -612,6 +613,16 @@ fn restart_only_changes(
     check(new.rum != running.rum, "[rum]");
     check(new.log_format != running.log_format, "log_format");
     check(new.query_log != running.query_log, "[query_log]");
+    // Only `quorum` applies live: the connection, the name and the lease
+    // are the session's.
+    check(
+        match (&running.cluster, &new.cluster) {
+            (Some(a), Some(b)) => a.needs_restart_for(b),
+            (None, None) => false,
+            _ => true,
+        },
+        "[cluster]",
+    );
     keys
 }
 
@@ -636,6 +647,8 @@ struct Reloader {
     latency: Arc<latency::hub::Hub>,
     /// Reopened after every reload (log rotation).
     query_log: Option<Arc<querylog::QueryLog>>,
+    /// `[cluster]`: a reload changes its vote rule and generation.
+    cluster: Option<cluster::Cluster>,
 }
 
 /// A running server.
@@ -741,6 +754,39 @@ impl Server {
                 );
             }
         }
+        // [cluster]: the peers' votes and the shared overrides, read once
+        // before answering when etcd answers within dial_timeout; else
+        // the state file's overrides (the local cache) and own probes.
+        let cluster = match &config.server.cluster {
+            Some(c) => {
+                let generation = {
+                    let config = config.clone();
+                    tokio::task::spawn_blocking(move || cluster::generation(&config))
+                        .await
+                        .unwrap_or_default()
+                };
+                let cl = cluster::Cluster::start(
+                    c.clone(),
+                    monitor.clone(),
+                    generation,
+                    token.child_token(),
+                    &tasks,
+                );
+                if cl.wait_synced(c.dial_timeout).await {
+                    tracing::info!(name = %c.name, "cluster: shared overrides and votes read from etcd");
+                } else {
+                    tracing::warn!(
+                        name = %c.name,
+                        state_file = %config.server.state_file.display(),
+                        "cluster: etcd not reachable within dial_timeout ({:?}); starting with the overrides of the state file (the local cache) and this instance's own probes",
+                        c.dial_timeout
+                    );
+                }
+                metrics.add_source(cl.metric_source());
+                Some(cl)
+            }
+            None => None,
+        };
         monitor.publish();
         // Latency: the aggregates saved last time, published at once; then
         // every publish_interval.
@@ -925,6 +971,7 @@ impl Server {
             rrl: Arc::clone(&rrl),
             latency: Arc::clone(&hub),
             query_log: query_log.clone(),
+            cluster,
         });
         // The admin API's POST /reload; weak, so the monitor (which the
         // reloader holds) does not keep the reloader alive.
@@ -1089,6 +1136,9 @@ impl Reloader {
             .configure(&config, snapshot.latency.sources().asn);
         self.monitor
             .set_congestion_factor(config.server.latency.congestion_factor);
+        if let (Some(cl), Some(c)) = (&self.cluster, &config.server.cluster) {
+            cl.reconfigure(c.quorum, cluster::generation(&config));
+        }
         // Targets that stay keep their state; the new snapshot starts with
         // the health the monitor already knows and the latency aggregates
         // published last.

@@ -13,6 +13,7 @@
 //!
 //! This module opens files but never sockets or GeoIP databases.
 
+pub mod cluster;
 pub mod latency;
 pub mod policy;
 pub mod probe;
@@ -31,6 +32,7 @@ use std::time::Duration;
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
+pub use cluster::{ClusterConfig, Quorum};
 pub use latency::{Coarse, LatencyConfig};
 pub(crate) use validate::{key_part, parse_network};
 
@@ -153,6 +155,9 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// The query log (`[query_log]`); `None` when off (the default).
     pub query_log: Option<QueryLogConfig>,
+    /// Shared overrides and quorum health through etcd (`[cluster]`);
+    /// `None` (the default) runs alone, with `state_file`.
+    pub cluster: Option<ClusterConfig>,
 }
 
 /// The format of log lines on standard error (`log_format`).

@@ -30,6 +30,7 @@ pub(super) struct RawServer {
     pub(super) rum: Option<super::rum::RawRum>,
     pub(super) log_format: Option<String>,
     pub(super) query_log: Option<RawQueryLog>,
+    pub(super) cluster: Option<super::cluster::RawCluster>,
 }
 
 /// `[query_log]` in `meridian.toml`.

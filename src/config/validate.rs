@@ -183,6 +183,7 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
             })
         }
     };
+    let cluster = super::cluster::validate_cluster(file, base, raw.cluster)?;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let threads = match raw.threads {
         Some(n) => check_range(file, "threads", n, 1, MAX_THREADS)? as usize,
@@ -202,6 +203,7 @@ pub(super) fn validate_server(file: &Path, raw: RawServer) -> Result<ServerConfi
         rum,
         log_format,
         query_log,
+        cluster,
         listen,
         zones_dir,
         geoip,

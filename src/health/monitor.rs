@@ -29,6 +29,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
@@ -39,7 +40,7 @@ use super::probe::{Outcome, Prober};
 use super::rtt::{DEFAULT_CONGESTION_FACTOR, RttStats};
 use super::state::{Machine, TargetState};
 use super::{DcHealth, HealthView, Observed, Override, Verdict};
-use crate::config::Config;
+use crate::config::{Config, Quorum};
 use crate::model::{ProbeKind, ProbeSpec};
 use crate::snapshot::Snapshot;
 
@@ -304,6 +305,79 @@ struct State {
     overrides: Overrides,
     /// See [`Monitor::set_congestion_factor`].
     congestion_factor: f64,
+    /// What the peers of a cluster contribute (`[cluster]`); `None` when
+    /// running alone.
+    shared: Option<SharedInput>,
+}
+
+//------------ SharedInput --------------------------------------------------
+
+/// The shared state from a cluster's peers (`[cluster]`, see
+/// [`crate::cluster`]): an input to how the view is built. The monitor's
+/// own rise/fall machines stay per target; the vote rule combines this
+/// instance's datacenter states with the peers' (see
+/// [`crate::cluster::quorum`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SharedInput {
+    /// This instance's name in the cluster.
+    pub name: String,
+    /// The vote rule.
+    pub rule: Quorum,
+    /// Per datacenter, the live peers' views of it (this instance's own
+    /// is not in the list), by instance name.
+    pub votes: BTreeMap<DcKey, Vec<(String, Observed)>>,
+    /// Who set each shared override, when and through which instance.
+    pub sources: BTreeMap<DcKey, OverrideSource>,
+}
+
+/// One datacenter as this instance's own probes see it: its state
+/// (before any vote), RTT in microseconds, and each target's address and
+/// state.
+pub type OwnObservation = (DcKey, Observed, u32, Vec<(String, &'static str)>);
+
+/// Who set a shared override, when, and through which instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverrideSource {
+    /// The operator (the request's `by`, `X-Meridian-Operator`, or the
+    /// client's address).
+    pub by: String,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// The instance whose API took the request.
+    pub instance: String,
+}
+
+/// A change of an override through the admin API, in cluster mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OverrideChange {
+    /// Zone origin, canonical (lower case, trailing dot).
+    pub zone: String,
+    /// Datacenter name.
+    pub datacenter: String,
+    /// The new override; `None` clears it.
+    pub value: Option<Override>,
+    /// Who asked.
+    pub by: String,
+}
+
+/// Stores an override change cluster-wide; `Err` says why it was not
+/// stored (nothing changed then).
+pub type SetShared = Box<
+    dyn Fn(
+            OverrideChange,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// What the cluster attaches to the monitor (see
+/// [`Monitor::attach_cluster`]).
+pub struct ClusterHooks {
+    /// `GET /cluster` and `/status`'s `cluster`: the instances.
+    pub view: Box<dyn Fn() -> Value + Send + Sync>,
+    /// Drain, undrain and force-up go to etcd through this.
+    pub set_override: SetShared,
 }
 
 /// The first probes of new targets are spread over at most this long.
@@ -318,12 +392,17 @@ pub enum ActionError {
     Invalid(String),
     /// The state file could not be written.
     Storage(String),
+    /// The change could not be stored cluster-wide (etcd unreachable);
+    /// nothing changed.
+    Unavailable(String),
 }
 
 impl std::fmt::Display for ActionError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Self::NotFound(m) | Self::Invalid(m) | Self::Storage(m) => f.write_str(m),
+            Self::NotFound(m) | Self::Invalid(m) | Self::Storage(m) | Self::Unavailable(m) => {
+                f.write_str(m)
+            }
         }
     }
 }
@@ -349,6 +428,11 @@ struct Inner {
     answers: std::sync::OnceLock<AnswerCounts>,
     /// `GET /metrics` and `POST /reload`.
     ops: std::sync::OnceLock<Ops>,
+    /// `[cluster]`: `GET /cluster` and shared overrides.
+    cluster: std::sync::OnceLock<ClusterHooks>,
+    /// Bumped whenever a target's or a datacenter's own state changes
+    /// (the cluster rewrites its record).
+    observations: watch::Sender<u64>,
     /// Services with no usable datacenter at the last publication, by
     /// (zone, service): logged once when one enters and once when it
     /// leaves.
@@ -465,6 +549,7 @@ impl Monitor {
                     dcs: BTreeMap::new(),
                     overrides,
                     congestion_factor: DEFAULT_CONGESTION_FACTOR,
+                    shared: None,
                 }),
                 swap,
                 slots: Arc::new(Semaphore::new(max_in_flight.max(1) as usize)),
@@ -475,6 +560,8 @@ impl Monitor {
                 server_stats: std::sync::OnceLock::new(),
                 answers: std::sync::OnceLock::new(),
                 ops: std::sync::OnceLock::new(),
+                cluster: std::sync::OnceLock::new(),
+                observations: watch::channel(0).0,
                 all_down: Mutex::default(),
                 token,
             }),
@@ -696,8 +783,12 @@ impl Monitor {
         t.last = Some(outcome);
         t.last_at = Some(at);
         t.probes += 1;
+        let target_changed = t.changed_at == Some(at);
         let changed = Self::settle(key, dc, clock);
         drop(state);
+        if target_changed || changed {
+            self.inner.observations.send_modify(|n| *n += 1);
+        }
         if first {
             self.inner.pending.send_modify(|p| *p = p.saturating_sub(1));
         }
@@ -788,10 +879,14 @@ impl Monitor {
                         .iter()
                         .map(|dc| {
                             let key = (origin.clone(), dc.name.clone());
-                            let (observed, capacity, down_addresses) = match state.dcs.get(&key) {
+                            let (own, capacity, down_addresses) = match state.dcs.get(&key) {
                                 Some(d) => (d.observed(), d.capacity(clock), d.down_addresses()),
                                 None if dc.probe.is_some() => (Observed::Unknown, 100, 0),
                                 None => (Observed::Up, 100, 0),
+                            };
+                            let observed = match Self::decision(&state, &key, own) {
+                                Some(d) if dc.probe.is_some() => d.verdict,
+                                _ => own,
                             };
                             let (rtt_us, congested) = state
                                 .dcs
@@ -927,6 +1022,170 @@ impl Monitor {
         }
     }
 
+    //------------ Cluster (`[cluster]`) ------------------------------------
+
+    /// The vote rule's decision for `key`, whose own view is `own`; `None`
+    /// when running alone.
+    fn decision(
+        state: &State,
+        key: &DcKey,
+        own: Observed,
+    ) -> Option<crate::cluster::quorum::Decision> {
+        let shared = state.shared.as_ref()?;
+        let peers: Vec<Observed> = shared
+            .votes
+            .get(key)
+            .map(|v| v.iter().map(|(_, o)| *o).collect())
+            .unwrap_or_default();
+        Some(crate::cluster::quorum::decide(shared.rule, own, &peers))
+    }
+
+    /// Every probed datacenter's own view and the vote rule's decision, in
+    /// cluster mode (empty alone).
+    pub fn decisions(&self) -> Vec<(DcKey, Observed, crate::cluster::quorum::Decision)> {
+        let state = self.lock();
+        state
+            .dcs
+            .iter()
+            .filter(|(_, d)| d.min_up.is_some())
+            .filter_map(|(k, d)| {
+                let own = d.observed();
+                Self::decision(&state, k, own).map(|dec| (k.clone(), own, dec))
+            })
+            .collect()
+    }
+
+    /// Sets the peers' shared state; republishes (and logs each
+    /// datacenter whose shared state or fallback changes) when it changed.
+    pub fn set_shared(&self, input: SharedInput) {
+        let mut state = self.lock();
+        if state.shared.as_ref() == Some(&input) {
+            return;
+        }
+        let before: BTreeMap<DcKey, crate::cluster::quorum::Decision> = state
+            .dcs
+            .iter()
+            .filter(|(_, d)| d.min_up.is_some())
+            .filter_map(|(k, d)| Self::decision(&state, k, d.observed()).map(|x| (k.clone(), x)))
+            .collect();
+        state.shared = Some(input);
+        for (k, d) in state.dcs.iter().filter(|(_, d)| d.min_up.is_some()) {
+            let own = d.observed();
+            let (Some(after), Some(was)) = (Self::decision(&state, k, own), before.get(k)) else {
+                continue;
+            };
+            if after.verdict != was.verdict {
+                tracing::warn!(
+                    zone = %k.0, datacenter = %k.1,
+                    "datacenter is now {} by the cluster's votes (was {}; own view {}, {} of {} live observers see it down)",
+                    observed(after.verdict), observed(was.verdict), observed(own), after.down, after.live
+                );
+            }
+            if after.fallback != was.fallback {
+                if after.fallback {
+                    tracing::warn!(
+                        zone = %k.0, datacenter = %k.1,
+                        "too few live observers for the quorum ({} live): using this instance's own view",
+                        after.live
+                    );
+                } else {
+                    tracing::info!(zone = %k.0, datacenter = %k.1, "enough live observers again ({}): the quorum decides", after.live);
+                }
+            }
+        }
+        drop(state);
+        self.publish();
+    }
+
+    /// Replaces the overrides with the cluster's shared ones and saves
+    /// the state file (the local cache); republishes on a change.
+    pub fn set_shared_overrides(&self, map: BTreeMap<DcKey, Override>) {
+        let mut state = self.lock();
+        let (changed, saved) = state.overrides.replace(map);
+        drop(state);
+        if let Err(e) = saved {
+            tracing::error!("{e}; the shared overrides are in force but the local cache is stale");
+        }
+        if changed {
+            self.publish();
+        }
+    }
+
+    /// This instance's own view of every datacenter: its state (before
+    /// any vote), RTT in microseconds and each target's state.
+    pub fn own_observations(&self) -> Vec<OwnObservation> {
+        let state = self.lock();
+        state
+            .dcs
+            .iter()
+            .map(|(k, d)| {
+                let targets = d
+                    .targets
+                    .iter()
+                    .map(|t| (t.addr.to_string(), target_state(t.machine.state())))
+                    .collect();
+                (
+                    k.clone(),
+                    d.observed(),
+                    d.rtt(state.congestion_factor).0,
+                    targets,
+                )
+            })
+            .collect()
+    }
+
+    /// A receiver that changes whenever a target's or datacenter's own
+    /// state changes.
+    pub fn subscribe_observations(&self) -> watch::Receiver<u64> {
+        self.inner.observations.subscribe()
+    }
+
+    /// Attaches the cluster (`[cluster]`): overrides then go to etcd, and
+    /// `GET /cluster` answers. Set once, at start-up.
+    pub fn attach_cluster(&self, hooks: ClusterHooks) {
+        let _ = self.inner.cluster.set(hooks);
+    }
+
+    /// `GET /cluster`; `None` when running alone.
+    pub fn cluster_view(&self) -> Option<Value> {
+        self.inner.cluster.get().map(|h| (h.view)())
+    }
+
+    /// Sets or clears an override on behalf of `by`. Alone, as
+    /// [`Self::set_override`]. In cluster mode the change is stored in
+    /// etcd, and every instance applies it; when etcd cannot store it,
+    /// [`ActionError::Unavailable`] and nothing changes (an override that
+    /// silently held on one instance only would split the answers).
+    pub async fn set_override_by(
+        &self,
+        zone: &str,
+        dc: &str,
+        value: Option<Override>,
+        by: &str,
+    ) -> Result<Option<String>, ActionError> {
+        let Some(hooks) = self.inner.cluster.get() else {
+            return self.set_override(zone, dc, value);
+        };
+        let key = Self::find_dc(&self.lock(), zone, dc)?;
+        let change = OverrideChange {
+            zone: key.0.clone(),
+            datacenter: key.1.clone(),
+            value,
+            by: by.to_string(),
+        };
+        (hooks.set_override)(change)
+            .await
+            .map_err(ActionError::Unavailable)?;
+        tracing::warn!(
+            zone = %key.0,
+            datacenter = %key.1,
+            %by,
+            "operator override (cluster-wide): {}",
+            value.map_or("cleared (probes decide)", override_name)
+        );
+        Ok(None)
+    }
+
     /// External health input: sets a target's observed state.
     pub fn set_target(
         &self,
@@ -966,6 +1225,7 @@ impl Monitor {
         t.last_at = Some(now());
         let changed = Self::settle(&key, d, tokio::time::Instant::now());
         drop(state);
+        self.inner.observations.send_modify(|n| *n += 1);
         tracing::warn!(zone = %key.0, datacenter = %key.1, %target, "external input: {}", target_state(s));
         if changed {
             self.publish();
@@ -1216,7 +1476,28 @@ impl Monitor {
                                     .collect()
                             })
                             .unwrap_or_default();
-                        json!({
+                        let cluster = state.shared.as_ref().map(|shared| {
+                            let own = state.dcs.get(&key).map_or(Observed::Up, Dc::observed);
+                            let decision = dc
+                                .probe
+                                .as_ref()
+                                .and_then(|_| Self::decision(&state, &key, own));
+                            let mut votes = serde_json::Map::new();
+                            votes.insert(shared.name.clone(), json!(own));
+                            for (name, o) in shared.votes.get(&key).into_iter().flatten() {
+                                votes.insert(name.clone(), json!(o));
+                            }
+                            json!({
+                                "own": own,
+                                "shared": decision.map_or(own, |d| d.verdict),
+                                "fallback": decision.is_some_and(|d| d.fallback),
+                                "live_observers": decision.map_or(1, |d| d.live),
+                                "down_votes": decision.map_or(0, |d| d.down),
+                                "votes": votes,
+                                "override_source": shared.sources.get(&key),
+                            })
+                        });
+                        let mut entry = json!({
                             "name": dc.name,
                             "usable": h.usable(crate::model::Warmup::AssumeUp),
                             "observed": h.observed,
@@ -1237,7 +1518,12 @@ impl Monitor {
                                 "min_up": p.min_up,
                             })),
                             "targets": targets,
-                        })
+                        });
+                        // Only in cluster mode: alone, /status is as before.
+                        if let (Some(c), Some(map)) = (cluster, entry.as_object_mut()) {
+                            map.insert("cluster".into(), c);
+                        }
+                        entry
                     })
                     .collect();
                 let services: Vec<Value> = z
@@ -1286,7 +1572,11 @@ impl Monitor {
                 json!({ "zone": origin, "datacenters": dcs, "services": services })
             })
             .collect();
+        drop(state);
         let mut status = json!({ "zones": zones, "dns": crate::dns::counters::counts() });
+        if let (Some(view), Some(map)) = (self.cluster_view(), status.as_object_mut()) {
+            map.insert("cluster".into(), view);
+        }
         if let (Some(read), Some(map)) = (self.inner.server_stats.get(), status.as_object_mut())
             && let serde_json::Value::Object(extra) = read()
         {

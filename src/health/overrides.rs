@@ -200,6 +200,19 @@ impl Overrides {
         self.save()
     }
 
+    /// Replaces every override with `map` (the cluster's shared ones,
+    /// `[cluster]`): the state file is then the local cache read at
+    /// start-up when etcd cannot be reached. Saves only on a change;
+    /// returns whether anything changed. Like [`Self::set`], the change
+    /// holds in memory even when saving fails.
+    pub fn replace(&mut self, map: BTreeMap<DcKey, Override>) -> (bool, Result<(), String>) {
+        if map == self.map {
+            return (false, Ok(()));
+        }
+        self.map = map;
+        (true, self.save())
+    }
+
     fn save(&self) -> Result<(), String> {
         let text = render(&self.map);
         // Write a fresh temporary file, sync, rename, sync the directory:
@@ -359,6 +372,22 @@ mod tests {
             {"zone": "z.", "datacenter": "a", "override": "drain"}
         ]}"#;
         assert_eq!(parse(two_zones).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn replace_saves_only_a_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut o = Overrides::load(&path).unwrap();
+        let mut map = BTreeMap::new();
+        map.insert(("z.".to_string(), "a".to_string()), Override::Drain);
+        assert_eq!(o.replace(map.clone()), (true, Ok(())));
+        assert_eq!(Overrides::load(&path).unwrap().all(), &map);
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(o.replace(map), (false, Ok(())));
+        assert!(!path.exists(), "nothing changed: nothing written");
+        assert_eq!(o.replace(BTreeMap::new()), (true, Ok(())));
+        assert!(Overrides::load(&path).unwrap().all().is_empty());
     }
 
     #[test]
