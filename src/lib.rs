@@ -42,6 +42,7 @@ pub mod admin;
 pub mod config;
 pub mod diff;
 pub mod dns;
+pub mod dnssec;
 pub mod explain;
 mod fdlimit;
 pub mod geo;

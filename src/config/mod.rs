@@ -13,6 +13,7 @@
 //!
 //! This module opens files but never sockets or GeoIP databases.
 
+pub mod dnssec;
 pub mod latency;
 pub mod policy;
 pub mod probe;
