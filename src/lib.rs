@@ -179,7 +179,9 @@ pub fn load_keeping(
         // names (read again to tell).
         let kept = keep.and_then(|p| {
             p.zones().iter().find(|z| {
+                // A signed zone is rebuilt: its keys are read again.
                 z.config.source == source
+                    && z.config.dnssec.is_none()
                     && z.fingerprint
                         == zone_fingerprint(
                             toml,
