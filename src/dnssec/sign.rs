@@ -317,3 +317,114 @@ fn sig_key(rrset: &[Record]) -> Option<SigKey> {
     wires.hash(&mut h);
     Some((owner, u16::from(first.record_type()), first.ttl, h.finish()))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use hickory_proto::rr::rdata::A;
+
+    use super::*;
+    use crate::dnssec::keys::{self, FLAGS_KSK, KeyAlgorithm};
+    use crate::dnssec::{KeyState, ZoneKey};
+
+    fn signer(dir: &std::path::Path) -> ZoneSigner {
+        let zone = Name::from_ascii("example.com.").unwrap();
+        let alg = KeyAlgorithm::EcdsaP256Sha256;
+        let (dnskey, private) = keys::generate(alg, FLAGS_KSK).unwrap();
+        let base = dir.join("Kexample.com.+013+00001");
+        keys::write_new(
+            &keys::key_path(&base),
+            &keys::dnskey_text(&zone, &dnskey),
+            0o644,
+        )
+        .unwrap();
+        keys::write_new(
+            &keys::private_path(&base),
+            &keys::private_text(alg, &private, "x"),
+            0o600,
+        )
+        .unwrap();
+        let cfg = DnssecConfig {
+            keys: vec![ZoneKey {
+                pair: keys::load(&base).unwrap(),
+                state: KeyState::Active,
+            }],
+            signature_validity: Duration::from_secs(14 * 86_400),
+            refresh_margin: Duration::from_secs(5 * 86_400),
+            jitter: Duration::from_secs(12 * 3600),
+            inception_offset: Duration::from_secs(3600),
+            dnskey_ttl: 3600,
+            online_signing_rate: 1000,
+        };
+        ZoneSigner::new(&zone, &cfg)
+    }
+
+    fn expiration(sigs: &[Record]) -> u64 {
+        match &sigs[0].data {
+            RData::DNSSEC(DNSSECRData::RRSIG(s)) => u64::from(s.input().sig_expiration.get()),
+            other => panic!("not an RRSIG: {other:?}"),
+        }
+    }
+
+    /// Injected time: the precomputed signature is served until less than
+    /// the refresh margin is left, then a new one is made; at no time is
+    /// one served that expires within the margin, or has expired.
+    #[test]
+    fn signatures_are_refreshed_before_they_expire() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = signer(dir.path());
+        let name = Name::from_ascii("www.example.com.").unwrap();
+        let rrset = [Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 1)))];
+        let t0: u64 = 1_800_000_000;
+        s.precompute(&rrset, t0);
+        let first = s.signatures(&rrset, t0).unwrap();
+        let exp0 = expiration(&first);
+        assert!(exp0 <= t0 + 14 * 86_400 && exp0 >= t0 + 14 * 86_400 - 12 * 3600);
+        let online = ONLINE_SIGNATURES.load(Ordering::Relaxed);
+        // Each hour for 60 days.
+        let mut renewals = 0;
+        let mut last = exp0;
+        for h in 0..60 * 24 {
+            let now = t0 + h * 3600;
+            let sigs = s.signatures(&rrset, now).unwrap();
+            let exp = expiration(&sigs);
+            assert!(
+                exp > now + 5 * 86_400,
+                "hour {h}: expires within the margin"
+            );
+            if exp != last {
+                renewals += 1;
+                last = exp;
+            }
+        }
+        assert!(
+            (6..=8).contains(&renewals),
+            "{renewals} renewals in 60 days"
+        );
+        assert!(ONLINE_SIGNATURES.load(Ordering::Relaxed) >= online + renewals);
+    }
+
+    /// Beyond `online_signing_rate` in one second, new signatures are
+    /// refused; the next second they are made again; cached ones are
+    /// always served.
+    #[test]
+    fn the_online_budget_is_per_second() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = signer(dir.path());
+        s.rate = 2;
+        let now = 1_800_000_000;
+        let set = |i: u8| {
+            [Record::from_rdata(
+                Name::from_ascii(format!("n{i}.example.com.")).unwrap(),
+                60,
+                RData::A(A::new(192, 0, 2, i)),
+            )]
+        };
+        assert!(s.signatures(&set(1), now).is_ok());
+        assert!(s.signatures(&set(2), now).is_ok());
+        assert_eq!(s.signatures(&set(3), now).unwrap_err(), OverBudget);
+        assert!(s.signatures(&set(1), now).is_ok(), "cached");
+        assert!(s.signatures(&set(3), now + 1).is_ok(), "a new second");
+    }
+}

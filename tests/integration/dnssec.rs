@@ -151,10 +151,11 @@ async fn start_signed(keys: &[(meridian::dnssec::keys::KeyAlgorithm, u16)]) -> S
         .iter()
         .map(|&(alg, flags)| make_key(key_dir.path(), alg, flags))
         .collect();
-    start_with_keys(key_dir, &bases).await
+    start_with_keys(key_dir, &bases, "").await
 }
 
-async fn start_with_keys(key_dir: tempfile::TempDir, bases: &[PathBuf]) -> Signed {
+/// A signed server on the keys `bases`, with `extra` lines in `[dnssec]`.
+async fn start_with_keys(key_dir: tempfile::TempDir, bases: &[PathBuf], extra: &str) -> Signed {
     let entries: Vec<String> = bases
         .iter()
         .map(|b| {
@@ -164,7 +165,10 @@ async fn start_with_keys(key_dir: tempfile::TempDir, bases: &[PathBuf]) -> Signe
             )
         })
         .collect();
-    let zone = zone_text(&format!("[dnssec]\nkeys = [{}]\n", entries.join(", ")));
+    let zone = zone_text(&format!(
+        "[dnssec]\nkeys = [{}]\n{extra}",
+        entries.join(", ")
+    ));
     let server = TestServer::start_with(Setup {
         zones: &[("sec.test.toml", &zone)],
         geoip: geo_db(),
@@ -728,7 +732,7 @@ async fn keys_made_by_bind_dnssec_keygen_work() {
         .unwrap();
         bases.push(base);
     }
-    let s = start_with_keys(dir, &bases).await;
+    let s = start_with_keys(dir, &bases, "").await;
     let r = s
         .server
         .udp(&do_query("www.sec.test.", RecordType::A, None))
@@ -937,4 +941,48 @@ fn bad_dnssec_config_is_refused_with_file_key_and_reason() {
     ))
     .unwrap_err();
     assert!(e.contains("nsec3"), "{e}");
+}
+
+/// Past `online_signing_rate`, a query that needs a new signature (here
+/// NXDOMAIN for random names) gets SERVFAIL; precomputed answers and
+/// answers without DO are unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_online_signing_budget_bounds_random_name_floods() {
+    use meridian::dnssec::keys::KeyAlgorithm;
+    let dir = tempfile::tempdir().unwrap();
+    let base = make_key(dir.path(), KeyAlgorithm::EcdsaP256Sha256, 257);
+    let s = start_with_keys(dir, &[base], "online_signing_rate = 1\n").await;
+    let exhausted = meridian::dnssec::budget_exhausted_total();
+    let mut servfail = 0;
+    for i in 0..10 {
+        let name = format!("random{i}.sec.test.");
+        let r = s.server.udp(&do_query(&name, RecordType::A, None)).await;
+        match r.metadata.response_code {
+            ResponseCode::ServFail => servfail += 1,
+            ResponseCode::NoError => assert_eq!(verify_sections(&r, &s.dnskeys), 2),
+            other => panic!("{name}: {other}"),
+        }
+    }
+    // Ten queries span at most a couple of seconds: at most a few signed.
+    assert!(servfail >= 5, "{servfail} SERVFAIL of 10");
+    assert!(meridian::dnssec::budget_exhausted_total() >= exhausted + servfail);
+    let r = s
+        .server
+        .udp(&do_query("static.sec.test.", RecordType::A, None))
+        .await;
+    assert_eq!(
+        verify_sections(&r, &s.dnskeys),
+        1,
+        "precomputed: no budget needed"
+    );
+    let r = s
+        .server
+        .udp(&query("random0.sec.test.", RecordType::A, None))
+        .await;
+    assert_eq!(
+        r.metadata.response_code,
+        ResponseCode::NXDomain,
+        "DO=0 unaffected"
+    );
+    s.server.server.shutdown().await;
 }
