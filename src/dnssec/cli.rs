@@ -100,7 +100,9 @@ pub fn keygen(zone: &str, alg: KeyAlgorithm, role: Role, dir: &Path) -> Result<S
     }
     Ok(format!(
         "wrote {} and {} (mode 0600)\nkey tag {tag}, algorithm {} ({}), flags {flags}, {kind}\n\n\
-         # in the zone file (the path is relative to it):\n[dnssec]\nkeys = [{{ file = \"{}\", state = \"active\" }}]\n",
+         # in the zone file; `file` is relative to the zone file's directory\n\
+         # (a zone in zones/ with --dir zones/keys: \"keys/{base_name}\"):\n\
+         [dnssec]\nkeys = [{{ file = \"{}\", state = \"active\" }}]\n",
         kp.display(),
         pp.display(),
         alg.number(),

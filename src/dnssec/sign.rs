@@ -158,6 +158,22 @@ impl ZoneSigner {
         self.store.len()
     }
 
+    /// Bytes the precomputed signatures take, roughly: their records'
+    /// wire size plus each entry's key and bookkeeping.
+    pub fn store_bytes(&self) -> usize {
+        self.store
+            .iter()
+            .map(|(k, v)| {
+                let sigs: usize = v
+                    .sigs
+                    .iter()
+                    .map(|r| r.data.to_bytes().map_or(0, |b| b.len()) + r.name.len() + 64)
+                    .sum();
+                k.0.len() + 48 + sigs
+            })
+            .sum()
+    }
+
     /// Signs `rrset` (records of one owner, type and TTL) now and keeps
     /// the signatures in the store. Build time only.
     pub fn precompute(&mut self, rrset: &[Record], now: u64) {
@@ -194,6 +210,22 @@ impl ZoneSigner {
             }
         }
         if !self.spend(now) {
+            // Past the budget, a signature inside the refresh margin but
+            // still valid (a minute to spare) beats SERVFAIL: it is
+            // renewed when the budget allows.
+            let valid = |s: &Signed| s.expires > now + 60;
+            let stale = self
+                .store
+                .get(&key)
+                .filter(|s| valid(s))
+                .cloned()
+                .or_else(|| {
+                    let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                    cache.current.get(&key).filter(|s| valid(s)).cloned()
+                });
+            if let Some(s) = stale {
+                return Ok(s.sigs);
+            }
             BUDGET_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
             return Err(OverBudget);
         }
@@ -426,5 +458,20 @@ mod tests {
         assert_eq!(s.signatures(&set(3), now).unwrap_err(), OverBudget);
         assert!(s.signatures(&set(1), now).is_ok(), "cached");
         assert!(s.signatures(&set(3), now + 1).is_ok(), "a new second");
+        // A precomputed signature inside the refresh margin is served
+        // while the budget is spent, as long as it is valid.
+        s.precompute(&set(9), now);
+        let late = now + 10 * 86_400;
+        assert!(s.signatures(&set(4), late).is_ok());
+        assert!(s.signatures(&set(5), late).is_ok());
+        let old = s.signatures(&set(9), now).unwrap();
+        assert_eq!(s.signatures(&set(9), late).unwrap(), old, "stale but valid");
+        let expired = now + 15 * 86_400;
+        assert!(s.signatures(&set(6), expired).is_ok());
+        assert!(s.signatures(&set(7), expired).is_ok());
+        assert!(
+            s.signatures(&set(9), expired).is_err(),
+            "never an expired one"
+        );
     }
 }
