@@ -986,3 +986,63 @@ async fn the_online_signing_budget_bounds_random_name_floods() {
     );
     s.server.server.shutdown().await;
 }
+
+/// A reload reads the keys again: a ZSK added as "published" appears in
+/// the DNSKEY RRset without signing, then "active" signs (the first two
+/// steps of a pre-publish rollover), each validated by delv.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_publishes_then_activates_a_new_key() {
+    use meridian::dnssec::keys::KeyAlgorithm;
+    let dir = tempfile::tempdir().unwrap();
+    let ksk = make_key(dir.path(), KeyAlgorithm::EcdsaP256Sha256, 257);
+    let zsk = make_key(dir.path(), KeyAlgorithm::EcdsaP256Sha256, 256);
+    let zsk_key = std::fs::read_to_string(meridian::dnssec::keys::key_path(&zsk)).unwrap();
+    let (_, zsk_dnskey) = meridian::dnssec::keys::parse_key_file(&zsk_key).unwrap();
+    let zsk_tag = zsk_dnskey.calculate_key_tag().unwrap();
+    let mut s = start_with_keys(dir, std::slice::from_ref(&ksk), "").await;
+    s.dnskeys.push(zsk_dnskey);
+    let entry = |b: &Path, state: &str| {
+        format!(
+            "{{ file = {:?}, state = \"{state}\" }}",
+            b.display().to_string()
+        )
+    };
+    let zone_file = s.server.dir.path().join("zones/sec.test.toml");
+    let signers_of_a = |m: &Message| -> Vec<u16> {
+        m.answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::DNSSEC(DNSSECRData::RRSIG(s)) => Some(s.input().key_tag),
+                _ => None,
+            })
+            .collect()
+    };
+    for (state, keys_published, zsk_signs) in [("published", 2, false), ("active", 2, true)] {
+        let zone = zone_text(&format!(
+            "[dnssec]\nkeys = [{}, {}]\n",
+            entry(&ksk, "active"),
+            entry(&zsk, state)
+        ));
+        std::fs::write(&zone_file, zone).unwrap();
+        s.server.server.reload().unwrap();
+        let r = s
+            .server
+            .udp(&do_query("sec.test.", RecordType::DNSKEY, None))
+            .await;
+        let published = r
+            .answers
+            .iter()
+            .filter(|a| a.record_type() == RecordType::DNSKEY)
+            .count();
+        assert_eq!(published, keys_published, "{state}");
+        verify_sections(&r, &s.dnskeys);
+        let r = s
+            .server
+            .udp(&do_query("static.sec.test.", RecordType::A, None))
+            .await;
+        verify_sections(&r, &s.dnskeys);
+        assert_eq!(signers_of_a(&r).contains(&zsk_tag), zsk_signs, "{state}");
+        delv(&s, "127.0.0.1", "static.sec.test.", "A", false).await;
+    }
+    s.server.server.shutdown().await;
+}
