@@ -354,6 +354,15 @@ impl Resolution {
 /// the fast-path builder forces each datacenter in turn.
 pub(crate) type Choose<'a> = dyn FnMut(&ServiceAnswers) -> Decision + 'a;
 
+/// Most datacenter combinations of one service whose answers are signed
+/// at build time (per TTL); beyond it only single datacenters are.
+const MAX_COMBINATIONS: usize = 256;
+
+/// n choose k.
+fn binomial(n: usize, k: usize) -> usize {
+    (0..k).fold(1, |acc, i| acc * (n - i) / (i + 1))
+}
+
 /// `records` with each RRset's RRSIGs after it; a delegation's NS RRset
 /// (NS below `origin`) is not signed: it is the child's data (RFC 4035
 /// §2.2).
@@ -522,7 +531,8 @@ impl Zone {
     /// not NS at a delegation; no glue), SOA as the negative answers
     /// carry it, the DNSKEY RRset, one NODATA NSEC per name (per address
     /// type left out, for services), the insecure delegations' NSECs, and
-    /// each service's answer from every single datacenter and its
+    /// each service's answer from every combination of up to
+    /// `max_answers` datacenters (see [`MAX_COMBINATIONS`]) and its
     /// fallback, at the normal and the degraded TTL.
     fn precompute(&self, signer: &mut ZoneSigner, now: u64) {
         let neg = self.negative_ttl;
@@ -555,9 +565,16 @@ impl Zone {
                     self.precompute_service(signer, &owner, i, now);
                 }
             }
+            let mut nsec_ttls = vec![neg];
+            if let Some(svc) = node.service().and_then(|i| self.config.services.get(i)) {
+                nsec_ttls.extend([svc.ttl, svc.degraded_ttl].map(|t| t.min(neg)));
+                nsec_ttls.dedup();
+            }
             for v in &variants {
-                if let Some(nsec) = crate::dnssec::denial::nsec(&owner, v, neg) {
-                    signer.precompute(&[nsec], now);
+                for &ttl in &nsec_ttls {
+                    if let Some(nsec) = crate::dnssec::denial::nsec(&owner, v, ttl) {
+                        signer.precompute(&[nsec], now);
+                    }
                 }
             }
         }
@@ -588,12 +605,30 @@ impl Zone {
                 .collect();
             [a, aaaa]
         };
+        // Every combination of up to `max_answers` datacenters when there
+        // are at most MAX_COMBINATIONS of them (the records' order does
+        // not matter to the store), else each datacenter alone.
+        let dcs: Vec<&crate::model::Datacenter> = svc
+            .datacenters
+            .iter()
+            .filter_map(|dc| self.config.datacenters.get(dc.index()))
+            .collect();
+        let n = dcs.len();
+        let k = svc.max_answers.clamp(1, n.max(1));
+        let combinations: usize = (1..=k).map(|j| binomial(n, j)).sum();
+        let masks: Vec<u64> = if k > 1 && n <= 16 && combinations <= MAX_COMBINATIONS {
+            (1u64..(1 << n))
+                .filter(|m| m.count_ones() as usize <= k)
+                .collect()
+        } else {
+            (0..n.min(64)).map(|b| 1u64 << b).collect()
+        };
         for &ttl in &ttls {
-            for &dc in &svc.datacenters {
-                let Some(d) = self.config.datacenters.get(dc.index()) else {
-                    continue;
-                };
-                for set in family(&d.v4, &d.v6, ttl) {
+            for &mask in &masks {
+                let chosen = || (0..n).filter(move |b| mask & (1 << b) != 0).map(|b| dcs[b]);
+                let v4: Vec<std::net::Ipv4Addr> = chosen().flat_map(|d| d.v4.clone()).collect();
+                let v6: Vec<std::net::Ipv6Addr> = chosen().flat_map(|d| d.v6.clone()).collect();
+                for set in family(&v4, &v6, ttl) {
                     signer.precompute(&set, now);
                 }
             }
