@@ -10,6 +10,9 @@
 #              tests/probe_netns.rs: ICMP probes over a link taken down
 #   dig, curl, jq (bind9-dnsutils, curl, jq)
 #              tests/readme.rs: every console example in README.md
+#   delv (bind9-dnsutils), dnssec-keygen, dnssec-dsfromkey (bind9-utils)
+#              tests/integration/dnssec.rs: signed answers validated by
+#              BIND's validator; BIND-made keys; DS records cross-checked
 #   systemd    tests/integration/packaging.rs: systemd-analyze verify on the unit
 #   unbound, delv, dnsviz, nsd, dnssec-keygen/-signzone (unbound, bind9-dnsutils,
 #              dnsviz, nsd, bind9-utils)
@@ -29,7 +32,8 @@ need=()
 command -v chromium >/dev/null 2>&1 || need+=(chromium)
 command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 { command -v ip && command -v tc; } >/dev/null 2>&1 || need+=(iproute2)
-command -v dig >/dev/null 2>&1 || need+=(bind9-dnsutils)
+{ command -v dig && command -v delv; } >/dev/null 2>&1 || need+=(bind9-dnsutils)
+{ command -v dnssec-keygen && command -v dnssec-dsfromkey; } >/dev/null 2>&1 || need+=(bind9-utils)
 command -v curl >/dev/null 2>&1 || need+=(curl)
 command -v jq >/dev/null 2>&1 || need+=(jq)
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)

@@ -43,6 +43,7 @@ pub mod cluster;
 pub mod config;
 pub mod diff;
 pub mod dns;
+pub mod dnssec;
 pub mod explain;
 mod fdlimit;
 pub mod geo;
@@ -179,7 +180,9 @@ pub fn load_keeping(
         // names (read again to tell).
         let kept = keep.and_then(|p| {
             p.zones().iter().find(|z| {
+                // A signed zone is rebuilt: its keys are read again.
                 z.config.source == source
+                    && z.config.dnssec.is_none()
                     && z.fingerprint
                         == zone_fingerprint(
                             toml,

@@ -98,6 +98,49 @@ enum Command {
         #[arg(long, value_name = "IP[/PREFIX]")]
         client: String,
     },
+    /// DNSSEC keys: make them, and print the DS records for the parent.
+    Dnssec {
+        #[command(subcommand)]
+        command: DnssecCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DnssecCommand {
+    /// Make a key pair in BIND's format: DIR/K<zone>.+<alg>+<tag>.key (the
+    /// DNSKEY record) and .private (mode 0600, never overwritten). Prints
+    /// the key tag and the `[dnssec]` lines to paste into the zone file.
+    ///
+    /// Example: meridian dnssec keygen gslb.example.com --dir zones/keys
+    #[command(verbatim_doc_comment)]
+    Keygen {
+        /// The zone, e.g. gslb.example.com
+        zone: String,
+        /// ecdsap256sha256 (13) or ed25519 (15).
+        #[arg(long, default_value = "ecdsap256sha256")]
+        algorithm: String,
+        /// csk (one key, flags 257), ksk (flags 257) or zsk (flags 256).
+        #[arg(long, default_value = "csk")]
+        role: String,
+        /// Directory for the two files (created if missing).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Print the DS records of the zone's published KSKs/CSKs, from the
+    /// keys its zone file lists: what to give the parent zone.
+    ///
+    /// Example: meridian dnssec ds gslb.example.com --config meridian.toml
+    #[command(verbatim_doc_comment)]
+    Ds {
+        /// The zone, e.g. gslb.example.com
+        zone: String,
+        /// Server config file.
+        #[arg(long, short, default_value = "meridian.toml")]
+        config: PathBuf,
+        /// Digest types: 2 (SHA-256), 4 (SHA-384); repeat for both.
+        #[arg(long, default_values_t = [2u8], value_parser = clap::value_parser!(u8).range(2..=4))]
+        digest: Vec<u8>,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -135,6 +178,43 @@ enum GeoipCommand {
         #[arg(long)]
         no_reload: bool,
     },
+}
+
+/// `meridian dnssec ...`: the result on stdout, errors on stderr.
+fn dnssec(command: DnssecCommand) -> ExitCode {
+    use meridian::dnssec::{cli, keys::KeyAlgorithm};
+    let result = match command {
+        DnssecCommand::Keygen {
+            zone,
+            algorithm,
+            role,
+            dir,
+        } => match (KeyAlgorithm::parse(&algorithm), cli::Role::parse(&role)) {
+            (Some(alg), Some(role)) => cli::keygen(&zone, alg, role, &dir),
+            (None, _) => Err(format!(
+                "--algorithm {algorithm:?}: ecdsap256sha256 or ed25519"
+            )),
+            (_, None) => Err(format!("--role {role:?}: csk, ksk or zsk")),
+        },
+        DnssecCommand::Ds {
+            zone,
+            config,
+            digest,
+        } => cli::ds(&zone, &config, &digest),
+    };
+    match result {
+        Ok(text) => {
+            #[allow(clippy::print_stdout)]
+            {
+                print!("{text}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Logging to standard error, as text or (`log_format = "json"`) one
@@ -223,6 +303,7 @@ fn main() -> ExitCode {
                     no_reload,
                 },
         } => geoip_update(&config, file.as_deref(), &edition, month, force, no_reload),
+        Command::Dnssec { command } => dnssec(command),
         Command::Init { dir } => match meridian::init::init(&dir) {
             Ok(paths) => {
                 for p in &paths {

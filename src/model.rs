@@ -520,6 +520,8 @@ pub struct ZoneConfig {
     pub datacenters: Vec<Datacenter>,
     /// Services.
     pub services: Vec<Service>,
+    /// `[dnssec]`: keys and signature timing, when the zone is signed.
+    pub dnssec: Option<std::sync::Arc<crate::dnssec::DnssecConfig>>,
 }
 
 impl ZoneConfig {

@@ -14,6 +14,7 @@
 //! This module opens files but never sockets or GeoIP databases.
 
 pub mod cluster;
+pub mod dnssec;
 pub mod latency;
 pub mod policy;
 pub mod probe;

@@ -104,6 +104,8 @@ pub(super) struct RawZone {
     pub(super) datacenters: BTreeMap<String, RawDatacenter>,
     #[serde(default)]
     pub(super) services: BTreeMap<String, RawService>,
+    /// `[dnssec]`: sign the zone.
+    pub(super) dnssec: Option<super::dnssec::RawDnssec>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -636,6 +636,12 @@ pub(super) fn validate_zone(file: &Path, raw: RawZone) -> Result<ZoneConfig, Con
         records_file,
         datacenters,
         services: Vec::new(),
+        dnssec: match &raw.dnssec {
+            Some(d) => Some(std::sync::Arc::new(super::dnssec::validate(
+                file, &origin, d,
+            )?)),
+            None => None,
+        },
     };
 
     // Services.

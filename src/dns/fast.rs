@@ -841,6 +841,7 @@ impl FastIndex {
         if env.opcode() != 0 || env.opt.is_some_and(|o| o.ext_rcode != 0) {
             return false;
         }
+
         let Some(q) = simple_question(env) else {
             return false;
         };
@@ -866,6 +867,14 @@ impl FastIndex {
                 out,
             );
         };
+        // DNSSEC (issue 13), until the fast path has signed templates: a
+        // query with DO set to a signed zone goes to the slow path, which
+        // adds the signatures and denial records. (Unsigned zones keep
+        // the fast path for DO: validating resolvers set it on nearly
+        // every query.)
+        if zone.is_signed() && env.opt.is_some_and(|o| o.dnssec_ok) {
+            return false;
+        }
         let index = zone.fast_index();
         seen.zone = u16::try_from(zone_at).unwrap_or(super::handler::Seen::NO_ZONE);
 

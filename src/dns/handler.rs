@@ -67,6 +67,10 @@ pub struct Seen {
     /// An extended RCODE the envelope answered (BADVERS 16, BADCOOKIE
     /// 23); 0 when the header's RCODE says it all.
     pub ext_rcode: u8,
+    /// The name does not exist, but the signed answer says so with
+    /// NOERROR and an NSEC listing NXNAME (RFC 9824 compact denial): the
+    /// metrics count it as NXDOMAIN all the same.
+    pub nxname: bool,
 }
 
 impl Seen {
@@ -83,6 +87,7 @@ impl Seen {
         };
         self.scope = 0;
         self.ext_rcode = 0;
+        self.nxname = false;
     }
 
     /// No zone holds the name (or it was not read).
@@ -112,6 +117,7 @@ impl Default for Seen {
             ecs: 0,
             scope: 0,
             ext_rcode: 0,
+            nxname: false,
         }
     }
 }
@@ -464,6 +470,20 @@ fn respond(
     }
     if env.ecs.is_some() && res.tailored_via_cname() {
         res.first_cname_only();
+    }
+    // DNSSEC: signatures and denial records only when asked for (RFC 3225
+    // §3: "the DO bit of the query MUST be copied in the response" and
+    // security records go only to a query that sets it).
+    if env.opt.is_some_and(|o| o.dnssec_ok) && zone.is_signed() {
+        let nxdomain = res.rcode == ResponseCode::NXDomain;
+        let now = crate::dnssec::sign::unix_now();
+        if zone.sign_answer(&mut res, q.name(), qtype, now).is_err() {
+            // The on-demand signing budget is spent: SERVFAIL, which a
+            // resolver retries (at another server, or later), rather than
+            // an unsigned answer it would hold bogus. README, "DNSSEC".
+            return fail(resp, ResponseCode::ServFail);
+        }
+        seen.nxname = nxdomain && res.rcode == ResponseCode::NoError;
     }
     let scope = res.scope;
     if scope.is_none() {

@@ -12,9 +12,11 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, NS, SOA};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use hickory_proto::serialize::binary::{
-    BinDecoder, BinEncodable, BinEncoder, NameEncoding, Restrict,
+    BinDecodable, BinDecoder, BinEncodable, BinEncoder, NameEncoding, Restrict,
 };
 
+use crate::dnssec::ZoneSigner;
+use crate::dnssec::sign::OverBudget;
 use crate::model::{AllDown, Fallback, ZoneConfig};
 use crate::policy::{Decision, Outcome, Plan};
 
@@ -292,6 +294,8 @@ pub struct Zone {
     /// Identifies the files the zone was built from (a hash of their
     /// contents): a reload keeps the zone while they stay the same.
     pub fingerprint: u64,
+    /// The keys and signatures, when the zone is signed (`[dnssec]`).
+    signer: Option<ZoneSigner>,
 }
 
 /// What a lookup produced; the handler turns it into a message.
@@ -350,6 +354,42 @@ impl Resolution {
 /// the fast-path builder forces each datacenter in turn.
 pub(crate) type Choose<'a> = dyn FnMut(&ServiceAnswers) -> Decision + 'a;
 
+/// Most datacenter combinations of one service whose answers are signed
+/// at build time (per TTL); beyond it only single datacenters are.
+const MAX_COMBINATIONS: usize = 256;
+
+/// n choose k.
+fn binomial(n: usize, k: usize) -> usize {
+    (0..k).fold(1, |acc, i| acc * (n - i) / (i + 1))
+}
+
+/// `records` with each RRset's RRSIGs after it; a delegation's NS RRset
+/// (NS below `origin`) is not signed: it is the child's data (RFC 4035
+/// §2.2).
+fn with_signatures(
+    signer: &ZoneSigner,
+    origin: &Name,
+    records: Vec<Record>,
+    now: u64,
+) -> Result<Vec<Record>, OverBudget> {
+    let mut out = Vec::with_capacity(records.len() * 2);
+    let mut start = 0;
+    while start < records.len() {
+        let first = &records[start];
+        let end = records[start..]
+            .iter()
+            .position(|r| r.record_type() != first.record_type() || r.name != first.name)
+            .map_or(records.len(), |n| start + n);
+        let run = &records[start..end];
+        out.extend_from_slice(run);
+        if first.record_type() != RecordType::NS || first.name == *origin {
+            out.extend(signer.signatures(run, now)?.iter().cloned());
+        }
+        start = end;
+    }
+    Ok(out)
+}
+
 /// The target of a CNAME RRset (its first and only record).
 fn cname_target(set: RrSet<'_>) -> Option<Name> {
     match set.rdatas().next()? {
@@ -386,6 +426,11 @@ impl Zone {
         let mut nodes = Building::default();
         nodes.touch(&origin_key, &origin_key);
         nodes.add(&origin_key, &soa);
+        let signer = z.dnssec.as_ref().map(|d| ZoneSigner::new(&origin, d));
+        // The DNSKEY RRset lives at the apex like any other RRset.
+        for r in signer.iter().flat_map(ZoneSigner::dnskey_records) {
+            nodes.add(&origin_key, &r);
+        }
         for n in &z.ns {
             let r = Record::from_rdata(origin.clone(), z.ns_ttl, RData::NS(NS(n.clone())));
             nodes.add(&origin_key, &r);
@@ -444,9 +489,242 @@ impl Zone {
             config: Arc::new(config),
             fast: super::fast::ZoneIndex::default(),
             fingerprint,
+            signer: None,
         };
         zone.fast = super::fast::ZoneIndex::build(&zone);
+        if let Some(mut signer) = signer {
+            let started = std::time::Instant::now();
+            zone.precompute(&mut signer, crate::dnssec::sign::unix_now());
+            tracing::info!(
+                zone = %zone.origin,
+                rrsets = signer.precomputed(),
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "signed the zone"
+            );
+            zone.signer = Some(signer);
+        }
         zone
+    }
+
+    /// Whether the zone is signed.
+    pub fn is_signed(&self) -> bool {
+        self.signer.is_some()
+    }
+
+    /// The signer, when the zone is signed.
+    pub fn signer(&self) -> Option<&ZoneSigner> {
+        self.signer.as_ref()
+    }
+
+    /// The types at `node` as an NSEC lists them: its RRsets, and A and
+    /// AAAA where a service answers.
+    fn node_types(&self, node: &Node) -> Vec<RecordType> {
+        let mut types: Vec<RecordType> = node.rrsets().map(|s| s.rtype).collect();
+        if node.service().is_some() {
+            types.extend([RecordType::A, RecordType::AAAA]);
+        }
+        types
+    }
+
+    /// Signs, at build time, every RRset an answer is expected to hold
+    /// (see README, "DNSSEC"): each authoritative static RRset (DS but
+    /// not NS at a delegation; no glue), SOA as the negative answers
+    /// carry it, the DNSKEY RRset, one NODATA NSEC per name (per address
+    /// type left out, for services), the insecure delegations' NSECs, and
+    /// each service's answer from every combination of up to
+    /// `max_answers` datacenters (see [`MAX_COMBINATIONS`]) and its
+    /// fallback, at the normal and the degraded TTL.
+    fn precompute(&self, signer: &mut ZoneSigner, now: u64) {
+        let neg = self.negative_ttl;
+        let mut soa_ttls: Vec<u32> = vec![neg];
+        for node in &self.nodes {
+            let Ok(owner) = <Name as BinDecodable>::from_bytes(node.key()) else {
+                continue;
+            };
+            if let Some((cut, _)) = self.find_cut(&owner)
+                && cut != owner
+            {
+                continue; // below a delegation: not ours to sign
+            }
+            let types = self.node_types(node);
+            for set in node.rrsets() {
+                if node.cut && set.rtype != RecordType::DS {
+                    continue;
+                }
+                let records: Vec<Record> = set.records(&owner).collect();
+                signer.precompute(&records, now);
+            }
+            let mut variants = vec![types.clone()];
+            if let Some(i) = node.service() {
+                for t in [RecordType::A, RecordType::AAAA] {
+                    variants.push(types.iter().copied().filter(|&x| x != t).collect());
+                }
+                if let Some(svc) = self.config.services.get(i) {
+                    let capped = [svc.ttl, svc.degraded_ttl, self.services[i].plan.ttl()];
+                    soa_ttls.extend(capped.map(|t| t.min(neg)));
+                    self.precompute_service(signer, &owner, i, now);
+                }
+            }
+            let mut nsec_ttls = vec![neg];
+            if let Some(svc) = node.service().and_then(|i| self.config.services.get(i)) {
+                nsec_ttls.extend([svc.ttl, svc.degraded_ttl].map(|t| t.min(neg)));
+                nsec_ttls.dedup();
+            }
+            for v in &variants {
+                for &ttl in &nsec_ttls {
+                    if let Some(nsec) = crate::dnssec::denial::nsec(&owner, v, ttl) {
+                        signer.precompute(&[nsec], now);
+                    }
+                }
+            }
+        }
+        soa_ttls.sort_unstable();
+        soa_ttls.dedup();
+        for ttl in soa_ttls {
+            let mut soa = self.negative_soa.clone();
+            soa.ttl = ttl;
+            signer.precompute(&[soa], now);
+        }
+    }
+
+    /// A service's single-datacenter answers and its fallback, at both
+    /// TTLs.
+    fn precompute_service(&self, signer: &mut ZoneSigner, owner: &Name, i: usize, now: u64) {
+        let Some(svc) = self.config.services.get(i) else {
+            return;
+        };
+        let ttls = [svc.ttl, svc.degraded_ttl];
+        let family = |v4: &[std::net::Ipv4Addr], v6: &[std::net::Ipv6Addr], ttl: u32| {
+            let a: Vec<Record> = v4
+                .iter()
+                .map(|&ip| Record::from_rdata(owner.clone(), ttl, RData::A(A(ip))))
+                .collect();
+            let aaaa: Vec<Record> = v6
+                .iter()
+                .map(|&ip| Record::from_rdata(owner.clone(), ttl, RData::AAAA(AAAA(ip))))
+                .collect();
+            [a, aaaa]
+        };
+        // Every combination of up to `max_answers` datacenters when there
+        // are at most MAX_COMBINATIONS of them (the records' order does
+        // not matter to the store), else each datacenter alone.
+        let dcs: Vec<&crate::model::Datacenter> = svc
+            .datacenters
+            .iter()
+            .filter_map(|dc| self.config.datacenters.get(dc.index()))
+            .collect();
+        let n = dcs.len();
+        let k = svc.max_answers.clamp(1, n.max(1));
+        let combinations: usize = (1..=k).map(|j| binomial(n, j)).sum();
+        let masks: Vec<u64> = if k > 1 && n <= 16 && combinations <= MAX_COMBINATIONS {
+            (1u64..(1 << n))
+                .filter(|m| m.count_ones() as usize <= k)
+                .collect()
+        } else {
+            (0..n.min(64)).map(|b| 1u64 << b).collect()
+        };
+        for &ttl in &ttls {
+            for &mask in &masks {
+                let chosen = || (0..n).filter(move |b| mask & (1 << b) != 0).map(|b| dcs[b]);
+                let v4: Vec<std::net::Ipv4Addr> = chosen().flat_map(|d| d.v4.clone()).collect();
+                let v6: Vec<std::net::Ipv6Addr> = chosen().flat_map(|d| d.v6.clone()).collect();
+                for set in family(&v4, &v6, ttl) {
+                    signer.precompute(&set, now);
+                }
+            }
+            if let AllDown::Fallback(fb) = &svc.when_all_down {
+                for set in family(&fb.v4, &fb.v6, ttl) {
+                    signer.precompute(&set, now);
+                }
+                if let Some(target) = &fb.cname {
+                    let r =
+                        Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target.clone())));
+                    signer.precompute(&[r], now);
+                }
+            }
+        }
+    }
+
+    /// Adds DNSSEC records to a resolution for a query with DO set, at
+    /// time `now`: RRSIGs after each RRset of the answer and authority
+    /// sections (not after a referral's NS RRset, nor in the additional
+    /// section); for a negative answer the compact-denial NSEC (RFC 9824;
+    /// NXDOMAIN becomes NOERROR with NXNAME); for a referral the DS RRset
+    /// or the NSEC that proves there is none. `Err` when a signature had
+    /// to be made and this second's budget is spent.
+    pub(crate) fn sign_answer(
+        &self,
+        res: &mut Resolution,
+        qname: &Name,
+        qtype: RecordType,
+        now: u64,
+    ) -> Result<(), OverBudget> {
+        let Some(signer) = &self.signer else {
+            return Ok(());
+        };
+        if res.rcode != ResponseCode::NoError && res.rcode != ResponseCode::NXDomain {
+            return Ok(());
+        }
+        let soa_ttl = res
+            .authorities
+            .iter()
+            .find(|r| r.record_type() == RecordType::SOA)
+            .map(|r| r.ttl);
+        let cut = res
+            .authorities
+            .iter()
+            .find(|r| r.record_type() == RecordType::NS)
+            .map(|r| r.name.clone());
+        // The name the answer ends at: the last in-zone CNAME's target.
+        let last = res
+            .answers
+            .iter()
+            .rev()
+            .find_map(|r| match &r.data {
+                RData::CNAME(c) => Some(c.0.clone()),
+                _ => None,
+            })
+            .filter(|t| self.origin.zone_of(t))
+            .unwrap_or_else(|| qname.clone());
+        match (soa_ttl, cut) {
+            (None, Some(cut)) => {
+                // RFC 4035 §3.1.4: a referral carries the DS RRset, or the
+                // NSEC proving there is none.
+                if let Some(node) = self.node(&cut) {
+                    match node.rrset(RecordType::DS) {
+                        Some(ds) => res.authorities.extend(ds.records(&cut)),
+                        None => res.authorities.extend(crate::dnssec::denial::nsec(
+                            &cut,
+                            &self.node_types(node),
+                            self.negative_ttl,
+                        )),
+                    }
+                }
+            }
+            (Some(ttl), _) if res.rcode == ResponseCode::NXDomain => {
+                // RFC 9824 §3.2: NOERROR, and an NSEC with NXNAME.
+                res.rcode = ResponseCode::NoError;
+                res.authorities
+                    .extend(crate::dnssec::denial::nxname(&last, ttl));
+            }
+            (Some(ttl), _) => {
+                let types: Vec<RecordType> = self
+                    .node_or_wildcard(&last)
+                    .map(|n| self.node_types(n))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|&t| t != qtype)
+                    .collect();
+                res.authorities
+                    .extend(crate::dnssec::denial::nsec(&last, &types, ttl));
+            }
+            (None, None) => {}
+        }
+        let origin = &self.origin;
+        res.answers = with_signatures(signer, origin, std::mem::take(&mut res.answers), now)?;
+        res.authorities =
+            with_signatures(signer, origin, std::mem::take(&mut res.authorities), now)?;
+        Ok(())
     }
 
     /// The fast path's templates.

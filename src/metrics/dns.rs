@@ -357,6 +357,8 @@ impl Tally<'_> {
         let rcode = match seen.ext_rcode {
             16 => 16,
             23 => 17,
+            // RFC 9824 compact denial: NOERROR on the wire, NXDOMAIN here.
+            _ if seen.nxname => 3,
             _ => usize::from(out.get(3).map_or(0, |b| b & 0x0f)),
         };
         if let Some(v) = c.responses.get_mut(z * RCODES.len() + rcode) {

@@ -7,6 +7,7 @@ mod admin_hardening;
 mod admin_ui;
 mod config_files;
 mod diff;
+mod dnssec;
 mod fast_path;
 mod fuzz_findings;
 mod geo_routing;

@@ -1,0 +1,121 @@
+//! DNSSEC: keys, the signatures of a zone, and compact denial.
+//!
+//! ```text
+//!  zone TOML [dnssec] ──► config::dnssec ──► DnssecConfig (keys loaded)
+//!                                                  │
+//!  Snapshot::build ─► Zone::build ─► ZoneSigner::new + precompute
+//!                                        │  (every RRset an answer can hold,
+//!                                        │   signed off the query path)
+//!  slow path, DO=1 ─► Zone::sign_answer ─┴► store hit: copy the RRSIGs
+//!                                          miss: sign now (bounded cache,
+//!                                          per-second budget)
+//! ```
+//!
+//! - [`keys`]: BIND-format key files, `meridian dnssec keygen` and `ds`.
+//! - [`sign`]: the per-zone signer and its signature store.
+//! - [`denial`]: RFC 9824 compact denial NSEC records.
+
+pub mod cli;
+pub mod denial;
+pub mod keys;
+pub mod sign;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+pub use sign::ZoneSigner;
+
+/// Where a key is in its life, set per key in the zone's `[dnssec] keys`.
+/// Removing a key's entry retires it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyState {
+    /// Published in the DNSKEY RRset, and signs.
+    Active,
+    /// Published only: a ZSK before it signs (pre-publish rollover) or
+    /// after it stopped (kept until its signatures expire from caches).
+    Published,
+    /// Signs, but is not published: the first step of a conservative
+    /// algorithm rollover (RFC 6781 §4.1.4), so that every RRset carries
+    /// the new algorithm's signatures before its DNSKEY appears.
+    Signing,
+}
+
+impl KeyState {
+    /// Whether the key is in the DNSKEY RRset.
+    pub fn published(self) -> bool {
+        matches!(self, Self::Active | Self::Published)
+    }
+
+    /// Whether the key makes signatures.
+    pub fn signs(self) -> bool {
+        matches!(self, Self::Active | Self::Signing)
+    }
+
+    /// The config spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Published => "published",
+            Self::Signing => "signing",
+        }
+    }
+}
+
+/// One key of a zone, loaded.
+#[derive(Clone, Debug)]
+pub struct ZoneKey {
+    /// The key pair and its DNSKEY.
+    pub pair: keys::KeyPairFiles,
+    /// Its state.
+    pub state: KeyState,
+}
+
+/// A zone's validated `[dnssec]` table.
+#[derive(Clone, Debug)]
+pub struct DnssecConfig {
+    /// The keys, in config order.
+    pub keys: Vec<ZoneKey>,
+    /// How long a signature is valid from its inception (expiration −
+    /// inception − offset).
+    pub signature_validity: Duration,
+    /// A signature with less than this left is made again.
+    pub refresh_margin: Duration,
+    /// Expirations are spread over this much (each RRset's signature
+    /// expires up to `jitter` earlier, by a hash of the RRset), so they do
+    /// not all fall due at once.
+    pub jitter: Duration,
+    /// Inception is backdated by this much, for validators whose clocks
+    /// run behind.
+    pub inception_offset: Duration,
+    /// TTL of the DNSKEY RRset.
+    pub dnskey_ttl: u32,
+    /// Most signatures made on demand per second (per zone); beyond it a
+    /// query that needs a new one gets SERVFAIL.
+    pub online_signing_rate: u32,
+}
+
+/// Signatures made on demand (an RRset that was not precomputed, or whose
+/// precomputed signature neared expiry), across zones.
+static ONLINE_SIGNATURES: AtomicU64 = AtomicU64::new(0);
+/// Queries answered SERVFAIL because the on-demand signing budget was spent.
+static BUDGET_EXHAUSTED: AtomicU64 = AtomicU64::new(0);
+/// Signatures made while building snapshots.
+static PRECOMPUTED_SIGNATURES: AtomicU64 = AtomicU64::new(0);
+
+/// `meridian_dnssec_signatures_online_total`: signatures made on the
+/// query path (on demand) since start.
+pub fn signatures_online_total() -> u64 {
+    ONLINE_SIGNATURES.load(Ordering::Relaxed)
+}
+
+/// `meridian_dnssec_signing_budget_exhausted_total`: queries that needed a
+/// new signature beyond `online_signing_rate` (answered SERVFAIL).
+pub fn budget_exhausted_total() -> u64 {
+    BUDGET_EXHAUSTED.load(Ordering::Relaxed)
+}
+
+/// `meridian_dnssec_signatures_precomputed_total`: signatures made while
+/// building snapshots since start.
+pub fn signatures_precomputed_total() -> u64 {
+    PRECOMPUTED_SIGNATURES.load(Ordering::Relaxed)
+}
