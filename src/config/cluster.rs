@@ -157,6 +157,31 @@ fn hostname() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Checks that `pem` holds one or more PEM certificates, all readable:
+/// a wrong file shows at load, not as a TLS failure at run time.
+fn certificates(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        cert.map_err(|e| format!("not PEM: {e}"))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into());
+    }
+    Ok(())
+}
+
+/// Checks that `pem` holds a PEM private key (PKCS#8, PKCS#1 or SEC1).
+fn private_key(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_slice(pem)
+        .map(drop)
+        .map_err(|e| format!("no PEM private key in it ({e})"))
+}
+
 /// Checks `[cluster]`; `base` is the config file's directory (relative
 /// file paths).
 pub(super) fn validate_cluster(
@@ -191,7 +216,12 @@ pub(super) fn validate_cluster(
         (Some(ca), cert, key) => {
             let identity = match (cert, key) {
                 (None, None) => None,
-                (Some(c), Some(k)) => Some((read("cert_file", &c)?, read("key_file", &k)?)),
+                (Some(c), Some(k)) => {
+                    let (cert, key) = (read("cert_file", &c)?, read("key_file", &k)?);
+                    certificates(&cert).map_err(|e| err("cert_file", format!("{c}: {e}")))?;
+                    private_key(&key).map_err(|e| err("key_file", format!("{k}: {e}")))?;
+                    Some((cert, key))
+                }
                 (Some(_), None) => {
                     return Err(err("key_file", "missing: cert_file needs its key".into()));
                 }
@@ -202,10 +232,9 @@ pub(super) fn validate_cluster(
                     ));
                 }
             };
-            Some(ClusterTls {
-                ca_pem: read("ca_file", &ca)?,
-                identity,
-            })
+            let ca_pem = read("ca_file", &ca)?;
+            certificates(&ca_pem).map_err(|e| err("ca_file", format!("{ca}: {e}")))?;
+            Some(ClusterTls { ca_pem, identity })
         }
     };
     let Some(list) = raw.endpoints else {
@@ -389,7 +418,14 @@ mod tests {
     fn parse(toml: &str) -> Result<Option<ClusterConfig>, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
-        std::fs::write(dir.path().join("ca.pem"), "CA").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["etcd".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("junk.pem"), "CA").unwrap();
         let file = dir.path().join("meridian.toml");
         let text = format!("[cluster]\n{toml}");
         super::super::parse_server(&file, &text).map(|s| s.cluster)
@@ -498,6 +534,23 @@ mod tests {
                 "endpoints = [\"a:1\"]\ncert_file = \"ca.pem\"",
                 "cluster.ca_file",
                 "missing",
+            ),
+            (
+                "endpoints = [\"a:1\"]\nca_file = \"junk.pem\"",
+                "cluster.ca_file",
+                "no PEM certificate",
+            ),
+            (
+                "endpoints = [\"a:1\"]\nca_file = \"ca.pem\"\ncert_file = \"key.pem\"\n\
+                 key_file = \"key.pem\"",
+                "cluster.cert_file",
+                "no PEM certificate",
+            ),
+            (
+                "endpoints = [\"a:1\"]\nca_file = \"ca.pem\"\ncert_file = \"ca.pem\"\n\
+                 key_file = \"ca.pem\"",
+                "cluster.key_file",
+                "no PEM private key",
             ),
             (
                 "endpoints = [\"a:1\"]\nendpoint = \"a:1\"",
