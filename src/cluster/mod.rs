@@ -29,6 +29,7 @@
 //! The vote rule itself is [`quorum`], pure.
 
 pub mod quorum;
+mod tls;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -293,7 +294,14 @@ impl Cluster {
         let mut backoff = MIN_BACKOFF;
         loop {
             let started = tokio::time::Instant::now();
-            let result = self.session(&token).await;
+            // One member per session, the next one after a failure: a
+            // balanced channel over every member keeps sending some calls
+            // to a dead one (connection refused), which would end sessions
+            // on the live ones too.
+            let endpoints = &self.inner.config.endpoints;
+            let n = self.inner.endpoint.load(Ordering::Relaxed) % endpoints.len();
+            let endpoint = &endpoints[n];
+            let result = self.session(endpoint, &token).await;
             let _ = self.inner.client.send_replace(None);
             match result {
                 Ok(()) => return,
@@ -301,7 +309,7 @@ impl Cluster {
                     self.inner.errors.fetch_add(1, Ordering::Relaxed);
                     // The next session tries the next member.
                     self.inner.endpoint.fetch_add(1, Ordering::Relaxed);
-                    self.disconnected(&e);
+                    self.disconnected(&format!("{endpoint}: {}", self.hint(e)));
                 }
             }
             // A session that lasted is a new outage: start the backoff
@@ -341,8 +349,36 @@ impl Cluster {
         }
     }
 
-    /// One connection to etcd, until an error (returned) or `token`.
-    async fn session(&self, token: &CancellationToken) -> Result<(), String> {
+    /// Adds to an etcd error what to check in `[cluster]`, when the
+    /// error says which setting is wrong.
+    fn hint(&self, error: String) -> String {
+        let c = &self.inner.config;
+        let user = c.auth.as_ref().map(|a| a.username.as_str());
+        if error.contains("authentication failed") {
+            format!(
+                "{error}: check username ({}) and the password in password_file",
+                user.unwrap_or("(none)")
+            )
+        } else if error.contains("user name is empty") || error.contains("user name not found") {
+            format!(
+                "{error}: etcd has authentication enabled: set username and password_file in                  [cluster]"
+            )
+        } else if error.contains("permission denied") {
+            format!(
+                "{error}: etcd user {} needs readwrite on the key prefix {:?} (etcdctl role                  grant-permission --prefix ROLE readwrite {})",
+                user.unwrap_or("(none)"),
+                c.prefix,
+                c.prefix
+            )
+        } else {
+            error
+        }
+    }
+
+    /// Connects to `endpoint` and grants the session's lease: the first
+    /// calls, where a wrong CA, client certificate or password shows. A
+    /// TLS failure is explained by [`tls::diagnose`].
+    async fn open(&self, endpoint: &str) -> Result<(Client, i64), String> {
         let c = &self.inner.config;
         let limit = c.dial_timeout;
         let mut options = ConnectOptions::new()
@@ -360,19 +396,29 @@ impl Cluster {
             }
             options = options.with_tls(t);
         }
-        // One member per session, the next one after a failure: a
-        // balanced channel over every member keeps sending some calls to
-        // a dead one (connection refused), which would end sessions on
-        // the live ones too.
-        let n = self.inner.endpoint.load(Ordering::Relaxed) % c.endpoints.len();
-        let endpoint = &c.endpoints[n];
-        let mut client = bounded(limit, "connect", Client::connect([endpoint], Some(options)))
-            .await
-            .map_err(|e| format!("{endpoint}: {e}"))?;
-        let ttl = c.lease_ttl.as_secs() as i64;
-        let lease = bounded(limit, "lease grant", client.lease_grant(ttl, None))
-            .await?
-            .id();
+        let first = async {
+            let mut client =
+                bounded(limit, "connect", Client::connect([endpoint], Some(options))).await?;
+            let ttl = c.lease_ttl.as_secs() as i64;
+            let lease = bounded(limit, "lease grant", client.lease_grant(ttl, None))
+                .await?
+                .id();
+            Ok((client, lease))
+        };
+        match first.await {
+            Ok(opened) => Ok(opened),
+            Err(e) => match &c.tls {
+                Some(tls) => Err(tls::diagnose(endpoint, tls, limit).await.unwrap_or(e)),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// One connection to etcd, until an error (returned) or `token`.
+    async fn session(&self, endpoint: &str, token: &CancellationToken) -> Result<(), String> {
+        let c = &self.inner.config;
+        let limit = c.dial_timeout;
+        let (mut client, lease) = self.open(endpoint).await?;
         let (mut keeper, mut alive) =
             bounded(limit, "lease keep-alive", client.lease_keep_alive(lease)).await?;
         self.write_own(&mut client, lease, true).await?;
@@ -704,13 +750,13 @@ impl Cluster {
                 let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
                 bounded(limit, "put", client.put(key, json, None))
                     .await
-                    .map_err(|e| format!("etcd: {e}: {not_stored}"))?;
+                    .map_err(|e| format!("etcd: {}: {not_stored}", self.hint(e)))?;
                 self.lock().overrides.insert(dc_key, record);
             }
             None => {
                 bounded(limit, "delete", client.delete(key, None))
                     .await
-                    .map_err(|e| format!("etcd: {e}: {not_stored}"))?;
+                    .map_err(|e| format!("etcd: {}: {not_stored}", self.hint(e)))?;
                 self.lock().overrides.remove(&dc_key);
             }
         }
@@ -854,7 +900,33 @@ async fn bounded<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Ok(Err(e)) => Err(format!("{what}: {}", describe(&e))),
         Err(_) => Err(format!("{what}: no answer within {limit:?}")),
     }
+}
+
+/// An etcd error as one line an operator can act on: a gRPC status's
+/// message (and its cause, when one lies behind it) rather than the
+/// status's debug form, and a transport error with its causes.
+fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let (mut out, mut cause) = match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let message = match s.message() {
+                "" => format!("{:?}", s.code()),
+                m => m.to_string(),
+            };
+            (message, s.source())
+        }
+        etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
+        other => (other.to_string(), None),
+    };
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        cause = c.source();
+    }
+    out
 }
