@@ -1162,9 +1162,10 @@ async fn mutual_tls_with_rbac_connects_and_says_why_when_refused() {
 }
 
 /// etcd serves TLS (no client certificates) with RBAC: the CA and the
-/// password are enough, and a wrong password is refused as such.
+/// password are enough; a wrong password, and a prefix the user may not
+/// write, are refused as such.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn server_tls_with_a_password_connects_and_a_wrong_password_is_named() {
+async fn server_tls_with_a_password_connects_and_auth_errors_are_named() {
     let pki = Pki::new();
     let p = prefix();
     let etcd = TlsEtcd::start(&pki, false, &p).await;
@@ -1189,9 +1190,19 @@ async fn server_tls_with_a_password_connects_and_a_wrong_password_is_named() {
         &tls_lines(&pki, "ca.pem", false, "wrong.pw"),
     )
     .await;
-    let all = [good, bad_pw];
+    // The right password, but a prefix its role may not write.
+    let elsewhere = Instance::start_with(
+        "elsewhere",
+        &endpoints,
+        "/not-meridian/",
+        "\"majority\"",
+        &z,
+        &tls_lines(&pki, "ca.pem", false, "meridian.pw"),
+    )
+    .await;
+    let all = [good, bad_pw, elsewhere];
     let _logs = on_failure_logs(&all);
-    let [good, bad_pw] = &all;
+    let [good, bad_pw, elsewhere] = &all;
     until(Duration::from_secs(10), "good connects", async || {
         good.get("/cluster").await["connected"] == true
     })
@@ -1204,6 +1215,11 @@ async fn server_tls_with_a_password_connects_and_a_wrong_password_is_named() {
         "{why}"
     );
     assert!(!why.contains("TLS"), "TLS is fine: {why}");
+    let why = refused(elsewhere).await;
+    assert!(
+        why.contains("permission denied") && why.contains("readwrite on the key prefix"),
+        "{why}"
+    );
     for i in &all {
         no_password_shown(i).await;
     }
