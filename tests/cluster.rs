@@ -516,6 +516,11 @@ async fn a_drain_through_one_instance_reaches_every_instance_and_survives_restar
     // The state file is the local cache of the shared overrides.
     let cache = std::fs::read_to_string(all[1].dir.path().join("state.json")).unwrap();
     assert!(cache.contains("\"drain\""), "{cache}");
+    // With who set it (state file version 2).
+    assert!(
+        cache.contains("\"version\": 2") && cache.contains("\"by\": \"alice\""),
+        "{cache}"
+    );
 
     // Undrain through C, the default `by` is the client's address.
     let (code, _) = all[2]
@@ -645,7 +650,7 @@ async fn etcd_failures_fail_static_and_reconverge() {
     let mut etcd = Etcd::start().await;
     let (_backend, target) = backend();
     let z = zone(target, "");
-    let all = three(&etcd, "\"majority\"", [&z, &z, &z]).await;
+    let mut all = three(&etcd, "\"majority\"", [&z, &z, &z]).await;
     let _logs = on_failure_logs(&all);
 
     // One member dies (perhaps the leader: then etcd elects another,
@@ -696,6 +701,27 @@ async fn etcd_failures_fail_static_and_reconverge() {
             "{metrics}"
         );
     }
+    // C restarts while etcd is down: the state file (the local cache)
+    // brings back the drain and who set it, when and through which
+    // instance.
+    let before = all[2].dc("east").await["cluster"]["override_source"].clone();
+    assert_eq!(before["instance"], "b", "{before}");
+    all[2].proc.kill();
+    all[2].run().await;
+    assert!(
+        all[2]
+            .log()
+            .contains("starting with the overrides of the state file"),
+        "{}",
+        all[2].log()
+    );
+    let dc = all[2].dc("east").await;
+    assert_eq!(dc["override"], "drain", "{dc}");
+    assert_eq!(dc["cluster"]["override_source"], before, "{dc}");
+    let view = all[2].get("/cluster").await;
+    assert_eq!(view["connected"], false, "{view}");
+    assert_eq!(view["overrides"][0]["by"], before["by"], "{view}");
+    assert_eq!(view["overrides"][0]["at"], before["at"], "{view}");
     // Under load, every query is answered, with the last shared state.
     let mut load = Vec::new();
     for (n, i) in all.iter().enumerate() {

@@ -46,7 +46,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterConfig, Config, Quorum};
 use crate::health::monitor::{ClusterHooks, Monitor, OverrideChange, OverrideSource, SharedInput};
-use crate::health::overrides::DcKey;
+use crate::health::overrides::{DcKey, Stored};
 use crate::health::{Observed, Override};
 
 /// Longest pause between two connection attempts.
@@ -212,6 +212,7 @@ impl Cluster {
         let first_endpoint = config.name.bytes().fold(0usize, |h, b| {
             h.wrapping_mul(31).wrapping_add(usize::from(b))
         });
+        let overrides = Self::cached_overrides(&monitor.stored_overrides());
         let cluster = Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -222,7 +223,7 @@ impl Cluster {
                     warned_at: None,
                     peers: BTreeMap::new(),
                     own: None,
-                    overrides: BTreeMap::new(),
+                    overrides,
                 }),
                 config,
                 monitor: monitor.clone(),
@@ -254,6 +255,36 @@ impl Cluster {
         });
         tasks.spawn(cluster.clone().run(token));
         cluster
+    }
+
+    /// The shared overrides the state file (the local cache) held at
+    /// start-up: what this instance knows until etcd answers, so
+    /// `/cluster` lists them with their sources and the first resync logs
+    /// only what changed meanwhile. An override without a source was set
+    /// without `[cluster]`: etcd's overrides replace it once connected,
+    /// which is logged now, while the operator can still act on it.
+    fn cached_overrides(stored: &Stored) -> BTreeMap<DcKey, SharedOverride> {
+        let mut out = BTreeMap::new();
+        for (key, value) in &stored.overrides {
+            match stored.sources.get(key) {
+                Some(source) => {
+                    let shared = SharedOverride {
+                        value: *value,
+                        by: source.by.clone(),
+                        at: source.at.clone(),
+                        instance: source.instance.clone(),
+                    };
+                    out.insert(key.clone(), shared);
+                }
+                None => tracing::warn!(
+                    zone = %key.0, datacenter = %key.1,
+                    "the state file holds an override set without [cluster]; it holds until etcd \
+                     answers, then etcd's shared overrides replace it: set it again through the API \
+                     to share it"
+                ),
+            }
+        }
+        out
     }
 
     fn weak(&self) -> std::sync::Weak<Inner> {
@@ -684,36 +715,29 @@ impl Cluster {
                 }
             }
         }
-        let sources = s
-            .overrides
-            .iter()
-            .map(|(k, o)| {
-                let source = OverrideSource {
-                    by: o.by.clone(),
-                    at: o.at.clone(),
-                    instance: o.instance.clone(),
-                };
-                (k.clone(), source)
-            })
-            .collect();
         let input = SharedInput {
             name: self.inner.config.name.clone(),
             rule: s.rule,
             votes,
-            sources,
         };
         drop(s);
         self.inner.monitor.set_shared(input);
     }
 
+    /// Hands the shared overrides and their sources to the monitor
+    /// (which saves them in the state file, the local cache).
     fn push_overrides(&self) {
-        let map = self
-            .lock()
-            .overrides
-            .iter()
-            .map(|(k, o)| (k.clone(), o.value))
-            .collect();
-        self.inner.monitor.set_shared_overrides(map);
+        let mut stored = Stored::default();
+        for (k, o) in &self.lock().overrides {
+            stored.overrides.insert(k.clone(), o.value);
+            let source = OverrideSource {
+                by: o.by.clone(),
+                at: o.at.clone(),
+                instance: o.instance.clone(),
+            };
+            stored.sources.insert(k.clone(), source);
+        }
+        self.inner.monitor.set_shared_overrides(stored);
     }
 
     //--- Operators
