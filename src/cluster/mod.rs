@@ -32,7 +32,7 @@ pub mod quorum;
 mod tls;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -165,7 +165,7 @@ struct Inner {
     errors: AtomicU64,
     reconnects: AtomicU64,
     /// The endpoint the next session uses (an index into `endpoints`).
-    endpoint: std::sync::atomic::AtomicUsize,
+    endpoint: AtomicUsize,
 }
 
 impl std::fmt::Debug for Inner {
@@ -232,7 +232,7 @@ impl Cluster {
                 synced: watch::channel(false).0,
                 errors: AtomicU64::new(0),
                 reconnects: AtomicU64::new(0),
-                endpoint: std::sync::atomic::AtomicUsize::new(first_endpoint),
+                endpoint: AtomicUsize::new(first_endpoint),
             }),
         };
         // Votes count from the start (none yet): the fallback is visible.
@@ -375,7 +375,7 @@ impl Cluster {
             drop(s);
             tracing::warn!(
                 endpoints = ?self.inner.config.endpoints,
-                "etcd unreachable: {error}; keeping the last shared state ({peers} peer(s), shared overrides) and this instance's own probes; retrying"
+                "no etcd session: {error}; keeping the last shared state ({peers} peer(s), shared overrides) and this instance's own probes; retrying"
             );
         }
     }
@@ -688,7 +688,7 @@ impl Cluster {
                         tracing::warn!(
                             zone = %zone, datacenter = %dc, by = %o.by, instance = %o.instance,
                             "shared override: {}",
-                            serde_json::to_value(o.value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+                            override_name(o.value)
                         );
                     }
                     s.overrides.insert(k, o);
@@ -784,7 +784,6 @@ impl Cluster {
                 self.lock().overrides.remove(&dc_key);
             }
         }
-        self.push_votes();
         self.push_overrides();
         Ok(())
     }
@@ -913,6 +912,14 @@ impl Cluster {
         );
         f.int(vec![], self.inner.reconnects.load(Ordering::Relaxed));
         out.push(f);
+    }
+}
+
+/// An override as the API and the config write it.
+fn override_name(o: Override) -> &'static str {
+    match o {
+        Override::Drain => "drain",
+        Override::ForceUp => "force-up",
     }
 }
 
