@@ -247,10 +247,14 @@ prefix = "{prefix}"
 name = "{name}"
 quorum = {quorum}
 lease_ttl = "2s"
-dial_timeout = "1s"
-{extra}
+{}{extra}
 "#,
-            endpoints.join(", ")
+            endpoints.join(", "),
+            if extra.contains("dial_timeout") {
+                ""
+            } else {
+                "dial_timeout = \"1s\"\n"
+            }
         );
         std::fs::write(dir.path().join("meridian.toml"), config).unwrap();
         let mut i = Self {
@@ -1249,4 +1253,49 @@ async fn server_tls_with_a_password_connects_and_auth_errors_are_named() {
     for i in &all {
         no_password_shown(i).await;
     }
+}
+
+//------------ Shutdown -------------------------------------------------------
+
+/// etcd accepts connections but never answers (a hung member, a
+/// black-holing firewall): SIGTERM still stops Meridian at once, not after
+/// the etcd call in flight times out (dial_timeout, here 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_silent_etcd() {
+    // Connections complete in the kernel's backlog and are never read.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoints = [silent.local_addr().unwrap().to_string()];
+    let z = zone(dead_target(), "");
+    let mut i = Instance::start_with(
+        "a",
+        &endpoints,
+        &prefix(),
+        "\"majority\"",
+        &z,
+        "dial_timeout = \"5s\"",
+    )
+    .await;
+    let _logs = on_failure_logs(std::slice::from_ref(&i));
+    let why = refused(&i).await;
+    assert!(why.contains("no answer within 5s"), "{why}");
+    // The next session has started (after a 100 ms backoff): its first
+    // call is in flight.
+    until(Duration::from_secs(2), "a second session", async || {
+        i.get("/cluster").await["reconnects"] == 1
+    })
+    .await;
+    let child = i.proc.0.as_mut().unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's PID, which has not been reaped
+    // (so the PID is still ours).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let sent = Instant::now();
+    until(
+        Duration::from_secs(2),
+        "meridian exits on SIGTERM",
+        async || matches!(child.try_wait(), Ok(Some(_))),
+    )
+    .await;
+    let status = child.try_wait().unwrap().unwrap();
+    assert!(status.success(), "{status}: {}", sent.elapsed().as_millis());
 }

@@ -145,6 +145,15 @@ pub fn generation(config: &Config) -> String {
 
 //------------ Cluster ------------------------------------------------------
 
+/// A started session's client, lease and streams.
+struct Live {
+    client: Client,
+    lease: i64,
+    keeper: etcd_client::LeaseKeeper,
+    alive: etcd_client::LeaseKeepAliveStream,
+    watch: etcd_client::WatchStream,
+}
+
 /// The cluster membership of this instance; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Cluster {
@@ -445,12 +454,14 @@ impl Cluster {
         }
     }
 
-    /// One connection to etcd, until an error (returned) or `token`.
-    async fn session(&self, endpoint: &str, token: &CancellationToken) -> Result<(), String> {
+    /// A session's start: connect, lease, write this instance's record,
+    /// read the whole prefix (a resync), and watch from the revision
+    /// after that read, so no change falls between the two.
+    async fn start_session(&self, endpoint: &str) -> Result<Live, String> {
         let c = &self.inner.config;
         let limit = c.dial_timeout;
         let (mut client, lease) = self.open(endpoint).await?;
-        let (mut keeper, mut alive) =
+        let (keeper, alive) =
             bounded(limit, "lease keep-alive", client.lease_keep_alive(lease)).await?;
         self.write_own(&mut client, lease, true).await?;
         let prefix = c.prefix.clone();
@@ -462,7 +473,7 @@ impl Cluster {
         .await?;
         let revision = all.header().map_or(0, |h| h.revision());
         self.resync(all.kvs());
-        let mut watch = bounded(
+        let watch = bounded(
             limit,
             "watch",
             client.watch(
@@ -475,6 +486,32 @@ impl Cluster {
             ),
         )
         .await?;
+        Ok(Live {
+            client,
+            lease,
+            keeper,
+            alive,
+            watch,
+        })
+    }
+
+    /// One connection to etcd, until an error (returned) or `token`.
+    async fn session(&self, endpoint: &str, token: &CancellationToken) -> Result<(), String> {
+        let c = &self.inner.config;
+        let limit = c.dial_timeout;
+        // Shutdown does not wait out a slow or unreachable etcd (each
+        // call of the start may take dial_timeout). A lease granted by
+        // then is not revoked: peers stop counting it after lease_ttl.
+        let Live {
+            mut client,
+            lease,
+            mut keeper,
+            mut alive,
+            mut watch,
+        } = tokio::select! {
+            live = self.start_session(endpoint) => live?,
+            () = token.cancelled() => return Ok(()),
+        };
         self.connected();
         let _ = self.inner.client.send_replace(Some(client.clone()));
         let _ = self.inner.synced.send_replace(true);
@@ -498,13 +535,13 @@ impl Cluster {
                     }
                     Ok(Some(r)) => self.apply(r.events()),
                     Ok(None) => return Err("the watch ended".into()),
-                    Err(e) => return Err(format!("watch: {e}")),
+                    Err(e) => return Err(format!("watch: {}", describe(&e))),
                 },
                 reply = alive.message() => match reply {
                     Ok(Some(r)) if r.ttl() <= 0 => return Err("the lease expired".into()),
                     Ok(Some(_)) => {}
                     Ok(None) => return Err("the lease keep-alive stream ended".into()),
-                    Err(e) => return Err(format!("lease keep-alive: {e}")),
+                    Err(e) => return Err(format!("lease keep-alive: {}", describe(&e))),
                 },
                 _ = heartbeat.tick() => {
                     bounded(limit, "lease keep-alive", keeper.keep_alive()).await?;
@@ -931,6 +968,10 @@ async fn bounded<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(v)) => Ok(v),
+        // tonic's own request timeout (the same limit), as ours.
+        Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.message() == "Timeout expired" => {
+            Err(format!("{what}: no answer within {limit:?}"))
+        }
         Ok(Err(e)) => Err(format!("{what}: {}", describe(&e))),
         Err(_) => Err(format!("{what}: no answer within {limit:?}")),
     }
