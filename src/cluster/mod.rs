@@ -25,6 +25,15 @@
 //!   this: it reads the published snapshot. Only operator overrides stop:
 //!   they answer 503, because an override that held on one instance only
 //!   would make name servers disagree.
+//! * Errors name the endpoint, what is wrong and the `[cluster]` setting
+//!   that fixes it (a wrong CA, a missing client certificate, a wrong
+//!   password, a missing permission), in `/cluster`'s `last_error`, the
+//!   WARN and a refused override's 503; a TLS failure is diagnosed on a
+//!   connection of its own (`tls.rs`). The password is never shown.
+//! * Every etcd call is bounded by `dial_timeout`, except the watch and
+//!   keep-alive streams, which HTTP/2 keep-alives (and the heartbeat's
+//!   bounded writes) end when etcd goes silent. Shutdown never waits for
+//!   a session's start.
 //!
 //! The vote rule itself is [`quorum`], pure.
 
