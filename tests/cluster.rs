@@ -1247,7 +1247,8 @@ async fn server_tls_with_a_password_connects_and_auth_errors_are_named() {
     assert!(!why.contains("TLS"), "TLS is fine: {why}");
     let why = refused(elsewhere).await;
     assert!(
-        why.contains("permission denied") && why.contains("readwrite on the key prefix"),
+        why.contains("permission denied")
+            && why.contains("etcd user meridian needs readwrite on the key prefix \"/not-meridian/\" (etcdctl role grant-permission ROLE --prefix=true readwrite /not-meridian/)"),
         "{why}"
     );
     for i in &all {

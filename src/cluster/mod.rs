@@ -408,13 +408,18 @@ impl Cluster {
                 "{error}: check username ({}) and the password in password_file",
                 user.unwrap_or("(none)")
             )
-        } else if error.contains("user name is empty") || error.contains("user name not found") {
+        } else if error.contains("user name is empty")
+            || error.contains("user name not found")
+            || (error.contains("permission denied") && user.is_none())
+        {
             format!(
-                "{error}: etcd has authentication enabled: set username and password_file in                  [cluster]"
+                "{error}: etcd has authentication enabled: set username and password_file in \
+                 [cluster]"
             )
         } else if error.contains("permission denied") {
             format!(
-                "{error}: etcd user {} needs readwrite on the key prefix {:?} (etcdctl role                  grant-permission --prefix ROLE readwrite {})",
+                "{error}: etcd user {} needs readwrite on the key prefix {:?} (etcdctl role \
+                 grant-permission ROLE --prefix=true readwrite {})",
                 user.unwrap_or("(none)"),
                 c.prefix,
                 c.prefix
