@@ -1192,8 +1192,8 @@ async fn mutual_tls_with_rbac_connects_and_says_why_when_refused() {
 }
 
 /// etcd serves TLS (no client certificates) with RBAC: the CA and the
-/// password are enough; a wrong password, and a prefix the user may not
-/// write, are refused as such.
+/// password are enough; a wrong password, a prefix the user may not
+/// write, and no user at all are each refused as such.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_tls_with_a_password_connects_and_auth_errors_are_named() {
     let pki = Pki::new();
@@ -1230,9 +1230,19 @@ async fn server_tls_with_a_password_connects_and_auth_errors_are_named() {
         &tls_lines(&pki, "ca.pem", false, "meridian.pw"),
     )
     .await;
-    let all = [good, bad_pw, elsewhere];
+    // No user at all, while etcd has authentication on.
+    let anonymous = Instance::start_with(
+        "anonymous",
+        &endpoints,
+        &p,
+        "\"majority\"",
+        &z,
+        &format!("ca_file = {:?}", pki.path("ca.pem")),
+    )
+    .await;
+    let all = [good, bad_pw, elsewhere, anonymous];
     let _logs = on_failure_logs(&all);
-    let [good, bad_pw, elsewhere] = &all;
+    let [good, bad_pw, elsewhere, anonymous] = &all;
     until(Duration::from_secs(10), "good connects", async || {
         good.get("/cluster").await["connected"] == true
     })
@@ -1249,6 +1259,11 @@ async fn server_tls_with_a_password_connects_and_auth_errors_are_named() {
     assert!(
         why.contains("permission denied")
             && why.contains("etcd user meridian needs readwrite on the key prefix \"/not-meridian/\" (etcdctl role grant-permission ROLE --prefix=true readwrite /not-meridian/)"),
+        "{why}"
+    );
+    let why = refused(anonymous).await;
+    assert!(
+        why.contains("etcd has authentication enabled: set username and password_file"),
         "{why}"
     );
     for i in &all {
