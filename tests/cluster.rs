@@ -1240,9 +1240,19 @@ async fn server_tls_with_a_password_connects_and_auth_errors_are_named() {
         &format!("ca_file = {:?}", pki.path("ca.pem")),
     )
     .await;
-    let all = [good, bad_pw, elsewhere, anonymous];
+    // Plain HTTP/2 to a TLS port (no ca_file).
+    let plain = Instance::start_with(
+        "plain",
+        &[endpoints[0].trim_start_matches("https://").to_string()],
+        &p,
+        "\"majority\"",
+        &z,
+        "",
+    )
+    .await;
+    let all = [good, bad_pw, elsewhere, anonymous, plain];
     let _logs = on_failure_logs(&all);
-    let [good, bad_pw, elsewhere, anonymous] = &all;
+    let [good, bad_pw, elsewhere, anonymous, plain] = &all;
     until(Duration::from_secs(10), "good connects", async || {
         good.get("/cluster").await["connected"] == true
     })
@@ -1259,6 +1269,11 @@ async fn server_tls_with_a_password_connects_and_auth_errors_are_named() {
     assert!(
         why.contains("permission denied")
             && why.contains("etcd user meridian needs readwrite on the key prefix \"/not-meridian/\" (etcdctl role grant-permission ROLE --prefix=true readwrite /not-meridian/)"),
+        "{why}"
+    );
+    let why = refused(plain).await;
+    assert!(
+        why.contains("etcd serves TLS on this port: set ca_file"),
         "{why}"
     );
     let why = refused(anonymous).await;

@@ -62,6 +62,8 @@ use crate::health::{Observed, Override};
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// First pause after a failed session.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How an etcd call that timed out is reported.
+const NO_ANSWER: &str = "no answer within";
 /// At most one WARN per this long while etcd stays unreachable.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -431,7 +433,8 @@ impl Cluster {
 
     /// Connects to `endpoint` and grants the session's lease: the first
     /// calls, where a wrong CA, client certificate or password shows. A
-    /// TLS failure is explained by [`tls::diagnose`].
+    /// TLS failure is explained by [`tls::diagnose`]; plain HTTP to a TLS
+    /// port by [`tls::speaks_tls`].
     async fn open(&self, endpoint: &str) -> Result<(Client, i64), String> {
         let c = &self.inner.config;
         let limit = c.dial_timeout;
@@ -457,12 +460,18 @@ impl Cluster {
             let lease = bounded(limit, "lease grant", client.lease_grant(ttl, None))
                 .await?
                 .id();
-            Ok((client, lease))
+            Ok::<_, String>((client, lease))
         };
         match first.await {
             Ok(opened) => Ok(opened),
+            // A silent endpoint would keep a diagnosis silent too.
+            Err(e) if e.contains(NO_ANSWER) => Err(e),
             Err(e) => match &c.tls {
                 Some(tls) => Err(tls::diagnose(endpoint, tls, limit).await.unwrap_or(e)),
+                None if tls::speaks_tls(endpoint, limit).await => Err(format!(
+                    "{e}: etcd serves TLS on this port: set ca_file (the CA of etcd's \
+                     certificate)"
+                )),
                 None => Err(e),
             },
         }
@@ -984,10 +993,10 @@ async fn bounded<T>(
         Ok(Ok(v)) => Ok(v),
         // tonic's own request timeout (the same limit), as ours.
         Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.message() == "Timeout expired" => {
-            Err(format!("{what}: no answer within {limit:?}"))
+            Err(format!("{what}: {NO_ANSWER} {limit:?}"))
         }
         Ok(Err(e)) => Err(format!("{what}: {}", describe(&e))),
-        Err(_) => Err(format!("{what}: no answer within {limit:?}")),
+        Err(_) => Err(format!("{what}: {NO_ANSWER} {limit:?}")),
     }
 }
 

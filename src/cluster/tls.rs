@@ -9,7 +9,8 @@
 //! fails before it is connected, [`diagnose`] repeats the handshake on a
 //! connection of its own, with the same CA and client certificate, reads
 //! etcd's first answer, and names what went wrong and which setting
-//! fixes it.
+//! fixes it. Without TLS, [`speaks_tls`] tells a TLS port apart (etcd
+//! just closes a plain HTTP/2 connection: "broken pipe").
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -61,11 +62,7 @@ fn client_config(tls: &ClusterTls) -> Result<Arc<rustls::ClientConfig>, String> 
 /// cannot be reached at all, which is no TLS matter). Every step is
 /// bounded by `limit`.
 pub(super) async fn diagnose(endpoint: &str, tls: &ClusterTls, limit: Duration) -> Option<String> {
-    let authority = endpoint.strip_prefix("https://")?;
-    let (host, port) = authority.rsplit_once(':')?;
-    let port: u16 = port.parse().ok()?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let name = ServerName::try_from(host.to_string()).ok()?;
+    let (host, port, name) = host_port(endpoint)?;
     let config = match client_config(tls) {
         Ok(c) => c,
         Err(e) => return Some(e),
@@ -100,6 +97,49 @@ pub(super) async fn diagnose(endpoint: &str, tls: &ClusterTls, limit: Duration) 
         }),
         Ok(Ok(_)) | Err(_) => None,
     }
+}
+
+/// Whether `endpoint` (`http://HOST:PORT`) answers a TLS handshake: a
+/// certificate comes back (which no root is configured to accept).
+/// `false` also when it cannot be reached within `limit`.
+pub(super) async fn speaks_tls(endpoint: &str, limit: Duration) -> bool {
+    let Some((host, port, name)) = host_port(endpoint) else {
+        return false;
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let Ok(builder) =
+        rustls::ClientConfig::builder_with_provider(provider).with_safe_default_protocol_versions()
+    else {
+        return false;
+    };
+    let config = builder
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let handshake = async {
+        let tcp = tokio::net::TcpStream::connect((host, port)).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+    };
+    match tokio::time::timeout(limit, handshake).await {
+        Ok(Ok(_)) => true,
+        Ok(Err(e)) => matches!(
+            e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>()),
+            Some(rustls::Error::InvalidCertificate(_))
+        ),
+        Err(_) => false,
+    }
+}
+
+/// `http(s)://HOST:PORT` as host (without IPv6 brackets), port and TLS
+/// server name.
+fn host_port(endpoint: &str) -> Option<(&str, u16, ServerName<'static>)> {
+    let (_, authority) = endpoint.split_once("://")?;
+    let (host, port) = authority.rsplit_once(':')?;
+    let port: u16 = port.parse().ok()?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let name = ServerName::try_from(host.to_string()).ok()?;
+    Some((host, port, name))
 }
 
 /// A failed handshake or read, as what is wrong and which setting fixes
