@@ -19,7 +19,9 @@
 #              tests/dnssec_validators.rs: third-party DNSSEC validators against a
 #              signed zone; the packages' own services are kept from starting
 #              (a temporary /usr/sbin/policy-rc.d), so nothing binds port 53
-#   etcd-server  tests/cluster.rs: a three-member etcd cluster on loopback
+#   etcd-server  tests/cluster.rs: a three-member etcd cluster on loopback, and
+#              one-member ones with TLS, client certificates and RBAC (set up
+#              through the etcd-client crate, so no etcdctl)
 #   cargo-deb  tests/integration/packaging.rs: builds the .deb (cargo install,
 #              once: about 1.5 min of CPU, 4.5 min wall on a busy 2-core box)
 #

@@ -212,12 +212,26 @@ ttl = 5
 impl Instance {
     /// Writes the configs of instance `name` and starts it.
     async fn start(name: &str, etcd: &Etcd, prefix: &str, quorum: &str, zone_text: &str) -> Self {
+        let endpoints = etcd.endpoints();
+        Self::start_with(name, &endpoints, prefix, quorum, zone_text, "").await
+    }
+
+    /// Like [`Self::start`], with any endpoints and `extra` lines in
+    /// `[cluster]` (TLS, auth).
+    async fn start_with(
+        name: &str,
+        endpoints: &[String],
+        prefix: &str,
+        quorum: &str,
+        zone_text: &str,
+        extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let dns: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let admin: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         std::fs::create_dir(dir.path().join("zones")).unwrap();
         std::fs::write(dir.path().join("zones/c.test.toml"), zone_text).unwrap();
-        let endpoints: Vec<String> = etcd.endpoints().iter().map(|e| format!("{e:?}")).collect();
+        let endpoints: Vec<String> = endpoints.iter().map(|e| format!("{e:?}")).collect();
         let config = format!(
             r#"listen = ["{dns}"]
 threads = 1
@@ -233,9 +247,14 @@ prefix = "{prefix}"
 name = "{name}"
 quorum = {quorum}
 lease_ttl = "2s"
-dial_timeout = "1s"
+{}{extra}
 "#,
-            endpoints.join(", ")
+            endpoints.join(", "),
+            if extra.contains("dial_timeout") {
+                ""
+            } else {
+                "dial_timeout = \"1s\"\n"
+            }
         );
         std::fs::write(dir.path().join("meridian.toml"), config).unwrap();
         let mut i = Self {
@@ -501,6 +520,11 @@ async fn a_drain_through_one_instance_reaches_every_instance_and_survives_restar
     // The state file is the local cache of the shared overrides.
     let cache = std::fs::read_to_string(all[1].dir.path().join("state.json")).unwrap();
     assert!(cache.contains("\"drain\""), "{cache}");
+    // With who set it (state file version 2).
+    assert!(
+        cache.contains("\"version\": 2") && cache.contains("\"by\": \"alice\""),
+        "{cache}"
+    );
 
     // Undrain through C, the default `by` is the client's address.
     let (code, _) = all[2]
@@ -630,7 +654,7 @@ async fn etcd_failures_fail_static_and_reconverge() {
     let mut etcd = Etcd::start().await;
     let (_backend, target) = backend();
     let z = zone(target, "");
-    let all = three(&etcd, "\"majority\"", [&z, &z, &z]).await;
+    let mut all = three(&etcd, "\"majority\"", [&z, &z, &z]).await;
     let _logs = on_failure_logs(&all);
 
     // One member dies (perhaps the leader: then etcd elects another,
@@ -681,6 +705,27 @@ async fn etcd_failures_fail_static_and_reconverge() {
             "{metrics}"
         );
     }
+    // C restarts while etcd is down: the state file (the local cache)
+    // brings back the drain and who set it, when and through which
+    // instance.
+    let before = all[2].dc("east").await["cluster"]["override_source"].clone();
+    assert_eq!(before["instance"], "b", "{before}");
+    all[2].proc.kill();
+    all[2].run().await;
+    assert!(
+        all[2]
+            .log()
+            .contains("starting with the overrides of the state file"),
+        "{}",
+        all[2].log()
+    );
+    let dc = all[2].dc("east").await;
+    assert_eq!(dc["override"], "drain", "{dc}");
+    assert_eq!(dc["cluster"]["override_source"], before, "{dc}");
+    let view = all[2].get("/cluster").await;
+    assert_eq!(view["connected"], false, "{view}");
+    assert_eq!(view["overrides"][0]["by"], before["by"], "{view}");
+    assert_eq!(view["overrides"][0]["at"], before["at"], "{view}");
     // Under load, every query is answered, with the last shared state.
     let mut load = Vec::new();
     for (n, i) in all.iter().enumerate() {
@@ -807,4 +852,481 @@ async fn too_few_observers_fall_back_to_the_own_view_visibly() {
         )),
         "{metrics}"
     );
+}
+
+//------------ TLS and RBAC ---------------------------------------------------
+
+/// etcd's root password in the TLS tests.
+const ROOT_PW: &str = "root-pw-0xR00T";
+/// The password of etcd user `meridian` (RBAC: the test prefix only).
+const MERIDIAN_PW: &str = "meridian-pw-0x5EC7E7";
+/// A password that is not `meridian`'s.
+const WRONG_PW: &str = "wrong-pw-0xBAD";
+
+/// Certificates made for one test with rcgen, as PEM files in a
+/// directory: `ca.pem`, the etcd server's `server.pem`/`server-key.pem`
+/// (for 127.0.0.1), a client's `client.pem`/`client-key.pem`, both signed
+/// by that CA, and `other-ca.pem`, a CA that signed neither.
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+            KeyPair,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
+        let ca = |cn: &str| {
+            let mut p = CertificateParams::new(Vec::new()).unwrap();
+            p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            p.distinguished_name.push(DnType::CommonName, cn);
+            let key = KeyPair::generate().unwrap();
+            let cert = p.self_signed(&key).unwrap();
+            (cert, Issuer::new(p, key))
+        };
+        let (ca_cert, issuer) = ca("meridian test CA");
+        write("ca.pem", &ca_cert.pem());
+        write("other-ca.pem", &ca("some other CA").0.pem());
+        let leaves = [
+            ("server", vec!["127.0.0.1".to_string()], "etcd"),
+            // Not an etcd user: what authorises Meridian is its password.
+            ("client", Vec::new(), "meridian-host"),
+        ];
+        for (name, names, cn) in leaves {
+            let mut p = CertificateParams::new(names).unwrap();
+            p.distinguished_name.push(DnType::CommonName, cn);
+            p.extended_key_usages = vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = KeyPair::generate().unwrap();
+            write(
+                &format!("{name}.pem"),
+                &p.signed_by(&key, &issuer).unwrap().pem(),
+            );
+            write(&format!("{name}-key.pem"), &key.serialize_pem());
+        }
+        write("meridian.pw", &format!("{MERIDIAN_PW}\n"));
+        write("wrong.pw", WRONG_PW);
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+
+    fn read(&self, name: &str) -> Vec<u8> {
+        std::fs::read(self.dir.path().join(name)).unwrap()
+    }
+
+    /// The test's own client options: the right CA, and the client
+    /// certificate when etcd asks for one.
+    fn options(&self, mtls: bool) -> etcd_client::ConnectOptions {
+        use etcd_client::{Certificate, Identity, TlsOptions};
+        let mut tls = TlsOptions::new().ca_certificate(Certificate::from_pem(self.read("ca.pem")));
+        if mtls {
+            tls = tls.identity(Identity::from_pem(
+                self.read("client.pem"),
+                self.read("client-key.pem"),
+            ));
+        }
+        etcd_client::ConnectOptions::new()
+            .with_tls(tls)
+            .with_connect_timeout(Duration::from_secs(1))
+            .with_timeout(Duration::from_secs(2))
+    }
+}
+
+/// A one-member etcd that serves clients over TLS only (and, with
+/// `mtls`, asks each for a certificate signed by the test CA), with RBAC
+/// on: user `root`, and user `meridian` whose role may read and write
+/// `prefix` and nothing else.
+struct TlsEtcd {
+    _dir: tempfile::TempDir,
+    client: u16,
+    mtls: bool,
+    _member: Proc,
+}
+
+impl TlsEtcd {
+    async fn start(pki: &Pki, mtls: bool, prefix: &str) -> Self {
+        let found = Command::new("etcd").arg("--version").output();
+        assert!(
+            found.is_ok_and(|o| o.status.success()),
+            "the etcd binary is missing: install Debian's etcd-server (scripts/test.sh does)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let (client, peer) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
+        let url = format!("https://127.0.0.1:{client}");
+        let mut cmd = Command::new("etcd");
+        cmd.args(["--name", "m0"])
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &url])
+            .args(["--advertise-client-urls", &url])
+            .args(["--cert-file", &pki.path("server.pem")])
+            .args(["--key-file", &pki.path("server-key.pem")])
+            .args(["--listen-peer-urls", &format!("http://127.0.0.1:{peer}")])
+            .args([
+                "--initial-advertise-peer-urls",
+                &format!("http://127.0.0.1:{peer}"),
+            ])
+            .args(["--initial-cluster", &format!("m0=http://127.0.0.1:{peer}")])
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"]);
+        if mtls {
+            cmd.arg("--client-cert-auth")
+                .args(["--trusted-ca-file", &pki.path("ca.pem")]);
+        }
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd starts");
+        let etcd = Self {
+            _dir: dir,
+            client,
+            mtls,
+            _member: Proc(Some(child)),
+        };
+        let endpoint = etcd.endpoint();
+        let options = pki.options(mtls);
+        let mut c = None;
+        until(
+            Duration::from_secs(20),
+            "TLS etcd takes writes",
+            async || {
+                let Ok(Ok(mut client)) = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    etcd_client::Client::connect([&endpoint], Some(options.clone())),
+                )
+                .await
+                else {
+                    return false;
+                };
+                let ok = matches!(
+                    tokio::time::timeout(Duration::from_secs(1), client.put("/health", "x", None))
+                        .await,
+                    Ok(Ok(_))
+                );
+                c = ok.then_some(client);
+                ok
+            },
+        )
+        .await;
+        let mut c = c.unwrap();
+        c.user_add("root", ROOT_PW, None).await.unwrap();
+        c.user_grant_role("root", "root").await.unwrap();
+        c.role_add("meridian").await.unwrap();
+        c.role_grant_permission(
+            "meridian",
+            etcd_client::Permission::read_write(prefix).with_prefix(),
+        )
+        .await
+        .unwrap();
+        c.user_add("meridian", MERIDIAN_PW, None).await.unwrap();
+        c.user_grant_role("meridian", "meridian").await.unwrap();
+        c.auth_enable().await.unwrap();
+        etcd
+    }
+
+    fn endpoint(&self) -> String {
+        format!("https://127.0.0.1:{}", self.client)
+    }
+
+    /// A client as etcd's root user.
+    async fn root(&self, pki: &Pki) -> etcd_client::Client {
+        let options = pki.options(self.mtls).with_user("root", ROOT_PW);
+        etcd_client::Client::connect([self.endpoint()], Some(options))
+            .await
+            .unwrap()
+    }
+}
+
+/// `[cluster]` lines for TLS with `ca` (and the client certificate when
+/// `cert`), as user meridian with the password in `password`.
+fn tls_lines(pki: &Pki, ca: &str, cert: bool, password: &str) -> String {
+    let mut out = format!(
+        "ca_file = {:?}\nusername = \"meridian\"\npassword_file = {:?}\n",
+        pki.path(ca),
+        pki.path(password)
+    );
+    if cert {
+        out += &format!(
+            "cert_file = {:?}\nkey_file = {:?}\n",
+            pki.path("client.pem"),
+            pki.path("client-key.pem")
+        );
+    }
+    out
+}
+
+/// A drain through `i` is stored in etcd (read back as root), answered,
+/// and an undrain deletes it.
+async fn drain_round_trip(i: &Instance, root: &mut etcd_client::Client, prefix: &str) {
+    let key = format!("{prefix}overrides/{ORIGIN}/east");
+    until(Duration::from_secs(5), "east answers", async || {
+        i.www().await == [EAST]
+    })
+    .await;
+    let (code, body) = i
+        .post(
+            &format!("/datacenters/{ORIGIN}/east/drain"),
+            r#"{"by": "alice"}"#,
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    let stored = root.get(key.as_str(), None).await.unwrap();
+    let value: Value = serde_json::from_slice(stored.kvs()[0].value()).unwrap();
+    assert_eq!(value["by"], "alice", "{value}");
+    assert_eq!(value["instance"], i.name, "{value}");
+    until(
+        Duration::from_secs(1),
+        "the drain is answered",
+        async || i.www().await == [WEST],
+    )
+    .await;
+    let (code, body) = i
+        .post(&format!("/datacenters/{ORIGIN}/east/undrain"), "")
+        .await;
+    assert_eq!(code, 200, "{body}");
+    assert!(root.get(key.as_str(), None).await.unwrap().kvs().is_empty());
+    until(
+        Duration::from_secs(1),
+        "the undrain is answered",
+        async || i.www().await == [EAST],
+    )
+    .await;
+}
+
+/// Waits until `i` has tried etcd and failed; returns `/cluster`'s
+/// `last_error`, after checking `connected` is false.
+async fn refused(i: &Instance) -> String {
+    until(Duration::from_secs(10), "a failed attempt", async || {
+        i.get("/cluster").await["last_error"].is_string()
+    })
+    .await;
+    let view = i.get("/cluster").await;
+    assert_eq!(view["connected"], false, "{view}");
+    view["last_error"].as_str().unwrap().to_string()
+}
+
+/// The passwords appear nowhere an operator or a log reader looks.
+async fn no_password_shown(i: &Instance) {
+    let mut seen = i.log();
+    for path in ["/status", "/cluster", "/metrics"] {
+        seen += &http(i.admin, "GET", path, "").await.unwrap().1;
+    }
+    for pw in [MERIDIAN_PW, WRONG_PW, ROOT_PW] {
+        assert!(!seen.contains(pw), "{}: the password is shown", i.name);
+    }
+}
+
+/// etcd asks for client certificates and enforces RBAC. Meridian with
+/// the right CA, certificate and password connects and a drain
+/// round-trips through etcd. A wrong CA and a missing client certificate
+/// are refused, and `/cluster` says why in TLS terms.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_rbac_connects_and_says_why_when_refused() {
+    let pki = Pki::new();
+    let p = prefix();
+    let etcd = TlsEtcd::start(&pki, true, &p).await;
+    let (_backend, target) = backend();
+    let z = zone(target, "");
+    let endpoints = [etcd.endpoint()];
+    let start = |name: &'static str, extra: String| {
+        let (endpoints, p, z) = (&endpoints, &p, &z);
+        async move { Instance::start_with(name, endpoints, p, "\"majority\"", z, &extra).await }
+    };
+    let good = start("good", tls_lines(&pki, "ca.pem", true, "meridian.pw")).await;
+    let wrong_ca = start(
+        "wrong-ca",
+        tls_lines(&pki, "other-ca.pem", true, "meridian.pw"),
+    )
+    .await;
+    let no_cert = start("no-cert", tls_lines(&pki, "ca.pem", false, "meridian.pw")).await;
+    let all = [good, wrong_ca, no_cert];
+    let _logs = on_failure_logs(&all);
+    let [good, wrong_ca, no_cert] = &all;
+
+    until(Duration::from_secs(10), "good connects", async || {
+        good.get("/cluster").await["connected"] == true
+    })
+    .await;
+    let mut root = etcd.root(&pki).await;
+    drain_round_trip(good, &mut root, &p).await;
+
+    // Which member, what is wrong, and the setting that fixes it.
+    let why = refused(wrong_ca).await;
+    assert!(why.starts_with(&endpoints[0]), "{why}");
+    assert!(
+        why.contains("TLS: etcd's certificate is not signed by the CA in ca_file")
+            && why.contains("UnknownIssuer"),
+        "{why}"
+    );
+    // etcd's refusal of a client without a certificate reaches tonic as
+    // "operation was canceled: connection closed"; the diagnosis names it.
+    let why = refused(no_cert).await;
+    assert!(
+        why.contains("TLS: etcd asks for a client certificate") && why.contains("cert_file"),
+        "{why}"
+    );
+    assert!(!why.contains("canceled"), "{why}");
+    // An override through a refused instance: 503, saying why.
+    let (code, body) = wrong_ca
+        .post(&format!("/datacenters/{ORIGIN}/east/drain"), "")
+        .await;
+    assert_eq!(code, 503, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(error.contains("not signed by the CA in ca_file"), "{error}");
+    assert!(
+        wrong_ca.log().contains("not signed by the CA in ca_file"),
+        "the WARN says why too"
+    );
+    for i in &all {
+        no_password_shown(i).await;
+    }
+}
+
+/// etcd serves TLS (no client certificates) with RBAC: the CA and the
+/// password are enough; a wrong password, a prefix the user may not
+/// write, and no user at all are each refused as such.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_tls_with_a_password_connects_and_auth_errors_are_named() {
+    let pki = Pki::new();
+    let p = prefix();
+    let etcd = TlsEtcd::start(&pki, false, &p).await;
+    let (_backend, target) = backend();
+    let z = zone(target, "");
+    let endpoints = [etcd.endpoint()];
+    let good = Instance::start_with(
+        "good",
+        &endpoints,
+        &p,
+        "\"majority\"",
+        &z,
+        &tls_lines(&pki, "ca.pem", false, "meridian.pw"),
+    )
+    .await;
+    let bad_pw = Instance::start_with(
+        "bad-pw",
+        &endpoints,
+        &p,
+        "\"majority\"",
+        &z,
+        &tls_lines(&pki, "ca.pem", false, "wrong.pw"),
+    )
+    .await;
+    // The right password, but a prefix its role may not write.
+    let elsewhere = Instance::start_with(
+        "elsewhere",
+        &endpoints,
+        "/not-meridian/",
+        "\"majority\"",
+        &z,
+        &tls_lines(&pki, "ca.pem", false, "meridian.pw"),
+    )
+    .await;
+    // No user at all, while etcd has authentication on.
+    let anonymous = Instance::start_with(
+        "anonymous",
+        &endpoints,
+        &p,
+        "\"majority\"",
+        &z,
+        &format!("ca_file = {:?}", pki.path("ca.pem")),
+    )
+    .await;
+    // Plain HTTP/2 to a TLS port (no ca_file).
+    let plain = Instance::start_with(
+        "plain",
+        &[endpoints[0].trim_start_matches("https://").to_string()],
+        &p,
+        "\"majority\"",
+        &z,
+        "",
+    )
+    .await;
+    let all = [good, bad_pw, elsewhere, anonymous, plain];
+    let _logs = on_failure_logs(&all);
+    let [good, bad_pw, elsewhere, anonymous, plain] = &all;
+    until(Duration::from_secs(10), "good connects", async || {
+        good.get("/cluster").await["connected"] == true
+    })
+    .await;
+    let mut root = etcd.root(&pki).await;
+    drain_round_trip(good, &mut root, &p).await;
+    let why = refused(bad_pw).await;
+    assert!(
+        why.contains("authentication failed") && why.contains("password_file"),
+        "{why}"
+    );
+    assert!(!why.contains("TLS"), "TLS is fine: {why}");
+    let why = refused(elsewhere).await;
+    assert!(
+        why.contains("permission denied")
+            && why.contains("etcd user meridian needs readwrite on the key prefix \"/not-meridian/\" (etcdctl role grant-permission ROLE --prefix=true readwrite /not-meridian/)"),
+        "{why}"
+    );
+    let why = refused(plain).await;
+    assert!(
+        why.contains("etcd serves TLS on this port: set ca_file"),
+        "{why}"
+    );
+    let why = refused(anonymous).await;
+    assert!(
+        why.contains("etcd has authentication enabled: set username and password_file"),
+        "{why}"
+    );
+    for i in &all {
+        no_password_shown(i).await;
+    }
+}
+
+//------------ Shutdown -------------------------------------------------------
+
+/// etcd accepts connections but never answers (a hung member, a
+/// black-holing firewall): SIGTERM still stops Meridian at once, not after
+/// the etcd call in flight times out (dial_timeout, here 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_does_not_wait_for_a_silent_etcd() {
+    // Connections complete in the kernel's backlog and are never read.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let endpoints = [silent.local_addr().unwrap().to_string()];
+    let z = zone(dead_target(), "");
+    let mut i = Instance::start_with(
+        "a",
+        &endpoints,
+        &prefix(),
+        "\"majority\"",
+        &z,
+        "dial_timeout = \"5s\"",
+    )
+    .await;
+    let _logs = on_failure_logs(std::slice::from_ref(&i));
+    let why = refused(&i).await;
+    assert!(why.contains("no answer within 5s"), "{why}");
+    // The next session has started (after a 100 ms backoff): its first
+    // call is in flight.
+    until(Duration::from_secs(2), "a second session", async || {
+        i.get("/cluster").await["reconnects"] == 1
+    })
+    .await;
+    let child = i.proc.0.as_mut().unwrap();
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    // SAFETY: kill(2) on our own child's PID, which has not been reaped
+    // (so the PID is still ours).
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
+    let sent = Instant::now();
+    until(
+        Duration::from_secs(2),
+        "meridian exits on SIGTERM",
+        async || matches!(child.try_wait(), Ok(Some(_))),
+    )
+    .await;
+    let status = child.try_wait().unwrap().unwrap();
+    assert!(status.success(), "{status}: {}", sent.elapsed().as_millis());
 }

@@ -25,13 +25,23 @@
 //!   this: it reads the published snapshot. Only operator overrides stop:
 //!   they answer 503, because an override that held on one instance only
 //!   would make name servers disagree.
+//! * Errors name the endpoint, what is wrong and the `[cluster]` setting
+//!   that fixes it (a wrong CA, a missing client certificate, a wrong
+//!   password, a missing permission), in `/cluster`'s `last_error`, the
+//!   WARN and a refused override's 503; a TLS failure is diagnosed on a
+//!   connection of its own (`tls.rs`). The password is never shown.
+//! * Every etcd call is bounded by `dial_timeout`, except the watch and
+//!   keep-alive streams, which HTTP/2 keep-alives (and the heartbeat's
+//!   bounded writes) end when etcd goes silent. Shutdown never waits for
+//!   a session's start.
 //!
 //! The vote rule itself is [`quorum`], pure.
 
 pub mod quorum;
+mod tls;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -45,13 +55,15 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterConfig, Config, Quorum};
 use crate::health::monitor::{ClusterHooks, Monitor, OverrideChange, OverrideSource, SharedInput};
-use crate::health::overrides::DcKey;
+use crate::health::overrides::{DcKey, Stored};
 use crate::health::{Observed, Override};
 
 /// Longest pause between two connection attempts.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// First pause after a failed session.
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// How an etcd call that timed out is reported.
+const NO_ANSWER: &str = "no answer within";
 /// At most one WARN per this long while etcd stays unreachable.
 const LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -144,6 +156,15 @@ pub fn generation(config: &Config) -> String {
 
 //------------ Cluster ------------------------------------------------------
 
+/// A started session's client, lease and streams.
+struct Live {
+    client: Client,
+    lease: i64,
+    keeper: etcd_client::LeaseKeeper,
+    alive: etcd_client::LeaseKeepAliveStream,
+    watch: etcd_client::WatchStream,
+}
+
 /// The cluster membership of this instance; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct Cluster {
@@ -164,7 +185,7 @@ struct Inner {
     errors: AtomicU64,
     reconnects: AtomicU64,
     /// The endpoint the next session uses (an index into `endpoints`).
-    endpoint: std::sync::atomic::AtomicUsize,
+    endpoint: AtomicUsize,
 }
 
 impl std::fmt::Debug for Inner {
@@ -211,6 +232,7 @@ impl Cluster {
         let first_endpoint = config.name.bytes().fold(0usize, |h, b| {
             h.wrapping_mul(31).wrapping_add(usize::from(b))
         });
+        let overrides = Self::cached_overrides(&monitor.stored_overrides());
         let cluster = Self {
             inner: Arc::new(Inner {
                 state: Mutex::new(State {
@@ -221,7 +243,7 @@ impl Cluster {
                     warned_at: None,
                     peers: BTreeMap::new(),
                     own: None,
-                    overrides: BTreeMap::new(),
+                    overrides,
                 }),
                 config,
                 monitor: monitor.clone(),
@@ -230,7 +252,7 @@ impl Cluster {
                 synced: watch::channel(false).0,
                 errors: AtomicU64::new(0),
                 reconnects: AtomicU64::new(0),
-                endpoint: std::sync::atomic::AtomicUsize::new(first_endpoint),
+                endpoint: AtomicUsize::new(first_endpoint),
             }),
         };
         // Votes count from the start (none yet): the fallback is visible.
@@ -253,6 +275,36 @@ impl Cluster {
         });
         tasks.spawn(cluster.clone().run(token));
         cluster
+    }
+
+    /// The shared overrides the state file (the local cache) held at
+    /// start-up: what this instance knows until etcd answers, so
+    /// `/cluster` lists them with their sources and the first resync logs
+    /// only what changed meanwhile. An override without a source was set
+    /// without `[cluster]`: etcd's overrides replace it once connected,
+    /// which is logged now, while the operator can still act on it.
+    fn cached_overrides(stored: &Stored) -> BTreeMap<DcKey, SharedOverride> {
+        let mut out = BTreeMap::new();
+        for (key, value) in &stored.overrides {
+            match stored.sources.get(key) {
+                Some(source) => {
+                    let shared = SharedOverride {
+                        value: *value,
+                        by: source.by.clone(),
+                        at: source.at.clone(),
+                        instance: source.instance.clone(),
+                    };
+                    out.insert(key.clone(), shared);
+                }
+                None => tracing::warn!(
+                    zone = %key.0, datacenter = %key.1,
+                    "the state file holds an override set without [cluster]; it holds until etcd \
+                     answers, then etcd's shared overrides replace it: set it again through the API \
+                     to share it"
+                ),
+            }
+        }
+        out
     }
 
     fn weak(&self) -> std::sync::Weak<Inner> {
@@ -293,7 +345,14 @@ impl Cluster {
         let mut backoff = MIN_BACKOFF;
         loop {
             let started = tokio::time::Instant::now();
-            let result = self.session(&token).await;
+            // One member per session, the next one after a failure: a
+            // balanced channel over every member keeps sending some calls
+            // to a dead one (connection refused), which would end sessions
+            // on the live ones too.
+            let endpoints = &self.inner.config.endpoints;
+            let n = self.inner.endpoint.load(Ordering::Relaxed) % endpoints.len();
+            let endpoint = &endpoints[n];
+            let result = self.session(endpoint, &token).await;
             let _ = self.inner.client.send_replace(None);
             match result {
                 Ok(()) => return,
@@ -301,7 +360,7 @@ impl Cluster {
                     self.inner.errors.fetch_add(1, Ordering::Relaxed);
                     // The next session tries the next member.
                     self.inner.endpoint.fetch_add(1, Ordering::Relaxed);
-                    self.disconnected(&e);
+                    self.disconnected(&format!("{endpoint}: {}", self.hint(e)));
                 }
             }
             // A session that lasted is a new outage: start the backoff
@@ -336,13 +395,47 @@ impl Cluster {
             drop(s);
             tracing::warn!(
                 endpoints = ?self.inner.config.endpoints,
-                "etcd unreachable: {error}; keeping the last shared state ({peers} peer(s), shared overrides) and this instance's own probes; retrying"
+                "no etcd session: {error}; keeping the last shared state ({peers} peer(s), shared overrides) and this instance's own probes; retrying"
             );
         }
     }
 
-    /// One connection to etcd, until an error (returned) or `token`.
-    async fn session(&self, token: &CancellationToken) -> Result<(), String> {
+    /// Adds to an etcd error what to check in `[cluster]`, when the
+    /// error says which setting is wrong.
+    fn hint(&self, error: String) -> String {
+        let c = &self.inner.config;
+        let user = c.auth.as_ref().map(|a| a.username.as_str());
+        if error.contains("authentication failed") {
+            format!(
+                "{error}: check username ({}) and the password in password_file",
+                user.unwrap_or("(none)")
+            )
+        } else if error.contains("user name is empty")
+            || error.contains("user name not found")
+            || (error.contains("permission denied") && user.is_none())
+        {
+            format!(
+                "{error}: etcd has authentication enabled: set username and password_file in \
+                 [cluster]"
+            )
+        } else if error.contains("permission denied") {
+            format!(
+                "{error}: etcd user {} needs readwrite on the key prefix {:?} (etcdctl role \
+                 grant-permission ROLE --prefix=true readwrite {})",
+                user.unwrap_or("(none)"),
+                c.prefix,
+                c.prefix
+            )
+        } else {
+            error
+        }
+    }
+
+    /// Connects to `endpoint` and grants the session's lease: the first
+    /// calls, where a wrong CA, client certificate or password shows. A
+    /// TLS failure is explained by [`tls::diagnose`]; plain HTTP to a TLS
+    /// port by [`tls::speaks_tls`].
+    async fn open(&self, endpoint: &str) -> Result<(Client, i64), String> {
         let c = &self.inner.config;
         let limit = c.dial_timeout;
         let mut options = ConnectOptions::new()
@@ -360,20 +453,38 @@ impl Cluster {
             }
             options = options.with_tls(t);
         }
-        // One member per session, the next one after a failure: a
-        // balanced channel over every member keeps sending some calls to
-        // a dead one (connection refused), which would end sessions on
-        // the live ones too.
-        let n = self.inner.endpoint.load(Ordering::Relaxed) % c.endpoints.len();
-        let endpoint = &c.endpoints[n];
-        let mut client = bounded(limit, "connect", Client::connect([endpoint], Some(options)))
-            .await
-            .map_err(|e| format!("{endpoint}: {e}"))?;
-        let ttl = c.lease_ttl.as_secs() as i64;
-        let lease = bounded(limit, "lease grant", client.lease_grant(ttl, None))
-            .await?
-            .id();
-        let (mut keeper, mut alive) =
+        let first = async {
+            let mut client =
+                bounded(limit, "connect", Client::connect([endpoint], Some(options))).await?;
+            let ttl = c.lease_ttl.as_secs() as i64;
+            let lease = bounded(limit, "lease grant", client.lease_grant(ttl, None))
+                .await?
+                .id();
+            Ok::<_, String>((client, lease))
+        };
+        match first.await {
+            Ok(opened) => Ok(opened),
+            // A silent endpoint would keep a diagnosis silent too.
+            Err(e) if e.contains(NO_ANSWER) => Err(e),
+            Err(e) => match &c.tls {
+                Some(tls) => Err(tls::diagnose(endpoint, tls, limit).await.unwrap_or(e)),
+                None if tls::speaks_tls(endpoint, limit).await => Err(format!(
+                    "{e}: etcd serves TLS on this port: set ca_file (the CA of etcd's \
+                     certificate)"
+                )),
+                None => Err(e),
+            },
+        }
+    }
+
+    /// A session's start: connect, lease, write this instance's record,
+    /// read the whole prefix (a resync), and watch from the revision
+    /// after that read, so no change falls between the two.
+    async fn start_session(&self, endpoint: &str) -> Result<Live, String> {
+        let c = &self.inner.config;
+        let limit = c.dial_timeout;
+        let (mut client, lease) = self.open(endpoint).await?;
+        let (keeper, alive) =
             bounded(limit, "lease keep-alive", client.lease_keep_alive(lease)).await?;
         self.write_own(&mut client, lease, true).await?;
         let prefix = c.prefix.clone();
@@ -385,7 +496,7 @@ impl Cluster {
         .await?;
         let revision = all.header().map_or(0, |h| h.revision());
         self.resync(all.kvs());
-        let mut watch = bounded(
+        let watch = bounded(
             limit,
             "watch",
             client.watch(
@@ -398,6 +509,32 @@ impl Cluster {
             ),
         )
         .await?;
+        Ok(Live {
+            client,
+            lease,
+            keeper,
+            alive,
+            watch,
+        })
+    }
+
+    /// One connection to etcd, until an error (returned) or `token`.
+    async fn session(&self, endpoint: &str, token: &CancellationToken) -> Result<(), String> {
+        let c = &self.inner.config;
+        let limit = c.dial_timeout;
+        // Shutdown does not wait out a slow or unreachable etcd (each
+        // call of the start may take dial_timeout). A lease granted by
+        // then is not revoked: peers stop counting it after lease_ttl.
+        let Live {
+            mut client,
+            lease,
+            mut keeper,
+            mut alive,
+            mut watch,
+        } = tokio::select! {
+            live = self.start_session(endpoint) => live?,
+            () = token.cancelled() => return Ok(()),
+        };
         self.connected();
         let _ = self.inner.client.send_replace(Some(client.clone()));
         let _ = self.inner.synced.send_replace(true);
@@ -421,13 +558,13 @@ impl Cluster {
                     }
                     Ok(Some(r)) => self.apply(r.events()),
                     Ok(None) => return Err("the watch ended".into()),
-                    Err(e) => return Err(format!("watch: {e}")),
+                    Err(e) => return Err(format!("watch: {}", describe(&e))),
                 },
                 reply = alive.message() => match reply {
                     Ok(Some(r)) if r.ttl() <= 0 => return Err("the lease expired".into()),
                     Ok(Some(_)) => {}
                     Ok(None) => return Err("the lease keep-alive stream ended".into()),
-                    Err(e) => return Err(format!("lease keep-alive: {e}")),
+                    Err(e) => return Err(format!("lease keep-alive: {}", describe(&e))),
                 },
                 _ = heartbeat.tick() => {
                     bounded(limit, "lease keep-alive", keeper.keep_alive()).await?;
@@ -611,7 +748,7 @@ impl Cluster {
                         tracing::warn!(
                             zone = %zone, datacenter = %dc, by = %o.by, instance = %o.instance,
                             "shared override: {}",
-                            serde_json::to_value(o.value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+                            override_name(o.value)
                         );
                     }
                     s.overrides.insert(k, o);
@@ -638,36 +775,29 @@ impl Cluster {
                 }
             }
         }
-        let sources = s
-            .overrides
-            .iter()
-            .map(|(k, o)| {
-                let source = OverrideSource {
-                    by: o.by.clone(),
-                    at: o.at.clone(),
-                    instance: o.instance.clone(),
-                };
-                (k.clone(), source)
-            })
-            .collect();
         let input = SharedInput {
             name: self.inner.config.name.clone(),
             rule: s.rule,
             votes,
-            sources,
         };
         drop(s);
         self.inner.monitor.set_shared(input);
     }
 
+    /// Hands the shared overrides and their sources to the monitor
+    /// (which saves them in the state file, the local cache).
     fn push_overrides(&self) {
-        let map = self
-            .lock()
-            .overrides
-            .iter()
-            .map(|(k, o)| (k.clone(), o.value))
-            .collect();
-        self.inner.monitor.set_shared_overrides(map);
+        let mut stored = Stored::default();
+        for (k, o) in &self.lock().overrides {
+            stored.overrides.insert(k.clone(), o.value);
+            let source = OverrideSource {
+                by: o.by.clone(),
+                at: o.at.clone(),
+                instance: o.instance.clone(),
+            };
+            stored.sources.insert(k.clone(), source);
+        }
+        self.inner.monitor.set_shared_overrides(stored);
     }
 
     //--- Operators
@@ -704,17 +834,16 @@ impl Cluster {
                 let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
                 bounded(limit, "put", client.put(key, json, None))
                     .await
-                    .map_err(|e| format!("etcd: {e}: {not_stored}"))?;
+                    .map_err(|e| format!("etcd: {}: {not_stored}", self.hint(e)))?;
                 self.lock().overrides.insert(dc_key, record);
             }
             None => {
                 bounded(limit, "delete", client.delete(key, None))
                     .await
-                    .map_err(|e| format!("etcd: {e}: {not_stored}"))?;
+                    .map_err(|e| format!("etcd: {}: {not_stored}", self.hint(e)))?;
                 self.lock().overrides.remove(&dc_key);
             }
         }
-        self.push_votes();
         self.push_overrides();
         Ok(())
     }
@@ -846,6 +975,14 @@ impl Cluster {
     }
 }
 
+/// An override as the API and the config write it.
+fn override_name(o: Override) -> &'static str {
+    match o {
+        Override::Drain => "drain",
+        Override::ForceUp => "force-up",
+    }
+}
+
 /// `call` within `limit`, its error or the timeout as text naming `what`.
 async fn bounded<T>(
     limit: Duration,
@@ -854,7 +991,37 @@ async fn bounded<T>(
 ) -> Result<T, String> {
     match tokio::time::timeout(limit, call).await {
         Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(format!("{what}: {e}")),
-        Err(_) => Err(format!("{what}: no answer within {limit:?}")),
+        // tonic's own request timeout (the same limit), as ours.
+        Ok(Err(etcd_client::Error::GRpcStatus(s))) if s.message() == "Timeout expired" => {
+            Err(format!("{what}: {NO_ANSWER} {limit:?}"))
+        }
+        Ok(Err(e)) => Err(format!("{what}: {}", describe(&e))),
+        Err(_) => Err(format!("{what}: {NO_ANSWER} {limit:?}")),
     }
+}
+
+/// An etcd error as one line an operator can act on: a gRPC status's
+/// message (and its cause, when one lies behind it) rather than the
+/// status's debug form, and a transport error with its causes.
+fn describe(e: &etcd_client::Error) -> String {
+    use std::error::Error as _;
+    let (mut out, mut cause) = match e {
+        etcd_client::Error::GRpcStatus(s) => {
+            let message = match s.message() {
+                "" => format!("{:?}", s.code()),
+                m => m.to_string(),
+            };
+            (message, s.source())
+        }
+        etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
+        other => (other.to_string(), None),
+    };
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out = format!("{out}: {text}");
+        }
+        cause = c.source();
+    }
+    out
 }

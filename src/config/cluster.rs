@@ -157,6 +157,52 @@ fn hostname() -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// Checks that `pem` holds one or more PEM certificates, all readable:
+/// a wrong file shows at load, not as a TLS failure at run time.
+fn certificates(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut n = 0;
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        cert.map_err(|e| format!("not PEM: {e}"))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err("no PEM certificate (-----BEGIN CERTIFICATE-----) in it".into());
+    }
+    Ok(())
+}
+
+/// Checks that `pem` holds a PEM private key (PKCS#8, PKCS#1 or SEC1).
+fn private_key(pem: &[u8]) -> Result<(), String> {
+    use rustls::pki_types::PrivateKeyDer;
+    use rustls::pki_types::pem::PemObject;
+    PrivateKeyDer::from_pem_slice(pem)
+        .map(drop)
+        .map_err(|e| format!("no PEM private key in it ({e})"))
+}
+
+/// What every `[cluster]` check needs: the config file (for errors) and
+/// its directory (for relative file paths).
+struct Ctx<'a> {
+    file: &'a Path,
+    base: &'a Path,
+}
+
+impl Ctx<'_> {
+    /// An error at `cluster.<key>`.
+    fn err(&self, key: &str, reason: String) -> ConfigError {
+        ConfigError::new(self.file, format!("cluster.{key}"), reason)
+    }
+
+    /// The contents of the file `name` given at `key`.
+    fn read(&self, key: &str, name: &str) -> Result<Vec<u8>, ConfigError> {
+        let path = self.base.join(name);
+        std::fs::read(&path)
+            .map_err(|e| self.err(key, format!("{}: cannot read: {e}", path.display())))
+    }
+}
+
 /// Checks `[cluster]`; `base` is the config file's directory (relative
 /// file paths).
 pub(super) fn validate_cluster(
@@ -165,51 +211,113 @@ pub(super) fn validate_cluster(
     raw: Option<RawCluster>,
 ) -> Result<Option<ClusterConfig>, ConfigError> {
     let Some(raw) = raw else { return Ok(None) };
-    let err = |key: &str, reason: String| ConfigError::new(file, format!("cluster.{key}"), reason);
+    let cx = Ctx { file, base };
     if raw.password.is_some() {
-        return Err(err(
+        return Err(cx.err(
             "password",
             "not accepted in the config file: put the password in a file readable only by \
              Meridian and name it in `password_file`"
                 .into(),
         ));
     }
-    let read = |key: &str, name: &str| {
-        let path = base.join(name);
-        std::fs::read(&path).map_err(|e| err(key, format!("{}: cannot read: {e}", path.display())))
-    };
-    let tls = match (raw.ca_file, raw.cert_file, raw.key_file) {
-        (None, None, None) => None,
+    let tls = tls(&cx, raw.ca_file, raw.cert_file, raw.key_file)?;
+    let endpoints = endpoints(&cx, raw.endpoints, tls.is_some())?;
+    let prefix = raw
+        .prefix
+        .unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.to_string());
+    if prefix.is_empty() || !prefix.ends_with('/') {
+        return Err(cx.err(
+            "prefix",
+            format!("{prefix:?}: a non-empty key prefix ending in \"/\", e.g. \"/meridian/\""),
+        ));
+    }
+    let name = name(&cx, raw.name)?;
+    let quorum = quorum(&cx, raw.quorum)?;
+    let lease_ttl = super::probe::duration(
+        file,
+        "cluster.lease_ttl".into(),
+        raw.lease_ttl.as_deref(),
+        DEFAULT_CLUSTER_LEASE_TTL,
+        MIN_CLUSTER_LEASE_TTL,
+        MAX_CLUSTER_LEASE_TTL,
+    )?;
+    if lease_ttl.subsec_nanos() != 0 {
+        return Err(cx.err(
+            "lease_ttl",
+            format!("{lease_ttl:?}: etcd leases are whole seconds"),
+        ));
+    }
+    let dial_timeout = super::probe::duration(
+        file,
+        "cluster.dial_timeout".into(),
+        raw.dial_timeout.as_deref(),
+        DEFAULT_CLUSTER_DIAL_TIMEOUT,
+        MIN_CLUSTER_DIAL_TIMEOUT,
+        MAX_CLUSTER_DIAL_TIMEOUT,
+    )?;
+    let auth = auth(&cx, raw.username, raw.password_file)?;
+    Ok(Some(ClusterConfig {
+        endpoints,
+        prefix,
+        name,
+        quorum,
+        lease_ttl,
+        dial_timeout,
+        tls,
+        auth,
+    }))
+}
+
+/// `ca_file`, `cert_file`, `key_file`: TLS, read and checked as PEM.
+fn tls(
+    cx: &Ctx<'_>,
+    ca: Option<String>,
+    cert: Option<String>,
+    key: Option<String>,
+) -> Result<Option<ClusterTls>, ConfigError> {
+    let ca = match (ca, &cert, &key) {
+        (None, None, None) => return Ok(None),
         (None, _, _) => {
-            return Err(err(
+            return Err(cx.err(
                 "ca_file",
                 "missing: TLS (cert_file, key_file) needs the CA that signed the etcd servers' \
                  certificates"
                     .into(),
             ));
         }
-        (Some(ca), cert, key) => {
-            let identity = match (cert, key) {
-                (None, None) => None,
-                (Some(c), Some(k)) => Some((read("cert_file", &c)?, read("key_file", &k)?)),
-                (Some(_), None) => {
-                    return Err(err("key_file", "missing: cert_file needs its key".into()));
-                }
-                (None, Some(_)) => {
-                    return Err(err(
-                        "cert_file",
-                        "missing: key_file needs its certificate".into(),
-                    ));
-                }
-            };
-            Some(ClusterTls {
-                ca_pem: read("ca_file", &ca)?,
-                identity,
-            })
+        (Some(ca), _, _) => ca,
+    };
+    let identity = match (cert, key) {
+        (None, None) => None,
+        (Some(c), Some(k)) => {
+            let (cert, key) = (cx.read("cert_file", &c)?, cx.read("key_file", &k)?);
+            certificates(&cert).map_err(|e| cx.err("cert_file", format!("{c}: {e}")))?;
+            private_key(&key).map_err(|e| cx.err("key_file", format!("{k}: {e}")))?;
+            Some((cert, key))
+        }
+        (Some(_), None) => {
+            return Err(cx.err("key_file", "missing: cert_file needs its key".into()));
+        }
+        (None, Some(_)) => {
+            return Err(cx.err(
+                "cert_file",
+                "missing: key_file needs its certificate".into(),
+            ));
         }
     };
-    let Some(list) = raw.endpoints else {
-        return Err(err(
+    let ca_pem = cx.read("ca_file", &ca)?;
+    certificates(&ca_pem).map_err(|e| cx.err("ca_file", format!("{ca}: {e}")))?;
+    Ok(Some(ClusterTls { ca_pem, identity }))
+}
+
+/// `endpoints`, as URLs: https with TLS, http without.
+fn endpoints(
+    cx: &Ctx<'_>,
+    list: Option<Vec<String>>,
+    tls: bool,
+) -> Result<Vec<String>, ConfigError> {
+    let Some(list) = list else {
+        return Err(cx.err(
             "endpoints",
             "missing: the etcd endpoints, e.g. [\"10.0.0.1:2379\", \"10.0.0.2:2379\"] (remove \
              [cluster] to run alone)"
@@ -217,7 +325,7 @@ pub(super) fn validate_cluster(
         ));
     };
     if list.is_empty() || list.len() > MAX_ENDPOINTS {
-        return Err(err(
+        return Err(cx.err(
             "endpoints",
             format!("give 1 to {MAX_ENDPOINTS} etcd endpoints"),
         ));
@@ -234,22 +342,22 @@ pub(super) fn validate_cluster(
             !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0)
         });
         if !port_ok || authority.contains('/') {
-            return Err(err(
+            return Err(cx.err(
                 &key,
                 format!("{text:?} is not HOST:PORT or http(s)://HOST:PORT"),
             ));
         }
-        let scheme = match (scheme.as_deref(), tls.is_some()) {
+        let scheme = match (scheme.as_deref(), tls) {
             (None, false) | (Some("http"), false) => "http",
             (None, true) | (Some("https"), true) => "https",
             (Some("https"), false) => {
-                return Err(err(
+                return Err(cx.err(
                     &key,
                     format!("{text:?} uses https: set ca_file (the CA of the etcd servers)"),
                 ));
             }
             (Some("http"), true) => {
-                return Err(err(
+                return Err(cx.err(
                     &key,
                     format!(
                         "{text:?} is plain http while ca_file sets TLS: use https or HOST:PORT"
@@ -257,28 +365,24 @@ pub(super) fn validate_cluster(
                 ));
             }
             (Some(other), _) => {
-                return Err(err(&key, format!("scheme {other:?}: use http or https")));
+                return Err(cx.err(&key, format!("scheme {other:?}: use http or https")));
             }
         };
         let url = format!("{scheme}://{authority}");
         if endpoints.contains(&url) {
-            return Err(err(&key, format!("{text:?} is listed twice")));
+            return Err(cx.err(&key, format!("{text:?} is listed twice")));
         }
         endpoints.push(url);
     }
-    let prefix = raw
-        .prefix
-        .unwrap_or_else(|| DEFAULT_CLUSTER_PREFIX.to_string());
-    if prefix.is_empty() || !prefix.ends_with('/') {
-        return Err(err(
-            "prefix",
-            format!("{prefix:?}: a non-empty key prefix ending in \"/\", e.g. \"/meridian/\""),
-        ));
-    }
-    let name = match raw.name {
+    Ok(endpoints)
+}
+
+/// `name`, or the host name.
+fn name(cx: &Ctx<'_>, name: Option<String>) -> Result<String, ConfigError> {
+    let name = match name {
         Some(n) => n,
         None => hostname().ok_or_else(|| {
-            err(
+            cx.err(
                 "name",
                 "not set, and this host's name cannot be read: set a name for this instance".into(),
             )
@@ -289,97 +393,70 @@ pub(super) fn validate_cluster(
         || name.contains('/')
         || name.chars().any(char::is_control)
     {
-        return Err(err(
+        return Err(cx.err(
             "name",
             format!("{name:?}: 1 to {MAX_NAME} bytes, no \"/\" and no control characters"),
         ));
     }
-    let quorum = match raw.quorum {
+    Ok(name)
+}
+
+/// `quorum`: a rule's name or a count.
+fn quorum(cx: &Ctx<'_>, value: Option<toml::Value>) -> Result<Quorum, ConfigError> {
+    let wrong = |shown: String| {
+        cx.err(
+            "quorum",
+            format!("{shown}: \"any\", \"majority\", \"all\" or a count such as 2"),
+        )
+    };
+    Ok(match value {
         None => Quorum::Majority,
         Some(toml::Value::String(s)) => match s.as_str() {
             "any" => Quorum::Any,
             "majority" => Quorum::Majority,
             "all" => Quorum::All,
-            other => {
-                return Err(err(
-                    "quorum",
-                    format!("{other:?}: \"any\", \"majority\", \"all\" or a count such as 2"),
-                ));
-            }
+            other => return Err(wrong(format!("{other:?}"))),
         },
         Some(toml::Value::Integer(n)) => {
-            Quorum::Count(
-                check_range(file, "cluster.quorum", n, 1, i64::from(MAX_QUORUM_COUNT))? as u32,
-            )
+            let max = i64::from(MAX_QUORUM_COUNT);
+            Quorum::Count(check_range(cx.file, "cluster.quorum", n, 1, max)? as u32)
         }
-        Some(other) => {
-            return Err(err(
-                "quorum",
-                format!("{other}: \"any\", \"majority\", \"all\" or a count such as 2"),
-            ));
-        }
-    };
-    let lease_ttl = super::probe::duration(
-        file,
-        "cluster.lease_ttl".into(),
-        raw.lease_ttl.as_deref(),
-        DEFAULT_CLUSTER_LEASE_TTL,
-        MIN_CLUSTER_LEASE_TTL,
-        MAX_CLUSTER_LEASE_TTL,
-    )?;
-    if lease_ttl.subsec_nanos() != 0 {
-        return Err(err(
-            "lease_ttl",
-            format!("{lease_ttl:?}: etcd leases are whole seconds"),
-        ));
-    }
-    let dial_timeout = super::probe::duration(
-        file,
-        "cluster.dial_timeout".into(),
-        raw.dial_timeout.as_deref(),
-        DEFAULT_CLUSTER_DIAL_TIMEOUT,
-        MIN_CLUSTER_DIAL_TIMEOUT,
-        MAX_CLUSTER_DIAL_TIMEOUT,
-    )?;
-    let auth = match (raw.username, raw.password_file) {
-        (None, None) => None,
-        (Some(_), None) => {
-            return Err(err(
-                "password_file",
-                "missing: username needs the file holding its password".into(),
-            ));
-        }
-        (None, Some(_)) => {
-            return Err(err(
-                "username",
-                "missing: password_file needs the etcd user it is for".into(),
-            ));
-        }
+        Some(other) => return Err(wrong(other.to_string())),
+    })
+}
+
+/// `username` and `password_file`: both or neither.
+fn auth(
+    cx: &Ctx<'_>,
+    username: Option<String>,
+    password_file: Option<String>,
+) -> Result<Option<ClusterAuth>, ConfigError> {
+    match (username, password_file) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(cx.err(
+            "password_file",
+            "missing: username needs the file holding its password".into(),
+        )),
+        (None, Some(_)) => Err(cx.err(
+            "username",
+            "missing: password_file needs the etcd user it is for".into(),
+        )),
         (Some(username), Some(f)) => {
             if username.is_empty() {
-                return Err(err("username", "empty".into()));
+                return Err(cx.err("username", "empty".into()));
             }
-            let bytes = read("password_file", &f)?;
+            let bytes = cx.read("password_file", &f)?;
+            // Errors name the file, never its contents.
             let password = String::from_utf8(bytes)
-                .map_err(|_| err("password_file", format!("{f}: not UTF-8 text")))?
+                .map_err(|_| cx.err("password_file", format!("{f}: not UTF-8 text")))?
                 .trim_end_matches(['\n', '\r'])
                 .to_string();
             if password.is_empty() {
-                return Err(err("password_file", format!("{f}: empty")));
+                return Err(cx.err("password_file", format!("{f}: empty")));
             }
-            Some(ClusterAuth { username, password })
+            Ok(Some(ClusterAuth { username, password }))
         }
-    };
-    Ok(Some(ClusterConfig {
-        endpoints,
-        prefix,
-        name,
-        quorum,
-        lease_ttl,
-        dial_timeout,
-        tls,
-        auth,
-    }))
+    }
 }
 
 #[cfg(test)]
@@ -389,7 +466,14 @@ mod tests {
     fn parse(toml: &str) -> Result<Option<ClusterConfig>, ConfigError> {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("pw"), "s3cret\n").unwrap();
-        std::fs::write(dir.path().join("ca.pem"), "CA").unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["etcd".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key.serialize_pem()).unwrap();
+        std::fs::write(dir.path().join("junk.pem"), "CA").unwrap();
         let file = dir.path().join("meridian.toml");
         let text = format!("[cluster]\n{toml}");
         super::super::parse_server(&file, &text).map(|s| s.cluster)
@@ -498,6 +582,23 @@ mod tests {
                 "endpoints = [\"a:1\"]\ncert_file = \"ca.pem\"",
                 "cluster.ca_file",
                 "missing",
+            ),
+            (
+                "endpoints = [\"a:1\"]\nca_file = \"junk.pem\"",
+                "cluster.ca_file",
+                "no PEM certificate",
+            ),
+            (
+                "endpoints = [\"a:1\"]\nca_file = \"ca.pem\"\ncert_file = \"key.pem\"\n\
+                 key_file = \"key.pem\"",
+                "cluster.cert_file",
+                "no PEM certificate",
+            ),
+            (
+                "endpoints = [\"a:1\"]\nca_file = \"ca.pem\"\ncert_file = \"ca.pem\"\n\
+                 key_file = \"ca.pem\"",
+                "cluster.key_file",
+                "no PEM private key",
             ),
             (
                 "endpoints = [\"a:1\"]\nendpoint = \"a:1\"",

@@ -29,13 +29,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::overrides::{DcKey, Overrides};
+use super::overrides::{DcKey, Overrides, Stored};
 use super::probe::{Outcome, Prober};
 use super::rtt::{DEFAULT_CONGESTION_FACTOR, RttStats};
 use super::state::{Machine, TargetState};
@@ -326,8 +325,6 @@ pub struct SharedInput {
     /// Per datacenter, the live peers' views of it (this instance's own
     /// is not in the list), by instance name.
     pub votes: BTreeMap<DcKey, Vec<(String, Observed)>>,
-    /// Who set each shared override, when and through which instance.
-    pub sources: BTreeMap<DcKey, OverrideSource>,
 }
 
 /// One datacenter as this instance's own probes see it: its state
@@ -335,17 +332,7 @@ pub struct SharedInput {
 /// state.
 pub type OwnObservation = (DcKey, Observed, u32, Vec<(String, &'static str)>);
 
-/// Who set a shared override, when, and through which instance.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OverrideSource {
-    /// The operator (the request's `by`, `X-Meridian-Operator`, or the
-    /// client's address).
-    pub by: String,
-    /// When, RFC 3339 UTC.
-    pub at: String,
-    /// The instance whose API took the request.
-    pub instance: String,
-}
+pub use super::overrides::OverrideSource;
 
 /// A change of an override through the admin API, in cluster mode.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1097,11 +1084,12 @@ impl Monitor {
         self.publish();
     }
 
-    /// Replaces the overrides with the cluster's shared ones and saves
-    /// the state file (the local cache); republishes on a change.
-    pub fn set_shared_overrides(&self, map: BTreeMap<DcKey, Override>) {
+    /// Replaces the overrides with the cluster's shared ones and their
+    /// sources, and saves the state file (the local cache); republishes
+    /// when an override changed.
+    pub fn set_shared_overrides(&self, stored: Stored) {
         let mut state = self.lock();
-        let (changed, saved) = state.overrides.replace(map);
+        let (changed, saved) = state.overrides.replace(stored);
         drop(state);
         if let Err(e) = saved {
             tracing::error!("{e}; the shared overrides are in force but the local cache is stale");
@@ -1109,6 +1097,12 @@ impl Monitor {
         if changed {
             self.publish();
         }
+    }
+
+    /// The overrides in force and their sources: at start-up, what the
+    /// state file held.
+    pub fn stored_overrides(&self) -> Stored {
+        self.lock().overrides.stored().clone()
     }
 
     /// This instance's own view of every datacenter: its state (before
@@ -1494,7 +1488,7 @@ impl Monitor {
                                 "live_observers": decision.map_or(1, |d| d.live),
                                 "down_votes": decision.map_or(0, |d| d.down),
                                 "votes": votes,
-                                "override_source": shared.sources.get(&key),
+                                "override_source": state.overrides.source(&key.0, &key.1),
                             })
                         });
                         let mut entry = json!({

@@ -19,6 +19,27 @@
 //!   ]
 //! }
 //! ```
+//!
+//! Version 2 adds to each entry, optionally, where a cluster's shared
+//! override came from (`[cluster]`: the file is then the local cache of
+//! etcd's overrides): `by`, `at` and `instance`, all three or none, as
+//! [`OverrideSource`] has them. So a start with etcd unreachable still
+//! shows in `/status` who set each override, when and through which
+//! instance.
+//!
+//! ```json
+//! { "zone": "gslb.example.com.", "datacenter": "eu-west", "override": "drain",
+//!   "by": "alice", "at": "2026-11-25T20:19:27.123Z", "instance": "ns2-iad" }
+//! ```
+//!
+//! Why a new version rather than optional fields in version 1: releases
+//! that read only version 1 refuse unknown fields, so they would refuse a
+//! file with sources anyway, and "not a Meridian state file: unknown field
+//! `by`" is a worse message than "state file version 2 is not supported
+//! … written by another release". This release reads both, and writes
+//! version 1 whenever no entry has a source: without `[cluster]` the file
+//! stays exactly as older releases write it, so going back to one still
+//! works. Only a cluster member's cache becomes version 2.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -31,14 +52,32 @@ use super::Override;
 /// `(zone origin, datacenter name)`.
 pub type DcKey = (String, String);
 
-/// The only state-file version this build reads and writes.
-pub const STATE_VERSION: u32 = 1;
+/// The newest state-file version, which this build reads and writes
+/// when an override has a source. It also reads and writes version
+/// [`STATE_VERSION_PLAIN`].
+pub const STATE_VERSION: u32 = 2;
+/// The version without override sources: what this build writes when no
+/// override has one, and all that older releases read.
+pub const STATE_VERSION_PLAIN: u32 = 1;
 
 #[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct File {
     version: u32,
     overrides: Vec<Entry>,
+}
+
+/// Who set a shared override (`[cluster]`), when, and through which
+/// instance: in etcd, in `/status`, and in the state file (version 2).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OverrideSource {
+    /// The operator (the request's `by`, `X-Meridian-Operator`, or the
+    /// client's address).
+    pub by: String,
+    /// When, RFC 3339 UTC.
+    pub at: String,
+    /// The instance whose API took the request.
+    pub instance: String,
 }
 
 /// Read first, alone, so a file of another version is refused for its
@@ -55,6 +94,23 @@ struct Entry {
     datacenter: String,
     #[serde(rename = "override")]
     action: Override,
+    /// Version 2: the source, all three fields or none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    by: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    instance: Option<String>,
+}
+
+/// What a state file holds: the overrides, and where the shared ones came
+/// from (version 2; a datacenter without a source is not in `sources`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// The override of each datacenter.
+    pub overrides: BTreeMap<DcKey, Override>,
+    /// The source of each shared override.
+    pub sources: BTreeMap<DcKey, OverrideSource>,
 }
 
 /// Why state-file text was refused (without the file name: [`Overrides::load`]
@@ -63,8 +119,14 @@ struct Entry {
 pub enum ParseError {
     /// Not JSON, or not the layout of a state file.
     Syntax(String),
-    /// A `"version"` other than [`STATE_VERSION`], or none.
+    /// A `"version"` this build does not read, or none.
     Version(String),
+    /// An entry with some of `by`, `at`, `instance` but not all, or with
+    /// any of them in a version 1 file.
+    Source {
+        /// The entry's position in `overrides`, from 0.
+        entry: usize,
+    },
     /// Two entries for one datacenter.
     Duplicate {
         /// Zone origin.
@@ -82,9 +144,14 @@ impl fmt::Display for ParseError {
             Self::Syntax(e) => write!(f, "not a Meridian state file: {e}"),
             Self::Version(found) => write!(
                 f,
-                "state file version {found} is not supported (this Meridian reads version \
-                 {STATE_VERSION}); it was written by another release: move it aside to start \
-                 without overrides"
+                "state file version {found} is not supported (this Meridian reads versions \
+                 {STATE_VERSION_PLAIN} and {STATE_VERSION}); it was written by another release: \
+                 move it aside to start without overrides"
+            ),
+            Self::Source { entry } => write!(
+                f,
+                "overrides[{entry}]: \"by\", \"at\" and \"instance\" go together, and only \
+                 in version {STATE_VERSION}; delete them to keep the override without its source"
             ),
             Self::Duplicate {
                 zone,
@@ -110,16 +177,22 @@ impl std::error::Error for ParseError {}
 /// can disagree (`drain` and `force-up`): picking one silently could put
 /// traffic on a datacenter someone is draining. The error names the zone,
 /// the datacenter and both entries, so the fix is a one-line edit.
-pub fn parse(text: &str) -> Result<BTreeMap<DcKey, Override>, ParseError> {
+pub fn parse(text: &str) -> Result<Stored, ParseError> {
     let head: VersionOnly =
         serde_json::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
-    match head.version {
-        Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(STATE_VERSION)) => {}
-        Some(other) => return Err(ParseError::Version(other.to_string())),
-        None => return Err(ParseError::Version("(missing)".to_string())),
-    }
+    let known = [STATE_VERSION_PLAIN, STATE_VERSION].map(u64::from);
+    let version = match &head.version {
+        Some(serde_json::Value::Number(n)) => n.as_u64().filter(|v| known.contains(v)),
+        _ => None,
+    };
+    let Some(version) = version else {
+        let found = head
+            .version
+            .map_or("(missing)".to_string(), |v| v.to_string());
+        return Err(ParseError::Version(found));
+    };
     let file: File = serde_json::from_str(text).map_err(|e| ParseError::Syntax(e.to_string()))?;
-    let mut map = BTreeMap::new();
+    let mut stored = Stored::default();
     let mut first_at: BTreeMap<DcKey, usize> = BTreeMap::new();
     for (i, e) in file.overrides.into_iter().enumerate() {
         let key = (e.zone, e.datacenter);
@@ -131,21 +204,41 @@ pub fn parse(text: &str) -> Result<BTreeMap<DcKey, Override>, ParseError> {
             });
         }
         first_at.insert(key.clone(), i);
-        map.insert(key, e.action);
+        match (e.by, e.at, e.instance) {
+            (None, None, None) => {}
+            (Some(by), Some(at), Some(instance)) if version == u64::from(STATE_VERSION) => {
+                let source = OverrideSource { by, at, instance };
+                stored.sources.insert(key.clone(), source);
+            }
+            _ => return Err(ParseError::Source { entry: i }),
+        }
+        stored.overrides.insert(key, e.action);
     }
-    Ok(map)
+    Ok(stored)
 }
 
-/// The text [`Overrides`] saves for `map`: what [`parse`] reads back.
-pub fn render(map: &BTreeMap<DcKey, Override>) -> String {
+/// The text [`Overrides`] saves: what [`parse`] reads back. Version 1
+/// when no override has a source, else version 2 (see the module docs).
+pub fn render(stored: &Stored) -> String {
     let file = File {
-        version: STATE_VERSION,
-        overrides: map
+        version: if stored.sources.is_empty() {
+            STATE_VERSION_PLAIN
+        } else {
+            STATE_VERSION
+        },
+        overrides: stored
+            .overrides
             .iter()
-            .map(|((zone, dc), action)| Entry {
-                zone: zone.clone(),
-                datacenter: dc.clone(),
-                action: *action,
+            .map(|(key, action)| {
+                let source = stored.sources.get(key);
+                Entry {
+                    zone: key.0.clone(),
+                    datacenter: key.1.clone(),
+                    action: *action,
+                    by: source.map(|s| s.by.clone()),
+                    at: source.map(|s| s.at.clone()),
+                    instance: source.map(|s| s.instance.clone()),
+                }
             })
             .collect(),
     };
@@ -157,7 +250,7 @@ pub fn render(map: &BTreeMap<DcKey, Override>) -> String {
 #[derive(Debug)]
 pub struct Overrides {
     path: PathBuf,
-    map: BTreeMap<DcKey, Override>,
+    stored: Stored,
 }
 
 impl Overrides {
@@ -168,53 +261,71 @@ impl Overrides {
     pub fn load(path: &Path) -> Result<Self, String> {
         // Also the fixed-name temporary older versions wrote.
         crate::persist::remove_stale_temporaries(path, &[path.with_extension("json.tmp")]);
-        let map = match std::fs::read_to_string(path) {
+        let stored = match std::fs::read_to_string(path) {
             Ok(text) => parse(&text).map_err(|e| format!("{}: {e}", path.display()))?,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Stored::default(),
             Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
         };
         Ok(Self {
             path: path.to_path_buf(),
-            map,
+            stored,
         })
     }
 
     /// The override of a datacenter.
     pub fn get(&self, zone: &str, dc: &str) -> Option<Override> {
-        self.map.get(&(zone.to_string(), dc.to_string())).copied()
+        let key = (zone.to_string(), dc.to_string());
+        self.stored.overrides.get(&key).copied()
+    }
+
+    /// Who set a datacenter's shared override (`[cluster]`), when and
+    /// through which instance; `None` alone, or for an override set
+    /// without `[cluster]`.
+    pub fn source(&self, zone: &str, dc: &str) -> Option<&OverrideSource> {
+        let key = (zone.to_string(), dc.to_string());
+        self.stored.sources.get(&key)
     }
 
     /// Every override.
     pub fn all(&self) -> &BTreeMap<DcKey, Override> {
-        &self.map
+        &self.stored.overrides
     }
 
-    /// Sets or clears an override and saves the file. The change holds in
-    /// memory even when saving fails; the error says it was not saved.
+    /// Every override with its source, as saved.
+    pub fn stored(&self) -> &Stored {
+        &self.stored
+    }
+
+    /// Sets or clears an override (set here, alone: it has no source) and
+    /// saves the file. The change holds in memory even when saving fails;
+    /// the error says it was not saved.
     pub fn set(&mut self, zone: &str, dc: &str, value: Option<Override>) -> Result<(), String> {
         let key = (zone.to_string(), dc.to_string());
+        self.stored.sources.remove(&key);
         match value {
-            Some(v) => self.map.insert(key, v),
-            None => self.map.remove(&key),
+            Some(v) => self.stored.overrides.insert(key, v),
+            None => self.stored.overrides.remove(&key),
         };
         self.save()
     }
 
-    /// Replaces every override with `map` (the cluster's shared ones,
-    /// `[cluster]`): the state file is then the local cache read at
-    /// start-up when etcd cannot be reached. Saves only on a change;
-    /// returns whether anything changed. Like [`Self::set`], the change
+    /// Replaces every override with `stored` (the cluster's shared ones
+    /// and their sources, `[cluster]`): the state file is then the local
+    /// cache read at start-up when etcd cannot be reached. Saves only on
+    /// a change; returns whether the overrides themselves changed (a new
+    /// source alone changes no answer). Like [`Self::set`], the change
     /// holds in memory even when saving fails.
-    pub fn replace(&mut self, map: BTreeMap<DcKey, Override>) -> (bool, Result<(), String>) {
-        if map == self.map {
+    pub fn replace(&mut self, stored: Stored) -> (bool, Result<(), String>) {
+        if stored == self.stored {
             return (false, Ok(()));
         }
-        self.map = map;
-        (true, self.save())
+        let changed = stored.overrides != self.stored.overrides;
+        self.stored = stored;
+        (changed, self.save())
     }
 
     fn save(&self) -> Result<(), String> {
-        let text = render(&self.map);
+        let text = render(&self.stored);
         // Write a fresh temporary file, sync, rename, sync the directory:
         // after a crash the file is either the old one or the new one,
         // never empty. `tempfile` opens it with O_CREAT|O_EXCL under a
@@ -317,7 +428,7 @@ mod tests {
         // (load refuses a directory: build the value directly.)
         let mut o = Overrides {
             path: path.clone(),
-            map: BTreeMap::new(),
+            stored: Stored::default(),
         };
         let err = o.set("z.", "a", Some(Override::Drain)).unwrap_err();
         assert!(
@@ -335,11 +446,11 @@ mod tests {
     fn another_version_is_refused_by_name() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
-        std::fs::write(&path, r#"{"version": 2, "overrides": [], "new": true}"#).unwrap();
+        std::fs::write(&path, r#"{"version": 3, "overrides": [], "new": true}"#).unwrap();
         let err = Overrides::load(&path).unwrap_err();
         assert!(err.contains("state.json"), "{err}");
-        assert!(err.contains("version 2"), "{err}");
-        assert!(err.contains("reads version 1"), "{err}");
+        assert!(err.contains("version 3"), "{err}");
+        assert!(err.contains("reads versions 1 and 2"), "{err}");
         let missing = parse(r#"{"overrides": []}"#).unwrap_err();
         assert_eq!(missing, ParseError::Version("(missing)".into()));
         assert!(matches!(
@@ -371,7 +482,7 @@ mod tests {
             {"zone": "y.", "datacenter": "a", "override": "drain"},
             {"zone": "z.", "datacenter": "a", "override": "drain"}
         ]}"#;
-        assert_eq!(parse(two_zones).unwrap().len(), 2);
+        assert_eq!(parse(two_zones).unwrap().overrides.len(), 2);
     }
 
     #[test]
@@ -379,22 +490,110 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("state.json");
         let mut o = Overrides::load(&path).unwrap();
-        let mut map = BTreeMap::new();
-        map.insert(("z.".to_string(), "a".to_string()), Override::Drain);
-        assert_eq!(o.replace(map.clone()), (true, Ok(())));
-        assert_eq!(Overrides::load(&path).unwrap().all(), &map);
+        let key = ("z.".to_string(), "a".to_string());
+        let mut stored = Stored::default();
+        stored.overrides.insert(key.clone(), Override::Drain);
+        assert_eq!(o.replace(stored.clone()), (true, Ok(())));
+        assert_eq!(Overrides::load(&path).unwrap().stored(), &stored);
         std::fs::remove_file(&path).unwrap();
-        assert_eq!(o.replace(map), (false, Ok(())));
+        assert_eq!(o.replace(stored.clone()), (false, Ok(())));
         assert!(!path.exists(), "nothing changed: nothing written");
-        assert_eq!(o.replace(BTreeMap::new()), (true, Ok(())));
+        // A source alone changes no answer, but is saved.
+        stored.sources.insert(key, source("alice"));
+        assert_eq!(o.replace(stored.clone()), (false, Ok(())));
+        assert_eq!(Overrides::load(&path).unwrap().stored(), &stored);
+        assert_eq!(o.replace(Stored::default()), (true, Ok(())));
         assert!(Overrides::load(&path).unwrap().all().is_empty());
+    }
+
+    fn source(by: &str) -> OverrideSource {
+        OverrideSource {
+            by: by.to_string(),
+            at: "2026-11-25T20:19:27.123Z".to_string(),
+            instance: "ns2-iad".to_string(),
+        }
     }
 
     #[test]
     fn render_is_what_parse_reads() {
-        let mut map = BTreeMap::new();
-        map.insert(("z.".to_string(), "a\"\n".to_string()), Override::Drain);
-        map.insert(("é.".to_string(), String::new()), Override::ForceUp);
-        assert_eq!(parse(&render(&map)).unwrap(), map);
+        let mut stored = Stored::default();
+        let odd = ("z.".to_string(), "a\"\n".to_string());
+        stored.overrides.insert(odd.clone(), Override::Drain);
+        stored
+            .overrides
+            .insert(("é.".to_string(), String::new()), Override::ForceUp);
+        assert_eq!(parse(&render(&stored)).unwrap(), stored);
+        stored.sources.insert(odd, source("bob \"the\" operator"));
+        assert_eq!(parse(&render(&stored)).unwrap(), stored);
+    }
+
+    /// Without sources the file is version 1, as older releases write and
+    /// read it; a version 1 file from them reads as before.
+    #[test]
+    fn version_1_without_sources_both_ways() {
+        let old = r#"{
+  "version": 1,
+  "overrides": [
+    {
+      "zone": "z.",
+      "datacenter": "a",
+      "override": "drain"
+    }
+  ]
+}"#;
+        let stored = parse(old).unwrap();
+        assert_eq!(stored.overrides.len(), 1);
+        assert!(stored.sources.is_empty());
+        assert_eq!(
+            render(&stored),
+            old,
+            "byte for byte what older releases wrote"
+        );
+    }
+
+    #[test]
+    fn version_2_keeps_sources() {
+        let mut stored = Stored::default();
+        let (a, b) = (
+            ("z.".to_string(), "a".to_string()),
+            ("z.".to_string(), "b".to_string()),
+        );
+        stored.overrides.insert(a.clone(), Override::Drain);
+        stored.overrides.insert(b.clone(), Override::ForceUp);
+        stored.sources.insert(a.clone(), source("alice"));
+        let text = render(&stored);
+        assert!(text.contains("\"version\": 2"), "{text}");
+        assert!(text.contains("\"by\": \"alice\"") && text.contains("\"instance\": \"ns2-iad\""));
+        let back = parse(&text).unwrap();
+        assert_eq!(back.sources.get(&a), Some(&source("alice")));
+        assert_eq!(back.sources.get(&b), None, "an entry without a source");
+        // Through Overrides: saved, loaded, shown.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        let mut o = Overrides::load(&path).unwrap();
+        let _ = o.replace(stored);
+        let again = Overrides::load(&path).unwrap();
+        assert_eq!(again.source("z.", "a"), Some(&source("alice")));
+        // A local set has no source: the file goes back to version 1.
+        let mut again = again;
+        again.set("z.", "a", Some(Override::Drain)).unwrap();
+        assert_eq!(again.source("z.", "a"), None);
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("\"version\": 1"), "{text}");
+    }
+
+    #[test]
+    fn partial_or_misplaced_sources_are_refused() {
+        let partial = r#"{"version": 2, "overrides": [
+            {"zone": "z.", "datacenter": "a", "override": "drain", "by": "alice", "at": "x", "instance": "i"},
+            {"zone": "z.", "datacenter": "b", "override": "drain", "by": "alice"}
+        ]}"#;
+        assert_eq!(parse(partial), Err(ParseError::Source { entry: 1 }));
+        let in_v1 = r#"{"version": 1, "overrides": [
+            {"zone": "z.", "datacenter": "a", "override": "drain", "by": "alice", "at": "x", "instance": "i"}
+        ]}"#;
+        let err = parse(in_v1).unwrap_err();
+        assert_eq!(err, ParseError::Source { entry: 0 });
+        assert!(err.to_string().contains("overrides[0]"), "{err}");
     }
 }

@@ -341,10 +341,13 @@ async fn start_up_refuses_a_state_file_of_another_version_or_with_duplicates() {
                 .to_string()
         }
     };
-    std::fs::write(&state, r#"{"version": 2, "overrides": []}"#).unwrap();
+    std::fs::write(&state, r#"{"version": 3, "overrides": []}"#).unwrap();
     let e = start(&config).await;
     assert!(e.contains("meridian-state.json"), "{e}");
-    assert!(e.contains("version 2") && e.contains("version 1"), "{e}");
+    assert!(
+        e.contains("version 3") && e.contains("versions 1 and 2"),
+        "{e}"
+    );
 
     std::fs::write(
         &state,
