@@ -737,7 +737,10 @@ async fn keygen(dir: &std::path::Path, algorithm: &str, role: &str) -> Key {
     let dnskey = std::fs::read_to_string(format!("{key_path}.key")).expect("read .key");
     let mut parts = base.rsplit('+');
     let tag = parts.next().and_then(|t| t.parse().ok()).expect("key tag");
-    let algorithm = parts.next().and_then(|a| a.parse().ok()).expect("algorithm");
+    let algorithm = parts
+        .next()
+        .and_then(|a| a.parse().ok())
+        .expect("algorithm");
     Key {
         file: format!("keys/{base}"),
         dnskey,
@@ -760,7 +763,12 @@ fn sep_anchor(keys: &[&Key]) -> TrustAnchor {
 fn normalized(ds: &[String]) -> Vec<String> {
     let mut v: Vec<String> = ds
         .iter()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" ").to_ascii_uppercase())
+        .map(|l| {
+            l.split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+                .to_ascii_uppercase()
+        })
         .collect();
     v.sort();
     v
@@ -815,11 +823,8 @@ impl Meridian {
             .arg("--config")
             .arg(&config)
             .env("RUST_LOG", "info");
-        let mut daemon = validators::Daemon::spawn_logging_to(
-            "meridian",
-            cmd,
-            dir.path().join("meridian.log"),
-        );
+        let mut daemon =
+            validators::Daemon::spawn_logging_to("meridian", cmd, dir.path().join("meridian.log"));
         let addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
         daemon.await_ready(addr).await;
         let admin = SocketAddr::from((Ipv4Addr::LOCALHOST, admin_port));
@@ -1011,8 +1016,16 @@ async fn meridian_unbound_validates_regions_denials_cname_dnskey_and_failover() 
                 .query("www.val.example.", RecordType::A, Some(subnet))
                 .await;
             assert_eq!(r.rcode, ResponseCode::NoError, "{subnet}: {r:?}\n{}", log());
-            assert!(r.ad, "round {round}, {subnet}: not validated: {r:?}\n{}", log());
-            assert_eq!(r.rdata(RecordType::A), [want], "round {round}, {subnet}: {r:?}");
+            assert!(
+                r.ad,
+                "round {round}, {subnet}: not validated: {r:?}\n{}",
+                log()
+            );
+            assert_eq!(
+                r.rdata(RecordType::A),
+                [want],
+                "round {round}, {subnet}: {r:?}"
+            );
             let net: ipnet::IpNet = subnet.parse().expect("subnet");
             let (addr, source, scope) = r.ecs.unwrap_or_else(|| panic!("no ECS: {r:?}"));
             assert_eq!((addr, source), (net.addr(), 24), "{r:?}");
@@ -1030,14 +1043,21 @@ async fn meridian_unbound_validates_regions_denials_cname_dnskey_and_failover() 
         .query("www.val.example.", RecordType::AAAA, Some("11.2.0.0/24"))
         .await;
     assert!(aaaa.ad, "{aaaa:?}\n{}", log());
-    assert_eq!(aaaa.rdata(RecordType::AAAA), ["2001:db8:20::10"], "{aaaa:?}");
+    assert_eq!(
+        aaaa.rdata(RecordType::AAAA),
+        ["2001:db8:20::10"],
+        "{aaaa:?}"
+    );
 
     // A CNAME chain into a service: every link and the geo answer.
     let chain = unbound
         .query("alias.val.example.", RecordType::A, Some("11.3.0.0/24"))
         .await;
     assert!(chain.ad, "{chain:?}\n{}", log());
-    assert_eq!(chain.rdata(RecordType::CNAME), ["app.val.example.", "www.val.example."]);
+    assert_eq!(
+        chain.rdata(RecordType::CNAME),
+        ["app.val.example.", "www.val.example."]
+    );
     assert_eq!(chain.rdata(RecordType::A), [AP], "{chain:?}");
 
     // Compact denial: NOERROR, AD, and the NSEC owned by the name with
@@ -1062,7 +1082,12 @@ async fn meridian_unbound_validates_regions_denials_cname_dnskey_and_failover() 
 
     // NODATA: the NSEC at www lists what is there, not TXT, not NXNAME.
     let nodata = unbound
-        .query_do("www.val.example.", RecordType::TXT, Some("11.1.0.0/24"), true)
+        .query_do(
+            "www.val.example.",
+            RecordType::TXT,
+            Some("11.1.0.0/24"),
+            true,
+        )
         .await;
     assert_eq!(nodata.rcode, ResponseCode::NoError, "{nodata:?}");
     assert!(nodata.ad, "NODATA not validated: {nodata:?}\n{}", log());
@@ -1072,16 +1097,23 @@ async fn meridian_unbound_validates_regions_denials_cname_dnskey_and_failover() 
         .first()
         .unwrap_or_else(|| panic!("no NSEC: {nodata:?}"))
         .2;
-    assert!(types.contains(&1) && !types.contains(&16) && !types.contains(&128), "{nodata:?}");
+    assert!(
+        types.contains(&1) && !types.contains(&16) && !types.contains(&128),
+        "{nodata:?}"
+    );
 
     let dnskey = unbound.query(MZONE, RecordType::DNSKEY, None).await;
     assert!(dnskey.ad, "{dnskey:?}\n{}", log());
     assert_eq!(dnskey.rdata(RecordType::DNSKEY).len(), 1, "{dnskey:?}");
 
-    let mail = unbound.query("mail.val.example.", RecordType::A, None).await;
+    let mail = unbound
+        .query("mail.val.example.", RecordType::A, None)
+        .await;
     assert!(mail.ad, "{mail:?}");
     assert_eq!(mail.rdata(RecordType::A), ["192.0.2.25"]);
-    let wild = unbound.query("x.wild.val.example.", RecordType::A, None).await;
+    let wild = unbound
+        .query("x.wild.val.example.", RecordType::A, None)
+        .await;
     assert!(wild.ad, "wildcard: {wild:?}\n{}", log());
     assert_eq!(wild.rdata(RecordType::A), ["192.0.2.77"]);
 
@@ -1091,7 +1123,8 @@ async fn meridian_unbound_validates_regions_denials_cname_dnskey_and_failover() 
     let api = unbound.query("api.val.example.", RecordType::A, None).await;
     assert!(api.ad, "{api:?}\n{}", log());
     assert_eq!(api.rdata(RecordType::A), [EU], "{api:?}");
-    m.http("POST", "/datacenters/val.example/eu-west/drain").await;
+    m.http("POST", "/datacenters/val.example/eu-west/drain")
+        .await;
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let api = unbound.query("api.val.example.", RecordType::A, None).await;
@@ -1138,8 +1171,18 @@ async fn meridian_delv_fully_validates() {
     let (m, _csk, v) = signed_meridian().await;
     let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
     for (source, name, qtype, want) in [
-        ("127.0.0.1", "www.val.example.", RecordType::A, format!("www.val.example. A {AP}")),
-        ("127.0.0.200", "www.val.example.", RecordType::A, format!("www.val.example. A {EU}")),
+        (
+            "127.0.0.1",
+            "www.val.example.",
+            RecordType::A,
+            format!("www.val.example. A {AP}"),
+        ),
+        (
+            "127.0.0.200",
+            "www.val.example.",
+            RecordType::A,
+            format!("www.val.example. A {EU}"),
+        ),
         (
             "127.0.0.200",
             "www.val.example.",
@@ -1152,8 +1195,18 @@ async fn meridian_delv_fully_validates() {
             RecordType::A,
             "alias.val.example. CNAME app.val.example.".to_owned(),
         ),
-        ("127.0.0.1", "alias.val.example.", RecordType::A, format!("www.val.example. A {AP}")),
-        ("127.0.0.1", "api.val.example.", RecordType::A, format!("api.val.example. A {EU}")),
+        (
+            "127.0.0.1",
+            "alias.val.example.",
+            RecordType::A,
+            format!("www.val.example. A {AP}"),
+        ),
+        (
+            "127.0.0.1",
+            "api.val.example.",
+            RecordType::A,
+            format!("api.val.example. A {EU}"),
+        ),
         (
             "127.0.0.1",
             "x.wild.val.example.",
@@ -1162,8 +1215,16 @@ async fn meridian_delv_fully_validates() {
         ),
     ] {
         let d = v.delv_from(name, qtype, ip(source)).await;
-        assert!(d.validated && !d.negative, "{source} {name} {qtype}:\n{}", d.output);
-        assert!(d.records.contains(&want), "{want} from {source}:\n{}", d.output);
+        assert!(
+            d.validated && !d.negative,
+            "{source} {name} {qtype}:\n{}",
+            d.output
+        );
+        assert!(
+            d.records.contains(&want),
+            "{want} from {source}:\n{}",
+            d.output
+        );
     }
     let dnskey = v.delv(MZONE, RecordType::DNSKEY).await;
     assert!(dnskey.validated, "{}", dnskey.output);
@@ -1171,11 +1232,20 @@ async fn meridian_delv_fully_validates() {
     // Compact denial: NOERROR with an NXNAME NSEC, which BIND 9.18 reads as
     // a validated NODATA.
     let nx = v.delv("nope.val.example.", RecordType::A).await;
-    assert!(nx.validated && nx.negative, "compact NXDOMAIN:\n{}", nx.output);
+    assert!(
+        nx.validated && nx.negative,
+        "compact NXDOMAIN:\n{}",
+        nx.output
+    );
     let nodata = v.delv("www.val.example.", RecordType::TXT).await;
-    assert!(nodata.validated && nodata.negative && !nodata.nxdomain, "{}", nodata.output);
+    assert!(
+        nodata.validated && nodata.negative && !nodata.nxdomain,
+        "{}",
+        nodata.output
+    );
 
-    m.http("POST", "/datacenters/val.example/eu-west/drain").await;
+    m.http("POST", "/datacenters/val.example/eu-west/drain")
+        .await;
     let api = v.delv("api.val.example.", RecordType::A).await;
     assert!(api.validated, "failover answer:\n{}", api.output);
     assert!(
@@ -1188,7 +1258,11 @@ async fn meridian_delv_fully_validates() {
     let wrong = sep_anchor(&[&keygen(other.path(), "ecdsap256sha256", "csk").await]);
     let wrong = Validators::new(m.addr, wrong).await;
     let bogus = wrong.delv("www.val.example.", RecordType::A).await;
-    assert!(!bogus.validated && bogus.records.is_empty(), "{}", bogus.output);
+    assert!(
+        !bogus.validated && bogus.records.is_empty(),
+        "{}",
+        bogus.output
+    );
 }
 
 /// `dnsviz probe` + `grok` of Meridian's zone.
@@ -1228,7 +1302,11 @@ async fn meridian_dnsviz_reports_no_errors() {
         })
         .map(|(_, q)| q)
         .collect();
-    assert!(!probed.is_empty(), "dnsviz probed no NXDOMAIN:\n{}", report.json);
+    assert!(
+        !probed.is_empty(),
+        "dnsviz probed no NXDOMAIN:\n{}",
+        report.json
+    );
     for q in probed {
         let nsec = &q["nodata"][0]["proof"][0]["nsec"][0];
         assert_eq!(nsec["status"], "SECURE", "{q:#}");
@@ -1257,9 +1335,17 @@ fn ttl_wait(ttl: u32) -> Duration {
 /// a static A.
 async fn assert_green(resolvers: &[&Unbound], step: &str, m: &Meridian) {
     for (i, u) in resolvers.iter().enumerate() {
-        let ctx = || format!("{step}, resolver {i}\nunbound:\n{}\nmeridian:\n{}", u.log(), m.log());
+        let ctx = || {
+            format!(
+                "{step}, resolver {i}\nunbound:\n{}\nmeridian:\n{}",
+                u.log(),
+                m.log()
+            )
+        };
         for (subnet, want) in &REGIONS[..2] {
-            let r = u.query("www.val.example.", RecordType::A, Some(subnet)).await;
+            let r = u
+                .query("www.val.example.", RecordType::A, Some(subnet))
+                .await;
             assert!(
                 r.rcode == ResponseCode::NoError && r.ad && r.rdata(RecordType::A) == [*want],
                 "www A {subnet}: {r:?}\n{}",
@@ -1311,11 +1397,7 @@ async fn meridian_zsk_prepublish_rollover_keeps_unbound_green() {
     let old = keygen(dir.path(), "ecdsap256sha256", "zsk").await;
     let new = keygen(dir.path(), "ecdsap256sha256", "zsk").await;
     let zone = |keys: &[(&str, &str)]| meridian_zone(ROLL, keys);
-    let m = Meridian::start(
-        dir,
-        &zone(&[(&ksk.file, "active"), (&old.file, "active")]),
-    )
-    .await;
+    let m = Meridian::start(dir, &zone(&[(&ksk.file, "active"), (&old.file, "active")])).await;
     let v = Validators::with_ds(m.addr, sep_anchor(&[&ksk]), m.ds().await);
     let u = v.unbound().await;
     let www = "www.val.example.";
@@ -1346,7 +1428,13 @@ async fn meridian_zsk_prepublish_rollover_keeps_unbound_green() {
     .await;
     assert_eq!(m.published().await, sorted(vec![ksk.tag, old.tag, new.tag]));
     assert_eq!(m.signers(www, RecordType::A).await, [(new.tag, 13)]);
-    hold_green(&[&u], "2: new ZSK active, old published", &m, ttl_wait(ROLL.ttl)).await;
+    hold_green(
+        &[&u],
+        "2: new ZSK active, old published",
+        &m,
+        ttl_wait(ROLL.ttl),
+    )
+    .await;
 
     // 3. Retire the old ZSK.
     m.reload_with(&zone(&[(&ksk.file, "active"), (&new.file, "active")]))
@@ -1433,7 +1521,13 @@ async fn meridian_csk_algorithm_rollover_keeps_unbound_green() {
         m.signers(www, RecordType::A).await,
         sorted(vec![(c13.tag, 13), (c15.tag, 15)])
     );
-    hold_green(&[&new_ds], "4: old key signing only", &m, ttl_wait(ROLL.dnskey)).await;
+    hold_green(
+        &[&new_ds],
+        "4: old key signing only",
+        &m,
+        ttl_wait(ROLL.dnskey),
+    )
+    .await;
 
     // 5. Its signatures go.
     m.reload_with(&zone(&[(&c15.file, "active")])).await;

@@ -1038,7 +1038,15 @@ impl Validators {
 
     /// `delv -b SOURCE` for `name`/`qtype`.
     pub async fn delv_from(&self, name: &str, qtype: RecordType, source: IpAddr) -> Delv {
-        delv_from(self.server, &self.anchor, &self.ds, name, qtype, Some(source)).await
+        delv_from(
+            self.server,
+            &self.anchor,
+            &self.ds,
+            name,
+            qtype,
+            Some(source),
+        )
+        .await
     }
 
     /// `dnsviz probe` + `grok` of the zone and `names`.
