@@ -1536,3 +1536,57 @@ async fn meridian_csk_algorithm_rollover_keeps_unbound_green() {
     assert_eq!(m.signers(MZONE, RecordType::DNSKEY).await, [(c15.tag, 15)]);
     hold_green(&[&new_ds], "5: old key removed", &m, ttl_wait(ROLL.ttl)).await;
 }
+
+/// The waits are what keeps resolvers green, and the test above would see
+/// a step that skips one: a ZSK that signs before its DNSKEY has reached
+/// the caches (no pre-publish, DNSKEY TTL 60 s) is bogus to Unbound,
+/// which still holds the DNSKEY RRset without it.
+#[tokio::test]
+async fn meridian_zsk_switch_without_prepublish_is_bogus_to_unbound() {
+    let dir = Meridian::config_dir();
+    let ksk = keygen(dir.path(), "ecdsap256sha256", "ksk").await;
+    let old = keygen(dir.path(), "ecdsap256sha256", "zsk").await;
+    let new = keygen(dir.path(), "ecdsap256sha256", "zsk").await;
+    let t = Ttls { ttl: 1, dnskey: 60 };
+    let m = Meridian::start(
+        dir,
+        &meridian_zone(t, &[(&ksk.file, "active"), (&old.file, "active")]),
+    )
+    .await;
+    let v = Validators::with_ds(m.addr, sep_anchor(&[&ksk]), m.ds().await);
+    let u = v.unbound().await;
+    assert_green(&[&u], "start", &m).await;
+    m.reload_with(&meridian_zone(
+        t,
+        &[
+            (&ksk.file, "active"),
+            (&old.file, "published"),
+            (&new.file, "active"),
+        ],
+    ))
+    .await;
+    assert_eq!(
+        m.signers("mail.val.example.", RecordType::A).await,
+        [(new.tag, 13)]
+    );
+    // mail's A (TTL 1) leaves Unbound's cache; the DNSKEY RRset (60 s)
+    // does not.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = u.query("mail.val.example.", RecordType::A, None).await;
+        if r.rcode == ResponseCode::ServFail {
+            break;
+        }
+        assert!(r.ad, "{r:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still validated 10 s after the switch: {r:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        u.log().contains("signatures from unknown keys"),
+        "{}",
+        u.log()
+    );
+}
