@@ -1,17 +1,23 @@
-//! Third-party DNSSEC validators (Unbound, `delv`, DNSViz) against a signed
-//! zone, through the harness in `tests/validators/mod.rs`.
+//! Third-party DNSSEC validators (Unbound, `delv`, DNSViz) against signed
+//! zones, through the harness in `tests/validators/mod.rs`.
 //!
-//! The zone here is signed by BIND's `dnssec-signzone` and served by NSD:
-//! these tests prove that the harness tells a valid zone from a bogus one,
-//! so that the same checks against Meridian's own signing mean something.
-//! To point them at Meridian, build `Validators::new(meridian_addr,
-//! anchor)` with the zone's DNSKEY as `anchor` and run the same checks.
+//! First a reference: a zone signed by BIND's `dnssec-signzone` and
+//! served by NSD. These tests prove that the harness tells a valid zone
+//! from a bogus one, so that the same checks against Meridian mean
+//! something.
 //!
 //! The ECS tests need an authoritative server that answers per subnet: a
 //! small UDP responder in this file, unsigned, behind an Unbound that
 //! treats its zone as insecure; and, signed, two NSDs serving two versions
 //! of the zone signed under one key, behind a splitter that picks one by
 //! the client's ECS subnet (what Meridian does with one server).
+//!
+//! Then Meridian itself (`meridian run`, the binary under test, with keys
+//! from `meridian dnssec keygen` and the DS from `meridian dnssec ds`):
+//! the same validators for clients in several regions, compact denial,
+//! NODATA, a CNAME chain, DNSKEY and a failover; and the README's ZSK
+//! pre-publish and CSK algorithm rollovers, with Unbound validating
+//! before, after and between every step.
 //!
 //! Its own test binary: it drives system packages (unbound, nsd,
 //! bind9-utils, bind9-dnsutils, dnsviz; `scripts/test.sh` installs them),
