@@ -34,6 +34,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
+use hickory_proto::dnssec::rdata::DNSSECRData;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
 use hickory_proto::rr::{Name, RData, RecordType};
@@ -143,12 +144,33 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Self {
+    /// Starts `cmd`, a daemon that writes its own log file `log`.
+    pub fn spawn(name: &'static str, cmd: Command, log: PathBuf) -> Self {
+        Self::start(name, cmd, log, false)
+    }
+
+    /// Starts `cmd`, a daemon that logs to stdout and stderr: both go to
+    /// the file `log`.
+    pub fn spawn_logging_to(name: &'static str, cmd: Command, log: PathBuf) -> Self {
+        Self::start(name, cmd, log, true)
+    }
+
+    fn start(name: &'static str, mut cmd: Command, log: PathBuf, capture: bool) -> Self {
         let shown = format!("{cmd:?}");
+        let (out, err) = if capture {
+            let file = std::fs::File::create(&log)
+                .unwrap_or_else(|e| panic!("cannot create {}: {e}", log.display()));
+            let dup = file
+                .try_clone()
+                .unwrap_or_else(|e| panic!("cannot duplicate {}: {e}", log.display()));
+            (Stdio::from(file), Stdio::from(dup))
+        } else {
+            (Stdio::null(), Stdio::null())
+        };
         let child = cmd
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(out)
+            .stderr(err)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {shown}: {e}"));
         Self {
@@ -171,7 +193,7 @@ impl Daemon {
 
     /// Waits until a DNS query to `addr` gets any reply; fails the test with
     /// the log if the daemon exits or the deadline passes.
-    async fn await_ready(&mut self, addr: SocketAddr) {
+    pub async fn await_ready(&mut self, addr: SocketAddr) {
         let deadline = Instant::now() + START_TIMEOUT;
         let probe = build_query(".", RecordType::SOA, false, None);
         loop {
@@ -270,6 +292,19 @@ fn descendants(pid: u32) -> Vec<(i32, String)> {
 /// stub resolver's query: RD=1 and AD=1 (RFC 6840 5.7, 5.8: a validating
 /// resolver sets AD in its answer only when the query had AD or DO).
 pub fn build_query(name: &str, qtype: RecordType, stub: bool, ecs: Option<&str>) -> Vec<u8> {
+    build_query_do(name, qtype, stub, ecs, false)
+}
+
+/// [`build_query`], with the DO bit set when `dnssec_ok` (the reply then
+/// carries RRSIGs and, for a denial, the NSEC records in its authority
+/// section).
+pub fn build_query_do(
+    name: &str,
+    qtype: RecordType,
+    stub: bool,
+    ecs: Option<&str>,
+    dnssec_ok: bool,
+) -> Vec<u8> {
     static NEXT_ID: AtomicU16 = AtomicU16::new(0x2b1d);
     let id = NEXT_ID.fetch_add(7919, Ordering::Relaxed);
     let mut m = Message::new(id, MessageType::Query, OpCode::Query);
@@ -281,6 +316,7 @@ pub fn build_query(name: &str, qtype: RecordType, stub: bool, ecs: Option<&str>)
     ));
     let mut edns = Edns::new();
     edns.set_max_payload(1232);
+    edns.set_dnssec_ok(dnssec_ok);
     if let Some(subnet) = ecs {
         let net: IpNet = subnet
             .parse()
@@ -316,17 +352,38 @@ pub struct Reply {
     pub ad: bool,
     /// The answer section without RRSIGs, as "name TYPE rdata".
     pub answers: Vec<String>,
+    /// The authority section without RRSIGs, the same way (SOA and NSEC
+    /// of a denial; NSEC only when the query had DO).
+    pub authority: Vec<String>,
+    /// The NSEC records of the authority section: (owner, next name, the
+    /// type numbers of the bitmap).
+    pub nsecs: Vec<(String, String, Vec<u16>)>,
     /// ECS in the reply: (address, source prefix, scope prefix).
     pub ecs: Option<(IpAddr, u8, u8)>,
 }
 
 impl Reply {
-    fn from_message(m: &Message) -> Self {
-        let answers = m
-            .answers
+    pub fn from_message(m: &Message) -> Self {
+        let shown = |records: &[hickory_proto::rr::Record]| {
+            records
+                .iter()
+                .filter(|r| r.record_type() != RecordType::RRSIG)
+                .map(|r| format!("{} {} {}", r.name, r.record_type(), r.data))
+                .collect::<Vec<_>>()
+        };
+        let answers = shown(&m.answers);
+        let authority = shown(&m.authorities);
+        let nsecs = m
+            .authorities
             .iter()
-            .filter(|r| r.record_type() != RecordType::RRSIG)
-            .map(|r| format!("{} {} {}", r.name, r.record_type(), r.data))
+            .filter_map(|r| match &r.data {
+                RData::DNSSEC(DNSSECRData::NSEC(nsec)) => Some((
+                    r.name.to_ascii(),
+                    nsec.next_domain_name().to_ascii(),
+                    nsec.type_bit_maps().map(u16::from).collect(),
+                )),
+                _ => None,
+            })
             .collect();
         let ecs = m.edns.as_ref().and_then(|e| {
             e.options().options.iter().find_map(|(_, o)| match o {
@@ -338,6 +395,8 @@ impl Reply {
             rcode: m.metadata.response_code,
             ad: m.metadata.authentic_data,
             answers,
+            authority,
+            nsecs,
             ecs,
         }
     }
@@ -557,13 +616,24 @@ impl Unbound {
 
     /// Starts Unbound for `zones` and waits until it answers.
     pub async fn start(zones: &[StubZone]) -> Self {
+        Self::start_with(zones, "").await
+    }
+
+    /// [`Unbound::start`] with `extra` appended to the `server:` clause
+    /// (indented lines such as `  cache-max-ttl: 5`).
+    pub async fn start_with(zones: &[StubZone], extra: &str) -> Self {
         assert!(!zones.is_empty(), "Unbound needs at least one stub zone");
         let unbound = tool("unbound", "unbound");
         let checkconf = tool("unbound-checkconf", "unbound");
         let dir = TempDir::new().expect("temp dir");
         let port = free_port();
         let conf = dir.path().join("unbound.conf");
-        std::fs::write(&conf, Self::config(port, dir.path(), zones)).expect("write unbound.conf");
+        let mut text = Self::config(port, dir.path(), zones);
+        if !extra.is_empty() {
+            let at = text.find("stub-zone:").unwrap_or(text.len());
+            text.insert_str(at, &format!("{}\n", extra.trim_end()));
+        }
+        std::fs::write(&conf, text).expect("write unbound.conf");
         let mut check = tokio::process::Command::new(checkconf);
         check.arg(&conf);
         run_ok(check).await;
@@ -593,7 +663,19 @@ impl Unbound {
     /// A stub resolver's query (RD, AD, EDNS, optional ECS "a.b.c.d/n")
     /// over UDP; fails the test with Unbound's log if no reply comes.
     pub async fn query(&self, name: &str, qtype: RecordType, ecs: Option<&str>) -> Reply {
-        let q = build_query(name, qtype, true, ecs);
+        self.query_do(name, qtype, ecs, false).await
+    }
+
+    /// [`Unbound::query`], with DO set when `dnssec_ok`: the reply then
+    /// carries the RRSIGs and a denial's NSEC records.
+    pub async fn query_do(
+        &self,
+        name: &str,
+        qtype: RecordType,
+        ecs: Option<&str>,
+        dnssec_ok: bool,
+    ) -> Reply {
+        let q = build_query_do(name, qtype, true, ecs, dnssec_ok);
         match exchange(self.addr, &q, QUERY_TIMEOUT).await {
             Some(m) => Reply::from_message(&m),
             None => panic!(
@@ -635,6 +717,20 @@ pub async fn delv(
     name: &str,
     qtype: RecordType,
 ) -> Delv {
+    delv_from(server, anchor, ds, name, qtype, None).await
+}
+
+/// [`delv`] with its queries sent from `source` (`delv -b`; any
+/// 127.0.0.0/8 address on loopback): a server that tailors answers by
+/// client address sees another client.
+pub async fn delv_from(
+    server: SocketAddr,
+    anchor: &TrustAnchor,
+    ds: &[String],
+    name: &str,
+    qtype: RecordType,
+    source: Option<IpAddr>,
+) -> Delv {
     let dir = TempDir::new().expect("temp dir");
     let anchors = dir.path().join("anchors.conf");
     std::fs::write(&anchors, delv_anchors(ds)).expect("write delv anchors");
@@ -643,8 +739,11 @@ pub async fn delv(
         .arg("-p")
         .arg(server.port().to_string())
         .arg("-a")
-        .arg(&anchors)
-        .arg(format!("+root={}", anchor.zone()))
+        .arg(&anchors);
+    if let Some(source) = source {
+        cmd.arg("-b").arg(source.to_string());
+    }
+    cmd.arg(format!("+root={}", anchor.zone()))
         .arg("+nocrypto")
         .arg(name)
         .arg(qtype.to_string());
@@ -908,6 +1007,15 @@ impl Validators {
         Self { server, anchor, ds }
     }
 
+    /// For `server`, with the DS records `ds` as the parent would publish
+    /// them (e.g. from `meridian dnssec ds`) instead of ones derived from
+    /// the anchor; `anchor` (the DNSKEYs) is still what `dnsviz grok` is
+    /// given.
+    pub fn with_ds(server: SocketAddr, anchor: TrustAnchor, ds: Vec<String>) -> Self {
+        assert!(!ds.is_empty(), "no DS records for {}", anchor.zone());
+        Self { server, anchor, ds }
+    }
+
     /// The DS records given to Unbound and delv.
     pub fn ds(&self) -> &[String] {
         &self.ds
@@ -926,6 +1034,19 @@ impl Validators {
     /// `delv` for `name`/`qtype`.
     pub async fn delv(&self, name: &str, qtype: RecordType) -> Delv {
         delv(self.server, &self.anchor, &self.ds, name, qtype).await
+    }
+
+    /// `delv -b SOURCE` for `name`/`qtype`.
+    pub async fn delv_from(&self, name: &str, qtype: RecordType, source: IpAddr) -> Delv {
+        delv_from(
+            self.server,
+            &self.anchor,
+            &self.ds,
+            name,
+            qtype,
+            Some(source),
+        )
+        .await
     }
 
     /// `dnsviz probe` + `grok` of the zone and `names`.
