@@ -267,7 +267,6 @@ async fn signatures_are_renewed_in_the_background_and_never_served_expired() {
         ("static.refresh.test.", RecordType::TXT),
         ("nothing.refresh.test.", RecordType::A),
     ];
-    let mut latest_inception = 0;
     let steps = 40u64;
     for step in 0..=steps {
         let now = s.clock.now();
@@ -283,8 +282,7 @@ async fn signatures_are_renewed_in_the_background_and_never_served_expired() {
                 !m.answers.is_empty() || !m.authorities.is_empty(),
                 "{name} {qtype}: empty"
             );
-            let inceptions = verify(&m, &s.dnskey, origin, now);
-            latest_inception = latest_inception.max(*inceptions.iter().max().unwrap());
+            assert!(!verify(&m, &s.dnskey, origin, now).is_empty());
         }
         tokio::time::sleep(Duration::from_secs(600)).await;
     }
@@ -298,7 +296,16 @@ async fn signatures_are_renewed_in_the_background_and_never_served_expired() {
     // The answers carry the last re-sign's signatures (inception is
     // backdated by the default inception_offset, 1 h).
     let last_resign = t0 + 4 * (VALIDITY - MARGIN);
-    assert_eq!(u64::from(latest_inception), last_resign - 3600);
+    for (name, qtype) in &questions[..6] {
+        let m = ask(s.addr, name, *qtype).await;
+        let inceptions = verify(&m, &s.dnskey, origin, s.clock.now());
+        assert!(
+            inceptions
+                .iter()
+                .all(|&i| u64::from(i) == last_resign - 3600),
+            "{name} {qtype}: {inceptions:?}, last re-signed at {last_resign}"
+        );
+    }
     let text = s.server.metrics().encode();
     let zone = format!("{{zone=\"{origin}\"}}");
     assert_eq!(
@@ -411,5 +418,60 @@ async fn a_health_change_during_a_resign_is_kept() {
         inceptions.iter().all(|&i| u64::from(i) + 3600 + 2 >= now),
         "the answer carries the new signatures: {inceptions:?} at {now}"
     );
+    s.server.shutdown().await;
+}
+
+/// A reload rebuilds a signed zone with new signatures, and the
+/// re-signer follows the new zone's schedule: a reload at 10 min that
+/// shortens the validity to 1 h moves the next re-sign to 40 min (not
+/// the old zone's 1.5 h), and answers stay valid throughout.
+#[tokio::test(start_paused = true)]
+async fn the_schedule_follows_a_reload() {
+    let origin = "reload.test.";
+    let s = start(origin, 1, 0).await;
+    let t0 = s.clock.now();
+    let signed_at = |s: &Signed| {
+        let text = s.server.metrics().encode();
+        metric(
+            &text,
+            &format!("meridian_dnssec_signed_timestamp_seconds{{zone=\"{origin}\"}}"),
+        )
+    };
+    assert_eq!(signed_at(&s), t0);
+    tokio::time::sleep(Duration::from_secs(600)).await;
+    let file = s._dirs.1.path().join("zones").join(format!("{origin}toml"));
+    let text = std::fs::read_to_string(&file).unwrap();
+    std::fs::write(
+        &file,
+        text.replace("signature_validity = \"2h\"", "signature_validity = \"1h\""),
+    )
+    .unwrap();
+    // Blocking, on the runtime's thread: the clock cannot move meanwhile.
+    s.server.reload().expect("reload");
+    assert_eq!(signed_at(&s), t0 + 600, "the reload signed anew");
+    let check = |m: Message, now: u64| {
+        let inceptions = verify(&m, &s.dnskey, origin, now);
+        assert!(!inceptions.is_empty());
+    };
+    // One second before the new deadline: not re-signed yet.
+    tokio::time::sleep(Duration::from_secs(1800 - 1)).await;
+    assert_eq!(dnssec_status(&s)["resigns"]["ok"], 0);
+    check(
+        ask(s.addr, "s0.reload.test.", RecordType::A).await,
+        s.clock.now(),
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let st = dnssec_status(&s);
+    assert_eq!(st["resigns"]["ok"], 1, "{st}");
+    assert_eq!(signed_at(&s), t0 + 600 + 1800);
+    // And every 30 min after: at 70 and 100 min.
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+    assert_eq!(dnssec_status(&s)["resigns"]["ok"], 3);
+    assert_eq!(signed_at(&s), t0 + 600 + 3 * 1800);
+    check(
+        ask(s.addr, "static.reload.test.", RecordType::A).await,
+        s.clock.now(),
+    );
+    assert_eq!(dnssec_status(&s)["safety_net_renewals"], 0);
     s.server.shutdown().await;
 }
