@@ -272,8 +272,8 @@ impl Snapshot {
     }
 
     /// The zone list itself, shared by every snapshot a health or
-    /// latency change derives from it: a new one means a reload (the
-    /// metrics re-index their counters then).
+    /// latency change derives from it: a new one means a reload or a
+    /// background re-sign (the metrics re-index their counters then).
     pub fn zones_shared(&self) -> &Arc<[Arc<Zone>]> {
         &self.zones
     }

@@ -252,6 +252,15 @@ impl ZoneSigner {
         )
     }
 
+    /// Until when (seconds since the epoch) every precomputed signature
+    /// has more than half the refresh margin left. Past it the
+    /// background re-sign is late, and whatever copies precomputed
+    /// signatures without asking [`Self::signatures`] (answer templates)
+    /// must let the query path's safety net answer instead.
+    pub fn safe_until(&self) -> Option<u64> {
+        Some(self.earliest?.saturating_sub(self.margin / 2))
+    }
+
     /// Marks the start of precomputing at `now`: the signatures' time,
     /// and the zone's spread drawn for this build. `previous` is the
     /// signer this one replaces (a background re-sign), whose safety-net
