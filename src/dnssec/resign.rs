@@ -141,7 +141,7 @@ pub async fn run(
                 if token.is_cancelled() {
                     return;
                 }
-                resign(&state, &stats, &mut retries, zone).await;
+                resign(&state, &stats, &mut retries, zone, &token).await;
             }
             continue;
         }
@@ -165,12 +165,23 @@ async fn resign(
     stats: &Stats,
     retries: &mut HashMap<String, Retry>,
     zone: Arc<Zone>,
+    token: &CancellationToken,
 ) {
     let origin = zone.origin().to_ascii();
     stats.update(&origin, |s| s.running = true);
     let started = std::time::Instant::now();
     let job = Arc::clone(&zone);
-    let result = match tokio::task::spawn_blocking(move || job.resigned()).await {
+    let handle = tokio::task::spawn_blocking(move || job.resigned());
+    // Shutdown does not wait for a big zone's re-sign: its result is
+    // dropped with the handle.
+    let joined = tokio::select! {
+        () = token.cancelled() => {
+            stats.update(&origin, |s| s.running = false);
+            return;
+        }
+        joined = handle => joined,
+    };
+    let result = match joined {
         Ok(Some(Ok(new))) => Ok(new),
         Ok(Some(Err(failed))) => Err(format!("{failed} RRsets could not be signed")),
         Ok(None) => Err("the zone is not signed".to_string()),

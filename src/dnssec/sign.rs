@@ -35,6 +35,9 @@ use super::{
 /// Entries per generation of the on-demand cache.
 pub const CACHE_GENERATION: usize = 16_384;
 
+/// Fewest seconds between two background re-signs of a zone.
+pub const MIN_RESIGN_INTERVAL: u64 = 60;
+
 /// One signing key and what it signs.
 struct Signer {
     key: Arc<dyn SigningKey>,
@@ -241,14 +244,17 @@ impl ZoneSigner {
     }
 
     /// When the background re-signer re-signs the zone: `refresh_margin`
-    /// before its earliest expiration, less the zone's random spread.
-    /// `None` for a zone with nothing precomputed.
+    /// before its earliest expiration, less the zone's random spread, and
+    /// never within [`MIN_RESIGN_INTERVAL`] of the last signing (a
+    /// validity barely longer than margin + jitter would otherwise make
+    /// the zone due again at once; the safety net covers the gap). `None`
+    /// for a zone with nothing precomputed.
     pub fn refresh_at(&self) -> Option<u64> {
         Some(
             self.earliest?
                 .saturating_sub(self.margin)
                 .saturating_sub(self.spread)
-                .max(self.signed_at),
+                .max(self.signed_at + MIN_RESIGN_INTERVAL),
         )
     }
 
@@ -661,6 +667,13 @@ mod tests {
         let mut next = fresh();
         next.begin(t0 + 86_400, Some(&s));
         assert_eq!(next.safety_net_renewals(), 3);
+        // A validity barely above margin + jitter: not due again at once.
+        let mut tight = fresh();
+        tight.jitter = 0;
+        tight.validity = tight.margin + 1;
+        tight.begin(t0, None);
+        tight.precompute(&sets[0], t0);
+        assert_eq!(tight.refresh_at(), Some(t0 + MIN_RESIGN_INTERVAL));
     }
 
     /// Beyond `online_signing_rate` in one second, new signatures are
