@@ -84,11 +84,15 @@ pub struct DnssecConfig {
     /// How long a signature is valid from its inception (expiration −
     /// inception − offset).
     pub signature_validity: Duration,
-    /// A signature with less than this left is made again.
+    /// The zone is re-signed in the background when its earliest
+    /// signature has this much left ([`resign`]); a precomputed signature
+    /// with less than half of it left is renewed on the query path (the
+    /// safety net, when the re-sign is late).
     pub refresh_margin: Duration,
     /// Expirations are spread over this much (each RRset's signature
-    /// expires up to `jitter` earlier, by a hash of the RRset), so they do
-    /// not all fall due at once.
+    /// expires up to `jitter` earlier, by a hash of the RRset), and each
+    /// zone's re-sign by up to this much (at random per build), so that
+    /// zones and servers do not all fall due at once.
     pub jitter: Duration,
     /// Inception is backdated by this much, for validators whose clocks
     /// run behind.
