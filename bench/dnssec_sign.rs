@@ -47,6 +47,7 @@ fn throughput(dir: &Path, alg: KeyAlgorithm, n: u32) {
         inception_offset: Duration::from_secs(3600),
         dnskey_ttl: 3600,
         online_signing_rate: 1_000_000,
+        clock: meridian::dnssec::Clock::System,
     };
     let mut signer = ZoneSigner::new(&zone, &cfg);
     let sets: Vec<[Record; 1]> = (0..n)

@@ -124,6 +124,16 @@ pub fn load_keeping(
     config_path: &Path,
     previous: Option<&Snapshot>,
 ) -> Result<(Config, Snapshot), Error> {
+    load_with_clock(config_path, previous, &dnssec::Clock::System)
+}
+
+/// [`load_keeping`], with signed zones signing at `clock`'s time (tests
+/// on tokio's paused clock; see [`dnssec::Clock`]).
+pub fn load_with_clock(
+    config_path: &Path,
+    previous: Option<&Snapshot>,
+    clock: &dnssec::Clock,
+) -> Result<(Config, Snapshot), Error> {
     let server = config::load_server(config_path)?;
     // The GeoIP database is read once: hashed to tell whether it changed,
     // and opened from the same bytes when it did. Without `geoip`, the
@@ -200,6 +210,9 @@ pub fn load_keeping(
             None => {
                 let mut zc = config::parse_zone(&file, &text)?;
                 drop(text);
+                if let Some(d) = zc.dnssec.as_mut() {
+                    Arc::make_mut(d).clock = clock.clone();
+                }
                 let fingerprint = zone_fingerprint(toml, zc.records_file.as_ref().map(|f| f.1));
                 let records = std::mem::take(&mut zc.records);
                 let without = zc.clone();
@@ -652,6 +665,11 @@ struct Reloader {
     query_log: Option<Arc<querylog::QueryLog>>,
     /// `[cluster]`: a reload changes its vote rule and generation.
     cluster: Option<cluster::Cluster>,
+    /// Signature time of the zones a reload builds.
+    dnssec_clock: dnssec::Clock,
+    /// Told after each reload: the background re-signer looks at the new
+    /// zones' deadlines.
+    resign_wake: Arc<tokio::sync::Notify>,
 }
 
 /// A running server.
@@ -695,13 +713,26 @@ impl Server {
 
     /// Like [`Self::start`], with every start-up option.
     pub async fn start_with(config_path: &Path, options: StartOptions) -> Result<Self, Error> {
+        Self::start_with_clock(config_path, options, dnssec::Clock::System).await
+    }
+
+    /// Like [`Self::start_with`], with signatures made and checked at
+    /// `clock`'s time: tests drive DNSSEC expiry and the background
+    /// re-signer on tokio's paused clock with [`dnssec::Clock::tokio`].
+    pub async fn start_with_clock(
+        config_path: &Path,
+        options: StartOptions,
+        dnssec_clock: dnssec::Clock,
+    ) -> Result<Self, Error> {
         // First, before sockets, probes and files take descriptors.
         let fd_limit = raise_fd_limit();
         let path = config_path.to_path_buf();
         let started = std::time::Instant::now();
-        let (config, snapshot) = tokio::task::spawn_blocking(move || load(&path))
-            .await
-            .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
+        let clock = dnssec_clock.clone();
+        let (config, snapshot) =
+            tokio::task::spawn_blocking(move || load_with_clock(&path, None, &clock))
+                .await
+                .unwrap_or_else(|e| std::panic::resume_unwind(e.into_panic()))?;
         let metrics = metrics::Metrics::new();
         metrics.reloads.built(started.elapsed().as_secs_f64());
         metrics.reloads.set_generation(1);
@@ -871,6 +902,20 @@ impl Server {
             admin_connections + rum_connections,
         );
         let tcp_stats = Arc::new(TcpStats::default());
+        // Signatures are renewed by re-signing zones in the background
+        // (idle while no zone is signed; a reload wakes it).
+        let resign_wake = Arc::new(tokio::sync::Notify::new());
+        let resign_stats = Arc::new(dnssec::resign::Stats::default());
+        tasks.spawn(dnssec::resign::run(
+            Arc::clone(&state),
+            Arc::clone(&resign_stats),
+            Arc::clone(&resign_wake),
+            token.clone(),
+        ));
+        metrics.add_source(dnssec::resign::metric_source(
+            Arc::clone(&state),
+            Arc::clone(&resign_stats),
+        ));
         // One limiter for every UDP thread of every address: a client's
         // queries reach several threads, and its budget must be one.
         let rrl = Arc::new(Limiter::new(&config.server.rrl));
@@ -878,6 +923,7 @@ impl Server {
             let (tcp_stats, rrl, hub) =
                 (Arc::clone(&tcp_stats), Arc::clone(&rrl), Arc::clone(&hub));
             let config_state = Arc::clone(&config_state);
+            let (state, resign_stats) = (Arc::clone(&state), Arc::clone(&resign_stats));
             monitor.attach_stats(Box::new(move || {
                 let config = config_state
                     .lock()
@@ -889,6 +935,7 @@ impl Server {
                     "latency": hub.status(),
                     "rum": beacons.as_ref().map(|b| b.stats()),
                     "config": config,
+                    "dnssec": dnssec::resign::status(&state.load(), &resign_stats),
                 })
             }));
             let dns = Arc::clone(&metrics.dns);
@@ -975,6 +1022,8 @@ impl Server {
             latency: Arc::clone(&hub),
             query_log: query_log.clone(),
             cluster,
+            dnssec_clock,
+            resign_wake,
         });
         // The admin API's POST /reload; weak, so the monitor (which the
         // reloader holds) does not keep the reloader alive.
@@ -1124,7 +1173,8 @@ impl Reloader {
 
     fn reload_inner(&self, started: std::time::Instant) -> Result<Reloaded, Error> {
         let previous = self.state.load_full();
-        let (config, snapshot) = load_keeping(&self.config_path, Some(&previous))?;
+        let (config, snapshot) =
+            load_with_clock(&self.config_path, Some(&previous), &self.dnssec_clock)?;
         drop(previous);
         let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let needs_restart = restart_only_changes(&self.running, &config.server);
@@ -1154,6 +1204,8 @@ impl Reloader {
         // A probe result that landed between the view and the store was
         // published onto the old snapshot: publish again onto the new one.
         self.monitor.publish();
+        // The signed zones were built anew: new re-sign deadlines.
+        self.resign_wake.notify_one();
         *current = config;
         let generation = self
             .config_state

@@ -240,6 +240,23 @@ impl Snapshot {
         }
     }
 
+    /// The same snapshot with `new` in place of `old` (found by
+    /// pointer), everything else kept: health, latency, the other zones.
+    /// `None` when `old` is no longer served (a reload replaced it). A
+    /// background re-sign publishes through this, inside `rcu`, so it
+    /// applies to whatever snapshot is current, like a health change.
+    pub fn with_zone(&self, old: &Arc<Zone>, new: &Arc<Zone>) -> Option<Self> {
+        let at = self.zones.iter().position(|z| Arc::ptr_eq(z, old))?;
+        let mut zones: Vec<Arc<Zone>> = self.zones.to_vec();
+        zones[at] = Arc::clone(new);
+        let fast = FastIndex::new(&zones);
+        Some(Self {
+            zones: zones.into(),
+            fast: Arc::new(fast),
+            ..self.clone()
+        })
+    }
+
     /// The most specific zone containing `name`, with its position.
     pub fn find_zone(&self, name: &DomainName) -> Option<(usize, &Zone)> {
         self.zones
@@ -255,8 +272,8 @@ impl Snapshot {
     }
 
     /// The zone list itself, shared by every snapshot a health or
-    /// latency change derives from it: a new one means a reload (the
-    /// metrics re-index their counters then).
+    /// latency change derives from it: a new one means a reload or a
+    /// background re-sign (the metrics re-index their counters then).
     pub fn zones_shared(&self) -> &Arc<[Arc<Zone>]> {
         &self.zones
     }

@@ -198,6 +198,7 @@ pub(super) fn validate(
         inception_offset,
         dnskey_ttl,
         online_signing_rate,
+        clock: crate::dnssec::Clock::System,
     })
 }
 

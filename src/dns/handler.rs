@@ -476,7 +476,7 @@ fn respond(
     // security records go only to a query that sets it).
     if env.opt.is_some_and(|o| o.dnssec_ok) && zone.is_signed() {
         let nxdomain = res.rcode == ResponseCode::NXDomain;
-        let now = crate::dnssec::sign::unix_now();
+        let now = zone.signer().map_or(0, crate::dnssec::ZoneSigner::now);
         if zone.sign_answer(&mut res, q.name(), qtype, now).is_err() {
             // The on-demand signing budget is spent: SERVFAIL, which a
             // resolver retries (at another server, or later), rather than

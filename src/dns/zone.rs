@@ -28,7 +28,7 @@ pub(crate) const WILDCARD_LABEL: &[u8] = b"\x01*";
 
 /// A service ready to answer: how it selects. Its address records are
 /// made from the zone's datacenters when an answer needs them.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct ServiceAnswers {
     pub(crate) plan: Arc<Plan>,
     all_down: AllDown,
@@ -277,7 +277,8 @@ pub struct Zone {
     /// SOA with the negative-caching TTL, for authority sections.
     negative_soa: Record,
     negative_ttl: u32,
-    nodes: HashSet<Node>,
+    /// Shared with the zone a background re-sign makes from this one.
+    nodes: Arc<HashSet<Node>>,
     /// Some node delegates (so `find_cut` has something to find).
     has_cuts: bool,
     /// Some owner is a wildcard (so `wildcard_for` has something to find).
@@ -478,7 +479,7 @@ impl Zone {
             origin_key,
             negative_soa,
             negative_ttl,
-            nodes,
+            nodes: Arc::new(nodes),
             has_cuts,
             has_wildcards,
             soa_names: [
@@ -491,19 +492,62 @@ impl Zone {
             fingerprint,
             signer: None,
         };
-        zone.fast = super::fast::ZoneIndex::build(&zone);
+        zone.index_and_sign(signer, None);
+        zone
+    }
+
+    /// The tail of [`Self::build`] and [`Self::resigned`]: the fast
+    /// path's templates and, for a signed zone, its precomputed
+    /// signatures. `previous` is the signer of the zone being re-signed.
+    fn index_and_sign(&mut self, signer: Option<ZoneSigner>, previous: Option<&ZoneSigner>) {
+        self.fast = super::fast::ZoneIndex::build(self);
         if let Some(mut signer) = signer {
             let started = std::time::Instant::now();
-            zone.precompute(&mut signer, crate::dnssec::sign::unix_now());
+            let now = signer.now();
+            signer.begin(now, previous);
+            self.precompute(&mut signer, now);
             tracing::info!(
-                zone = %zone.origin,
+                zone = %self.origin,
                 rrsets = signer.precomputed(),
+                failed = signer.failed(),
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "signed the zone"
             );
-            zone.signer = Some(signer);
+            self.signer = Some(signer);
         }
-        zone
+    }
+
+    /// The same zone with every precomputed signature made again, now:
+    /// what the background re-signer publishes in this one's place. It
+    /// shares the names and services; only the signatures and the fast
+    /// path's templates are made anew. `None` for an unsigned zone.
+    ///
+    /// # Errors
+    ///
+    /// The number of RRsets that could not be signed (each was logged);
+    /// the caller keeps this zone.
+    pub fn resigned(&self) -> Option<Result<Self, usize>> {
+        let previous = self.signer.as_ref()?;
+        let cfg = self.config.dnssec.as_ref()?;
+        let mut zone = Self {
+            origin: self.origin.clone(),
+            origin_key: self.origin_key.clone(),
+            origin_labels: self.origin_labels,
+            negative_soa: self.negative_soa.clone(),
+            negative_ttl: self.negative_ttl,
+            nodes: Arc::clone(&self.nodes),
+            has_cuts: self.has_cuts,
+            has_wildcards: self.has_wildcards,
+            soa_names: self.soa_names.clone(),
+            services: self.services.clone(),
+            config: Arc::clone(&self.config),
+            fast: super::fast::ZoneIndex::default(),
+            fingerprint: self.fingerprint,
+            signer: None,
+        };
+        zone.index_and_sign(Some(ZoneSigner::new(&self.origin, cfg)), Some(previous));
+        let failed = zone.signer.as_ref().map_or(0, ZoneSigner::failed);
+        Some(if failed == 0 { Ok(zone) } else { Err(failed) })
     }
 
     /// Whether the zone is signed.
@@ -537,7 +581,7 @@ impl Zone {
     fn precompute(&self, signer: &mut ZoneSigner, now: u64) {
         let neg = self.negative_ttl;
         let mut soa_ttls: Vec<u32> = vec![neg];
-        for node in &self.nodes {
+        for node in self.nodes.iter() {
             let Ok(owner) = <Name as BinDecodable>::from_bytes(node.key()) else {
                 continue;
             };

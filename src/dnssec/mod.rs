@@ -9,15 +9,21 @@
 //!  slow path, DO=1 ─► Zone::sign_answer ─┴► store hit: copy the RRSIGs
 //!                                          miss: sign now (bounded cache,
 //!                                          per-second budget)
+//!
+//!  resign::run (background) ── at refresh_at ─► Zone::resigned
+//!     (spawn_blocking) ─► Snapshot::with_zone, published by rcu
 //! ```
 //!
 //! - [`keys`]: BIND-format key files, `meridian dnssec keygen` and `ds`.
 //! - [`sign`]: the per-zone signer and its signature store.
 //! - [`denial`]: RFC 9824 compact denial NSEC records.
+//! - [`resign`]: the background task that re-signs zones before their
+//!   signatures expire.
 
 pub mod cli;
 pub mod denial;
 pub mod keys;
+pub mod resign;
 pub mod sign;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,11 +84,15 @@ pub struct DnssecConfig {
     /// How long a signature is valid from its inception (expiration −
     /// inception − offset).
     pub signature_validity: Duration,
-    /// A signature with less than this left is made again.
+    /// The zone is re-signed in the background when its earliest
+    /// signature has this much left ([`resign`]); a precomputed signature
+    /// with less than half of it left is renewed on the query path (the
+    /// safety net, when the re-sign is late).
     pub refresh_margin: Duration,
     /// Expirations are spread over this much (each RRset's signature
-    /// expires up to `jitter` earlier, by a hash of the RRset), so they do
-    /// not all fall due at once.
+    /// expires up to `jitter` earlier, by a hash of the RRset), and each
+    /// zone's re-sign by up to this much (at random per build), so that
+    /// zones and servers do not all fall due at once.
     pub jitter: Duration,
     /// Inception is backdated by this much, for validators whose clocks
     /// run behind.
@@ -92,6 +102,64 @@ pub struct DnssecConfig {
     /// Most signatures made on demand per second (per zone); beyond it a
     /// query that needs a new one gets SERVFAIL.
     pub online_signing_rate: u32,
+    /// Where signature times come from: the system clock, except in tests
+    /// on tokio's paused clock. Not from the TOML.
+    pub clock: Clock,
+}
+
+//------------ Clock ----------------------------------------------------------
+
+/// The time signatures are made and checked at, in seconds since the
+/// epoch.
+///
+/// Production reads the system clock: inception and expiration are
+/// absolute times that validators compare with their own clocks, so they
+/// must follow the wall clock (NTP corrections included), not a monotonic
+/// one. Tests that drive the background re-signer on tokio's paused
+/// clock use [`Clock::tokio`], so that signature times move with the
+/// virtual time the re-signer sleeps on.
+#[derive(Clone, Debug, Default)]
+pub enum Clock {
+    /// `SystemTime::now()`.
+    #[default]
+    System,
+    /// The unix time when made, plus the time elapsed since on the
+    /// runtime's clock (virtual when the runtime is paused).
+    Tokio(TokioClock),
+}
+
+/// See [`Clock::Tokio`].
+#[derive(Clone, Debug)]
+pub struct TokioClock {
+    handle: tokio::runtime::Handle,
+    origin_unix: u64,
+    origin: tokio::time::Instant,
+}
+
+impl Clock {
+    /// A clock that follows the current tokio runtime's clock from now on
+    /// (its virtual time when paused); `None` outside a runtime.
+    pub fn tokio() -> Option<Self> {
+        let handle = tokio::runtime::Handle::try_current().ok()?;
+        Some(Self::Tokio(TokioClock {
+            handle,
+            origin_unix: sign::unix_now(),
+            origin: tokio::time::Instant::now(),
+        }))
+    }
+
+    /// Seconds since the epoch. Callable from any thread: the UDP
+    /// threads are not the runtime's, so the tokio clock is read through
+    /// its handle.
+    pub fn now(&self) -> u64 {
+        match self {
+            Self::System => sign::unix_now(),
+            Self::Tokio(c) => {
+                let _in_runtime = c.handle.enter();
+                c.origin_unix + c.origin.elapsed().as_secs()
+            }
+        }
+    }
 }
 
 /// Signatures made on demand (an RRset that was not precomputed, or whose
@@ -101,6 +169,9 @@ static ONLINE_SIGNATURES: AtomicU64 = AtomicU64::new(0);
 static BUDGET_EXHAUSTED: AtomicU64 = AtomicU64::new(0);
 /// Signatures made while building snapshots.
 static PRECOMPUTED_SIGNATURES: AtomicU64 = AtomicU64::new(0);
+/// Precomputed signatures renewed on demand because they were inside the
+/// safety margin: the background re-signer was late.
+static SAFETY_RENEWALS: AtomicU64 = AtomicU64::new(0);
 
 /// `meridian_dnssec_signatures_online_total`: signatures made on the
 /// query path (on demand) since start.
@@ -108,7 +179,7 @@ pub fn signatures_online_total() -> u64 {
     ONLINE_SIGNATURES.load(Ordering::Relaxed)
 }
 
-/// `meridian_dnssec_signing_budget_exhausted_total`: queries that needed a
+/// `meridian_dnssec_budget_exhausted_total`: queries that needed a
 /// new signature beyond `online_signing_rate` (answered SERVFAIL).
 pub fn budget_exhausted_total() -> u64 {
     BUDGET_EXHAUSTED.load(Ordering::Relaxed)
@@ -118,4 +189,11 @@ pub fn budget_exhausted_total() -> u64 {
 /// building snapshots since start.
 pub fn signatures_precomputed_total() -> u64 {
     PRECOMPUTED_SIGNATURES.load(Ordering::Relaxed)
+}
+
+/// `meridian_dnssec_safety_net_renewals_total`: precomputed signatures
+/// renewed on the query path because the background re-signer was late
+/// (see [`sign::ZoneSigner::signatures`]). Zero in normal operation.
+pub fn safety_net_renewals_total() -> u64 {
+    SAFETY_RENEWALS.load(Ordering::Relaxed)
 }

@@ -4,10 +4,17 @@
 //! its canonical RDATA set (order-free, so a rotated answer finds the
 //! same entry), to the RRSIG records that go after it. It is filled when
 //! the snapshot is built ([`ZoneSigner::precompute`]) and read-only after;
-//! an RRset not in it, or whose signatures near expiry, is signed on
-//! demand into a bounded cache (two generations of at most
-//! [`CACHE_GENERATION`] entries: when the current one fills, it becomes
-//! the previous one and the older is dropped), within a per-second budget.
+//! an RRset not in it is signed on demand into a bounded cache (two
+//! generations of at most [`CACHE_GENERATION`] entries: when the current
+//! one fills, it becomes the previous one and the older is dropped),
+//! within a per-second budget.
+//!
+//! Precomputed signatures are renewed by re-signing the whole zone in the
+//! background ([`super::resign`]) at [`ZoneSigner::refresh_at`], before
+//! any has less than `refresh_margin` left. Only if that is late, and a
+//! precomputed signature gets within half the margin of its expiration,
+//! is it renewed on the query path (the safety net, counted by
+//! [`super::safety_net_renewals_total`]); none is ever served expired.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -20,10 +27,16 @@ use hickory_proto::dnssec::{SigningKey, TBS};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType, SerialNumber};
 use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 
-use super::{BUDGET_EXHAUSTED, DnssecConfig, ONLINE_SIGNATURES, PRECOMPUTED_SIGNATURES};
+use super::{
+    BUDGET_EXHAUSTED, Clock, DnssecConfig, ONLINE_SIGNATURES, PRECOMPUTED_SIGNATURES,
+    SAFETY_RENEWALS,
+};
 
 /// Entries per generation of the on-demand cache.
 pub const CACHE_GENERATION: usize = 16_384;
+
+/// Fewest seconds between two background re-signs of a zone.
+pub const MIN_RESIGN_INTERVAL: u64 = 60;
 
 /// One signing key and what it signs.
 struct Signer {
@@ -57,6 +70,19 @@ struct Cache {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OverBudget;
 
+/// One key of the zone as `/status` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyInfo {
+    /// RFC 4034 Appendix B key tag.
+    pub tag: u16,
+    /// DNSSEC algorithm number (13, 15).
+    pub algorithm: u8,
+    /// `"KSK"`, `"ZSK"` or `"CSK"` (a KSK that also signs the zone).
+    pub role: &'static str,
+    /// `"active"`, `"published"` or `"signing"`.
+    pub state: &'static str,
+}
+
 /// A zone's keys, timing and signatures.
 pub struct ZoneSigner {
     origin: Name,
@@ -72,6 +98,22 @@ pub struct ZoneSigner {
     cache: Mutex<Cache>,
     /// `second << 32 | signatures made in it`.
     budget: AtomicU64,
+    clock: Clock,
+    keys: Vec<KeyInfo>,
+    /// When the precomputed signatures were made (seconds since the
+    /// epoch): the zone's build or its last background re-sign.
+    signed_at: u64,
+    /// The earliest expiration in the store.
+    earliest: Option<u64>,
+    /// RRsets whose signing failed while precomputing.
+    failed: usize,
+    /// How much earlier than `earliest − margin` this zone is re-signed:
+    /// drawn at random in `0..=jitter` per build (at most half the time
+    /// until then), so that zones, and servers, do not re-sign at once.
+    spread: u64,
+    /// Precomputed signatures this zone renewed on the query path (the
+    /// safety net), carried over from the signer it replaced.
+    renewals: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for ZoneSigner {
@@ -83,6 +125,8 @@ impl std::fmt::Debug for ZoneSigner {
                 &self.signers.iter().map(|s| s.tag).collect::<Vec<_>>(),
             )
             .field("precomputed", &self.store.len())
+            .field("signed_at", &self.signed_at)
+            .field("earliest", &self.earliest)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +144,27 @@ impl ZoneSigner {
     /// a CSK) when no ZSK of its algorithm signs.
     pub fn new(origin: &Name, cfg: &DnssecConfig) -> Self {
         let signing = |k: &super::ZoneKey| k.state.signs();
+        let keys = cfg
+            .keys
+            .iter()
+            .map(|k| {
+                let alg = k.pair.algorithm;
+                let zsk_of_alg = cfg
+                    .keys
+                    .iter()
+                    .any(|o| signing(o) && !o.pair.is_ksk() && o.pair.algorithm == alg);
+                KeyInfo {
+                    tag: k.pair.tag,
+                    algorithm: alg.number(),
+                    role: match (k.pair.is_ksk(), zsk_of_alg) {
+                        (false, _) => "ZSK",
+                        (true, true) => "KSK",
+                        (true, false) => "CSK",
+                    },
+                    state: k.state.as_str(),
+                }
+            })
+            .collect();
         let signers = cfg
             .keys
             .iter()
@@ -136,6 +201,94 @@ impl ZoneSigner {
             store: HashMap::new(),
             cache: Mutex::default(),
             budget: AtomicU64::new(0),
+            clock: cfg.clock.clone(),
+            keys,
+            signed_at: 0,
+            earliest: None,
+            failed: 0,
+            spread: 0,
+            renewals: Arc::default(),
+        }
+    }
+
+    /// The time now by the zone's clock (seconds since the epoch): what
+    /// the query path signs and checks at.
+    pub fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    /// The zone's keys, in config order.
+    pub fn keys(&self) -> &[KeyInfo] {
+        &self.keys
+    }
+
+    /// When the precomputed signatures were made.
+    pub fn signed_at(&self) -> u64 {
+        self.signed_at
+    }
+
+    /// The earliest expiration among the precomputed signatures.
+    pub fn earliest_expiry(&self) -> Option<u64> {
+        self.earliest
+    }
+
+    /// RRsets whose signing failed at build (logged each).
+    pub fn failed(&self) -> usize {
+        self.failed
+    }
+
+    /// Precomputed signatures renewed on the query path because the zone
+    /// was not re-signed in time (this zone and those it replaced).
+    pub fn safety_net_renewals(&self) -> u64 {
+        self.renewals.load(Ordering::Relaxed)
+    }
+
+    /// When the background re-signer re-signs the zone: `refresh_margin`
+    /// before its earliest expiration, less the zone's random spread, and
+    /// never within [`MIN_RESIGN_INTERVAL`] of the last signing (a
+    /// validity barely longer than margin + jitter would otherwise make
+    /// the zone due again at once; the safety net covers the gap). `None`
+    /// for a zone with nothing precomputed.
+    pub fn refresh_at(&self) -> Option<u64> {
+        Some(
+            self.earliest?
+                .saturating_sub(self.margin)
+                .saturating_sub(self.spread)
+                .max(self.signed_at + MIN_RESIGN_INTERVAL),
+        )
+    }
+
+    /// Until when (seconds since the epoch) every precomputed signature
+    /// has more than half the refresh margin left. Past it the
+    /// background re-sign is late, and whatever copies precomputed
+    /// signatures without asking [`Self::signatures`] (answer templates)
+    /// must let the query path's safety net answer instead.
+    pub fn safe_until(&self) -> Option<u64> {
+        Some(self.earliest?.saturating_sub(self.margin / 2))
+    }
+
+    /// Marks the start of precomputing at `now`: the signatures' time,
+    /// and the zone's spread drawn for this build. `previous` is the
+    /// signer this one replaces (a background re-sign), whose safety-net
+    /// count carries over.
+    pub fn begin(&mut self, now: u64, previous: Option<&Self>) {
+        use std::hash::BuildHasher;
+        self.signed_at = now;
+        // The earliest expiration is at least validity − jitter away; the
+        // spread takes at most half of what is left before the margin.
+        let room = self
+            .validity
+            .saturating_sub(self.jitter)
+            .saturating_sub(self.margin)
+            / 2;
+        let bound = self.jitter.min(room);
+        self.spread = if bound == 0 {
+            0
+        } else {
+            std::hash::RandomState::new().hash_one((&self.origin, now)) % (bound + 1)
+        };
+        if let Some(p) = previous {
+            self.renewals = Arc::clone(&p.renewals);
         }
     }
 
@@ -181,21 +334,31 @@ impl ZoneSigner {
         if self.store.contains_key(&key) {
             return;
         }
-        if let Some(signed) = self.sign(rrset, key.3, now) {
-            PRECOMPUTED_SIGNATURES.fetch_add(signed.sigs.len() as u64, Ordering::Relaxed);
-            self.store.insert(key, signed);
+        match self.sign(rrset, key.3, now) {
+            Some(signed) => {
+                PRECOMPUTED_SIGNATURES.fetch_add(signed.sigs.len() as u64, Ordering::Relaxed);
+                self.earliest = Some(
+                    self.earliest
+                        .map_or(signed.expires, |e| e.min(signed.expires)),
+                );
+                self.store.insert(key, signed);
+            }
+            None => self.failed += 1,
         }
     }
 
     /// The RRSIGs to send after `rrset` at time `now`: from the store, else
     /// from the cache, else made now (counted, within the budget). Never
-    /// one that expires within the refresh margin.
+    /// a precomputed one with less than half the refresh margin left (the
+    /// background re-signer renews them at the margin: this is its safety
+    /// net), nor one made on demand with less than the margin left.
     pub fn signatures(&self, rrset: &[Record], now: u64) -> Result<Arc<[Record]>, OverBudget> {
         let Some(key) = sig_key(rrset) else {
             return Ok(Arc::from([]));
         };
         let fresh = |s: &Signed| s.expires > now + self.margin;
-        if let Some(s) = self.store.get(&key).filter(|s| fresh(s)) {
+        let stored = self.store.get(&key);
+        if let Some(s) = stored.filter(|s| s.expires > now + self.margin / 2) {
             return Ok(Arc::clone(&s.sigs));
         }
         {
@@ -234,6 +397,18 @@ impl ZoneSigner {
             return Ok(Arc::from([]));
         };
         ONLINE_SIGNATURES.fetch_add(signed.sigs.len() as u64, Ordering::Relaxed);
+        if stored.is_some() {
+            SAFETY_RENEWALS.fetch_add(1, Ordering::Relaxed);
+            let n = self.renewals.fetch_add(1, Ordering::Relaxed) + 1;
+            // Logged at 1, 2, 4, 8, ... renewals: never once per query.
+            if n.is_power_of_two() {
+                tracing::warn!(
+                    zone = %self.origin,
+                    renewals = n,
+                    "precomputed signatures are being renewed on the query path: the background re-sign is late"
+                );
+            }
+        }
         let sigs = Arc::clone(&signed.sigs);
         self.cache
             .lock()
@@ -388,6 +563,7 @@ mod tests {
             inception_offset: Duration::from_secs(3600),
             dnskey_ttl: 3600,
             online_signing_rate: 1000,
+            clock: Clock::System,
         };
         ZoneSigner::new(&zone, &cfg)
     }
@@ -399,9 +575,11 @@ mod tests {
         }
     }
 
-    /// Injected time: the precomputed signature is served until less than
-    /// the refresh margin is left, then a new one is made; at no time is
-    /// one served that expires within the margin, or has expired.
+    /// Injected time, and no background re-sign (the safety net alone):
+    /// the precomputed signature is served until less than half the
+    /// refresh margin is left, then a new one is made on demand, and
+    /// renewed when less than the margin is left; at no time is one
+    /// served that expires within half the margin, or has expired.
     #[test]
     fn signatures_are_refreshed_before_they_expire() {
         let dir = tempfile::tempdir().unwrap();
@@ -409,6 +587,7 @@ mod tests {
         let name = Name::from_ascii("www.example.com.").unwrap();
         let rrset = [Record::from_rdata(name, 60, RData::A(A::new(192, 0, 2, 1)))];
         let t0: u64 = 1_800_000_000;
+        s.begin(t0, None);
         s.precompute(&rrset, t0);
         let first = s.signatures(&rrset, t0).unwrap();
         let exp0 = expiration(&first);
@@ -422,8 +601,8 @@ mod tests {
             let sigs = s.signatures(&rrset, now).unwrap();
             let exp = expiration(&sigs);
             assert!(
-                exp > now + 5 * 86_400,
-                "hour {h}: expires within the margin"
+                exp > now + 5 * 86_400 / 2,
+                "hour {h}: expires within half the margin"
             );
             if exp != last {
                 renewals += 1;
@@ -435,6 +614,66 @@ mod tests {
             "{renewals} renewals in 60 days"
         );
         assert!(ONLINE_SIGNATURES.load(Ordering::Relaxed) >= online + renewals);
+        assert_eq!(s.safety_net_renewals(), renewals, "each one counted");
+    }
+
+    /// The background re-sign is due `refresh_margin` before the earliest
+    /// expiration, less a spread within `jitter` (and within half the
+    /// time left), never before the signatures were made; a signer that
+    /// replaces another keeps its safety-net count.
+    #[test]
+    fn the_refresh_time_is_the_margin_before_the_earliest_expiration() {
+        let fresh = || signer(tempfile::tempdir().unwrap().path());
+        let t0: u64 = 1_800_000_000;
+        let sets: Vec<[Record; 1]> = (0..50u8)
+            .map(|i| {
+                [Record::from_rdata(
+                    Name::from_ascii(format!("n{i}.example.com.")).unwrap(),
+                    60,
+                    RData::A(A::new(192, 0, 2, i)),
+                )]
+            })
+            .collect();
+        let mut seen_spread = false;
+        for _ in 0..8 {
+            let mut s = fresh();
+            assert_eq!(s.refresh_at(), None, "nothing signed yet");
+            s.begin(t0, None);
+            for set in &sets {
+                s.precompute(set, t0);
+            }
+            let earliest = s.earliest_expiry().unwrap();
+            let expirations: Vec<u64> = sets
+                .iter()
+                .map(|set| expiration(&s.signatures(set, t0).unwrap()))
+                .collect();
+            assert_eq!(earliest, *expirations.iter().min().unwrap());
+            assert!(earliest >= t0 + 14 * 86_400 - 12 * 3600);
+            let at = s.refresh_at().unwrap();
+            assert!(at <= earliest - 5 * 86_400, "at the margin or before");
+            assert!(at >= earliest - 5 * 86_400 - 12 * 3600, "within the jitter");
+            seen_spread |= at != earliest - 5 * 86_400;
+            assert_eq!(s.failed(), 0);
+            assert_eq!(s.signed_at(), t0);
+        }
+        assert!(seen_spread, "the spread is drawn at random");
+        // No jitter: exactly the margin before the (only) expiration.
+        let mut s = fresh();
+        s.jitter = 0;
+        s.begin(t0, None);
+        s.precompute(&sets[0], t0);
+        assert_eq!(s.refresh_at(), Some(t0 + 14 * 86_400 - 5 * 86_400));
+        s.renewals.fetch_add(3, Ordering::Relaxed);
+        let mut next = fresh();
+        next.begin(t0 + 86_400, Some(&s));
+        assert_eq!(next.safety_net_renewals(), 3);
+        // A validity barely above margin + jitter: not due again at once.
+        let mut tight = fresh();
+        tight.jitter = 0;
+        tight.validity = tight.margin + 1;
+        tight.begin(t0, None);
+        tight.precompute(&sets[0], t0);
+        assert_eq!(tight.refresh_at(), Some(t0 + MIN_RESIGN_INTERVAL));
     }
 
     /// Beyond `online_signing_rate` in one second, new signatures are
@@ -458,10 +697,10 @@ mod tests {
         assert_eq!(s.signatures(&set(3), now).unwrap_err(), OverBudget);
         assert!(s.signatures(&set(1), now).is_ok(), "cached");
         assert!(s.signatures(&set(3), now + 1).is_ok(), "a new second");
-        // A precomputed signature inside the refresh margin is served
+        // A precomputed signature inside the safety margin is served
         // while the budget is spent, as long as it is valid.
         s.precompute(&set(9), now);
-        let late = now + 10 * 86_400;
+        let late = now + 12 * 86_400;
         assert!(s.signatures(&set(4), late).is_ok());
         assert!(s.signatures(&set(5), late).is_ok());
         let old = s.signatures(&set(9), now).unwrap();

@@ -8,6 +8,7 @@ mod admin_ui;
 mod config_files;
 mod diff;
 mod dnssec;
+mod dnssec_refresh;
 mod fast_path;
 mod fuzz_findings;
 mod geo_routing;
