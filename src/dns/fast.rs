@@ -1608,3 +1608,200 @@ fn simple_question(env: &Envelope) -> Option<&Question> {
     let kind = q.qclass == 1 && !matches!(q.qtype, 41 | 251 | 252);
     (env.exact && shape && options && kind).then_some(q)
 }
+
+//------------ Accounting ------------------------------------------------------
+
+impl ZoneIndex {
+    /// Calls `f` with every template and the name it answers (for a miss
+    /// template, the stand-in's parent).
+    fn each_template<'a>(&'a self, f: &mut dyn FnMut(&'a [u8], &'a Template)) {
+        let mut response = |key: &'a [u8], r: &'a Response| match r {
+            Response::Static(t) => f(key, t),
+            Response::Dynamic(d) => {
+                d.per_dc.templates.iter().flatten().for_each(|t| f(key, t));
+                d.all_down
+                    .iter()
+                    .chain(&d.first_cname)
+                    .for_each(|t| f(key, t));
+            }
+            Response::Defer => {}
+        };
+        for e in self.names.iter().chain(&self.wildcards) {
+            let Some(g) = &e.general else { continue };
+            for (_, r) in g.by_type.iter() {
+                response(e.key(), r);
+            }
+            if let Some(r) = &g.other {
+                response(e.key(), r);
+            }
+        }
+    }
+
+    /// Roughly the heap bytes the templates take: bodies, entries, and
+    /// the sets' tables.
+    fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let table = |s: &HashSet<NameEntry>| s.capacity() * (size_of::<NameEntry>() + 1);
+        let mut n = table(&self.names) + table(&self.wildcards);
+        let template = |t: &Template| t.body.len() + 2 * t.fixups.len();
+        for e in self.names.iter().chain(&self.wildcards) {
+            n += e.data.len();
+            let Some(g) = &e.general else { continue };
+            n += size_of::<General>() + g.by_type.len() * size_of::<(u16, Response)>();
+            if let Miss::Own(t) = &g.miss {
+                n += size_of::<Template>() + template(t);
+            }
+            for r in g.by_type.iter().map(|(_, r)| r).chain(&g.other) {
+                let Response::Dynamic(d) = r else { continue };
+                n += size_of::<Dynamic>()
+                    + 2 * d.per_dc.slots.len()
+                    + d.per_dc.templates.len() * size_of::<[Template; 2]>();
+                n += d.all_down.iter().chain(&d.first_cname).count() * size_of::<Template>();
+                n += (d.combos.iter().flat_map(|c| c.iter()))
+                    .flat_map(|c| c.0.iter())
+                    .map(|c| size_of::<Combo>() + c.suffix.len())
+                    .sum::<usize>();
+            }
+        }
+        self.each_template(&mut |_, t| n += template(t));
+        n + self.nxdomain.as_ref().map_or(0, template)
+    }
+}
+
+impl Zone {
+    /// Roughly the heap bytes of the zone's fast-path templates: the
+    /// plain ones, and a signed zone's DO=1 ones (0 for an unsigned
+    /// zone). For benchmarks and sizing.
+    #[doc(hidden)]
+    pub fn template_bytes(&self) -> (usize, usize) {
+        let index = self.fast_index();
+        let signed = index.signed.as_ref().map_or(0, |s| {
+            std::mem::size_of::<SignedIndex>() + s.index.heap_bytes()
+        });
+        (index.heap_bytes(), signed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::dnssec::rdata::DNSSECRData;
+    use hickory_proto::rr::RData;
+
+    use super::*;
+
+    /// The example zone signed with a fresh key; the directory holds the
+    /// files for as long as the zone lives.
+    fn signed_example() -> (tempfile::TempDir, Arc<Zone>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let keys = dir.path().join("keys");
+        crate::dnssec::cli::keygen(
+            "gslb.example.com.",
+            crate::dnssec::keys::KeyAlgorithm::EcdsaP256Sha256,
+            crate::dnssec::cli::Role::Csk,
+            &keys,
+        )
+        .unwrap();
+        let key = std::fs::read_dir(&keys)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "key"))
+            .unwrap();
+        let zone = std::fs::read_to_string(root.join("zones/gslb.example.com.toml")).unwrap();
+        std::fs::create_dir_all(dir.path().join("zones")).unwrap();
+        std::fs::write(
+            dir.path().join("zones/gslb.example.com.toml"),
+            format!(
+                "{zone}\n[dnssec]\nkeys = [{{ file = {:?} }}]\n",
+                key.display().to_string()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("meridian.toml"), "zones = \"zones\"\n").unwrap();
+        let (_, snap) = crate::load(&dir.path().join("meridian.toml")).unwrap();
+        let zone = Arc::clone(&snap.zones()[0]);
+        (dir, zone)
+    }
+
+    /// The records of a template's body, decoded after the question
+    /// `key` (to which its pointers point).
+    fn records(key: &[u8], counts: [u16; 3], body: &[u8]) -> Vec<hickory_proto::rr::Record> {
+        let mut m = vec![0u8; 12];
+        m[5] = 1;
+        for (i, c) in counts.iter().enumerate() {
+            m[6 + 2 * i..8 + 2 * i].copy_from_slice(&c.to_be_bytes());
+        }
+        m.extend_from_slice(key);
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        m.extend_from_slice(body);
+        let m = Message::from_vec(&m).unwrap();
+        m.answers.into_iter().chain(m.authorities).collect()
+    }
+
+    fn expiration(r: &hickory_proto::rr::Record) -> Option<u64> {
+        match &r.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(s)) => Some(u64::from(s.input().sig_expiration.get())),
+            _ => None,
+        }
+    }
+
+    /// Injected time: the DO=1 templates are served exactly while every
+    /// signature they hold (combinations' included) is further than the
+    /// refresh margin from expiring, as the general path serves a stored
+    /// signature; from then on, not at all.
+    #[test]
+    fn signed_templates_never_outlive_their_signatures() {
+        let (_dir, zone) = signed_example();
+        let signer = zone.signer().unwrap();
+        let margin = signer.refresh_margin();
+        let index = zone.fast_index();
+        let signed = index.signed.as_ref().expect("DO=1 templates");
+        let mut earliest = u64::MAX;
+        let mut sigs = 0;
+        let mut count = |rs: Vec<hickory_proto::rr::Record>| {
+            for e in rs.iter().filter_map(expiration) {
+                earliest = earliest.min(e);
+                sigs += 1;
+            }
+        };
+        signed
+            .index
+            .each_template(&mut |key, t| count(records(key, t.counts, &t.body)));
+        for e in &signed.index.names {
+            let Some(g) = &e.general else { continue };
+            for r in g.by_type.iter().map(|(_, r)| r) {
+                let Response::Dynamic(d) = r else { continue };
+                let Some(combos) = &d.combos else { continue };
+                for (variant, combos) in combos.iter().enumerate() {
+                    let lead = d.per_dc.templates.iter().map(|p| &p[variant]);
+                    let Some((lead, a)) = lead
+                        .filter_map(|t| Some((t, t.addresses?)))
+                        .find(|(_, a)| a.count > 0)
+                    else {
+                        continue;
+                    };
+                    for c in combos.0.iter() {
+                        let mut body = lead.body[..a.end()].to_vec();
+                        body.extend_from_slice(&c.suffix);
+                        let n = lead.counts[0] - a.sigs + c.sigs;
+                        count(records(e.key(), [n, 0, 0], &body));
+                    }
+                }
+            }
+        }
+        assert!(sigs > 50, "{sigs} signatures in the templates");
+        assert_eq!(signed.serve_until, earliest - margin);
+        let now = crate::dnssec::sign::unix_now();
+        assert!(index.signed(now).is_some(), "fresh at build");
+        assert!(index.signed(signed.serve_until - 1).is_some());
+        assert!(
+            index.signed(signed.serve_until).is_none(),
+            "within the margin"
+        );
+        assert!(index.signed(earliest + 1).is_none(), "expired");
+        // Every template was rendered at build: no name is missing.
+        assert_eq!(signed.index.names.len(), zone.nodes().len());
+        let (plain, signed_bytes) = zone.template_bytes();
+        assert!(plain > 0 && signed_bytes > plain, "{plain} {signed_bytes}");
+    }
+}
