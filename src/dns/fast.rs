@@ -25,6 +25,17 @@
 //! Names a wildcard synthesizes (RFC 4592) are found on that same walk: a
 //! wildcard's entry is kept under its closest encloser and built for two
 //! stand-ins; what comes out the same for both holds for every name.
+//!
+//! A signed zone has a second index for queries with DO set, built after
+//! its signer's store is filled: the general path's signed answers (with
+//! RRSIGs and the name's NSEC), signatures taken from the store alone, so
+//! the templates copy them as they copy records. A service's addresses are
+//! followed by their RRSIGs, which rotation leaves in place; an answer of
+//! several datacenters takes the RRSIGs rendered for that combination.
+//! Everything that needs a signature made on demand (a name that does not
+//! exist, a wildcard's names, addresses left out by per-address health) is
+//! left out of it and goes to the general path, as does every DO query once
+//! the earliest signature in the templates is within the refresh margin.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -1476,21 +1487,22 @@ fn signatures_for<'a>(
     kept: &[usize],
     variant: usize,
 ) -> Option<(&'a [u8], u16)> {
-    let mut with_addresses = parts
-        .iter()
-        .zip(kept)
-        .filter_map(|(p, &k)| Some((p.as_ref()?, k)));
-    let (first, k) = with_addresses.next()?;
-    let mut only = true;
-    for (t, k) in std::iter::once((first, k)).chain(with_addresses.by_ref()) {
-        if t.addresses.is_none_or(|a| a.count() != k) {
+    // Every address of each datacenter that has some: a subset would be
+    // another RRset, signed on demand.
+    let mut lead = None;
+    let mut contributing = 0;
+    for (t, &k) in parts.iter().zip(kept) {
+        let Some(t) = t else { continue };
+        let a = t.addresses?;
+        if a.count() != k {
             return None;
         }
-        only &= std::ptr::eq(*t, *first);
+        lead.get_or_insert((*t, a));
+        contributing += 1;
     }
-    if only {
-        let a = first.addresses?;
-        return Some((first.body.get(a.end()..)?, a.sigs));
+    let (lead, a) = lead?;
+    if contributing == 1 {
+        return Some((lead.body.get(a.end()..)?, a.sigs));
     }
     let mut mask = 0u32;
     for dc in d.dcs() {

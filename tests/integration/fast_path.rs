@@ -1476,3 +1476,50 @@ fn the_signed_fast_path_answers_do_queries() {
         "{m:?}"
     );
 }
+
+/// A NODATA or insecure referral asked in mixed case carries the same
+/// NSEC and RRSIG as in lower case, from the store: the NSEC's next name
+/// keeps its case when signed (RFC 6840 §5.1), so spelling it as asked
+/// made a new RRset to sign on demand for each spelling.
+#[test]
+fn mixed_case_denials_use_the_stored_signatures() {
+    let mut rng = Rng(0xca5e);
+    let f = fixture_with(&mut rng, true);
+    let snap = &f.views[0];
+    let denial = |name: &str, qtype: RecordType| {
+        let q = do_query(name, qtype, None);
+        let slow = handle_slow(snap, &q, f.sources[0], Transport::Udp).unwrap();
+        let m = Message::from_vec(&slow).unwrap();
+        use hickory_proto::dnssec::rdata::DNSSECRData;
+        use hickory_proto::rr::RData;
+        let nsec: Vec<_> = (m.authorities.iter())
+            .filter(|r| match &r.data {
+                RData::DNSSEC(DNSSECRData::NSEC(_)) => true,
+                RData::DNSSEC(DNSSECRData::RRSIG(s)) => s.input().type_covered == RecordType::NSEC,
+                _ => false,
+            })
+            .map(|r| r.data.clone())
+            .collect();
+        assert_eq!(nsec.len(), 2, "{name} {qtype}: {m:?}");
+        nsec
+    };
+    for (lower, mixed, qtype) in [
+        (
+            "mail.gslb.example.com.",
+            "MaIL.gSlb.Example.COM.",
+            RecordType::TXT,
+        ),
+        (
+            "www.gslb.example.com.",
+            "WwW.gslb.example.com.",
+            RecordType::MX,
+        ),
+        ("deleg.store.test.", "DeLeg.Store.test.", RecordType::A),
+    ] {
+        assert_eq!(
+            denial(lower, qtype),
+            denial(mixed, qtype),
+            "{mixed} {qtype}"
+        );
+    }
+}
