@@ -1010,6 +1010,7 @@ impl ZoneIndex {
     /// carries the name's own NSEC), no wildcards, no miss templates.
     pub(crate) fn build_signed(zone: &Zone) -> Option<SignedIndex> {
         let signer = zone.signer()?;
+        let started = std::time::Instant::now();
         let signing = Signing {
             signer,
             now: crate::dnssec::sign::unix_now(),
@@ -1023,13 +1024,18 @@ impl ZoneIndex {
             .earliest
             .get()
             .saturating_sub(signer.refresh_margin());
-        Some(SignedIndex {
-            index: Self {
-                names,
-                ..Self::default()
-            },
-            serve_until,
-        })
+        let index = Self {
+            names,
+            ..Self::default()
+        };
+        tracing::debug!(
+            zone = %zone.origin(),
+            names = index.names.len(),
+            bytes = index.heap_bytes(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "built the DO=1 templates"
+        );
+        Some(SignedIndex { index, serve_until })
     }
 
     /// Keeps `signed` as the zone's DO=1 templates.
