@@ -719,7 +719,7 @@ impl Zone {
                 if let Some(node) = self.node(&cut) {
                     match node.rrset(RecordType::DS) {
                         Some(ds) => res.authorities.extend(ds.records(&cut)),
-                        // Lower-cased, as `last` below.
+                        // Lower-cased, as `last` above.
                         None => res.authorities.extend(crate::dnssec::denial::nsec(
                             &cut.to_lowercase(),
                             &self.node_types(node),
