@@ -16,6 +16,15 @@
 //! never hit, one clock read per 32 responses (a `recvmmsg` batch), and
 //! clients spread over 1,024 /24 prefixes so the table is exercised
 //! beyond one hot cache line.
+//!
+//! `--do` sets DO on every query. `--signed` serves a temporary copy of
+//! `meridian.toml` whose example zone is signed with a fresh ECDSA P-256
+//! CSK (made by `meridian dnssec keygen`'s function), and prints the
+//! bytes of the zone's plain and DO=1 templates. Together they measure
+//! signed answers against unsigned ones (README, "DNSSEC", "Performance").
+//! `--no-nxdomain` leaves the two names that do not exist out of the mix:
+//! a signed zone's NXDOMAIN (compact denial) needs an NSEC of the name's
+//! own, signed on demand and answered by the general path.
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -26,6 +35,9 @@ fn main() {
     let with_rrl = args.iter().any(|a| a == "--rrl");
     let with_metrics = args.iter().any(|a| a == "--metrics");
     let reuse = with_metrics || args.iter().any(|a| a == "--reuse");
+    let dnssec_ok = args.iter().any(|a| a == "--do");
+    let signed = args.iter().any(|a| a == "--signed");
+    let nxdomain = !args.iter().any(|a| a == "--no-nxdomain");
     let metrics = meridian::metrics::Metrics::new();
     let shard = metrics.dns.shard(meridian::dns::Transport::Udp);
     let mut reused = Vec::with_capacity(4096);
@@ -63,11 +75,20 @@ fn main() {
         )
         .unwrap();
         dir.join("meridian.toml")
+    } else if signed {
+        signed_copy(root, &dir)
     } else {
         root.join("meridian.toml")
     };
     let (config, snap) = meridian::load(&config_path).expect("config");
     let _ = std::fs::remove_dir_all(&dir);
+    for zone in snap.zones().iter().filter(|_| signed) {
+        let (plain, with_do) = zone.template_bytes();
+        eprintln!(
+            "{}: templates {plain} bytes, DO=1 templates {with_do} bytes",
+            zone.origin()
+        );
+    }
     let snap = if rum_rows > 0 {
         use meridian::latency::table::{Cell, KeyTableBuilder, RowMeta, v4_key};
         let names: Vec<String> = ["us-east", "eu-west", "ap-southeast"]
@@ -131,7 +152,8 @@ fn main() {
     let mut id = 1u16;
     let mut push = |name: &str, qtype: &str, ecs: Option<(&str, u8)>| {
         let ecs = ecs.map(|(a, p)| (a.parse::<IpAddr>().unwrap(), p));
-        queries.push(meridian::dns::build_query(name, qtype, ecs, id).unwrap());
+        let q = meridian::dns::build_query(name, qtype, ecs, id).unwrap();
+        queries.push(if dnssec_ok { with_do(&q) } else { q });
         id = id.wrapping_add(1);
     };
     if let Some(service) = &service {
@@ -154,12 +176,14 @@ fn main() {
         }
         push("gslb.example.com.", "SOA", None);
         push("gslb.example.com.", "MX", None);
-        push("nope.gslb.example.com.", "A", None);
-        push(
-            "nothing.here.gslb.example.com.",
-            "AAAA",
-            Some(("8.8.8.0", 24)),
-        );
+        if nxdomain {
+            push("nope.gslb.example.com.", "A", None);
+            push(
+                "nothing.here.gslb.example.com.",
+                "AAAA",
+                Some(("8.8.8.0", 24)),
+            );
+        }
     }
     let src: IpAddr = "127.0.0.1".parse().unwrap();
     let mut bytes = 0usize;
@@ -212,11 +236,52 @@ fn main() {
     }
     let elapsed = start.elapsed();
     eprintln!(
-        "{} queries ({} distinct{}), {:.0} ns/query, {} response bytes",
+        "{} queries ({} distinct{}{}{}), {:.0} ns/query, {} response bytes",
         iterations,
         queries.len(),
         if with_rrl { ", with RRL" } else { "" },
+        if signed { ", signed" } else { "" },
+        if dnssec_ok { ", DO" } else { "" },
         elapsed.as_nanos() as f64 / iterations as f64,
         bytes
     );
+}
+
+/// `query` with the DO bit set in its OPT record.
+fn with_do(query: &[u8]) -> Vec<u8> {
+    let mut m = hickory_proto::op::Message::from_vec(query).unwrap();
+    m.edns.as_mut().expect("EDNS").set_dnssec_ok(true);
+    m.to_vec().unwrap()
+}
+
+/// Writes into `dir` a copy of `root`'s `meridian.toml` and example zone,
+/// the zone signed with a fresh key; returns the config's path.
+fn signed_copy(root: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
+    use meridian::dnssec::cli::{Role, keygen};
+    use meridian::dnssec::keys::KeyAlgorithm;
+    let keys = dir.join("keys");
+    keygen(
+        "gslb.example.com.",
+        KeyAlgorithm::EcdsaP256Sha256,
+        Role::Csk,
+        &keys,
+    )
+    .unwrap();
+    let key = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "key"))
+        .unwrap();
+    std::fs::create_dir_all(dir.join("zones")).unwrap();
+    let zone = std::fs::read_to_string(root.join("zones/gslb.example.com.toml")).unwrap();
+    std::fs::write(
+        dir.join("zones/gslb.example.com.toml"),
+        format!(
+            "{zone}\n[dnssec]\nkeys = [{{ file = {:?} }}]\n",
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::copy(root.join("meridian.toml"), dir.join("meridian.toml")).unwrap();
+    dir.join("meridian.toml")
 }

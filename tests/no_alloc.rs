@@ -125,3 +125,82 @@ fn rate_limiting_does_not_allocate() {
     assert!(stats.dropped > 0 && stats.slipped > 0, "{stats:?}");
     assert_eq!(withheld as u64, stats.dropped);
 }
+
+/// DO=1 queries to a signed zone, answered from its DO=1 templates
+/// (signatures copied like records), do not allocate either.
+#[test]
+fn answering_signed_do_queries_does_not_allocate() {
+    use meridian::dnssec::cli::{Role, keygen};
+    use meridian::dnssec::keys::KeyAlgorithm;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    keygen(
+        "gslb.example.com.",
+        KeyAlgorithm::EcdsaP256Sha256,
+        Role::Csk,
+        &keys,
+    )
+    .unwrap();
+    let key = std::fs::read_dir(&keys)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "key"))
+        .unwrap();
+    let zone = std::fs::read_to_string(root.join("zones/gslb.example.com.toml")).unwrap();
+    std::fs::create_dir_all(dir.path().join("zones")).unwrap();
+    std::fs::write(
+        dir.path().join("zones/gslb.example.com.toml"),
+        format!(
+            "{zone}\n[dnssec]\nkeys = [{{ file = {:?} }}]\n",
+            key.display().to_string()
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("meridian.toml"), "zones = \"zones\"\n").unwrap();
+    let (_, snap) = meridian::load(&dir.path().join("meridian.toml")).unwrap();
+    let ecs = |a: &str, p: u8| Some((a.parse::<IpAddr>().unwrap(), p));
+    let queries: Vec<Vec<u8>> = [
+        ("www.gslb.example.com.", "A", ecs("8.8.8.0", 24)),
+        ("WWW.gslb.example.com.", "AAAA", ecs("2001:4860::", 56)),
+        ("app.gslb.example.com.", "A", ecs("133.11.0.0", 24)),
+        ("mail.gslb.example.com.", "A", None),
+        ("mail.gslb.example.com.", "TXT", None),
+        ("gslb.example.com.", "DNSKEY", None),
+    ]
+    .iter()
+    .map(|(n, t, e)| {
+        let q = meridian::dns::build_query(n, t, *e, 7).unwrap();
+        let mut m = hickory_proto::op::Message::from_vec(&q).unwrap();
+        m.edns.as_mut().unwrap().set_dnssec_ok(true);
+        m.to_vec().unwrap()
+    })
+    .collect();
+    let src: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut out = Vec::with_capacity(4096);
+    for transport in [meridian::dns::Transport::Udp, meridian::dns::Transport::Tcp] {
+        for q in &queries {
+            let before = mine();
+            assert!(meridian::dns::handler::handle_fast_at(
+                &snap,
+                q,
+                src,
+                transport,
+                1_800_000_000,
+                &mut out
+            ));
+            assert_eq!(
+                mine(),
+                before,
+                "allocated while answering {:?}",
+                meridian::dns::summarize(&out)
+            );
+            let m = hickory_proto::op::Message::from_vec(&out).unwrap();
+            assert!(
+                (m.answers.iter().chain(&m.authorities))
+                    .any(|r| r.record_type() == hickory_proto::rr::RecordType::RRSIG),
+                "signed: {m:?}"
+            );
+        }
+    }
+}

@@ -25,6 +25,17 @@
 //! Names a wildcard synthesizes (RFC 4592) are found on that same walk: a
 //! wildcard's entry is kept under its closest encloser and built for two
 //! stand-ins; what comes out the same for both holds for every name.
+//!
+//! A signed zone has a second index for queries with DO set, built after
+//! its signer's store is filled: the general path's signed answers (with
+//! RRSIGs and the name's NSEC), signatures taken from the store alone, so
+//! the templates copy them as they copy records. A service's addresses are
+//! followed by their RRSIGs, which rotation leaves in place; an answer of
+//! several datacenters takes the RRSIGs rendered for that combination.
+//! Everything that needs a signature made on demand (a name that does not
+//! exist, a wildcard's names, addresses left out by per-address health) is
+//! left out of it and goes to the general path, as does every DO query once
+//! the earliest signature in the templates is within the refresh margin.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -111,17 +122,25 @@ impl Template {
     }
 }
 
-/// The address records at the end of a service answer's template.
+/// The address records at the end of a service answer's template; in a
+/// DO=1 template, followed by their RRSIGs (`sigs` records), which end
+/// the body.
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Addresses {
     at: u16,
     count: u16,
     size: u16,
+    sigs: u16,
 }
 
 impl Addresses {
     fn at(self) -> usize {
         usize::from(self.at)
+    }
+
+    /// Where the addresses end (and their RRSIGs, if any, start).
+    fn end(self) -> usize {
+        self.at() + self.count() * self.size()
     }
 
     fn count(self) -> usize {
@@ -179,6 +198,33 @@ struct Dynamic {
     /// The name is a CNAME (chain) to the service: with ECS in the query,
     /// the answer is this first CNAME alone (RFC 7871 §7.2.1).
     first_cname: Option<Template>,
+    /// DO=1 templates only: the RRSIGs of answers of several datacenters
+    /// (normal and degraded TTL); `None` without any.
+    combos: Option<Box<[Combos; 2]>>,
+}
+
+/// The signatures of a service's answers of several datacenters, as they
+/// follow the addresses in a DO=1 response, by the set of datacenters.
+/// An RRSIG covers the RRset whatever the order of its records, so one
+/// suffix serves every ranking and rotation of the set.
+#[derive(Debug, Default)]
+struct Combos(Box<[Combo]>);
+
+#[derive(Debug)]
+struct Combo {
+    /// The datacenters: bit `i` for the service's `i`-th one (its slot
+    /// in [`PerDc`]).
+    mask: u32,
+    /// Records in `suffix`.
+    sigs: u16,
+    suffix: Box<[u8]>,
+}
+
+impl Combos {
+    fn get(&self, mask: u32) -> Option<&Combo> {
+        let i = self.0.binary_search_by_key(&mask, |c| c.mask).ok()?;
+        self.0.get(i)
+    }
 }
 
 /// A service's templates for its own datacenters (normal and degraded
@@ -319,6 +365,95 @@ pub(crate) struct ZoneIndex {
     wildcards: HashSet<NameEntry>,
     /// The NXDOMAIN (and, with NOERROR, the NODATA) plain names share.
     nxdomain: Option<Template>,
+    /// A signed zone's templates for queries with DO set.
+    signed: Option<Box<SignedIndex>>,
+}
+
+/// A signed zone's DO=1 templates: the slow path's signed answers, their
+/// RRSIGs copied from the signer's store, for every name the store signs
+/// ahead (see [`ZoneIndex::build_signed`]). Answers that need a signature
+/// made on demand are not here, and go to the slow path.
+#[derive(Debug)]
+pub(crate) struct SignedIndex {
+    /// Only general entries (a NODATA's NSEC is the name's own), no
+    /// wildcards, no miss templates.
+    index: ZoneIndex,
+    /// The templates are served while the clock (seconds since the epoch)
+    /// is before this: the earliest expiration among their signatures
+    /// less the refresh margin, the point from which the slow path no
+    /// longer serves them either. The zone is re-signed (rebuilt, with
+    /// new templates) before then; if it is not, the slow path signs.
+    serve_until: u64,
+}
+
+/// How DO=1 templates are rendered: the slow path's signing, with
+/// signatures from the store alone, and the earliest expiration among
+/// those used.
+struct Signing<'a> {
+    signer: &'a crate::dnssec::ZoneSigner,
+    now: u64,
+    earliest: std::cell::Cell<u64>,
+}
+
+/// `res` signed as the slow path signs it at build time, from the store
+/// alone; `None` where a signature would have to be made on demand.
+fn signed(
+    zone: &Zone,
+    name: &Name,
+    qtype: RecordType,
+    mut res: Resolution,
+    s: &Signing<'_>,
+) -> Option<Resolution> {
+    let margin = s.signer.refresh_margin();
+    zone.sign_answer_with(
+        &mut res,
+        name,
+        qtype,
+        &mut |rrset| match s.signer.stored(rrset) {
+            Some((sigs, expires)) if expires > s.now.saturating_add(margin) => {
+                s.earliest.set(s.earliest.get().min(expires));
+                Ok(sigs)
+            }
+            _ => Err(crate::dnssec::sign::OverBudget),
+        },
+    )
+    .ok()?;
+    Some(res)
+}
+
+/// [`template`], signed for DO=1 templates.
+fn render(
+    zone: &Zone,
+    name: &Name,
+    qtype: RecordType,
+    res: Resolution,
+    signing: Option<&Signing<'_>>,
+) -> Option<Template> {
+    match signing {
+        None => template(name, qtype, res),
+        Some(s) => template(name, qtype, signed(zone, name, qtype, res, s)?),
+    }
+}
+
+/// Seconds since the epoch, from the kernel's coarse clock where there is
+/// one: read from the vDSO without a system call, a few nanoseconds,
+/// behind real time by at most a tick, which the refresh margin (days)
+/// dwarfs.
+fn coarse_now() -> u64 {
+    #[cfg(target_os = "linux")]
+    {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: `ts` is a valid timespec for the call to write.
+        #[allow(unsafe_code)] // the coarse clock, which std does not offer
+        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
+            // Before the epoch: nothing signed is served.
+            return u64::try_from(ts.tv_sec).unwrap_or(u64::MAX);
+        }
+    }
+    crate::dnssec::sign::unix_now()
 }
 
 /// The snapshot's zones, most specific first, for the fast path.
@@ -381,6 +516,7 @@ fn find_addresses(t: &Template, rtype: RecordType, count: usize) -> Option<Addre
             at: u16::try_from(t.body.len()).ok()?,
             count: 0,
             size: 1,
+            sigs: 0,
         });
     }
     let rdlen: usize = match rtype {
@@ -389,10 +525,33 @@ fn find_addresses(t: &Template, rtype: RecordType, count: usize) -> Option<Addre
         _ => return None,
     };
     let size = 12 + rdlen;
-    let at = t.body.len().checked_sub(count * size)?;
-    let ok = t.counts[1] == 0
-        && t.counts[2] == 0
-        && t.body[at..].chunks(size).all(|r| {
+    if t.counts[1] != 0 || t.counts[2] != 0 {
+        return None;
+    }
+    // Where each answer record starts; a DO=1 template ends with the
+    // addresses' RRSIGs (each owned by a pointer, like the addresses).
+    let mut starts = Vec::with_capacity(usize::from(t.counts[0]));
+    let mut at = 0;
+    for _ in 0..t.counts[0] {
+        starts.push(at);
+        at = super::envelope::skip_records(&t.body, at, 1)?;
+    }
+    if at != t.body.len() {
+        return None;
+    }
+    let rrsig = u16::from(RecordType::RRSIG).to_be_bytes();
+    let sigs = (starts.iter().rev())
+        .take_while(|&&s| {
+            t.body
+                .get(s..s + 4)
+                .is_some_and(|r| r[0] & 0xc0 == 0xc0 && r[2..4] == rrsig)
+        })
+        .count();
+    let first = starts.len().checked_sub(sigs + count)?;
+    let at = starts[first];
+    let end = starts.get(first + count).copied().unwrap_or(t.body.len());
+    let ok = end - at == count * size
+        && t.body[at..end].chunks(size).all(|r| {
             r[0] & 0xc0 == 0xc0
                 && r[2..4] == u16::from(rtype).to_be_bytes()
                 && r[4..6] == [0, 1]
@@ -402,6 +561,7 @@ fn find_addresses(t: &Template, rtype: RecordType, count: usize) -> Option<Addre
         at: u16::try_from(at).ok()?,
         count: u16::try_from(count).ok()?,
         size: u16::try_from(size).ok()?,
+        sigs: u16::try_from(sigs).ok()?,
     })
 }
 
@@ -411,15 +571,38 @@ fn no_choice(_: &super::zone::ServiceAnswers) -> Decision {
     Decision::empty()
 }
 
-fn response(zone: &Zone, name: &Name, qtype: RecordType) -> Option<Response> {
+/// The response to `qtype` at `name`: as the slow path encodes it, or
+/// with `signing`, as it signs it for DO=1 (`Defer` where a signature is
+/// not in the store).
+fn response(
+    zone: &Zone,
+    name: &Name,
+    qtype: RecordType,
+    signing: Option<&Signing<'_>>,
+) -> Option<Response> {
+    let r = response_of(zone, name, qtype, signing);
+    match signing {
+        None => r,
+        Some(_) => Some(r.unwrap_or(Response::Defer)),
+    }
+}
+
+fn response_of(
+    zone: &Zone,
+    name: &Name,
+    qtype: RecordType,
+    signing: Option<&Signing<'_>>,
+) -> Option<Response> {
     let mut probe = zone.resolve_with(name, qtype, &mut no_choice);
     match probe.service {
-        None => Some(Response::Static(template(name, qtype, probe)?)),
+        None => Some(Response::Static(render(zone, name, qtype, probe, signing)?)),
         Some(service) => {
             let svc = zone.service(service);
             let plan = &svc.plan;
-            let render =
-                |d: Decision| template(name, qtype, zone.resolve_with(name, qtype, &mut |_| d));
+            let decided = |d: Decision| {
+                let res = zone.resolve_with(name, qtype, &mut |_| d);
+                render(zone, name, qtype, res, signing)
+            };
             // ANY at a service name is answered as A.
             let rtype = if qtype == RecordType::AAAA {
                 RecordType::AAAA
@@ -433,8 +616,8 @@ fn response(zone: &Zone, name: &Name, qtype: RecordType) -> Option<Response> {
                 *slots.get_mut(dc.index())? = u16::try_from(templates.len()).ok()?;
                 let count = zone.addresses(dc, qtype);
                 let mut pair = [
-                    render(plan.forced(dc, false))?,
-                    render(plan.forced(dc, true))?,
+                    decided(plan.forced(dc, false))?,
+                    decided(plan.forced(dc, true))?,
                 ];
                 for t in &mut pair {
                     t.addresses = find_addresses(t, rtype, count);
@@ -447,7 +630,11 @@ fn response(zone: &Zone, name: &Name, qtype: RecordType) -> Option<Response> {
             };
             let all_down = match plan.all_down() {
                 None => None,
-                Some(d) => Some(render(d)?),
+                Some(d) => Some(decided(d)?),
+            };
+            let combos = match signing {
+                None => None,
+                Some(_) => combos(zone, service, qtype, rtype, &per_dc, &decided),
             };
             Some(Response::Dynamic(Box::new(Dynamic {
                 plan: Arc::clone(plan),
@@ -456,13 +643,83 @@ fn response(zone: &Zone, name: &Name, qtype: RecordType) -> Option<Response> {
                 all_down,
                 first_cname: if probe.tailored_via_cname() {
                     probe.first_cname_only();
-                    Some(template(name, qtype, probe)?)
+                    Some(render(zone, name, qtype, probe, signing)?)
                 } else {
                     None
                 },
+                combos,
             })))
         }
     }
+}
+
+/// Most datacenter combinations per service whose signatures the DO=1
+/// templates keep (the store signs as many at build).
+const MAX_COMBOS: usize = 256;
+
+/// For a DO=1 service answer: the RRSIG suffix of every combination of
+/// two to `max_answers` of the service's datacenters whose signatures the
+/// store holds (the slow path renders each, and the addresses' RRSIGs are
+/// cut from its end). `None` where there are none, or too many.
+fn combos(
+    zone: &Zone,
+    service: usize,
+    qtype: RecordType,
+    rtype: RecordType,
+    per_dc: &PerDc,
+    render: &dyn Fn(Decision) -> Option<Template>,
+) -> Option<Box<[Combos; 2]>> {
+    let svc = zone.config.services.get(service)?;
+    let own = &svc.datacenters;
+    let n = own.len();
+    let k = svc.max_answers.clamp(1, n.max(1));
+    if k < 2 || n > 16 {
+        return None;
+    }
+    let masks: Vec<u32> = (1u32..(1 << n))
+        .filter(|m| (2..=k).contains(&(m.count_ones() as usize)))
+        .collect();
+    if masks.len() > MAX_COMBOS {
+        return None;
+    }
+    let plan = &zone.service(service).plan;
+    let mut out: [Vec<Combo>; 2] = Default::default();
+    for (variant, combos) in out.iter_mut().enumerate() {
+        let degraded = variant == 1;
+        // Every answer of the service starts alike (its CNAME chain and
+        // their RRSIGs): the suffix holds after any datacenter's start.
+        let Some((lead, la)) = (per_dc.templates.iter())
+            .map(|pair| &pair[variant])
+            .find_map(|t| Some((t, t.addresses.filter(|a| a.count > 0)?)))
+        else {
+            continue;
+        };
+        for &mask in &masks {
+            let dcs: Vec<DcId> = (0..n)
+                .filter(|b| mask & (1 << b) != 0)
+                .map(|b| own[b])
+                .collect();
+            let total: usize = dcs.iter().map(|&dc| zone.addresses(dc, qtype)).sum();
+            let Some(&first) = dcs.first() else { continue };
+            let mut d = plan.forced(first, degraded);
+            d.choice = crate::policy::Choice::of(&dcs, degraded, false);
+            let Some(t) = render(d) else { continue };
+            let Some(a) = find_addresses(&t, rtype, total) else {
+                continue;
+            };
+            if a.count == 0 || t.body[..a.at()] != lead.body[..la.at()] {
+                continue;
+            }
+            combos.push(Combo {
+                mask,
+                sigs: a.sigs,
+                suffix: t.body[a.end()..].into(),
+            });
+        }
+        combos.sort_unstable_by_key(|c| c.mask);
+    }
+    let [a, b] = out;
+    Some(Box::new([Combos(a.into()), Combos(b.into())]))
 }
 
 /// Two stand-in children of `name` that do not exist, one byte apart in
@@ -625,8 +882,10 @@ fn plain_entry(zone: &Zone, node: &Node) -> Option<NameEntry> {
     })
 }
 
-/// Any other name's entry, from the general path's answers.
-fn general_entry(zone: &Zone, key: &[u8]) -> Option<NameEntry> {
+/// Any other name's entry, from the general path's answers; with
+/// `signing`, its DO=1 answers (and no miss template: a name that does
+/// not exist gets an NSEC of its own, signed on demand).
+fn general_entry(zone: &Zone, key: &[u8], signing: Option<&Signing<'_>>) -> Option<NameEntry> {
     let name = Name::from_bytes(key).ok()?;
     let key_len = u8::try_from(key.len()).ok()?;
     let mut types = zone.types_along(&name);
@@ -642,10 +901,10 @@ fn general_entry(zone: &Zone, key: &[u8]) -> Option<NameEntry> {
     types.sort_unstable_by_key(|t| u16::from(*t));
     types.dedup();
     // Unencodable: the slow path will say so.
-    let other = response(zone, &name, OTHER_TYPE)?;
+    let other = response(zone, &name, OTHER_TYPE, signing)?;
     let mut by_type = Vec::with_capacity(types.len());
     for t in types {
-        let r = response(zone, &name, t)?;
+        let r = response(zone, &name, t, signing)?;
         let same = matches!((&r, &other), (Response::Static(a), Response::Static(b)) if a == b);
         if !same {
             by_type.push((u16::from(t), r));
@@ -657,7 +916,12 @@ fn general_entry(zone: &Zone, key: &[u8]) -> Option<NameEntry> {
         general: Some(Box::new(General {
             by_type: by_type.into_boxed_slice(),
             other: Some(other),
-            miss: miss_template(zone, &name).map_or(Miss::General, |t| Miss::Own(Box::new(t))),
+            miss: match signing {
+                None => {
+                    miss_template(zone, &name).map_or(Miss::General, |t| Miss::Own(Box::new(t)))
+                }
+                Some(_) => Miss::General,
+            },
             any_first: false,
         })),
     })
@@ -675,8 +939,8 @@ fn wildcard_entry(zone: &Zone, shared: bool, node: &Node) -> Option<NameEntry> {
         return plain_entry(zone, node)?.rekey(encloser);
     }
     let (short, long) = stand_ins(zone, &Name::from_bytes(encloser).ok()?, true)?;
-    let short = general_entry(zone, &super::zone::name_key(&short)?)?;
-    let long = general_entry(zone, &super::zone::name_key(&long)?)?;
+    let short = general_entry(zone, &super::zone::name_key(&short)?, None)?;
+    let long = general_entry(zone, &super::zone::name_key(&long)?, None)?;
     let (mut short, long) = (short.general?, long.general?);
     if short.by_type.len() != long.by_type.len() {
         return None;
@@ -726,7 +990,7 @@ impl ZoneIndex {
             }
             let entry = match nxdomain.is_some() && zone.is_plain(node.key(), node) {
                 true => plain_entry(zone, node),
-                false => general_entry(zone, node.key()),
+                false => general_entry(zone, node.key(), None),
             };
             if let Some(entry) = entry {
                 names.insert(entry);
@@ -736,7 +1000,54 @@ impl ZoneIndex {
             names,
             wildcards,
             nxdomain,
+            signed: None,
         }
+    }
+
+    /// A signed zone's DO=1 templates (`None` for an unsigned zone), from
+    /// the slow path's own signed answers at this time, with the signer's
+    /// store filled: every name's entry (no packed names: each NODATA
+    /// carries the name's own NSEC), no wildcards, no miss templates.
+    pub(crate) fn build_signed(zone: &Zone) -> Option<SignedIndex> {
+        let signer = zone.signer()?;
+        let started = std::time::Instant::now();
+        let signing = Signing {
+            signer,
+            now: crate::dnssec::sign::unix_now(),
+            earliest: std::cell::Cell::new(u64::MAX),
+        };
+        let names: HashSet<NameEntry> = zone
+            .nodes()
+            .filter_map(|node| general_entry(zone, node.key(), Some(&signing)))
+            .collect();
+        let serve_until = signing
+            .earliest
+            .get()
+            .saturating_sub(signer.refresh_margin());
+        let index = Self {
+            names,
+            ..Self::default()
+        };
+        tracing::debug!(
+            zone = %zone.origin(),
+            names = index.names.len(),
+            bytes = index.heap_bytes(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "built the DO=1 templates"
+        );
+        Some(SignedIndex { index, serve_until })
+    }
+
+    /// Keeps `signed` as the zone's DO=1 templates.
+    pub(crate) fn set_signed(&mut self, signed: Option<SignedIndex>) {
+        self.signed = signed.map(Box::new);
+    }
+
+    /// The DO=1 templates, while their signatures are fresh at `now`
+    /// (seconds since the epoch).
+    fn signed(&self, now: u64) -> Option<&Self> {
+        let s = self.signed.as_deref()?;
+        (now < s.serve_until).then_some(&s.index)
     }
 
     /// What answers `name` (wire length `name_len`), which is not in the
@@ -867,15 +1178,20 @@ impl FastIndex {
                 out,
             );
         };
-        // DNSSEC (issue 13), until the fast path has signed templates: a
-        // query with DO set to a signed zone goes to the slow path, which
-        // adds the signatures and denial records. (Unsigned zones keep
-        // the fast path for DO: validating resolvers set it on nearly
-        // every query.)
-        if zone.is_signed() && env.opt.is_some_and(|o| o.dnssec_ok) {
-            return false;
-        }
-        let index = zone.fast_index();
+        // DNSSEC (issue 13): a query with DO set to a signed zone is
+        // answered from the DO=1 templates, which copy the store's
+        // RRSIGs and NSECs as the others copy records, while those
+        // signatures are fresh; what they lack (a name that does not
+        // exist, a wildcard, an address left out) goes to the slow path,
+        // which signs on demand. Unsigned zones, and queries without DO,
+        // use the plain templates.
+        let index = match zone.is_signed() && env.opt.is_some_and(|o| o.dnssec_ok) {
+            false => zone.fast_index(),
+            true => match zone.fast_index().signed(coarse_now()) {
+                Some(index) => index,
+                None => return false,
+            },
+        };
         seen.zone = u16::try_from(zone_at).unwrap_or(super::handler::Seen::NO_ZONE);
 
         // Exact match; else the wildcard that synthesizes the name, or the
@@ -941,7 +1257,6 @@ impl FastIndex {
                             let Dynamic {
                                 plan,
                                 service,
-                                per_dc,
                                 all_down,
                                 ..
                             } = &**dynamic;
@@ -964,7 +1279,7 @@ impl FastIndex {
                                         env,
                                         packet,
                                         &d,
-                                        per_dc,
+                                        dynamic,
                                         addr,
                                         transport,
                                         (max_udp_payload, base),
@@ -1050,19 +1365,21 @@ impl FastIndex {
 
     /// Writes a service's answer from the templates of the chosen
     /// datacenters: one template as it is, or the address records of
-    /// several after the first one's CNAME chain, rotated.
+    /// several after the first one's CNAME chain, rotated; in a DO=1
+    /// answer, followed by their RRSIGs.
     #[allow(clippy::too_many_arguments)]
     fn assemble(
         &self,
         env: &Envelope,
         packet: &[u8],
         d: &Decision,
-        per_dc: &PerDc,
+        dynamic: &Dynamic,
         routed_on: IpAddr,
         transport: Transport,
         (max_udp_payload, base): (u16, &OptOut<'_>),
         out: &mut Vec<u8>,
     ) -> bool {
+        let per_dc = &dynamic.per_dc;
         let variant = usize::from(d.choice.degraded);
         let opt = OptOut {
             ecs: echo_ecs(env, routed_on, Some(d.scope)),
@@ -1127,10 +1444,19 @@ impl FastIndex {
         else {
             return whole(first, out);
         };
+        // A DO=1 answer: the addresses' RRSIGs follow them, made for
+        // exactly the addresses the answer holds.
+        let (suffix, suffix_count): (&[u8], u16) = match a.sigs {
+            0 => (&[], 0),
+            _ => match signatures_for(d, dynamic, &parts, &kept, variant) {
+                Some(s) => s,
+                None => return false,
+            },
+        };
         // The lead's CNAME chain: its answer records before its addresses.
-        let prefix_count = lead.counts[0] - a.count;
+        let prefix_count = lead.counts[0] - a.count - a.sigs;
         let header = Header {
-            counts: [prefix_count + total as u16, 0, 0],
+            counts: [prefix_count + total as u16 + suffix_count, 0, 0],
             ..lead.header()
         };
         out.clear();
@@ -1142,6 +1468,7 @@ impl FastIndex {
         let k = d.rotate_by(total);
         emit(out, d, &parts, &kept, k, total);
         emit(out, d, &parts, &kept, 0, k);
+        out.extend_from_slice(suffix);
         finish(
             env,
             packet,
@@ -1153,6 +1480,43 @@ impl FastIndex {
             out,
         )
     }
+}
+
+/// The RRSIGs (bytes, records) that follow a DO=1 answer's addresses: the
+/// one datacenter's own, or the stored ones of the chosen combination.
+/// `None` where the store has none: an address left out by per-address
+/// health, or a combination not signed ahead.
+fn signatures_for<'a>(
+    d: &Decision,
+    dynamic: &'a Dynamic,
+    parts: &[Option<&'a Template>],
+    kept: &[usize],
+    variant: usize,
+) -> Option<(&'a [u8], u16)> {
+    // Every address of each datacenter that has some: a subset would be
+    // another RRset, signed on demand.
+    let mut lead = None;
+    let mut contributing = 0;
+    for (t, &k) in parts.iter().zip(kept) {
+        let Some(t) = t else { continue };
+        let a = t.addresses?;
+        if a.count() != k {
+            return None;
+        }
+        lead.get_or_insert((*t, a));
+        contributing += 1;
+    }
+    let (lead, a) = lead?;
+    if contributing == 1 {
+        return Some((lead.body.get(a.end()..)?, a.sigs));
+    }
+    let mut mask = 0u32;
+    for dc in d.dcs() {
+        let slot = *dynamic.per_dc.slots.get(dc.index())?;
+        mask |= 1u32.checked_shl(u32::from(slot))?;
+    }
+    let c = dynamic.combos.as_ref()?.get(variant)?.get(mask)?;
+    Some((&c.suffix, c.sigs))
 }
 
 /// Copies the kept address records `from..to` of the chosen datacenters
@@ -1261,4 +1625,201 @@ fn simple_question(env: &Envelope) -> Option<&Question> {
     let options = env.opt.is_none_or(|o| !o.other_known_options);
     let kind = q.qclass == 1 && !matches!(q.qtype, 41 | 251 | 252);
     (env.exact && shape && options && kind).then_some(q)
+}
+
+//------------ Accounting ------------------------------------------------------
+
+impl ZoneIndex {
+    /// Calls `f` with every template and the name it answers (for a miss
+    /// template, the stand-in's parent).
+    fn each_template<'a>(&'a self, f: &mut dyn FnMut(&'a [u8], &'a Template)) {
+        let mut response = |key: &'a [u8], r: &'a Response| match r {
+            Response::Static(t) => f(key, t),
+            Response::Dynamic(d) => {
+                d.per_dc.templates.iter().flatten().for_each(|t| f(key, t));
+                d.all_down
+                    .iter()
+                    .chain(&d.first_cname)
+                    .for_each(|t| f(key, t));
+            }
+            Response::Defer => {}
+        };
+        for e in self.names.iter().chain(&self.wildcards) {
+            let Some(g) = &e.general else { continue };
+            for (_, r) in g.by_type.iter() {
+                response(e.key(), r);
+            }
+            if let Some(r) = &g.other {
+                response(e.key(), r);
+            }
+        }
+    }
+
+    /// Roughly the heap bytes the templates take: bodies, entries, and
+    /// the sets' tables.
+    fn heap_bytes(&self) -> usize {
+        use std::mem::size_of;
+        let table = |s: &HashSet<NameEntry>| s.capacity() * (size_of::<NameEntry>() + 1);
+        let mut n = table(&self.names) + table(&self.wildcards);
+        let template = |t: &Template| t.body.len() + 2 * t.fixups.len();
+        for e in self.names.iter().chain(&self.wildcards) {
+            n += e.data.len();
+            let Some(g) = &e.general else { continue };
+            n += size_of::<General>() + g.by_type.len() * size_of::<(u16, Response)>();
+            if let Miss::Own(t) = &g.miss {
+                n += size_of::<Template>() + template(t);
+            }
+            for r in g.by_type.iter().map(|(_, r)| r).chain(&g.other) {
+                let Response::Dynamic(d) = r else { continue };
+                n += size_of::<Dynamic>()
+                    + 2 * d.per_dc.slots.len()
+                    + d.per_dc.templates.len() * size_of::<[Template; 2]>();
+                n += d.all_down.iter().chain(&d.first_cname).count() * size_of::<Template>();
+                n += (d.combos.iter().flat_map(|c| c.iter()))
+                    .flat_map(|c| c.0.iter())
+                    .map(|c| size_of::<Combo>() + c.suffix.len())
+                    .sum::<usize>();
+            }
+        }
+        self.each_template(&mut |_, t| n += template(t));
+        n + self.nxdomain.as_ref().map_or(0, template)
+    }
+}
+
+impl Zone {
+    /// Roughly the heap bytes of the zone's fast-path templates: the
+    /// plain ones, and a signed zone's DO=1 ones (0 for an unsigned
+    /// zone). For benchmarks and sizing.
+    #[doc(hidden)]
+    pub fn template_bytes(&self) -> (usize, usize) {
+        let index = self.fast_index();
+        let signed = index.signed.as_ref().map_or(0, |s| {
+            std::mem::size_of::<SignedIndex>() + s.index.heap_bytes()
+        });
+        (index.heap_bytes(), signed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::dnssec::rdata::DNSSECRData;
+    use hickory_proto::rr::RData;
+
+    use super::*;
+
+    /// The example zone signed with a fresh key; the directory holds the
+    /// files for as long as the zone lives.
+    fn signed_example() -> (tempfile::TempDir, Arc<Zone>) {
+        let dir = tempfile::tempdir().unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let keys = dir.path().join("keys");
+        crate::dnssec::cli::keygen(
+            "gslb.example.com.",
+            crate::dnssec::keys::KeyAlgorithm::EcdsaP256Sha256,
+            crate::dnssec::cli::Role::Csk,
+            &keys,
+        )
+        .unwrap();
+        let key = std::fs::read_dir(&keys)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.extension().is_some_and(|e| e == "key"))
+            .unwrap();
+        let zone = std::fs::read_to_string(root.join("zones/gslb.example.com.toml")).unwrap();
+        std::fs::create_dir_all(dir.path().join("zones")).unwrap();
+        std::fs::write(
+            dir.path().join("zones/gslb.example.com.toml"),
+            format!(
+                "{zone}\n[dnssec]\nkeys = [{{ file = {:?} }}]\n",
+                key.display().to_string()
+            ),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("meridian.toml"), "zones = \"zones\"\n").unwrap();
+        let (_, snap) = crate::load(&dir.path().join("meridian.toml")).unwrap();
+        let zone = Arc::clone(&snap.zones()[0]);
+        (dir, zone)
+    }
+
+    /// The records of a template's body, decoded after the question
+    /// `key` (to which its pointers point).
+    fn records(key: &[u8], counts: [u16; 3], body: &[u8]) -> Vec<hickory_proto::rr::Record> {
+        let mut m = vec![0u8; 12];
+        m[5] = 1;
+        for (i, c) in counts.iter().enumerate() {
+            m[6 + 2 * i..8 + 2 * i].copy_from_slice(&c.to_be_bytes());
+        }
+        m.extend_from_slice(key);
+        m.extend_from_slice(&[0, 1, 0, 1]);
+        m.extend_from_slice(body);
+        let m = Message::from_vec(&m).unwrap();
+        m.answers.into_iter().chain(m.authorities).collect()
+    }
+
+    fn expiration(r: &hickory_proto::rr::Record) -> Option<u64> {
+        match &r.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(s)) => Some(u64::from(s.input().sig_expiration.get())),
+            _ => None,
+        }
+    }
+
+    /// Injected time: the DO=1 templates are served exactly while every
+    /// signature they hold (combinations' included) is further than the
+    /// refresh margin from expiring, as the general path serves a stored
+    /// signature; from then on, not at all.
+    #[test]
+    fn signed_templates_never_outlive_their_signatures() {
+        let (_dir, zone) = signed_example();
+        let signer = zone.signer().unwrap();
+        let margin = signer.refresh_margin();
+        let index = zone.fast_index();
+        let signed = index.signed.as_ref().expect("DO=1 templates");
+        let mut earliest = u64::MAX;
+        let mut sigs = 0;
+        let mut count = |rs: Vec<hickory_proto::rr::Record>| {
+            for e in rs.iter().filter_map(expiration) {
+                earliest = earliest.min(e);
+                sigs += 1;
+            }
+        };
+        signed
+            .index
+            .each_template(&mut |key, t| count(records(key, t.counts, &t.body)));
+        for e in &signed.index.names {
+            let Some(g) = &e.general else { continue };
+            for r in g.by_type.iter().map(|(_, r)| r) {
+                let Response::Dynamic(d) = r else { continue };
+                let Some(combos) = &d.combos else { continue };
+                for (variant, combos) in combos.iter().enumerate() {
+                    let lead = d.per_dc.templates.iter().map(|p| &p[variant]);
+                    let Some((lead, a)) = lead
+                        .filter_map(|t| Some((t, t.addresses?)))
+                        .find(|(_, a)| a.count > 0)
+                    else {
+                        continue;
+                    };
+                    for c in combos.0.iter() {
+                        let mut body = lead.body[..a.end()].to_vec();
+                        body.extend_from_slice(&c.suffix);
+                        let n = lead.counts[0] - a.sigs + c.sigs;
+                        count(records(e.key(), [n, 0, 0], &body));
+                    }
+                }
+            }
+        }
+        assert!(sigs > 50, "{sigs} signatures in the templates");
+        assert_eq!(signed.serve_until, earliest - margin);
+        let now = crate::dnssec::sign::unix_now();
+        assert!(index.signed(now).is_some(), "fresh at build");
+        assert!(index.signed(signed.serve_until - 1).is_some());
+        assert!(
+            index.signed(signed.serve_until).is_none(),
+            "within the margin"
+        );
+        assert!(index.signed(earliest + 1).is_none(), "expired");
+        // Every template was rendered at build: no name is missing.
+        assert_eq!(signed.index.names.len(), zone.nodes().len());
+        let (plain, signed_bytes) = zone.template_bytes();
+        assert!(plain > 0 && signed_bytes > plain, "{plain} {signed_bytes}");
+    }
 }

@@ -368,10 +368,9 @@ fn binomial(n: usize, k: usize) -> usize {
 /// (NS below `origin`) is not signed: it is the child's data (RFC 4035
 /// §2.2).
 fn with_signatures(
-    signer: &ZoneSigner,
+    sigs: &mut Signatures<'_>,
     origin: &Name,
     records: Vec<Record>,
-    now: u64,
 ) -> Result<Vec<Record>, OverBudget> {
     let mut out = Vec::with_capacity(records.len() * 2);
     let mut start = 0;
@@ -384,12 +383,17 @@ fn with_signatures(
         let run = &records[start..end];
         out.extend_from_slice(run);
         if first.record_type() != RecordType::NS || first.name == *origin {
-            out.extend(signer.signatures(run, now)?.iter().cloned());
+            out.extend(sigs(run)?.iter().cloned());
         }
         start = end;
     }
     Ok(out)
 }
+
+/// Where an answer's RRSIGs come from: the signer at query time, or its
+/// store alone when the fast path builds its DO=1 templates.
+pub(crate) type Signatures<'a> =
+    dyn FnMut(&[Record]) -> Result<std::sync::Arc<[Record]>, OverBudget> + 'a;
 
 /// The target of a CNAME RRset (its first and only record).
 fn cname_target(set: RrSet<'_>) -> Option<Name> {
@@ -514,6 +518,10 @@ impl Zone {
                 "signed the zone"
             );
             self.signer = Some(signer);
+            // The DO=1 templates copy the store's signatures: built after
+            // it is filled, so a re-signed zone gets fresh ones.
+            let signed = super::fast::ZoneIndex::build_signed(self);
+            self.fast.set_signed(signed);
         }
     }
 
@@ -706,6 +714,20 @@ impl Zone {
         let Some(signer) = &self.signer else {
             return Ok(());
         };
+        self.sign_answer_with(res, qname, qtype, &mut |rrset| {
+            signer.signatures(rrset, now)
+        })
+    }
+
+    /// [`Self::sign_answer`] with the RRSIGs from `sigs` (`Err` from it
+    /// fails the whole answer).
+    pub(crate) fn sign_answer_with(
+        &self,
+        res: &mut Resolution,
+        qname: &Name,
+        qtype: RecordType,
+        sigs: &mut Signatures<'_>,
+    ) -> Result<(), OverBudget> {
         if res.rcode != ResponseCode::NoError && res.rcode != ResponseCode::NXDomain {
             return Ok(());
         }
@@ -720,6 +742,9 @@ impl Zone {
             .find(|r| r.record_type() == RecordType::NS)
             .map(|r| r.name.clone());
         // The name the answer ends at: the last in-zone CNAME's target.
+        // Lower-cased: an NSEC's next name keeps its case in canonical
+        // form (RFC 6840 §5.1), so the query's spelling would make a new
+        // RRset to sign on demand for every mix of case a client sends.
         let last = res
             .answers
             .iter()
@@ -729,7 +754,8 @@ impl Zone {
                 _ => None,
             })
             .filter(|t| self.origin.zone_of(t))
-            .unwrap_or_else(|| qname.clone());
+            .unwrap_or_else(|| qname.clone())
+            .to_lowercase();
         match (soa_ttl, cut) {
             (None, Some(cut)) => {
                 // RFC 4035 §3.1.4: a referral carries the DS RRset, or the
@@ -737,8 +763,9 @@ impl Zone {
                 if let Some(node) = self.node(&cut) {
                     match node.rrset(RecordType::DS) {
                         Some(ds) => res.authorities.extend(ds.records(&cut)),
+                        // Lower-cased, as `last` above.
                         None => res.authorities.extend(crate::dnssec::denial::nsec(
-                            &cut,
+                            &cut.to_lowercase(),
                             &self.node_types(node),
                             self.negative_ttl,
                         )),
@@ -765,9 +792,8 @@ impl Zone {
             (None, None) => {}
         }
         let origin = &self.origin;
-        res.answers = with_signatures(signer, origin, std::mem::take(&mut res.answers), now)?;
-        res.authorities =
-            with_signatures(signer, origin, std::mem::take(&mut res.authorities), now)?;
+        res.answers = with_signatures(sigs, origin, std::mem::take(&mut res.answers))?;
+        res.authorities = with_signatures(sigs, origin, std::mem::take(&mut res.authorities))?;
         Ok(())
     }
 

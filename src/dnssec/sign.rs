@@ -327,6 +327,21 @@ impl ZoneSigner {
             .sum()
     }
 
+    /// The precomputed signatures of `rrset` and their earliest
+    /// expiration (seconds since the epoch), if the store has them.
+    /// Read-only and never signs: the fast path's DO=1 templates copy
+    /// these, and defer to the query path for anything else.
+    pub fn stored(&self, rrset: &[Record]) -> Option<(Arc<[Record]>, u64)> {
+        let s = self.store.get(&sig_key(rrset)?)?;
+        Some((Arc::clone(&s.sigs), s.expires))
+    }
+
+    /// The refresh margin in seconds: a signature this close to its
+    /// expiration is no longer served.
+    pub fn refresh_margin(&self) -> u64 {
+        self.margin
+    }
+
     /// Signs `rrset` (records of one owner, type and TTL) now and keeps
     /// the signatures in the store. Build time only.
     pub fn precompute(&mut self, rrset: &[Record], now: u64) {
