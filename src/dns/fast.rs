@@ -46,7 +46,7 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 
 use super::envelope::{Envelope, Header, OptOut, Question, Transport, echo_ecs};
-use super::zone::{Node, Resolution, WILDCARD_LABEL, Zone, key_in};
+use super::zone::{NameKey, Node, Resolution, WILDCARD_LABEL, Zone, key_in};
 use crate::health::HealthView;
 use crate::model::DcId;
 use crate::policy::{Client, Decision, Latency, Outcome, Plan};
@@ -384,7 +384,30 @@ pub(crate) struct SignedIndex {
     /// longer serves them either. The zone is re-signed (rebuilt, with
     /// new templates) before then; if it is not, the slow path signs.
     serve_until: u64,
+    /// The signer's refresh margin: see `serve_until`.
+    margin: u64,
+    /// Compact NXDOMAIN answers the slow path has signed on demand.
+    denials: Denials,
 }
+
+/// Most compact NXDOMAIN answers a signed zone keeps for the fast path.
+/// Past it, names that do not exist are answered by the slow path (from
+/// its own cache of signatures, or signed within the online budget), so a
+/// flood of random names cannot grow it.
+const MAX_DENIALS: usize = 16_384;
+
+/// Compact NXDOMAIN answers (RFC 9824) that the slow path signed on demand,
+/// by lower-cased name: NOERROR with the SOA, the NSEC owned by the name
+/// (it lists NXNAME) and their RRSIGs; the same for every query type. Each
+/// is kept with the time until which its signatures may be served, like
+/// [`SignedIndex::serve_until`]. The slow path fills it; the fast path
+/// answers a name's next queries from it. Lives with the zone, so a
+/// rebuilt or re-signed zone starts empty.
+#[derive(Debug, Default)]
+struct Denials(std::sync::RwLock<std::collections::HashMap<NameKey, Denial>>);
+
+/// A kept compact NXDOMAIN and the time its signatures may be served until.
+type Denial = (Template, u64);
 
 /// How DO=1 templates are rendered: the slow path's signing, with
 /// signatures from the store alone, and the earliest expiration among
@@ -1035,7 +1058,72 @@ impl ZoneIndex {
             elapsed_ms = started.elapsed().as_millis() as u64,
             "built the DO=1 templates"
         );
-        Some(SignedIndex { index, serve_until })
+        Some(SignedIndex {
+            index,
+            serve_until,
+            margin: signer.refresh_margin(),
+            denials: Denials::default(),
+        })
+    }
+
+    /// Keeps the slow path's signed compact NXDOMAIN for `name` (its
+    /// `authorities`: SOA, NSEC and their RRSIGs) so that the fast path
+    /// answers the name's next DO=1 queries. Only for a signed zone, an
+    /// answer with nothing else, and while there is room.
+    pub(crate) fn remember_denial(&self, name: &Name, authorities: &[hickory_proto::rr::Record]) {
+        use hickory_proto::dnssec::rdata::DNSSECRData;
+        use hickory_proto::rr::RData;
+        let Some(signed) = self.signed.as_deref() else {
+            return;
+        };
+        let Ok(mut denials) = signed.denials.0.write() else {
+            return;
+        };
+        if denials.len() >= MAX_DENIALS {
+            return;
+        }
+        let name = name.to_lowercase();
+        let Some(key) = super::zone::name_key(&name) else {
+            return;
+        };
+        let expires = authorities
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::DNSSEC(DNSSECRData::RRSIG(s)) => {
+                    Some(u64::from(s.input().sig_expiration.get()))
+                }
+                _ => None,
+            })
+            .min();
+        let (Some(expires), false) = (expires, denials.contains_key(&key)) else {
+            return;
+        };
+        let res = Resolution {
+            authoritative: true,
+            authorities: authorities.to_vec(),
+            ..Resolution::default()
+        };
+        if let Some(t) = template(&name, RecordType::A, res) {
+            // What the slow path would no longer serve: see `serve_until`.
+            denials.insert(key, (t, expires.saturating_sub(signed.margin)));
+        }
+    }
+
+    /// Calls `write` with the compact NXDOMAIN kept for `name` (lower-cased
+    /// wire form), while its signatures are fresh at `now`; `false` when
+    /// there is none. A read lock, held while the response is written: no
+    /// copy, no allocation.
+    fn with_denial(&self, name: &[u8], now: u64, write: impl FnOnce(&Template) -> bool) -> bool {
+        let Some(signed) = self.signed.as_deref() else {
+            return false;
+        };
+        let Ok(denials) = signed.denials.0.read() else {
+            return false;
+        };
+        match denials.get(name) {
+            Some((t, until)) if now < *until => write(t),
+            _ => false,
+        }
     }
 
     /// Keeps `signed` as the zone's DO=1 templates.
@@ -1185,9 +1273,11 @@ impl FastIndex {
         // exist, a wildcard, an address left out) goes to the slow path,
         // which signs on demand. Unsigned zones, and queries without DO,
         // use the plain templates.
-        let index = match zone.is_signed() && env.opt.is_some_and(|o| o.dnssec_ok) {
+        let dnssec = zone.is_signed() && env.opt.is_some_and(|o| o.dnssec_ok);
+        let now = if dnssec { coarse_now() } else { 0 };
+        let index = match dnssec {
             false => zone.fast_index(),
-            true => match zone.fast_index().signed(coarse_now()) {
+            true => match zone.fast_index().signed(now) {
                 Some(index) => index,
                 None => return false,
             },
@@ -1212,6 +1302,25 @@ impl FastIndex {
                         (max_udp_payload, base),
                         out,
                     );
+                }
+                // A signed zone's name that does not exist, answered
+                // (and signed) by the slow path before.
+                _ if dnssec => {
+                    return zone.fast_index().with_denial(name, now, |t| {
+                        // Counted as the NXDOMAIN it stands for.
+                        seen.nxname = true;
+                        self.write(
+                            env,
+                            packet,
+                            Some(t.view()),
+                            None,
+                            0,
+                            src,
+                            transport,
+                            (max_udp_payload, base),
+                            out,
+                        )
+                    });
                 }
                 _ => return false,
             },

@@ -484,6 +484,11 @@ fn respond(
             return fail(resp, ResponseCode::ServFail);
         }
         seen.nxname = nxdomain && res.rcode == ResponseCode::NoError;
+        // The fast path answers this name's next queries from it.
+        if seen.nxname && res.answers.is_empty() {
+            zone.fast_index()
+                .remember_denial(q.name(), &res.authorities);
+        }
     }
     let scope = res.scope;
     if scope.is_none() {

@@ -1459,6 +1459,45 @@ fn the_signed_fast_path_answers_do_queries() {
             "{name} {qtype} answered by the fast path"
         );
     }
+    // A name that does not exist: once the general path has signed its
+    // compact NXDOMAIN, the fast path answers the name's next queries, of
+    // any type, byte for byte as the general path does.
+    for name in ["nope.gslb.example.com.", "a.b.nope.gslb.example.com."] {
+        for qtype in [RecordType::A, RecordType::TXT, RecordType::AAAA] {
+            let q = do_query(name, qtype, None);
+            let slow = handle_slow(&views[0].1, &q, f.sources[0], Transport::Udp).unwrap();
+            assert!(
+                handle_fast(&views[0].1, &q, f.sources[0], Transport::Udp, &mut out),
+                "{name} {qtype}: not kept for the fast path"
+            );
+            assert_eq!(
+                out,
+                slow,
+                "{name} {qtype}\nfast: {:?}\nslow: {:?}",
+                Message::from_vec(&out),
+                Message::from_vec(&slow)
+            );
+            let m = Message::from_vec(&out).unwrap();
+            assert!(
+                m.authorities
+                    .iter()
+                    .any(|r| r.record_type() == RecordType::NSEC
+                        && r.name == Name::from_ascii(name).unwrap()),
+                "{m:?}"
+            );
+        }
+    }
+    // Wildcard names are never kept: the general path signs them.
+    let q = do_query("q.wild.test.", RecordType::A, None);
+    handle_slow(&views[0].1, &q, f.sources[0], Transport::Udp).unwrap();
+    assert!(!handle_fast(
+        &views[0].1,
+        &q,
+        f.sources[0],
+        Transport::Udp,
+        &mut out
+    ));
+
     // Without DO, the plain templates, without RRSIGs.
     let q = crate::harness::query("www.gslb.example.com.", RecordType::A, None)
         .to_vec()
