@@ -22,7 +22,8 @@ use mmdb_writer::Writer;
 use serde::Serialize;
 
 use crate::harness::{
-    Setup, TestServer, query, tcp_exchange, udp_exchange, write_dnssec_key, zone_head,
+    Setup, TestServer, query, rrset, rrsets, tcp_exchange, udp_exchange, write_dnssec_key,
+    zone_head,
 };
 
 const ORIGIN: &str = "sec.test.";
@@ -213,13 +214,7 @@ fn verify_sections(m: &Message, keys: &[DNSKEY]) -> usize {
                 _ => None,
             })
             .collect();
-        let mut sets: Vec<(Name, RecordType)> = records
-            .iter()
-            .filter(|r| r.record_type() != RecordType::RRSIG)
-            .map(|r| (r.name.clone(), r.record_type()))
-            .collect();
-        sets.dedup();
-        for (name, rtype) in sets {
+        for (name, rtype) in rrsets(records) {
             let referral_ns = rtype == RecordType::NS
                 && section == "authority"
                 && name != Name::from_ascii(ORIGIN).unwrap();
@@ -236,10 +231,7 @@ fn verify_sections(m: &Message, keys: &[DNSKEY]) -> usize {
                 !covering.is_empty(),
                 "{section}: {name} {rtype} has no RRSIG in\n{m}"
             );
-            let set: Vec<&Record> = records
-                .iter()
-                .filter(|r| r.name == name && r.record_type() == rtype)
-                .collect();
+            let set = rrset(records, &name, rtype);
             for sig in covering {
                 let input = sig.input();
                 assert!(

@@ -17,9 +17,9 @@ use std::time::{Duration, Instant};
 use hickory_proto::dnssec::Verifier;
 use hickory_proto::dnssec::rdata::{DNSKEY, DNSSECRData, RRSIG};
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 
-use crate::harness::{Setup, query, write_config, write_dnssec_key, zone_head};
+use crate::harness::{Setup, query, rrset, rrsets, write_config, write_dnssec_key, zone_head};
 
 const VALIDITY: u64 = 2 * 3600;
 const MARGIN: u64 = 30 * 60;
@@ -146,13 +146,7 @@ async fn ask(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
 fn verify(m: &Message, key: &DNSKEY, origin: &str, now: u64) -> Vec<u32> {
     let mut inceptions = Vec::new();
     for (section, records) in [("answer", &m.answers), ("authority", &m.authorities)] {
-        let mut sets: Vec<(Name, RecordType)> = records
-            .iter()
-            .filter(|r| r.record_type() != RecordType::RRSIG)
-            .map(|r| (r.name.clone(), r.record_type()))
-            .collect();
-        sets.dedup();
-        for (name, rtype) in sets {
+        for (name, rtype) in rrsets(records) {
             let sigs: Vec<&RRSIG> = records
                 .iter()
                 .filter(|r| r.name == name)
@@ -167,10 +161,7 @@ fn verify(m: &Message, key: &DNSKEY, origin: &str, now: u64) -> Vec<u32> {
                 !sigs.is_empty(),
                 "{section}: {name} {rtype} has no RRSIG in\n{m}"
             );
-            let set: Vec<&Record> = records
-                .iter()
-                .filter(|r| r.name == name && r.record_type() == rtype)
-                .collect();
+            let set = rrset(records, &name, rtype);
             for sig in sigs {
                 let input = sig.input();
                 let (inception, expiration) = (

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use ipnet::IpNet;
 use mmdb_writer::Writer;
 use serde::Serialize;
@@ -219,6 +219,26 @@ impl TestServer {
     pub async fn ask(&self, name: &str, qtype: RecordType, ecs: Option<&str>) -> Message {
         self.udp(&query(name, qtype, ecs)).await
     }
+}
+
+/// The RRsets of a section, as (owner, type) in the order they come,
+/// RRSIGs left out.
+pub fn rrsets(records: &[Record]) -> Vec<(Name, RecordType)> {
+    let mut sets: Vec<(Name, RecordType)> = records
+        .iter()
+        .filter(|r| r.record_type() != RecordType::RRSIG)
+        .map(|r| (r.name.clone(), r.record_type()))
+        .collect();
+    sets.dedup();
+    sets
+}
+
+/// The records of a section in the RRset `name` `rtype`.
+pub fn rrset<'a>(records: &'a [Record], name: &Name, rtype: RecordType) -> Vec<&'a Record> {
+    records
+        .iter()
+        .filter(|r| r.name == *name && r.record_type() == rtype)
+        .collect()
 }
 
 /// The start of a zone file for `origin`: TTL 3600, NS `ns1` (at
