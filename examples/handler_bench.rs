@@ -26,6 +26,9 @@
 //! a signed zone's NXDOMAIN (compact denial) needs an NSEC of the name's
 //! own, signed on demand and answered by the general path.
 
+#[path = "../tests/support/signed_example.rs"]
+mod signed_example;
+
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -257,31 +260,7 @@ fn with_do(query: &[u8]) -> Vec<u8> {
 /// Writes into `dir` a copy of `root`'s `meridian.toml` and example zone,
 /// the zone signed with a fresh key; returns the config's path.
 fn signed_copy(root: &std::path::Path, dir: &std::path::Path) -> std::path::PathBuf {
-    use meridian::dnssec::cli::{Role, keygen};
-    use meridian::dnssec::keys::KeyAlgorithm;
-    let keys = dir.join("keys");
-    keygen(
-        "gslb.example.com.",
-        KeyAlgorithm::EcdsaP256Sha256,
-        Role::Csk,
-        &keys,
-    )
-    .unwrap();
-    let key = std::fs::read_dir(&keys)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "key"))
-        .unwrap();
-    std::fs::create_dir_all(dir.join("zones")).unwrap();
-    let zone = std::fs::read_to_string(root.join("zones/gslb.example.com.toml")).unwrap();
-    std::fs::write(
-        dir.join("zones/gslb.example.com.toml"),
-        format!(
-            "{zone}\n[dnssec]\nkeys = [{{ file = {:?} }}]\n",
-            key.display().to_string()
-        ),
-    )
-    .unwrap();
+    signed_example::write_signed_example_zone(root, dir);
     std::fs::copy(root.join("meridian.toml"), dir.join("meridian.toml")).unwrap();
     dir.join("meridian.toml")
 }

@@ -292,15 +292,20 @@ async fn dnsviz_grok_reports_no_errors() {
 /// prefix).
 type Seen = Arc<Mutex<Vec<(String, RecordType, Option<(IpAddr, u8)>)>>>;
 
-/// An authoritative server for `ecs.example.` on 127.0.0.1 that answers
-/// `www` A per client subnet with scope /24, unsigned: 198.51.100.0/24 gets
-/// 192.0.2.1, 203.0.113.0/24 gets 192.0.2.2, anything else 192.0.2.99.
-/// Every query is recorded.
-async fn ecs_responder() -> (SocketAddr, Seen, JoinHandle<()>) {
+/// A UDP server on 127.0.0.1 that records each query's name, type and
+/// ECS option in the returned [`Seen`], then sends what `respond` makes
+/// of the query (its bytes, the message and its ECS), if anything.
+async fn udp_responder<F, Fut>(what: &str, respond: F) -> (SocketAddr, Seen, JoinHandle<()>)
+where
+    F: Fn(Vec<u8>, Message, Option<(IpAddr, u8)>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Option<Message>> + Send,
+{
     let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
         .await
-        .expect("bind responder");
-    let addr = sock.local_addr().expect("responder addr");
+        .unwrap_or_else(|e| panic!("bind {what}: {e}"));
+    let addr = sock
+        .local_addr()
+        .unwrap_or_else(|e| panic!("{what} addr: {e}"));
     let seen: Seen = Arc::default();
     let log = seen.clone();
     let task = tokio::spawn(async move {
@@ -312,58 +317,72 @@ async fn ecs_responder() -> (SocketAddr, Seen, JoinHandle<()>) {
             let Ok(q) = Message::from_vec(&buf[..n]) else {
                 continue;
             };
-            let Some(query) = q.queries.first().cloned() else {
-                continue;
-            };
             let ecs = q.edns.as_ref().and_then(|e| {
                 e.options().options.iter().find_map(|(_, o)| match o {
                     EdnsOption::Subnet(cs) => Some((cs.addr(), cs.source_prefix())),
                     _ => None,
                 })
             });
-            let qname = query.name().to_ascii();
-            log.lock()
-                .expect("lock")
-                .push((qname.clone(), query.query_type(), ecs));
-            let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
-            r.metadata.authoritative = true;
-            r.metadata.recursion_desired = q.metadata.recursion_desired;
-            r.queries.push(query.clone());
-            let in_zone = qname.to_ascii_lowercase().ends_with("ecs.example.");
-            if !in_zone {
-                r.metadata.response_code = ResponseCode::Refused;
-                r.metadata.authoritative = false;
-            } else if qname.eq_ignore_ascii_case("www.ecs.example.")
-                && query.query_type() == RecordType::A
-            {
-                let ip = match ecs {
-                    Some((IpAddr::V4(a), _)) if a.octets()[..3] == [198, 51, 100] => [192, 0, 2, 1],
-                    Some((IpAddr::V4(a), _)) if a.octets()[..3] == [203, 0, 113] => [192, 0, 2, 2],
-                    _ => [192, 0, 2, 99],
-                };
-                r.answers.push(Record::from_rdata(
-                    Name::from_ascii("www.ecs.example.").expect("name"),
-                    300,
-                    RData::A(A::from(Ipv4Addr::from(ip))),
-                ));
+            if let Some(query) = q.queries.first() {
+                log.lock()
+                    .expect("lock")
+                    .push((query.name().to_ascii(), query.query_type(), ecs));
             }
-            if let Some(qe) = &q.edns {
-                let mut e = Edns::new();
-                e.set_max_payload(1232);
-                e.set_dnssec_ok(qe.flags().dnssec_ok);
-                if let Some((addr, source)) = ecs {
-                    // RFC 7871 7.2.1: the answer is good for the /24.
-                    e.options_mut()
-                        .insert(EdnsOption::Subnet(ClientSubnet::new(addr, source, 24)));
-                }
-                r.edns = Some(e);
-            }
+            let Some(r) = respond(buf[..n].to_vec(), q, ecs).await else {
+                continue;
+            };
             if let Ok(bytes) = r.to_vec() {
                 let _ = sock.send_to(&bytes, peer).await;
             }
         }
     });
     (addr, seen, task)
+}
+
+/// An authoritative server for `ecs.example.` on 127.0.0.1 that answers
+/// `www` A per client subnet with scope /24, unsigned: 198.51.100.0/24 gets
+/// 192.0.2.1, 203.0.113.0/24 gets 192.0.2.2, anything else 192.0.2.99.
+/// Every query is recorded.
+async fn ecs_responder() -> (SocketAddr, Seen, JoinHandle<()>) {
+    udp_responder("responder", |_, q, ecs| async move {
+        let query = q.queries.first().cloned()?;
+        let qname = query.name().to_ascii();
+        let mut r = Message::new(q.metadata.id, MessageType::Response, q.metadata.op_code);
+        r.metadata.authoritative = true;
+        r.metadata.recursion_desired = q.metadata.recursion_desired;
+        r.queries.push(query.clone());
+        let in_zone = qname.to_ascii_lowercase().ends_with("ecs.example.");
+        if !in_zone {
+            r.metadata.response_code = ResponseCode::Refused;
+            r.metadata.authoritative = false;
+        } else if qname.eq_ignore_ascii_case("www.ecs.example.")
+            && query.query_type() == RecordType::A
+        {
+            let ip = match ecs {
+                Some((IpAddr::V4(a), _)) if a.octets()[..3] == [198, 51, 100] => [192, 0, 2, 1],
+                Some((IpAddr::V4(a), _)) if a.octets()[..3] == [203, 0, 113] => [192, 0, 2, 2],
+                _ => [192, 0, 2, 99],
+            };
+            r.answers.push(Record::from_rdata(
+                Name::from_ascii("www.ecs.example.").expect("name"),
+                300,
+                RData::A(A::from(Ipv4Addr::from(ip))),
+            ));
+        }
+        if let Some(qe) = &q.edns {
+            let mut e = Edns::new();
+            e.set_max_payload(1232);
+            e.set_dnssec_ok(qe.flags().dnssec_ok);
+            if let Some((addr, source)) = ecs {
+                // RFC 7871 7.2.1: the answer is good for the /24.
+                e.options_mut()
+                    .insert(EdnsOption::Subnet(ClientSubnet::new(addr, source, 24)));
+            }
+            r.edns = Some(e);
+        }
+        Some(r)
+    })
+    .await
 }
 
 fn www_queries(seen: &Seen) -> Vec<Option<(IpAddr, u8)>> {
@@ -481,51 +500,20 @@ async fn tailored_signed_server() -> (
     let ap = Nsd::start(ZONE, &ap_file).await;
     let (eu_addr, ap_addr) = (eu.addr(), ap.addr());
 
-    let sock = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
-        .await
-        .expect("bind splitter");
-    let addr = sock.local_addr().expect("splitter addr");
-    let seen: Seen = Arc::default();
-    let log = seen.clone();
-    let task = tokio::spawn(async move {
-        let mut buf = vec![0u8; 4096];
-        loop {
-            let Ok((n, peer)) = sock.recv_from(&mut buf).await else {
-                return;
-            };
-            let Ok(q) = Message::from_vec(&buf[..n]) else {
-                continue;
-            };
-            let ecs = q.edns.as_ref().and_then(|e| {
-                e.options().options.iter().find_map(|(_, o)| match o {
-                    EdnsOption::Subnet(cs) => Some((cs.addr(), cs.source_prefix())),
-                    _ => None,
-                })
-            });
-            if let Some(query) = q.queries.first() {
-                log.lock()
-                    .expect("lock")
-                    .push((query.name().to_ascii(), query.query_type(), ecs));
-            }
-            let backend = match ecs {
-                Some((IpAddr::V4(a), _)) if a.octets()[..3] == [203, 0, 113] => ap_addr,
-                _ => eu_addr,
-            };
-            let Some(mut r) =
-                validators::exchange(backend, &buf[..n], validators::QUERY_TIMEOUT).await
-            else {
-                continue;
-            };
-            if let (Some((ip, source)), Some(edns)) = (ecs, r.edns.as_mut()) {
-                // RFC 7871 7.2.1: the answer is good for the client's /24.
-                edns.options_mut()
-                    .insert(EdnsOption::Subnet(ClientSubnet::new(ip, source, 24)));
-            }
-            if let Ok(bytes) = r.to_vec() {
-                let _ = sock.send_to(&bytes, peer).await;
-            }
+    let (addr, seen, task) = udp_responder("splitter", move |packet, _, ecs| async move {
+        let backend = match ecs {
+            Some((IpAddr::V4(a), _)) if a.octets()[..3] == [203, 0, 113] => ap_addr,
+            _ => eu_addr,
+        };
+        let mut r = validators::exchange(backend, &packet, validators::QUERY_TIMEOUT).await?;
+        if let (Some((ip, source)), Some(edns)) = (ecs, r.edns.as_mut()) {
+            // RFC 7871 7.2.1: the answer is good for the client's /24.
+            edns.options_mut()
+                .insert(EdnsOption::Subnet(ClientSubnet::new(ip, source, 24)));
         }
-    });
+        Some(r)
+    })
+    .await;
     (addr, anchor, seen, (eu, ap, dir, task))
 }
 

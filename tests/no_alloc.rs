@@ -2,6 +2,9 @@
 //! watches `handle_into` answer geo, static, NXDOMAIN and CNAME queries
 //! with a reused response buffer.
 
+#[path = "support/signed_example.rs"]
+mod signed_example;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::IpAddr;
 
@@ -34,11 +37,47 @@ unsafe impl GlobalAlloc for Counting {
 #[global_allocator]
 static GLOBAL: Counting = Counting;
 
+/// An ECS option for `build_query`: address and source prefix.
+fn ecs(addr: &str, prefix: u8) -> Option<(IpAddr, u8)> {
+    Some((addr.parse().unwrap(), prefix))
+}
+
+/// Answers each of `queries` from 127.0.0.1 over UDP, then over TCP, on
+/// the fast path into one reused buffer, checks that no answer allocated
+/// on this thread, and hands each response to `check`.
+fn answer_without_allocating(
+    snap: &meridian::snapshot::Snapshot,
+    queries: &[Vec<u8>],
+    check: impl Fn(&[u8]),
+) {
+    let src: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut out = Vec::with_capacity(4096);
+    for transport in [meridian::dns::Transport::Udp, meridian::dns::Transport::Tcp] {
+        for q in queries {
+            let before = mine();
+            assert!(meridian::dns::handler::handle_fast_at(
+                snap,
+                q,
+                src,
+                transport,
+                1_800_000_000,
+                &mut out
+            ));
+            assert_eq!(
+                mine(),
+                before,
+                "allocated while answering {:?}",
+                meridian::dns::summarize(&out)
+            );
+            check(&out);
+        }
+    }
+}
+
 #[test]
 fn answering_common_queries_does_not_allocate() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let (_, snap) = meridian::load(&root.join("meridian.toml")).unwrap();
-    let ecs = |a: &str, p: u8| Some((a.parse::<IpAddr>().unwrap(), p));
     let queries: Vec<Vec<u8>> = [
         ("www.gslb.example.com.", "A", ecs("8.8.8.0", 24)),
         ("WWW.gslb.example.com.", "AAAA", ecs("2001:4860::", 56)),
@@ -51,28 +90,7 @@ fn answering_common_queries_does_not_allocate() {
     .iter()
     .map(|(n, t, e)| meridian::dns::build_query(n, t, *e, 7).unwrap())
     .collect();
-    let src: IpAddr = "127.0.0.1".parse().unwrap();
-    let mut out = Vec::with_capacity(4096);
-    for transport in [meridian::dns::Transport::Udp, meridian::dns::Transport::Tcp] {
-        for q in &queries {
-            let before = mine();
-            assert!(meridian::dns::handler::handle_fast_at(
-                &snap,
-                q,
-                src,
-                transport,
-                1_800_000_000,
-                &mut out
-            ));
-            let after = mine();
-            assert_eq!(
-                after,
-                before,
-                "allocated while answering {:?}",
-                meridian::dns::summarize(&out)
-            );
-        }
-    }
+    answer_without_allocating(&snap, &queries, |_| {});
 }
 
 #[test]
@@ -125,36 +143,11 @@ fn rate_limiting_does_not_allocate() {
 /// (signatures copied like records), do not allocate either.
 #[test]
 fn answering_signed_do_queries_does_not_allocate() {
-    use meridian::dnssec::cli::{Role, keygen};
-    use meridian::dnssec::keys::KeyAlgorithm;
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let dir = tempfile::tempdir().unwrap();
-    let keys = dir.path().join("keys");
-    keygen(
-        "gslb.example.com.",
-        KeyAlgorithm::EcdsaP256Sha256,
-        Role::Csk,
-        &keys,
-    )
-    .unwrap();
-    let key = std::fs::read_dir(&keys)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "key"))
-        .unwrap();
-    let zone = std::fs::read_to_string(root.join("zones/gslb.example.com.toml")).unwrap();
-    std::fs::create_dir_all(dir.path().join("zones")).unwrap();
-    std::fs::write(
-        dir.path().join("zones/gslb.example.com.toml"),
-        format!(
-            "{zone}\n[dnssec]\nkeys = [{{ file = {:?} }}]\n",
-            key.display().to_string()
-        ),
-    )
-    .unwrap();
+    signed_example::write_signed_example_zone(root, dir.path());
     std::fs::write(dir.path().join("meridian.toml"), "zones = \"zones\"\n").unwrap();
     let (_, snap) = meridian::load(&dir.path().join("meridian.toml")).unwrap();
-    let ecs = |a: &str, p: u8| Some((a.parse::<IpAddr>().unwrap(), p));
     let queries: Vec<Vec<u8>> = [
         ("www.gslb.example.com.", "A", ecs("8.8.8.0", 24)),
         ("WWW.gslb.example.com.", "AAAA", ecs("2001:4860::", 56)),
@@ -171,31 +164,12 @@ fn answering_signed_do_queries_does_not_allocate() {
         m.to_vec().unwrap()
     })
     .collect();
-    let src: IpAddr = "127.0.0.1".parse().unwrap();
-    let mut out = Vec::with_capacity(4096);
-    for transport in [meridian::dns::Transport::Udp, meridian::dns::Transport::Tcp] {
-        for q in &queries {
-            let before = mine();
-            assert!(meridian::dns::handler::handle_fast_at(
-                &snap,
-                q,
-                src,
-                transport,
-                1_800_000_000,
-                &mut out
-            ));
-            assert_eq!(
-                mine(),
-                before,
-                "allocated while answering {:?}",
-                meridian::dns::summarize(&out)
-            );
-            let m = hickory_proto::op::Message::from_vec(&out).unwrap();
-            assert!(
-                (m.answers.iter().chain(&m.authorities))
-                    .any(|r| r.record_type() == hickory_proto::rr::RecordType::RRSIG),
-                "signed: {m:?}"
-            );
-        }
-    }
+    answer_without_allocating(&snap, &queries, |out| {
+        let m = hickory_proto::op::Message::from_vec(out).unwrap();
+        assert!(
+            (m.answers.iter().chain(&m.authorities))
+                .any(|r| r.record_type() == hickory_proto::rr::RecordType::RRSIG),
+            "signed: {m:?}"
+        );
+    });
 }

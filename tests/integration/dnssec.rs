@@ -21,30 +21,17 @@ use ipnet::IpNet;
 use mmdb_writer::Writer;
 use serde::Serialize;
 
-use crate::harness::{Setup, TestServer, query, tcp_exchange, udp_exchange};
+use crate::harness::{
+    Setup, TestServer, query, rrset, rrsets, tcp_exchange, udp_exchange, write_dnssec_key,
+    zone_head,
+};
 
 const ORIGIN: &str = "sec.test.";
 
-/// A key pair written in BIND's format into `dir`; returns its base path.
+/// A key pair for the test zone written in BIND's format into `dir`;
+/// returns its base path.
 fn make_key(dir: &Path, alg: meridian::dnssec::keys::KeyAlgorithm, flags: u16) -> PathBuf {
-    use meridian::dnssec::keys;
-    let zone = Name::from_ascii(ORIGIN).unwrap();
-    let (dnskey, private) = keys::generate(alg, flags).unwrap();
-    let tag = dnskey.calculate_key_tag().unwrap();
-    let base = dir.join(keys::file_base(&zone, alg, tag));
-    keys::write_new(
-        &keys::key_path(&base),
-        &keys::dnskey_text(&zone, &dnskey),
-        0o644,
-    )
-    .unwrap();
-    keys::write_new(
-        &keys::private_path(&base),
-        &keys::private_text(alg, &private, "20260101000000"),
-        0o600,
-    )
-    .unwrap();
-    base
+    write_dnssec_key(dir, ORIGIN, alg, flags).0
 }
 
 /// The test zone: static records, a CNAME chain, a wildcard, an empty
@@ -55,18 +42,7 @@ fn zone_text(dnssec: &str) -> String {
         .map(|i| format!("{{ type = \"TXT\", value = \"{}{i}\" }}", "x".repeat(120)))
         .collect();
     format!(
-        r#"origin = "{ORIGIN}"
-ttl = 3600
-ns = ["ns1.sec.test."]
-
-[soa]
-rname = "hostmaster.sec.test."
-serial = 1
-minimum = 60
-
-[records]
-ns1 = [{{ type = "A", value = "192.0.2.53" }}]
-static = [{{ type = "A", value = "192.0.2.1" }}, {{ type = "A", value = "192.0.2.2" }}]
+        r#"{head}static = [{{ type = "A", value = "192.0.2.1" }}, {{ type = "A", value = "192.0.2.2" }}]
 app = [{{ type = "CNAME", value = "alias" }}]
 alias = [{{ type = "CNAME", value = "www" }}]
 "*.wild" = [{{ type = "A", value = "192.0.2.77" }}]
@@ -109,6 +85,7 @@ ttl = 30
 
 {dnssec}
 "#,
+        head = zone_head(ORIGIN),
         ds = "AB".repeat(32),
         big = big.join(", "),
     )
@@ -145,6 +122,18 @@ struct Signed {
     _keys: tempfile::TempDir,
 }
 
+impl Signed {
+    /// One UDP query with DO set, no ECS.
+    async fn ask(&self, name: &str, qtype: RecordType) -> Message {
+        self.server.udp(&do_query(name, qtype, None)).await
+    }
+}
+
+/// A signed server with one ECDSA P-256 CSK.
+async fn start_csk() -> Signed {
+    start_signed(&[(meridian::dnssec::keys::KeyAlgorithm::EcdsaP256Sha256, 257)]).await
+}
+
 async fn start_signed(keys: &[(meridian::dnssec::keys::KeyAlgorithm, u16)]) -> Signed {
     let key_dir = tempfile::tempdir().unwrap();
     let bases: Vec<PathBuf> = keys
@@ -156,15 +145,7 @@ async fn start_signed(keys: &[(meridian::dnssec::keys::KeyAlgorithm, u16)]) -> S
 
 /// A signed server on the keys `bases`, with `extra` lines in `[dnssec]`.
 async fn start_with_keys(key_dir: tempfile::TempDir, bases: &[PathBuf], extra: &str) -> Signed {
-    let entries: Vec<String> = bases
-        .iter()
-        .map(|b| {
-            format!(
-                "{{ file = {:?}, state = \"active\" }}",
-                b.display().to_string()
-            )
-        })
-        .collect();
+    let entries: Vec<String> = bases.iter().map(|b| key_entry(b, "active")).collect();
     let zone = zone_text(&format!(
         "[dnssec]\nkeys = [{}]\n{extra}",
         entries.join(", ")
@@ -200,6 +181,14 @@ async fn start_with_keys(key_dir: tempfile::TempDir, bases: &[PathBuf], extra: &
     }
 }
 
+/// A `[dnssec] keys` entry for the key at `base`.
+fn key_entry(base: &Path, state: &str) -> String {
+    format!(
+        "{{ file = {:?}, state = \"{state}\" }}",
+        base.display().to_string()
+    )
+}
+
 /// A query with DO set (and ECS when given), payload 1232.
 fn do_query(name: &str, qtype: RecordType, ecs: Option<&str>) -> Message {
     let mut q = query(name, qtype, ecs);
@@ -225,13 +214,7 @@ fn verify_sections(m: &Message, keys: &[DNSKEY]) -> usize {
                 _ => None,
             })
             .collect();
-        let mut sets: Vec<(Name, RecordType)> = records
-            .iter()
-            .filter(|r| r.record_type() != RecordType::RRSIG)
-            .map(|r| (r.name.clone(), r.record_type()))
-            .collect();
-        sets.dedup();
-        for (name, rtype) in sets {
+        for (name, rtype) in rrsets(records) {
             let referral_ns = rtype == RecordType::NS
                 && section == "authority"
                 && name != Name::from_ascii(ORIGIN).unwrap();
@@ -248,10 +231,7 @@ fn verify_sections(m: &Message, keys: &[DNSKEY]) -> usize {
                 !covering.is_empty(),
                 "{section}: {name} {rtype} has no RRSIG in\n{m}"
             );
-            let set: Vec<&Record> = records
-                .iter()
-                .filter(|r| r.name == name && r.record_type() == rtype)
-                .collect();
+            let set = rrset(records, &name, rtype);
             for sig in covering {
                 let input = sig.input();
                 assert!(
@@ -282,6 +262,18 @@ fn tool<'a>(name: &'a str, package: &str) -> &'a str {
         "{name} is missing: install {package} (scripts/test.sh does)"
     );
     name
+}
+
+/// Runs `cmd`, which must exit 0 (else the test fails with its stderr);
+/// returns its standard output.
+fn stdout_of(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// `delv` against the server with the zone's trust anchor, from `source`;
@@ -327,6 +319,30 @@ fn addresses(m: &Message) -> Vec<String> {
     v
 }
 
+/// The first RRSIG of the answer section.
+fn first_rrsig(m: &Message) -> Option<Record> {
+    m.answers
+        .iter()
+        .find(|r| r.record_type() == RecordType::RRSIG)
+        .cloned()
+}
+
+/// The key tags of the answer section's RRSIGs over `covered`, sorted.
+fn signer_tags(m: &Message, covered: RecordType) -> Vec<u16> {
+    let mut tags: Vec<u16> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::DNSSEC(DNSSECRData::RRSIG(s)) if s.input().type_covered == covered => {
+                Some(s.input().key_tag)
+            }
+            _ => None,
+        })
+        .collect();
+    tags.sort();
+    tags
+}
+
 /// The NSEC of a negative answer and its type list.
 fn nsec_types(m: &Message) -> (Name, Name, Vec<u16>) {
     m.authorities
@@ -347,8 +363,7 @@ fn nsec_types(m: &Message) -> (Name, Name, Vec<u16>) {
 /// an empty non-terminal and NXDOMAIN (compact denial).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_answer_kind_validates_in_rust_and_with_delv() {
-    use meridian::dnssec::keys::KeyAlgorithm;
-    let s = start_signed(&[(KeyAlgorithm::EcdsaP256Sha256, 257)]).await;
+    let s = start_csk().await;
 
     for (name, qtype) in [
         ("static.sec.test.", RecordType::A),
@@ -359,7 +374,7 @@ async fn every_answer_kind_validates_in_rust_and_with_delv() {
         ("host.wild.sec.test.", RecordType::A),
         ("www.sec.test.", RecordType::AAAA),
     ] {
-        let r = s.server.udp(&do_query(name, qtype, None)).await;
+        let r = s.ask(name, qtype).await;
         assert_eq!(r.metadata.response_code, ResponseCode::NoError, "{name}");
         assert!(!r.answers.is_empty(), "{name} {qtype}: {r}");
         assert!(r.edns.as_ref().unwrap().flags().dnssec_ok, "DO echoed");
@@ -367,10 +382,7 @@ async fn every_answer_kind_validates_in_rust_and_with_delv() {
         delv(&s, "127.0.0.1", name, &qtype.to_string(), false).await;
     }
     // The CNAME chain: each RRset with its own RRSIG.
-    let r = s
-        .server
-        .udp(&do_query("app.sec.test.", RecordType::A, None))
-        .await;
+    let r = s.ask("app.sec.test.", RecordType::A).await;
     assert_eq!(
         verify_sections(&r, &s.dnskeys),
         3,
@@ -378,10 +390,7 @@ async fn every_answer_kind_validates_in_rust_and_with_delv() {
     );
 
     // NODATA at a name with data, and at an empty non-terminal.
-    let r = s
-        .server
-        .udp(&do_query("static.sec.test.", RecordType::TXT, None))
-        .await;
+    let r = s.ask("static.sec.test.", RecordType::TXT).await;
     assert_eq!(r.metadata.response_code, ResponseCode::NoError);
     assert!(r.answers.is_empty());
     let (owner, next, types) = nsec_types(&r);
@@ -390,16 +399,13 @@ async fn every_answer_kind_validates_in_rust_and_with_delv() {
     assert_eq!(types, vec![1, 46, 47], "A RRSIG NSEC");
     assert_eq!(verify_sections(&r, &s.dnskeys), 2, "SOA and NSEC");
     delv(&s, "127.0.0.1", "static.sec.test.", "TXT", false).await;
-    let r = s
-        .server
-        .udp(&do_query("ent.sec.test.", RecordType::A, None))
-        .await;
+    let r = s.ask("ent.sec.test.", RecordType::A).await;
     assert_eq!(nsec_types(&r).2, vec![46, 47], "an ENT has RRSIG NSEC only");
     delv(&s, "127.0.0.1", "ent.sec.test.", "A", false).await;
 
     // NXDOMAIN: NOERROR, NSEC with NXNAME (RFC 9824).
     for name in ["nope.sec.test.", "a.b.c.nope.sec.test."] {
-        let r = s.server.udp(&do_query(name, RecordType::A, None)).await;
+        let r = s.ask(name, RecordType::A).await;
         assert_eq!(
             r.metadata.response_code,
             ResponseCode::NoError,
@@ -426,30 +432,19 @@ async fn every_answer_kind_validates_in_rust_and_with_delv() {
 
     // A wildcard-synthesized answer is signed on demand once, then served
     // from the cache.
-    let first = s
-        .server
-        .udp(&do_query("other.wild.sec.test.", RecordType::A, None))
-        .await;
-    let second = s
-        .server
-        .udp(&do_query("other.wild.sec.test.", RecordType::A, None))
-        .await;
-    let sig = |m: &Message| {
-        m.answers
-            .iter()
-            .find(|r| r.record_type() == RecordType::RRSIG)
-            .cloned()
-    };
-    assert!(sig(&first).is_some());
-    assert_eq!(sig(&first), sig(&second), "cached, not signed again");
+    let first = s.ask("other.wild.sec.test.", RecordType::A).await;
+    let second = s.ask("other.wild.sec.test.", RecordType::A).await;
+    assert!(first_rrsig(&first).is_some());
+    assert_eq!(
+        first_rrsig(&first),
+        first_rrsig(&second),
+        "cached, not signed again"
+    );
     assert_eq!(verify_sections(&second, &s.dnskeys), 1);
 
     // Wildcard NODATA: the synthesized name's NSEC lists the wildcard's
     // types, minus the one asked for.
-    let r = s
-        .server
-        .udp(&do_query("host.wild.sec.test.", RecordType::TXT, None))
-        .await;
+    let r = s.ask("host.wild.sec.test.", RecordType::TXT).await;
     assert_eq!(nsec_types(&r).2, vec![1, 46, 47]);
     delv(&s, "127.0.0.1", "host.wild.sec.test.", "TXT", false).await;
     s.server.server.shutdown().await;
@@ -460,8 +455,7 @@ async fn every_answer_kind_validates_in_rust_and_with_delv() {
 /// loopback addresses the test database places in Japan and Germany.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn service_answers_for_two_regions_validate() {
-    use meridian::dnssec::keys::KeyAlgorithm;
-    let s = start_signed(&[(KeyAlgorithm::EcdsaP256Sha256, 257)]).await;
+    let s = start_csk().await;
     let us = s
         .server
         .udp(&do_query(
@@ -511,10 +505,7 @@ async fn failover_answers_are_signed() {
     use meridian::dnssec::keys::KeyAlgorithm;
     use meridian::health::Override;
     let s = start_signed(&[(KeyAlgorithm::Ed25519, 257)]).await;
-    let before = s
-        .server
-        .udp(&do_query("api.sec.test.", RecordType::A, None))
-        .await;
+    let before = s.ask("api.sec.test.", RecordType::A).await;
     assert_eq!(addresses(&before), vec!["198.51.100.10"]);
     s.server
         .server
@@ -523,10 +514,7 @@ async fn failover_answers_are_signed() {
         .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     let after = loop {
-        let r = s
-            .server
-            .udp(&do_query("api.sec.test.", RecordType::A, None))
-            .await;
+        let r = s.ask("api.sec.test.", RecordType::A).await;
         if addresses(&r) == ["192.0.2.10"] || tokio::time::Instant::now() > deadline {
             break r;
         }
@@ -543,25 +531,17 @@ async fn failover_answers_are_signed() {
     assert!(out.contains("192.0.2.10"), "{out}");
 
     // us-east + ap-southeast, after the failover.
-    let pair = s
-        .server
-        .udp(&do_query("pair.sec.test.", RecordType::A, None))
-        .await;
+    let pair = s.ask("pair.sec.test.", RecordType::A).await;
     assert_eq!(addresses(&pair), vec!["192.0.2.10", "203.0.113.10"]);
     assert_eq!(verify_sections(&pair, &s.dnskeys), 1);
-    let again = s
-        .server
-        .udp(&do_query("pair.sec.test.", RecordType::A, None))
-        .await;
+    let again = s.ask("pair.sec.test.", RecordType::A).await;
     assert_eq!(verify_sections(&again, &s.dnskeys), 1);
     // Not signed again: the stored RRSIG, byte for byte.
-    let sig = |m: &Message| {
-        m.answers
-            .iter()
-            .find(|r| r.record_type() == RecordType::RRSIG)
-            .cloned()
-    };
-    assert_eq!(sig(&pair), sig(&again), "served from the store");
+    assert_eq!(
+        first_rrsig(&pair),
+        first_rrsig(&again),
+        "served from the store"
+    );
     delv(&s, "127.0.0.1", "pair.sec.test.", "A", false).await;
     s.server.server.shutdown().await;
 }
@@ -570,12 +550,8 @@ async fn failover_answers_are_signed() {
 /// no DS bit); a secure one its signed DS RRset; glue is unsigned.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn referrals_prove_the_ds_or_its_absence() {
-    use meridian::dnssec::keys::KeyAlgorithm;
-    let s = start_signed(&[(KeyAlgorithm::EcdsaP256Sha256, 257)]).await;
-    let r = s
-        .server
-        .udp(&do_query("host.sub.sec.test.", RecordType::A, None))
-        .await;
+    let s = start_csk().await;
+    let r = s.ask("host.sub.sec.test.", RecordType::A).await;
     assert!(!r.metadata.authoritative, "a referral");
     let (owner, _, types) = nsec_types(&r);
     assert_eq!(owner.to_ascii(), "sub.sec.test.");
@@ -587,10 +563,7 @@ async fn referrals_prove_the_ds_or_its_absence() {
             .all(|a| a.record_type() != RecordType::RRSIG),
         "glue unsigned"
     );
-    let r = s
-        .server
-        .udp(&do_query("host.secure.sec.test.", RecordType::A, None))
-        .await;
+    let r = s.ask("host.secure.sec.test.", RecordType::A).await;
     assert!(
         r.authorities
             .iter()
@@ -598,10 +571,7 @@ async fn referrals_prove_the_ds_or_its_absence() {
     );
     assert_eq!(verify_sections(&r, &s.dnskeys), 1, "the DS RRset");
     // The DS query itself is answered by us, signed.
-    let r = s
-        .server
-        .udp(&do_query("secure.sec.test.", RecordType::DS, None))
-        .await;
+    let r = s.ask("secure.sec.test.", RecordType::DS).await;
     assert_eq!(verify_sections(&r, &s.dnskeys), 1);
     delv(&s, "127.0.0.1", "secure.sec.test.", "DS", false).await;
     // No DS at the insecure cut: NODATA with the cut's NSEC, validated.
@@ -613,8 +583,7 @@ async fn referrals_prove_the_ds_or_its_absence() {
 /// truncated (TC, no records); over TCP it comes whole and validates.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signed_answers_truncate_like_unsigned_ones() {
-    use meridian::dnssec::keys::KeyAlgorithm;
-    let s = start_signed(&[(KeyAlgorithm::EcdsaP256Sha256, 257)]).await;
+    let s = start_csk().await;
     let mut q = do_query("big.sec.test.", RecordType::TXT, None);
     q.edns.as_mut().unwrap().set_max_payload(512);
     let plain = {
@@ -640,8 +609,7 @@ async fn signed_answers_truncate_like_unsigned_ones() {
 /// the unsigned zone gives, byte for byte.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_do_a_signed_zone_answers_as_an_unsigned_one() {
-    use meridian::dnssec::keys::KeyAlgorithm;
-    let s = start_signed(&[(KeyAlgorithm::EcdsaP256Sha256, 257)]).await;
+    let s = start_csk().await;
     let unsigned = TestServer::start_with(Setup {
         zones: &[("sec.test.toml", &zone_text(""))],
         geoip: geo_db(),
@@ -682,36 +650,20 @@ async fn ksk_zsk_and_two_algorithms_validate() {
         .iter()
         .map(|k| k.calculate_key_tag().unwrap())
         .collect();
-    let signers = |m: &Message, t: RecordType| -> Vec<u16> {
-        let mut v: Vec<u16> = m
-            .answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::DNSSEC(DNSSECRData::RRSIG(s)) if s.input().type_covered == t => {
-                    Some(s.input().key_tag)
-                }
-                _ => None,
-            })
-            .collect();
-        v.sort();
-        v
-    };
-    let r = s
-        .server
-        .udp(&do_query("static.sec.test.", RecordType::A, None))
-        .await;
+    let r = s.ask("static.sec.test.", RecordType::A).await;
     verify_sections(&r, &s.dnskeys);
     let mut want = vec![tags[1], tags[2]];
     want.sort();
-    assert_eq!(signers(&r, RecordType::A), want, "ZSK (13) and CSK (15)");
-    let r = s
-        .server
-        .udp(&do_query("sec.test.", RecordType::DNSKEY, None))
-        .await;
+    assert_eq!(
+        signer_tags(&r, RecordType::A),
+        want,
+        "ZSK (13) and CSK (15)"
+    );
+    let r = s.ask("sec.test.", RecordType::DNSKEY).await;
     verify_sections(&r, &s.dnskeys);
     let mut want = vec![tags[0], tags[2]];
     want.sort();
-    assert_eq!(signers(&r, RecordType::DNSKEY), want, "the two KSKs");
+    assert_eq!(signer_tags(&r, RecordType::DNSKEY), want, "the two KSKs");
     delv(&s, "127.0.0.1", "static.sec.test.", "A", false).await;
     delv(&s, "127.0.0.1", "nope.sec.test.", "A", false).await;
     s.server.server.shutdown().await;
@@ -725,19 +677,13 @@ async fn keys_made_by_bind_dnssec_keygen_work() {
     let dir = tempfile::tempdir().unwrap();
     let mut bases = Vec::new();
     for alg in ["ECDSAP256SHA256", "ED25519"] {
-        let out = Command::new(keygen)
-            .args(["-q", "-a", alg, "-f", "KSK", "-K"])
-            .arg(dir.path())
-            .arg(ORIGIN)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
+        let base = stdout_of(
+            Command::new(keygen)
+                .args(["-q", "-a", alg, "-f", "KSK", "-K"])
+                .arg(dir.path())
+                .arg(ORIGIN),
         );
-        let base = String::from_utf8_lossy(&out.stdout).trim().to_string();
-        let base = dir.path().join(base);
+        let base = dir.path().join(base.trim());
         // BIND may leave the private file group-readable under a loose
         // umask; Meridian refuses that, so tighten it as an operator would.
         std::fs::set_permissions(
@@ -748,10 +694,7 @@ async fn keys_made_by_bind_dnssec_keygen_work() {
         bases.push(base);
     }
     let s = start_with_keys(dir, &bases, "").await;
-    let r = s
-        .server
-        .udp(&do_query("www.sec.test.", RecordType::A, None))
-        .await;
+    let r = s.ask("www.sec.test.", RecordType::A).await;
     verify_sections(&r, &s.dnskeys);
     delv(&s, "127.0.0.1", "www.sec.test.", "A", false).await;
     delv(&s, "127.0.0.1", "nope.sec.test.", "A", false).await;
@@ -767,17 +710,11 @@ fn keygen_and_ds_commands() {
     let bin = env!("CARGO_BIN_EXE_meridian");
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("zones/keys");
-    let out = Command::new(bin)
-        .args(["dnssec", "keygen", "sec.test", "--dir"])
-        .arg(&keys)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let printed = stdout_of(
+        Command::new(bin)
+            .args(["dnssec", "keygen", "sec.test", "--dir"])
+            .arg(&keys),
     );
-    let printed = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
         printed.contains("[dnssec]") && printed.contains("key tag"),
         "{printed}"
@@ -793,21 +730,20 @@ fn keygen_and_ds_commands() {
     let mode = std::fs::metadata(private).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o600, "private key readable by its owner only");
     // A second key never replaces the first.
-    let out = Command::new(bin)
-        .args([
-            "dnssec",
-            "keygen",
-            "sec.test",
-            "--algorithm",
-            "ed25519",
-            "--role",
-            "zsk",
-            "--dir",
-        ])
-        .arg(&keys)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    stdout_of(
+        Command::new(bin)
+            .args([
+                "dnssec",
+                "keygen",
+                "sec.test",
+                "--algorithm",
+                "ed25519",
+                "--role",
+                "zsk",
+                "--dir",
+            ])
+            .arg(&keys),
+    );
     assert_eq!(std::fs::read_dir(&keys).unwrap().count(), 4);
 
     // A zone using the first key, and `ds` from its config.
@@ -823,36 +759,22 @@ fn keygen_and_ds_commands() {
             ..Setup::default()
         },
     );
-    let out = Command::new(bin)
-        .args(["dnssec", "ds", "sec.test", "--config"])
-        .arg(&config)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let ours = stdout_of(
+        Command::new(bin)
+            .args(["dnssec", "ds", "sec.test", "--config"])
+            .arg(&config),
     );
-    let ours = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let ours = ours.trim();
 
     let dsfromkey = tool("dnssec-dsfromkey", "bind9-utils");
-    let out = Command::new(dsfromkey)
-        .args(["-2"])
-        .arg(key_file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let bind = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let bind = stdout_of(Command::new(dsfromkey).args(["-2"]).arg(key_file));
+    let bind = bind.trim();
     let fields = |s: &str| {
         s.split_whitespace()
             .map(str::to_ascii_uppercase)
             .collect::<Vec<_>>()
     };
-    assert_eq!(fields(&ours), fields(&bind), "ours: {ours}\nBIND: {bind}");
+    assert_eq!(fields(ours), fields(bind), "ours: {ours}\nBIND: {bind}");
 
     // Independently: SHA-256(owner in wire form | DNSKEY RDATA).
     let (_, dnskey) =
@@ -882,25 +804,27 @@ fn bad_dnssec_config_is_refused_with_file_key_and_reason() {
             .map(|_| ())
             .map_err(|e| e.to_string())
     };
-    let entry = |b: &Path, state: &str| {
-        format!(
-            "{{ file = {:?}, state = \"{state}\" }}",
-            b.display().to_string()
-        )
-    };
 
     // A ZSK alone: nothing signs the DNSKEY RRset.
-    let e = load(format!("[dnssec]\nkeys = [{}]\n", entry(&zsk, "active"))).unwrap_err();
+    let e = load(format!(
+        "[dnssec]\nkeys = [{}]\n",
+        key_entry(&zsk, "active")
+    ))
+    .unwrap_err();
     assert!(e.contains("dnssec.keys") && e.contains("KSK"), "{e}");
     // Both: fine.
     load(format!(
         "[dnssec]\nkeys = [{}, {}]\n",
-        entry(&zsk, "active"),
-        entry(&ksk, "active")
+        key_entry(&zsk, "active"),
+        key_entry(&ksk, "active")
     ))
     .unwrap();
     // A bad state.
-    let e = load(format!("[dnssec]\nkeys = [{}]\n", entry(&ksk, "retired"))).unwrap_err();
+    let e = load(format!(
+        "[dnssec]\nkeys = [{}]\n",
+        key_entry(&ksk, "retired")
+    ))
+    .unwrap_err();
     assert!(e.contains("dnssec.keys[0].state"), "{e}");
     // A group-readable private key.
     std::fs::set_permissions(
@@ -908,7 +832,11 @@ fn bad_dnssec_config_is_refused_with_file_key_and_reason() {
         std::fs::Permissions::from_mode(0o640),
     )
     .unwrap();
-    let e = load(format!("[dnssec]\nkeys = [{}]\n", entry(&ksk, "active"))).unwrap_err();
+    let e = load(format!(
+        "[dnssec]\nkeys = [{}]\n",
+        key_entry(&ksk, "active")
+    ))
+    .unwrap_err();
     assert!(
         e.contains("dnssec.keys[0].file") && e.contains(".private") && e.contains("640"),
         "{e}"
@@ -921,23 +849,12 @@ fn bad_dnssec_config_is_refused_with_file_key_and_reason() {
     // A key of another zone.
     let other = dir.path().join("other");
     std::fs::create_dir(&other).unwrap();
-    let (dnskey, private) =
-        meridian::dnssec::keys::generate(KeyAlgorithm::EcdsaP256Sha256, 257).unwrap();
-    let zone = Name::from_ascii("other.test.").unwrap();
-    let base = other.join("Kother");
-    meridian::dnssec::keys::write_new(
-        &meridian::dnssec::keys::key_path(&base),
-        &meridian::dnssec::keys::dnskey_text(&zone, &dnskey),
-        0o644,
-    )
-    .unwrap();
-    meridian::dnssec::keys::write_new(
-        &meridian::dnssec::keys::private_path(&base),
-        &meridian::dnssec::keys::private_text(KeyAlgorithm::EcdsaP256Sha256, &private, "x"),
-        0o600,
-    )
-    .unwrap();
-    let e = load(format!("[dnssec]\nkeys = [{}]\n", entry(&base, "active"))).unwrap_err();
+    let (base, _) = write_dnssec_key(&other, "other.test.", KeyAlgorithm::EcdsaP256Sha256, 257);
+    let e = load(format!(
+        "[dnssec]\nkeys = [{}]\n",
+        key_entry(&base, "active")
+    ))
+    .unwrap_err();
     assert!(
         e.contains("other.test.") && e.contains("not sec.test."),
         "{e}"
@@ -945,14 +862,14 @@ fn bad_dnssec_config_is_refused_with_file_key_and_reason() {
     // Timing out of range.
     let e = load(format!(
         "[dnssec]\nkeys = [{}]\nsignature_validity = \"2d\"\nrefresh_margin = \"3d\"\n",
-        entry(&ksk, "active")
+        key_entry(&ksk, "active")
     ))
     .unwrap_err();
     assert!(e.contains("dnssec.refresh_margin"), "{e}");
     // Unknown keys are refused.
     let e = load(format!(
         "[dnssec]\nkeys = [{}]\nnsec3 = true\n",
-        entry(&ksk, "active")
+        key_entry(&ksk, "active")
     ))
     .unwrap_err();
     assert!(e.contains("nsec3"), "{e}");
@@ -971,7 +888,7 @@ async fn the_online_signing_budget_bounds_random_name_floods() {
     let mut servfail = 0;
     for i in 0..10 {
         let name = format!("random{i}.sec.test.");
-        let r = s.server.udp(&do_query(&name, RecordType::A, None)).await;
+        let r = s.ask(&name, RecordType::A).await;
         match r.metadata.response_code {
             ResponseCode::ServFail => servfail += 1,
             ResponseCode::NoError => assert_eq!(verify_sections(&r, &s.dnskeys), 2),
@@ -981,10 +898,7 @@ async fn the_online_signing_budget_bounds_random_name_floods() {
     // Ten queries span at most a couple of seconds: at most a few signed.
     assert!(servfail >= 5, "{servfail} SERVFAIL of 10");
     assert!(meridian::dnssec::budget_exhausted_total() >= exhausted + servfail);
-    let r = s
-        .server
-        .udp(&do_query("static.sec.test.", RecordType::A, None))
-        .await;
+    let r = s.ask("static.sec.test.", RecordType::A).await;
     assert_eq!(
         verify_sections(&r, &s.dnskeys),
         1,
@@ -1016,34 +930,16 @@ async fn a_reload_publishes_then_activates_a_new_key() {
     let zsk_tag = zsk_dnskey.calculate_key_tag().unwrap();
     let mut s = start_with_keys(dir, std::slice::from_ref(&ksk), "").await;
     s.dnskeys.push(zsk_dnskey);
-    let entry = |b: &Path, state: &str| {
-        format!(
-            "{{ file = {:?}, state = \"{state}\" }}",
-            b.display().to_string()
-        )
-    };
     let zone_file = s.server.dir.path().join("zones/sec.test.toml");
-    let signers_of_a = |m: &Message| -> Vec<u16> {
-        m.answers
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::DNSSEC(DNSSECRData::RRSIG(s)) => Some(s.input().key_tag),
-                _ => None,
-            })
-            .collect()
-    };
     for (state, keys_published, zsk_signs) in [("published", 2, false), ("active", 2, true)] {
         let zone = zone_text(&format!(
             "[dnssec]\nkeys = [{}, {}]\n",
-            entry(&ksk, "active"),
-            entry(&zsk, state)
+            key_entry(&ksk, "active"),
+            key_entry(&zsk, state)
         ));
         std::fs::write(&zone_file, zone).unwrap();
         s.server.server.reload().unwrap();
-        let r = s
-            .server
-            .udp(&do_query("sec.test.", RecordType::DNSKEY, None))
-            .await;
+        let r = s.ask("sec.test.", RecordType::DNSKEY).await;
         let published = r
             .answers
             .iter()
@@ -1051,12 +947,13 @@ async fn a_reload_publishes_then_activates_a_new_key() {
             .count();
         assert_eq!(published, keys_published, "{state}");
         verify_sections(&r, &s.dnskeys);
-        let r = s
-            .server
-            .udp(&do_query("static.sec.test.", RecordType::A, None))
-            .await;
+        let r = s.ask("static.sec.test.", RecordType::A).await;
         verify_sections(&r, &s.dnskeys);
-        assert_eq!(signers_of_a(&r).contains(&zsk_tag), zsk_signs, "{state}");
+        assert_eq!(
+            signer_tags(&r, RecordType::A).contains(&zsk_tag),
+            zsk_signs,
+            "{state}"
+        );
         delv(&s, "127.0.0.1", "static.sec.test.", "A", false).await;
     }
     s.server.server.shutdown().await;

@@ -11,66 +11,33 @@
 //! clock while one is in flight.
 
 use std::net::{SocketAddr, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use hickory_proto::dnssec::Verifier;
 use hickory_proto::dnssec::rdata::{DNSKEY, DNSSECRData, RRSIG};
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
 
-use crate::harness::{Setup, query, write_config};
+use crate::harness::{Setup, query, rrset, rrsets, write_config, write_dnssec_key, zone_head};
 
 const VALIDITY: u64 = 2 * 3600;
 const MARGIN: u64 = 30 * 60;
-
-/// A CSK for `origin` in BIND's format in `dir`; its base path and DNSKEY.
-fn make_key(dir: &Path, origin: &str) -> (PathBuf, DNSKEY) {
-    use meridian::dnssec::keys::{self, FLAGS_KSK, KeyAlgorithm};
-    let zone = Name::from_ascii(origin).unwrap();
-    let alg = KeyAlgorithm::EcdsaP256Sha256;
-    let (dnskey, private) = keys::generate(alg, FLAGS_KSK).unwrap();
-    let tag = dnskey.calculate_key_tag().unwrap();
-    let base = dir.join(keys::file_base(&zone, alg, tag));
-    keys::write_new(
-        &keys::key_path(&base),
-        &keys::dnskey_text(&zone, &dnskey),
-        0o644,
-    )
-    .unwrap();
-    keys::write_new(
-        &keys::private_path(&base),
-        &keys::private_text(alg, &private, "20260101000000"),
-        0o600,
-    )
-    .unwrap();
-    (base, dnskey)
-}
 
 /// A zone signed with `key`, valid 2 h, re-signed 30 min before expiry,
 /// no jitter; a static name and `services` failover services over
 /// datacenters a and b (and `extra_dcs` more, for a bigger zone).
 fn zone_text(origin: &str, key: &Path, services: usize, extra_dcs: usize) -> String {
     let mut z = format!(
-        r#"origin = "{origin}"
-ttl = 3600
-ns = ["ns1.{origin}"]
-
-[soa]
-rname = "hostmaster.{origin}"
-serial = 1
-minimum = 60
-
-[records]
-ns1 = [{{ type = "A", value = "192.0.2.53" }}]
-static = [{{ type = "A", value = "192.0.2.1" }}]
+        r#"{head}static = [{{ type = "A", value = "192.0.2.1" }}]
 
 [datacenters.a]
 addresses = ["192.0.2.10", "2001:db8:10::10"]
 
 [datacenters.b]
 addresses = ["198.51.100.10", "2001:db8:20::10"]
-"#
+"#,
+        head = zone_head(origin)
     );
     let mut dcs = vec!["\"a\"".to_string(), "\"b\"".to_string()];
     for i in 0..extra_dcs {
@@ -112,7 +79,12 @@ struct Signed {
 /// Starts the server on the tokio clock of the (paused) test runtime.
 async fn start(origin: &'static str, services: usize, extra_dcs: usize) -> Signed {
     let keys = tempfile::tempdir().unwrap();
-    let (base, dnskey) = make_key(keys.path(), origin);
+    let (base, dnskey) = write_dnssec_key(
+        keys.path(),
+        origin,
+        meridian::dnssec::keys::KeyAlgorithm::EcdsaP256Sha256,
+        meridian::dnssec::keys::FLAGS_KSK,
+    );
     let zone = zone_text(origin, &base, services, extra_dcs);
     let dir = tempfile::tempdir().unwrap();
     let file = format!("{}toml", origin);
@@ -174,13 +146,7 @@ async fn ask(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
 fn verify(m: &Message, key: &DNSKEY, origin: &str, now: u64) -> Vec<u32> {
     let mut inceptions = Vec::new();
     for (section, records) in [("answer", &m.answers), ("authority", &m.authorities)] {
-        let mut sets: Vec<(Name, RecordType)> = records
-            .iter()
-            .filter(|r| r.record_type() != RecordType::RRSIG)
-            .map(|r| (r.name.clone(), r.record_type()))
-            .collect();
-        sets.dedup();
-        for (name, rtype) in sets {
+        for (name, rtype) in rrsets(records) {
             let sigs: Vec<&RRSIG> = records
                 .iter()
                 .filter(|r| r.name == name)
@@ -195,10 +161,7 @@ fn verify(m: &Message, key: &DNSKEY, origin: &str, now: u64) -> Vec<u32> {
                 !sigs.is_empty(),
                 "{section}: {name} {rtype} has no RRSIG in\n{m}"
             );
-            let set: Vec<&Record> = records
-                .iter()
-                .filter(|r| r.name == name && r.record_type() == rtype)
-                .collect();
+            let set = rrset(records, &name, rtype);
             for sig in sigs {
                 let input = sig.input();
                 let (inception, expiration) = (

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use hickory_proto::rr::rdata::opt::{ClientSubnet, EdnsOption};
-use hickory_proto::rr::{Name, RData, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use ipnet::IpNet;
 use mmdb_writer::Writer;
 use serde::Serialize;
@@ -219,6 +219,74 @@ impl TestServer {
     pub async fn ask(&self, name: &str, qtype: RecordType, ecs: Option<&str>) -> Message {
         self.udp(&query(name, qtype, ecs)).await
     }
+}
+
+/// The RRsets of a section, as (owner, type) in the order they come,
+/// RRSIGs left out.
+pub fn rrsets(records: &[Record]) -> Vec<(Name, RecordType)> {
+    let mut sets: Vec<(Name, RecordType)> = records
+        .iter()
+        .filter(|r| r.record_type() != RecordType::RRSIG)
+        .map(|r| (r.name.clone(), r.record_type()))
+        .collect();
+    sets.dedup();
+    sets
+}
+
+/// The records of a section in the RRset `name` `rtype`.
+pub fn rrset<'a>(records: &'a [Record], name: &Name, rtype: RecordType) -> Vec<&'a Record> {
+    records
+        .iter()
+        .filter(|r| r.name == *name && r.record_type() == rtype)
+        .collect()
+}
+
+/// The start of a zone file for `origin`: TTL 3600, NS `ns1` (at
+/// 192.0.2.53), the SOA (minimum 60), and an open `[records]` table the
+/// caller adds to.
+pub fn zone_head(origin: &str) -> String {
+    format!(
+        r#"origin = "{origin}"
+ttl = 3600
+ns = ["ns1.{origin}"]
+
+[soa]
+rname = "hostmaster.{origin}"
+serial = 1
+minimum = 60
+
+[records]
+ns1 = [{{ type = "A", value = "192.0.2.53" }}]
+"#
+    )
+}
+
+/// A DNSSEC key pair for `origin` written in BIND's format into `dir`
+/// (the `.private` file mode 0600); returns its base path and DNSKEY.
+pub fn write_dnssec_key(
+    dir: &Path,
+    origin: &str,
+    alg: meridian::dnssec::keys::KeyAlgorithm,
+    flags: u16,
+) -> (PathBuf, hickory_proto::dnssec::rdata::DNSKEY) {
+    use meridian::dnssec::keys;
+    let zone = Name::from_ascii(origin).unwrap();
+    let (dnskey, private) = keys::generate(alg, flags).unwrap();
+    let tag = dnskey.calculate_key_tag().unwrap();
+    let base = dir.join(keys::file_base(&zone, alg, tag));
+    keys::write_new(
+        &keys::key_path(&base),
+        &keys::dnskey_text(&zone, &dnskey),
+        0o644,
+    )
+    .unwrap();
+    keys::write_new(
+        &keys::private_path(&base),
+        &keys::private_text(alg, &private, "20260101000000"),
+        0o600,
+    )
+    .unwrap();
+    (base, dnskey)
 }
 
 /// A query with EDNS (payload 1232) and, if given, ECS `ecs` ("a.b.c.d/n").
