@@ -46,7 +46,7 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 
 use super::envelope::{Envelope, Header, OptOut, Question, Transport, echo_ecs};
-use super::zone::{NameKey, Node, Resolution, WILDCARD_LABEL, Zone, key_in};
+use super::zone::{NameKey, Node, Resolution, WILDCARD_LABEL, Zone, key_in, signed_sets};
 use crate::health::HealthView;
 use crate::model::DcId;
 use crate::policy::{Client, Decision, Latency, Outcome, Plan};
@@ -676,14 +676,11 @@ fn response_of(
     }
 }
 
-/// Most datacenter combinations per service whose signatures the DO=1
-/// templates keep (the store signs as many at build).
-const MAX_COMBOS: usize = 256;
-
 /// For a DO=1 service answer: the RRSIG suffix of every combination of
 /// two to `max_answers` of the service's datacenters whose signatures the
-/// store holds (the slow path renders each, and the addresses' RRSIGs are
-/// cut from its end). `None` where there are none, or too many.
+/// store holds (those [`signed_sets`] names; the slow path renders each,
+/// and the addresses' RRSIGs are cut from its end). `None` where there
+/// are none.
 fn combos(
     zone: &Zone,
     service: usize,
@@ -695,14 +692,12 @@ fn combos(
     let svc = zone.config.services.get(service)?;
     let own = &svc.datacenters;
     let n = own.len();
-    let k = svc.max_answers.clamp(1, n.max(1));
-    if k < 2 || n > 16 {
-        return None;
-    }
-    let masks: Vec<u32> = (1u32..(1 << n))
-        .filter(|m| (2..=k).contains(&(m.count_ones() as usize)))
+    let masks: Vec<u32> = signed_sets(n, svc.max_answers)
+        .into_iter()
+        .filter(|m| m.count_ones() >= 2)
+        .filter_map(|m| u32::try_from(m).ok())
         .collect();
-    if masks.len() > MAX_COMBOS {
+    if masks.is_empty() {
         return None;
     }
     let plan = &zone.service(service).plan;
