@@ -1071,16 +1071,20 @@ impl ZoneIndex {
         let Some(signed) = self.signed.as_deref() else {
             return;
         };
-        let Ok(mut denials) = signed.denials.0.write() else {
-            return;
-        };
-        if denials.len() >= MAX_DENIALS {
-            return;
-        }
         let name = name.to_lowercase();
         let Some(key) = super::zone::name_key(&name) else {
             return;
         };
+        // Checked under the read lock the fast path shares, and again
+        // under the write lock, which is taken only to insert: a flood of
+        // new names past the cap never blocks the fast path's readers, nor
+        // does encoding the template.
+        let room = |d: &std::collections::HashMap<NameKey, Denial>| {
+            d.len() < MAX_DENIALS && !d.contains_key(&key)
+        };
+        if !signed.denials.0.read().is_ok_and(|d| room(&d)) {
+            return;
+        }
         let expires = authorities
             .iter()
             .filter_map(|r| match &r.data {
@@ -1090,7 +1094,7 @@ impl ZoneIndex {
                 _ => None,
             })
             .min();
-        let (Some(expires), false) = (expires, denials.contains_key(&key)) else {
+        let Some(expires) = expires else {
             return;
         };
         let res = Resolution {
@@ -1098,7 +1102,13 @@ impl ZoneIndex {
             authorities: authorities.to_vec(),
             ..Resolution::default()
         };
-        if let Some(t) = template(&name, RecordType::A, res) {
+        let Some(t) = template(&name, RecordType::A, res) else {
+            return;
+        };
+        let Ok(mut denials) = signed.denials.0.write() else {
+            return;
+        };
+        if room(&denials) {
             // What the slow path would no longer serve: see `serve_until`.
             denials.insert(key, (t, expires.saturating_sub(signed.margin)));
         }
