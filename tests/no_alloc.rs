@@ -48,7 +48,7 @@ fn ecs(addr: &str, prefix: u8) -> Option<(IpAddr, u8)> {
 fn answer_without_allocating(
     snap: &meridian::snapshot::Snapshot,
     queries: &[Vec<u8>],
-    check: impl Fn(&[u8]),
+    mut check: impl FnMut(&[u8]),
 ) {
     let src: IpAddr = "127.0.0.1".parse().unwrap();
     let mut out = Vec::with_capacity(4096);
@@ -172,4 +172,144 @@ fn answering_signed_do_queries_does_not_allocate() {
             "signed: {m:?}"
         );
     });
+}
+
+/// A zone whose DO=1 answers take the fast path's newer branches: a
+/// wildcard, and a service answering with two datacenters at once.
+const BRANCHES_ZONE: &str = r#"origin = "gslb.example.com."
+ns = ["ns1.gslb.example.com."]
+
+[soa]
+mname = "ns1.gslb.example.com."
+rname = "hostmaster.example.com."
+serial = 1
+minimum = 60
+
+[records]
+ns1 = [{ type = "A", value = "192.0.2.53" }]
+"*.wild" = [{ type = "A", value = "192.0.2.77" }]
+
+[datacenters.us-east]
+location = [39.04, -77.49]
+addresses = ["192.0.2.10", "2001:db8:10::10"]
+
+[datacenters.eu-west]
+location = [53.35, -6.26]
+addresses = ["198.51.100.10", "2001:db8:20::10"]
+
+[services.pair]
+policy = "failover"
+datacenters = ["eu-west", "us-east"]
+max_answers = 2
+ttl = 30
+"#;
+
+/// `build_query`'s query with DO set.
+fn with_do(q: &[u8]) -> Vec<u8> {
+    let mut m = hickory_proto::op::Message::from_vec(q).unwrap();
+    m.edns.as_mut().unwrap().set_dnssec_ok(true);
+    m.to_vec().unwrap()
+}
+
+/// The fast path's wildcard entries, a DO=1 answer of two datacenters
+/// (its RRSIGs kept for that combination) and a compact NXDOMAIN it keeps
+/// after the general path signed it once: none of them allocates.
+#[test]
+fn answering_wildcards_combinations_and_kept_denials_does_not_allocate() {
+    let dir = tempfile::tempdir().unwrap();
+    signed_example::write_signed_zone(dir.path(), "gslb.example.com.", BRANCHES_ZONE);
+    std::fs::write(dir.path().join("meridian.toml"), "zones = \"zones\"\n").unwrap();
+    let (_, snap) = meridian::load(&dir.path().join("meridian.toml")).unwrap();
+    let query = |n: &str, t: &str| meridian::dns::build_query(n, t, None, 7).unwrap();
+    let denied = with_do(&query("nope.gslb.example.com.", "A"));
+    // The first query for the name is signed on demand by the general
+    // path, which keeps the answer for the fast path.
+    let first = meridian::dns::handle_query(
+        &snap,
+        &denied,
+        "127.0.0.1".parse().unwrap(),
+        meridian::dns::Transport::Udp,
+        &mut Vec::new(),
+    );
+    assert!(first.send);
+    let queries = [
+        query("a.wild.gslb.example.com.", "A"),
+        query("b.c.wild.gslb.example.com.", "A"),
+        with_do(&query("pair.gslb.example.com.", "A")),
+        denied,
+    ];
+    let mut answers = Vec::new();
+    answer_without_allocating(&snap, &queries, |out| {
+        answers.push(hickory_proto::op::Message::from_vec(out).unwrap());
+    });
+    use hickory_proto::rr::RecordType;
+    let count = |m: &hickory_proto::op::Message, t| {
+        m.answers.iter().filter(|r| r.record_type() == t).count()
+    };
+    // Over UDP, then over TCP.
+    assert_eq!(answers.len(), 2 * queries.len());
+    for round in answers.chunks(queries.len()) {
+        for m in &round[..2] {
+            assert_eq!(count(m, RecordType::A), 1, "{m:?}");
+        }
+        let pair = &round[2];
+        assert_eq!(count(pair, RecordType::A), 2, "{pair:?}");
+        assert_eq!(count(pair, RecordType::RRSIG), 1, "{pair:?}");
+        let denial = &round[3];
+        assert!(
+            (denial.authorities.iter()).any(|r| r.record_type() == RecordType::NSEC),
+            "{denial:?}"
+        );
+    }
+}
+
+/// The serving loops' counting: each answer tallied into a metrics shard
+/// as the handler saw it (zone, type, rcode, decision) allocates nothing
+/// once the shard has the snapshot's layout.
+#[test]
+fn counting_answers_does_not_allocate() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let (_, snap) = meridian::load(&root.join("meridian.toml")).unwrap();
+    let metrics = meridian::metrics::dns::DnsMetrics::default();
+    let shard = metrics.shard(meridian::dns::Transport::Udp);
+    let queries: Vec<Vec<u8>> = [
+        ("www.gslb.example.com.", "A", ecs("8.8.8.0", 24)),
+        // Without ECS, the whole chain and www's decision.
+        ("app.gslb.example.com.", "AAAA", None),
+        ("mail.gslb.example.com.", "A", None),
+        ("nope.gslb.example.com.", "A", None),
+        ("example.org.", "A", None),
+    ]
+    .iter()
+    .map(|(n, t, e)| meridian::dns::build_query(n, t, *e, 7).unwrap())
+    .collect();
+    let src: IpAddr = "127.0.0.1".parse().unwrap();
+    let mut out = Vec::with_capacity(4096);
+    let mut seen = meridian::dns::Seen::default();
+    // The shard's first tally of a snapshot lays its counters out.
+    drop(shard.tally(&snap));
+    for q in &queries {
+        let before = mine();
+        let handled = meridian::dns::handle_observed(
+            &snap,
+            q,
+            src,
+            meridian::dns::Transport::Udp,
+            &mut out,
+            &mut seen,
+        );
+        shard.tally(&snap).count(&seen, &out);
+        assert_eq!(
+            mine(),
+            before,
+            "allocated while answering and counting {:?}",
+            meridian::dns::summarize(&out)
+        );
+        assert!(handled.send);
+    }
+    let answers = metrics.answers();
+    let www: u64 = answers[&("gslb.example.com.".to_string(), "www".to_string())]
+        .values()
+        .sum();
+    assert_eq!(www, 2, "{answers:?}");
 }

@@ -46,7 +46,7 @@ use hickory_proto::rr::{Name, RecordType};
 use hickory_proto::serialize::binary::{BinDecodable, BinEncodable};
 
 use super::envelope::{Envelope, Header, OptOut, Question, Transport, echo_ecs};
-use super::zone::{NameKey, Node, Resolution, WILDCARD_LABEL, Zone, key_in};
+use super::zone::{NameKey, Node, Resolution, WILDCARD_LABEL, Zone, key_in, signed_sets};
 use crate::health::HealthView;
 use crate::model::DcId;
 use crate::policy::{Client, Decision, Latency, Outcome, Plan};
@@ -676,14 +676,11 @@ fn response_of(
     }
 }
 
-/// Most datacenter combinations per service whose signatures the DO=1
-/// templates keep (the store signs as many at build).
-const MAX_COMBOS: usize = 256;
-
 /// For a DO=1 service answer: the RRSIG suffix of every combination of
 /// two to `max_answers` of the service's datacenters whose signatures the
-/// store holds (the slow path renders each, and the addresses' RRSIGs are
-/// cut from its end). `None` where there are none, or too many.
+/// store holds (those [`signed_sets`] names; the slow path renders each,
+/// and the addresses' RRSIGs are cut from its end). `None` where there
+/// are none.
 fn combos(
     zone: &Zone,
     service: usize,
@@ -695,14 +692,12 @@ fn combos(
     let svc = zone.config.services.get(service)?;
     let own = &svc.datacenters;
     let n = own.len();
-    let k = svc.max_answers.clamp(1, n.max(1));
-    if k < 2 || n > 16 {
-        return None;
-    }
-    let masks: Vec<u32> = (1u32..(1 << n))
-        .filter(|m| (2..=k).contains(&(m.count_ones() as usize)))
+    let masks: Vec<u32> = signed_sets(n, svc.max_answers)
+        .into_iter()
+        .filter(|m| m.count_ones() >= 2)
+        .filter_map(|m| u32::try_from(m).ok())
         .collect();
-    if masks.len() > MAX_COMBOS {
+    if masks.is_empty() {
         return None;
     }
     let plan = &zone.service(service).plan;
@@ -1076,16 +1071,20 @@ impl ZoneIndex {
         let Some(signed) = self.signed.as_deref() else {
             return;
         };
-        let Ok(mut denials) = signed.denials.0.write() else {
-            return;
-        };
-        if denials.len() >= MAX_DENIALS {
-            return;
-        }
         let name = name.to_lowercase();
         let Some(key) = super::zone::name_key(&name) else {
             return;
         };
+        // Checked under the read lock the fast path shares, and again
+        // under the write lock, which is taken only to insert: a flood of
+        // new names past the cap never blocks the fast path's readers, nor
+        // does encoding the template.
+        let room = |d: &std::collections::HashMap<NameKey, Denial>| {
+            d.len() < MAX_DENIALS && !d.contains_key(&key)
+        };
+        if !signed.denials.0.read().is_ok_and(|d| room(&d)) {
+            return;
+        }
         let expires = authorities
             .iter()
             .filter_map(|r| match &r.data {
@@ -1095,7 +1094,7 @@ impl ZoneIndex {
                 _ => None,
             })
             .min();
-        let (Some(expires), false) = (expires, denials.contains_key(&key)) else {
+        let Some(expires) = expires else {
             return;
         };
         let res = Resolution {
@@ -1103,7 +1102,13 @@ impl ZoneIndex {
             authorities: authorities.to_vec(),
             ..Resolution::default()
         };
-        if let Some(t) = template(&name, RecordType::A, res) {
+        let Some(t) = template(&name, RecordType::A, res) else {
+            return;
+        };
+        let Ok(mut denials) = signed.denials.0.write() else {
+            return;
+        };
+        if room(&denials) {
             // What the slow path would no longer serve: see `serve_until`.
             denials.insert(key, (t, expires.saturating_sub(signed.margin)));
         }

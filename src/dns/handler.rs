@@ -384,6 +384,7 @@ impl<'s> Context<'s> {
         seen.zone = Seen::NO_ZONE;
         seen.service = Seen::NO_SERVICE;
         seen.scope = 0;
+        seen.nxname = false;
         let response = Message::from_vec(packet)
             .ok()
             .and_then(|query| respond(snap, &query, env, src, seen));

@@ -364,6 +364,23 @@ fn binomial(n: usize, k: usize) -> usize {
     (0..k).fold(1, |acc, i| acc * (n - i) / (i + 1))
 }
 
+/// The sets of a service's `n` datacenters (bit `i` for its `i`-th)
+/// whose answers are signed at build time: every combination of up to
+/// `max_answers` of them when there are at most [`MAX_COMBINATIONS`],
+/// else each datacenter alone (the records' order does not matter to
+/// the store). The fast path's DO=1 templates keep the signatures of
+/// the sets of two or more.
+pub(crate) fn signed_sets(n: usize, max_answers: usize) -> Vec<u64> {
+    let k = max_answers.clamp(1, n.max(1));
+    if k > 1 && n <= 16 && (1..=k).map(|j| binomial(n, j)).sum::<usize>() <= MAX_COMBINATIONS {
+        (1u64..(1 << n))
+            .filter(|m| m.count_ones() as usize <= k)
+            .collect()
+    } else {
+        (0..n.min(64)).map(|b| 1u64 << b).collect()
+    }
+}
+
 /// `records` with each RRset's RRSIGs after it; a delegation's NS RRset
 /// (NS below `origin`) is not signed: it is the child's data (RFC 4035
 /// §2.2).
@@ -657,24 +674,13 @@ impl Zone {
                 .collect();
             [a, aaaa]
         };
-        // Every combination of up to `max_answers` datacenters when there
-        // are at most MAX_COMBINATIONS of them (the records' order does
-        // not matter to the store), else each datacenter alone.
         let dcs: Vec<&crate::model::Datacenter> = svc
             .datacenters
             .iter()
             .filter_map(|dc| self.config.datacenters.get(dc.index()))
             .collect();
         let n = dcs.len();
-        let k = svc.max_answers.clamp(1, n.max(1));
-        let combinations: usize = (1..=k).map(|j| binomial(n, j)).sum();
-        let masks: Vec<u64> = if k > 1 && n <= 16 && combinations <= MAX_COMBINATIONS {
-            (1u64..(1 << n))
-                .filter(|m| m.count_ones() as usize <= k)
-                .collect()
-        } else {
-            (0..n.min(64)).map(|b| 1u64 << b).collect()
-        };
+        let masks = signed_sets(n, svc.max_answers);
         for &ttl in &ttls {
             for &mask in &masks {
                 let chosen = || (0..n).filter(move |b| mask & (1 << b) != 0).map(|b| dcs[b]);

@@ -9,25 +9,26 @@ use std::path::Path;
 /// a `[dnssec]` table naming that key. The caller writes the
 /// `meridian.toml` it wants beside them.
 pub(crate) fn write_signed_example_zone(root: &Path, dir: &Path) {
+    let zone = std::fs::read_to_string(root.join("zones/gslb.example.com.toml")).unwrap();
+    write_signed_zone(dir, "gslb.example.com.", &zone);
+}
+
+/// Writes into `dir` a fresh ECDSA P-256 CSK for `origin` (in `keys/`)
+/// and `zones/<origin>toml`: `zone` (a zone file's text) with a
+/// `[dnssec]` table naming that key.
+pub(crate) fn write_signed_zone(dir: &Path, origin: &str, zone: &str) {
     use meridian::dnssec::cli::{Role, keygen};
     use meridian::dnssec::keys::KeyAlgorithm;
     let keys = dir.join("keys");
-    keygen(
-        "gslb.example.com.",
-        KeyAlgorithm::EcdsaP256Sha256,
-        Role::Csk,
-        &keys,
-    )
-    .unwrap();
+    keygen(origin, KeyAlgorithm::EcdsaP256Sha256, Role::Csk, &keys).unwrap();
     let key = std::fs::read_dir(&keys)
         .unwrap()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|e| e == "key"))
         .unwrap();
-    let zone = std::fs::read_to_string(root.join("zones/gslb.example.com.toml")).unwrap();
     std::fs::create_dir_all(dir.join("zones")).unwrap();
     std::fs::write(
-        dir.join("zones/gslb.example.com.toml"),
+        dir.join(format!("zones/{origin}toml")),
         format!(
             "{zone}\n[dnssec]\nkeys = [{{ file = {:?} }}]\n",
             key.display().to_string()
