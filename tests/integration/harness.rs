@@ -415,6 +415,26 @@ impl Rng {
     }
 }
 
+/// Runs `attempt` every 20 ms until it gives `Ok`, for at most `limit`;
+/// then panics with `what` and the last `Err` (what was seen instead).
+pub async fn poll<T>(
+    limit: Duration,
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Both handler paths at one fixed cookie time, so a query with a COOKIE
 /// option gets the same server cookie from each (differential tests).
 const COOKIE_TIME: u32 = 1_800_000_000;
