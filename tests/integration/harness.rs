@@ -175,9 +175,15 @@ pub fn write_config(dir: &Path, setup: &Setup<'_>) -> PathBuf {
 impl TestServer {
     /// The shipped example zone with the flat test database.
     pub async fn example() -> Self {
+        Self::example_with("").await
+    }
+
+    /// [`TestServer::example`] with `server_toml` added to the config.
+    pub async fn example_with(server_toml: &str) -> Self {
         let zone = example_zone();
         Self::start_with(Setup {
             zones: &[("gslb.example.com.toml", &zone)],
+            server_toml,
             ..Setup::default()
         })
         .await
