@@ -15,30 +15,17 @@ use hickory_proto::rr::{Name, RData, Record};
 use meridian::dnssec::keys::{self, FLAGS_KSK, KeyAlgorithm};
 use meridian::dnssec::{DnssecConfig, KeyState, ZoneKey, ZoneSigner};
 
-fn key(dir: &Path, zone: &Name, alg: KeyAlgorithm) -> std::path::PathBuf {
-    let (dnskey, private) = keys::generate(alg, FLAGS_KSK).expect("key");
-    let tag = dnskey.calculate_key_tag().expect("tag");
-    let base = dir.join(keys::file_base(zone, alg, tag));
-    keys::write_new(
-        &keys::key_path(&base),
-        &keys::dnskey_text(zone, &dnskey),
-        0o644,
-    )
-    .expect("write");
-    keys::write_new(
-        &keys::private_path(&base),
-        &keys::private_text(alg, &private, "20260101000000"),
-        0o600,
-    )
-    .expect("write");
-    base
-}
+#[path = "../tests/support/dnssec_key.rs"]
+mod dnssec_key;
+#[path = "../tests/support/signed_example.rs"]
+mod signed_example;
 
 fn throughput(dir: &Path, alg: KeyAlgorithm, n: u32) {
     let zone = Name::from_ascii("example.com.").expect("name");
     let cfg = DnssecConfig {
         keys: vec![ZoneKey {
-            pair: keys::load(&key(dir, &zone, alg)).expect("load"),
+            pair: keys::load(&dnssec_key::write_dnssec_key(dir, "example.com.", alg, FLAGS_KSK).0)
+                .expect("load"),
             state: KeyState::Active,
         }],
         signature_validity: Duration::from_secs(14 * 86_400),
@@ -78,19 +65,17 @@ fn throughput(dir: &Path, alg: KeyAlgorithm, n: u32) {
 /// The example config copied to `dir`, its zone signed when `signed`.
 fn example(dir: &Path, signed: bool) -> std::path::PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    std::fs::create_dir_all(dir.join("zones")).expect("dir");
-    let server = std::fs::read_to_string(repo.join("meridian.toml")).expect("meridian.toml");
-    std::fs::write(dir.join("meridian.toml"), server).expect("write");
-    let mut zone = std::fs::read_to_string(repo.join("zones/gslb.example.com.toml")).expect("zone");
     if signed {
-        let zname = Name::from_ascii("gslb.example.com.").expect("name");
-        let base = key(&dir.join("zones"), &zname, KeyAlgorithm::EcdsaP256Sha256);
-        zone.push_str(&format!(
-            "\n[dnssec]\nkeys = [{{ file = {:?} }}]\n",
-            base.display().to_string()
-        ));
+        signed_example::write_signed_example_zone(repo, dir);
+    } else {
+        std::fs::create_dir_all(dir.join("zones")).expect("dir");
+        std::fs::copy(
+            repo.join("zones/gslb.example.com.toml"),
+            dir.join("zones/gslb.example.com.toml"),
+        )
+        .expect("copy the zone");
     }
-    std::fs::write(dir.join("zones/gslb.example.com.toml"), zone).expect("write");
+    std::fs::copy(repo.join("meridian.toml"), dir.join("meridian.toml")).expect("copy");
     dir.join("meridian.toml")
 }
 

@@ -8,8 +8,10 @@
 
 use std::time::Instant;
 
-use hickory_proto::rr::Name;
-use meridian::dnssec::keys::{self, FLAGS_KSK, KeyAlgorithm};
+use meridian::dnssec::keys::{FLAGS_KSK, KeyAlgorithm};
+
+#[path = "../tests/support/dnssec_key.rs"]
+mod dnssec_key;
 
 fn main() {
     let n: usize = std::env::args()
@@ -19,23 +21,12 @@ fn main() {
     let dir = tempfile::tempdir().expect("tempdir");
     let root = dir.path();
     std::fs::create_dir_all(root.join("zones")).expect("dir");
-    let zone = Name::from_ascii("big.test.").expect("name");
-    let alg = KeyAlgorithm::EcdsaP256Sha256;
-    let (dnskey, private) = keys::generate(alg, FLAGS_KSK).expect("keygen");
-    let tag = dnskey.calculate_key_tag().expect("tag");
-    let base = root.join("zones").join(keys::file_base(&zone, alg, tag));
-    keys::write_new(
-        &keys::key_path(&base),
-        &keys::dnskey_text(&zone, &dnskey),
-        0o644,
-    )
-    .expect("write");
-    keys::write_new(
-        &keys::private_path(&base),
-        &keys::private_text(alg, &private, "20260101000000"),
-        0o600,
-    )
-    .expect("write");
+    let (base, _) = dnssec_key::write_dnssec_key(
+        &root.join("zones"),
+        "big.test.",
+        KeyAlgorithm::EcdsaP256Sha256,
+        FLAGS_KSK,
+    );
     let mut z = String::from(
         r#"origin = "big.test."
 ns = ["ns1.big.test."]

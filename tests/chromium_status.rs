@@ -454,6 +454,40 @@ async fn answers_become(s: &TestServer, expected: &str) {
     }
 }
 
+/// The backends, east on 127.0.0.2 and west on 127.0.0.3, and the server
+/// on their zone with `server_toml`.
+async fn start(server_toml: &str) -> (Backend, Backend, TestServer) {
+    let east = Backend::start("127.0.0.2:0".parse().unwrap()).await;
+    let west = Backend::start("127.0.0.3:0".parse().unwrap()).await;
+    let zone = zone(east.addr, west.addr);
+    let s = TestServer::start_with(Setup {
+        zones: &[("status.test.toml", &zone)],
+        server_toml,
+        ..Setup::default()
+    })
+    .await;
+    (east, west, s)
+}
+
+/// Clicks east's `action` button on the page, then waits until `www`
+/// answers `answer` and the page shows east in `state`.
+async fn press_on_east(
+    browser: &Browser,
+    s: &TestServer,
+    action: &str,
+    answer: &str,
+    what: &str,
+    state: &str,
+) {
+    browser
+        .click(&format!(
+            "tr.dc[data-dc=\"east\"] button[data-action=\"{action}\"]"
+        ))
+        .await;
+    answers_become(s, answer).await;
+    browser.until(what, &dc_shows("east", state)).await;
+}
+
 /// JavaScript: whether the page's row for datacenter `dc` shows `state`.
 fn dc_shows(dc: &str, state: &str) -> String {
     format!(
@@ -468,14 +502,7 @@ fn dc_shows(dc: &str, state: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_status_page_follows_a_failure_and_its_drain_button_moves_the_answers() {
-    let mut east = Backend::start("127.0.0.2:0".parse().unwrap()).await;
-    let west = Backend::start("127.0.0.3:0".parse().unwrap()).await;
-    let zone = zone(east.addr, west.addr);
-    let s = TestServer::start_with(Setup {
-        zones: &[("status.test.toml", &zone)],
-        ..Setup::default()
-    })
-    .await;
+    let (mut east, _west, s) = start("").await;
     let admin = s.server.admin_addr().expect("admin API");
 
     let profile = tempfile::tempdir().unwrap();
@@ -511,13 +538,7 @@ async fn the_status_page_follows_a_failure_and_its_drain_button_moves_the_answer
     answers_become(&s, "192.0.2.1").await;
 
     // The operator drains east from the page.
-    browser
-        .click("tr.dc[data-dc=\"east\"] button[data-action=\"drain\"]")
-        .await;
-    answers_become(&s, "192.0.2.2").await;
-    browser
-        .until("east drained", &dc_shows("east", "drain"))
-        .await;
+    press_on_east(&browser, &s, "drain", "192.0.2.2", "east drained", "drain").await;
     browser
         .until(
             "the override column and the buttons",
@@ -557,13 +578,15 @@ async fn the_status_page_follows_a_failure_and_its_drain_button_moves_the_answer
     eprintln!("screenshot: {} ({} bytes)", shot.display(), png.len());
 
     // Undrain from the page: answers come back.
-    browser
-        .click("tr.dc[data-dc=\"east\"] button[data-action=\"undrain\"]")
-        .await;
-    answers_become(&s, "192.0.2.1").await;
-    browser
-        .until("east up, no override", &dc_shows("east", "up"))
-        .await;
+    press_on_east(
+        &browser,
+        &s,
+        "undrain",
+        "192.0.2.1",
+        "east up, no override",
+        "up",
+    )
+    .await;
 
     browser.quit().await;
     east.stop().await;
@@ -571,16 +594,10 @@ async fn the_status_page_follows_a_failure_and_its_drain_button_moves_the_answer
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_a_token_the_page_asks_for_it_and_keeps_it_for_the_session() {
-    let east = Backend::start("127.0.0.2:0".parse().unwrap()).await;
-    let west = Backend::start("127.0.0.3:0".parse().unwrap()).await;
-    let zone = zone(east.addr, west.addr);
     let token = "status-page-test-token-42";
-    let server_toml = format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n");
-    let s = TestServer::start_with(Setup {
-        zones: &[("status.test.toml", &zone)],
-        server_toml: &server_toml,
-        ..Setup::default()
-    })
+    let (east, west, s) = start(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n"
+    ))
     .await;
     let admin = s.server.admin_addr().expect("admin API");
 
@@ -618,13 +635,7 @@ async fn with_a_token_the_page_asks_for_it_and_keeps_it_for_the_session() {
         .await;
     assert_eq!(stored, json!([token, 0, ""]));
     // The buttons send it.
-    browser
-        .click("tr.dc[data-dc=\"east\"] button[data-action=\"drain\"]")
-        .await;
-    answers_become(&s, "192.0.2.2").await;
-    browser
-        .until("east drained", &dc_shows("east", "drain"))
-        .await;
+    press_on_east(&browser, &s, "drain", "192.0.2.2", "east drained", "drain").await;
     browser.quit().await;
     drop((east, west));
 }

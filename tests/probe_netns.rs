@@ -29,7 +29,7 @@ use std::time::Duration;
 use hickory_proto::rr::RecordType;
 use serde_json::Value;
 
-use harness::{TestServer, a_answers};
+use harness::{TestServer, a_answers, poll, zone_head};
 
 fn say(line: &str) {
     let _ = writeln!(std::io::stderr(), "probe_netns: {line}");
@@ -148,15 +148,9 @@ fn free_block() -> u8 {
 const ORIGIN: &str = "icmp.test.";
 
 fn zone(target: Ipv4Addr) -> String {
+    // The head's TTL 3600 and SOA minimum 60 are the defaults.
     format!(
-        r#"
-origin = "{ORIGIN}"
-ns = ["ns1.{ORIGIN}"]
-[soa]
-rname = "hostmaster.{ORIGIN}"
-serial = 1
-[records]
-ns1 = [{{ type = "A", value = "192.0.2.53" }}]
+        r#"{head}
 [datacenters.far]
 addresses = ["192.0.2.1"]
 probe = {{ type = "icmp", targets = ["{target}"], interval = "200ms", timeout = "150ms", rise = 2, fall = 2 }}
@@ -165,7 +159,8 @@ addresses = ["192.0.2.99"]
 [services.www]
 policy = "failover"
 datacenters = ["far", "backup"]
-"#
+"#,
+        head = zone_head(ORIGIN),
     )
 }
 
@@ -180,23 +175,21 @@ fn far(s: &TestServer) -> Value {
 /// Polls until `far`'s target is in `state` and `www` answers `answer`,
 /// for at most 15 s.
 async fn until(s: &TestServer, state: &str, answer: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
+    let what = format!("far {state} and answer {answer}");
+    let d = poll(Duration::from_secs(15), &what, async || {
         let d = far(s);
         let got = a_answers(&s.ask(&format!("www.{ORIGIN}"), RecordType::A, None).await);
         if d["targets"][0]["state"] == state && got == [answer] {
-            say(&format!(
-                "far is {state} ({}), www answers {answer}",
-                d["targets"][0]["last_error"]
-            ));
-            return;
+            Ok(d)
+        } else {
+            Err(format!("got {got:?}; {d:#}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for far {state} and answer {answer}: got {got:?}; {d:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
+    say(&format!(
+        "far is {state} ({}), www answers {answer}",
+        d["targets"][0]["last_error"]
+    ));
 }
 
 #[tokio::test]

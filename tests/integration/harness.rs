@@ -175,9 +175,15 @@ pub fn write_config(dir: &Path, setup: &Setup<'_>) -> PathBuf {
 impl TestServer {
     /// The shipped example zone with the flat test database.
     pub async fn example() -> Self {
+        Self::example_with("").await
+    }
+
+    /// [`TestServer::example`] with `server_toml` added to the config.
+    pub async fn example_with(server_toml: &str) -> Self {
         let zone = example_zone();
         Self::start_with(Setup {
             zones: &[("gslb.example.com.toml", &zone)],
+            server_toml,
             ..Setup::default()
         })
         .await
@@ -261,33 +267,11 @@ ns1 = [{{ type = "A", value = "192.0.2.53" }}]
     )
 }
 
-/// A DNSSEC key pair for `origin` written in BIND's format into `dir`
-/// (the `.private` file mode 0600); returns its base path and DNSKEY.
-pub fn write_dnssec_key(
-    dir: &Path,
-    origin: &str,
-    alg: meridian::dnssec::keys::KeyAlgorithm,
-    flags: u16,
-) -> (PathBuf, hickory_proto::dnssec::rdata::DNSKEY) {
-    use meridian::dnssec::keys;
-    let zone = Name::from_ascii(origin).unwrap();
-    let (dnskey, private) = keys::generate(alg, flags).unwrap();
-    let tag = dnskey.calculate_key_tag().unwrap();
-    let base = dir.join(keys::file_base(&zone, alg, tag));
-    keys::write_new(
-        &keys::key_path(&base),
-        &keys::dnskey_text(&zone, &dnskey),
-        0o644,
-    )
-    .unwrap();
-    keys::write_new(
-        &keys::private_path(&base),
-        &keys::private_text(alg, &private, "20260101000000"),
-        0o600,
-    )
-    .unwrap();
-    (base, dnskey)
-}
+#[path = "../support/dnssec_key.rs"]
+mod dnssec_key;
+// Not every binary that includes the harness writes keys.
+#[allow(unused_imports)]
+pub(crate) use dnssec_key::write_dnssec_key;
 
 /// A query with EDNS (payload 1232) and, if given, ECS `ecs` ("a.b.c.d/n").
 pub fn query(name: &str, qtype: RecordType, ecs: Option<&str>) -> Message {
@@ -412,6 +396,26 @@ impl Rng {
 
     pub fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
         &items[self.below(items.len())]
+    }
+}
+
+/// Runs `attempt` every 20 ms until it gives `Ok`, for at most `limit`;
+/// then panics with `what` and the last `Err` (what was seen instead).
+pub async fn poll<T>(
+    limit: Duration,
+    what: &str,
+    mut attempt: impl AsyncFnMut() -> Result<T, String>,
+) -> T {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match attempt().await {
+            Ok(done) => return done,
+            Err(seen) => assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out after {limit:?} waiting for {what}: {seen}"
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

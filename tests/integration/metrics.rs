@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::{EXCHANGE_TIMEOUT, Setup, TestServer, a_answers, example_zone, query};
+use crate::harness::{EXCHANGE_TIMEOUT, TestServer, a_answers, example_zone, query};
 
 /// `GET path` on the admin API: status, headers (lower-cased names) and
 /// body.
@@ -198,11 +198,7 @@ async fn a_scrape_counts_queries_answers_and_decisions() {
 #[tokio::test]
 async fn counters_stay_monotonic_across_reloads() {
     let zone = example_zone();
-    let s = TestServer::start_with(Setup {
-        zones: &[("gslb.example.com.toml", &zone)],
-        ..Setup::default()
-    })
-    .await;
+    let s = TestServer::example().await;
     for _ in 0..4 {
         s.ask("www.gslb.example.com.", RecordType::A, Some("11.2.0.0/24"))
             .await;

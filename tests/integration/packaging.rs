@@ -141,22 +141,13 @@ async fn udp_answers(addr: SocketAddr) -> bool {
 /// process exits 0 promptly (probes stopped, every task ended).
 #[tokio::test]
 async fn sigterm_finishes_tcp_answers_in_flight_and_exits_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let zone = example_zone();
-    let config = write_config(
-        dir.path(),
-        &Setup {
-            zones: &[("gslb.example.com.toml", &zone)],
-            ..Setup::default()
-        },
-    );
-    let (mut child, mut lines) = spawn_run(&config);
-    let pid = child.id().expect("pid");
-    let addr = log_field(
-        &wait_for_line(&mut lines, "listening on UDP and TCP").await,
-        "local=",
-    );
-    wait_for_line(&mut lines, "ready").await;
+    let Running {
+        mut child,
+        mut lines,
+        admin: _,
+        dns: addr,
+        _dir,
+    } = run_example("").await;
 
     // One full exchange first: the connection is accepted and served.
     let mut conn = TcpStream::connect(addr).await.unwrap();
@@ -179,9 +170,7 @@ async fn sigterm_finishes_tcp_answers_in_flight_and_exits_zero() {
 
     // SIGTERM, then wait until the server has stopped serving (its UDP
     // threads end on the shutdown token): shutdown is under way.
-    // SAFETY: kill(2) on the child this test spawned.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill -TERM");
+    sigterm(&child);
     wait_for_line(&mut lines, "shutting down").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while udp_answers(addr).await {
@@ -208,11 +197,7 @@ async fn sigterm_finishes_tcp_answers_in_flight_and_exits_zero() {
         "idle connection not closed: {eof:?}"
     );
 
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("meridian exits within 10 s of SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{status}");
+    exits_zero_within_10s(&mut child).await;
 }
 
 /// A client that keeps pipelining cannot hold shutdown open: its
@@ -223,23 +208,13 @@ async fn sigterm_finishes_tcp_answers_in_flight_and_exits_zero() {
 /// never to leave one.)
 #[tokio::test]
 async fn sigterm_closes_a_pipelining_connection_after_the_idle_timeout() {
-    let dir = tempfile::tempdir().unwrap();
-    let zone = example_zone();
-    let config = write_config(
-        dir.path(),
-        &Setup {
-            zones: &[("gslb.example.com.toml", &zone)],
-            server_toml: "tcp_idle_timeout = 1",
-            ..Setup::default()
-        },
-    );
-    let (mut child, mut lines) = spawn_run(&config);
-    let pid = child.id().expect("pid");
-    let addr = log_field(
-        &wait_for_line(&mut lines, "listening on UDP and TCP").await,
-        "local=",
-    );
-    wait_for_line(&mut lines, "ready").await;
+    let Running {
+        mut child,
+        mut lines,
+        admin: _,
+        dns: addr,
+        _dir,
+    } = run_example("tcp_idle_timeout = 1").await;
     // Drain the log so the child never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
 
@@ -281,20 +256,14 @@ async fn sigterm_closes_a_pipelining_connection_after_the_idle_timeout() {
         .expect("100 pipelined answers within 10 s")
         .unwrap();
 
-    // SAFETY: kill(2) on the child this test spawned.
-    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
-    assert_eq!(rc, 0, "kill -TERM");
+    sigterm(&child);
     let sent_at = tokio::time::Instant::now();
     let answered = tokio::time::timeout(Duration::from_secs(8), reader)
         .await
         .expect("the pipelining connection is closed within 8 s of SIGTERM")
         .unwrap();
     assert!(answered >= 100);
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .expect("meridian exits within 10 s of SIGTERM")
-        .unwrap();
-    assert_eq!(status.code(), Some(0), "{status}");
+    exits_zero_within_10s(&mut child).await;
     assert!(sent_at.elapsed() < Duration::from_secs(10));
     writer.abort();
 }
@@ -776,6 +745,66 @@ fn spawn_run(
     (child, lines)
 }
 
+/// The real binary serving the example zone, ready, with the addresses
+/// its log names.
+struct Running {
+    /// Holds the config until the test ends.
+    _dir: tempfile::TempDir,
+    child: tokio::process::Child,
+    lines: tokio::io::Lines<BufReader<tokio::process::ChildStderr>>,
+    admin: SocketAddr,
+    dns: SocketAddr,
+}
+
+/// Starts `meridian run` on the example zone with `server_toml` added and
+/// waits for its log to say it is ready.
+async fn run_example(server_toml: &str) -> Running {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = example_zone();
+    let config = write_config(
+        dir.path(),
+        &Setup {
+            zones: &[("gslb.example.com.toml", &zone)],
+            server_toml,
+            ..Setup::default()
+        },
+    );
+    let (child, mut lines) = spawn_run(&config);
+    let admin = log_field(
+        &wait_for_line(&mut lines, "admin API listening").await,
+        "addr=",
+    );
+    let dns = log_field(
+        &wait_for_line(&mut lines, "listening on UDP and TCP").await,
+        "local=",
+    );
+    wait_for_line(&mut lines, "ready").await;
+    Running {
+        _dir: dir,
+        child,
+        lines,
+        admin,
+        dns,
+    }
+}
+
+/// Sends SIGTERM to the child.
+fn sigterm(child: &tokio::process::Child) {
+    let pid = child.id().expect("pid");
+    // SAFETY: kill(2) on the child this test spawned.
+    let rc = unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0, "kill -TERM");
+}
+
+/// Waits for the child to exit, and checks it exits 0 within 10 s.
+async fn exits_zero_within_10s(child: &mut tokio::process::Child) {
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("meridian exits within 10 s of SIGTERM")
+        .unwrap();
+    assert_eq!(status.code(), Some(0), "{status}");
+}
+
 /// The value of `key=` in a log line.
 fn log_field(line: &str, key: &str) -> SocketAddr {
     line.split_whitespace()
@@ -791,25 +820,13 @@ fn log_field(line: &str, key: &str) -> SocketAddr {
 /// to panic the logging task ("failed printing to stderr").
 #[tokio::test]
 async fn a_closed_stderr_loses_log_lines_not_the_server() {
-    let dir = tempfile::tempdir().unwrap();
-    let zone = example_zone();
-    let config = write_config(
-        dir.path(),
-        &Setup {
-            zones: &[("gslb.example.com.toml", &zone)],
-            ..Setup::default()
-        },
-    );
-    let (mut child, mut lines) = spawn_run(&config);
-    let admin = log_field(
-        &wait_for_line(&mut lines, "admin API listening").await,
-        "addr=",
-    );
-    let dns = log_field(
-        &wait_for_line(&mut lines, "listening on UDP and TCP").await,
-        "local=",
-    );
-    wait_for_line(&mut lines, "ready").await;
+    let Running {
+        mut child,
+        lines,
+        admin,
+        dns,
+        _dir,
+    } = run_example("").await;
     drop(lines);
 
     for _ in 0..3 {

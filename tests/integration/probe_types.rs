@@ -14,7 +14,7 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use crate::harness::{TestServer, a_answers};
+use crate::harness::{TestServer, a_answers, poll, zone_head};
 
 const ORIGIN: &str = "types.test.";
 
@@ -22,17 +22,8 @@ const ORIGIN: &str = "types.test.";
 /// 192.0.2.1, .2, ... in that order, plus `backup` (192.0.2.99, no
 /// probe) last, and a failover service `www` over all of them.
 fn zone(dcs: &[(&str, &str)]) -> String {
-    let mut text = format!(
-        r#"
-origin = "{ORIGIN}"
-ns = ["ns1.{ORIGIN}"]
-[soa]
-rname = "hostmaster.{ORIGIN}"
-serial = 1
-[records]
-ns1 = [{{ type = "A", value = "192.0.2.53" }}]
-"#
-    );
+    // The head's TTL 3600 and SOA minimum 60 are the defaults.
+    let mut text = zone_head(ORIGIN);
     let mut names = Vec::new();
     for (i, (name, probe)) in dcs.iter().enumerate() {
         text.push_str(&format!(
@@ -72,18 +63,15 @@ async fn until_within(
     limit: Duration,
     check: impl Fn(&Value) -> bool,
 ) -> Value {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
+    poll(limit, &format!("{name}: {what}"), async || {
         let d = dc(s, name);
         if check(&d) {
-            return d;
+            Ok(d)
+        } else {
+            Err(format!("{d:#}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {name}: {what}; {d:#}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await
 }
 
 async fn until(s: &TestServer, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
@@ -101,18 +89,19 @@ async fn answer(s: &TestServer) -> Vec<String> {
 
 /// Polls the answer for `www` until it is `want`.
 async fn until_answer(s: &TestServer, want: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    loop {
-        let got = answer(s).await;
-        if got == [want] {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "www answers {got:?}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(
+        Duration::from_secs(15),
+        &format!("www to answer {want}"),
+        async || {
+            let got = answer(s).await;
+            if got == [want] {
+                Ok(())
+            } else {
+                Err(format!("www answers {got:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// A TOML array of strings.
@@ -219,15 +208,19 @@ async fn a_hanging_command_is_killed_at_the_timeout_with_everything_it_started()
 
     let seen = read_pids(&pids);
     assert!(seen.len() >= 2, "the script ran: {seen:?}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while !seen.iter().all(|&p| gone(p)) {
-        let alive: Vec<u32> = seen.iter().copied().filter(|&p| !gone(p)).collect();
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "left behind after the timeout: {alive:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    poll(
+        Duration::from_secs(5),
+        "the script's processes to end",
+        async || {
+            let alive: Vec<u32> = seen.iter().copied().filter(|&p| !gone(p)).collect();
+            if alive.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("left behind after the timeout: {alive:?}"))
+            }
+        },
+    )
+    .await;
 }
 
 /// Processes whose command line contains `marker`.
@@ -280,18 +273,15 @@ async fn output_is_bounded_and_drained_and_an_endless_writer_is_killed() {
     until_answer(&s, "192.0.2.99").await;
     // Every `yes` started so far is gone once its probe timed out; the
     // next starts only at the next interval, 3 s after the first.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-    loop {
+    poll(Duration::from_secs(2), "every yes to end", async || {
         let alive = running_with(&marker);
         if alive.is_empty() {
-            break;
+            Ok(())
+        } else {
+            Err(format!("yes still runs: {alive:?}"))
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "yes still runs: {alive:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 #[tokio::test]

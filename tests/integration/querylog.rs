@@ -27,12 +27,9 @@ fn read_lines(path: &Path, n: usize) -> Vec<serde_json::Value> {
 }
 
 async fn start(query_log: &str) -> TestServer {
-    let zone = example_zone();
-    TestServer::start_with(Setup {
-        zones: &[("gslb.example.com.toml", &zone)],
-        server_toml: &format!("threads = 1\n[query_log]\npath = \"queries.log\"\n{query_log}"),
-        ..Setup::default()
-    })
+    TestServer::example_with(&format!(
+        "threads = 1\n[query_log]\npath = \"queries.log\"\n{query_log}"
+    ))
     .await
 }
 

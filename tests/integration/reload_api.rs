@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use hickory_proto::rr::RecordType;
 
-use crate::harness::{Setup, TestServer, a_answers, example_zone};
+use crate::harness::{TestServer, a_answers, example_zone};
 use crate::health::reqwest_like::Client;
 use crate::metrics::scrape;
 
@@ -102,12 +102,9 @@ async fn a_bad_config_keeps_the_running_one_and_says_why() {
 #[tokio::test]
 async fn reload_needs_the_token_like_every_other_post() {
     let token = "reload-token-0123456789";
-    let zone = example_zone();
-    let s = TestServer::start_with(Setup {
-        zones: &[("gslb.example.com.toml", &zone)],
-        server_toml: &format!("[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n"),
-        ..Setup::default()
-    })
+    let s = TestServer::example_with(&format!(
+        "[admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"{token}\"\n"
+    ))
     .await;
     let addr = s.server.admin_addr().unwrap();
     let (code, _) = Client::new(addr).post("/reload").await;

@@ -16,16 +16,6 @@ use crate::harness::{Setup, TestServer, a_answers, query, read_framed};
 /// arrives within it was not waiting for anything.
 const PROMPT: Duration = Duration::from_secs(2);
 
-async fn example_with(server_toml: &str) -> TestServer {
-    let zone = crate::harness::example_zone();
-    TestServer::start_with(Setup {
-        zones: &[("gslb.example.com.toml", &zone)],
-        server_toml,
-        ..Setup::default()
-    })
-    .await
-}
-
 fn framed(q: &Message) -> Vec<u8> {
     let bytes = q.to_vec().unwrap();
     let mut out = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
@@ -60,7 +50,7 @@ fn one_and_a_bit(partial: usize) -> (Message, Vec<u8>) {
 #[tokio::test]
 async fn an_answer_is_not_held_back_by_the_start_of_the_next_query() {
     // RFC 7766 §6.2.1: answer each complete message as soon as it is read.
-    let s = example_with("tcp_idle_timeout = 30").await;
+    let s = TestServer::example_with("tcp_idle_timeout = 30").await;
     for partial in [1, 2, 5] {
         let (q1, bytes) = one_and_a_bit(partial);
         let mut conn = TcpStream::connect(s.addr).await.unwrap();
@@ -76,7 +66,7 @@ async fn an_answer_is_not_held_back_by_the_start_of_the_next_query() {
 
 #[tokio::test]
 async fn an_answer_is_sent_when_the_client_half_closes_after_a_partial_query() {
-    let s = example_with("tcp_idle_timeout = 30").await;
+    let s = TestServer::example_with("tcp_idle_timeout = 30").await;
     for partial in [1, 3] {
         let (q1, bytes) = one_and_a_bit(partial);
         let mut conn = TcpStream::connect(s.addr).await.unwrap();
@@ -92,7 +82,7 @@ async fn an_answer_is_sent_when_the_client_half_closes_after_a_partial_query() {
 
 #[tokio::test]
 async fn pipelined_complete_queries_are_all_answered_in_order() {
-    let s = example_with("").await;
+    let s = TestServer::example_with("").await;
     let qs: Vec<Message> = (0..20)
         .map(|_| query("mail.gslb.example.com.", RecordType::A, None))
         .collect();
@@ -135,7 +125,7 @@ async fn closed_within(conn: &mut TcpStream, limit: Duration) -> bool {
 async fn a_full_listener_closes_its_oldest_idle_connection_for_a_newcomer() {
     // Idle and busy timeouts far beyond the test: only making room can
     // admit the newcomer.
-    let s = example_with(
+    let s = TestServer::example_with(
         "tcp_max_connections = 8\ntcp_max_connections_per_client = 8\n\
          tcp_idle_timeout = 60\ntcp_busy_idle_timeout = 60",
     )
@@ -171,7 +161,7 @@ async fn a_full_listener_closes_its_oldest_idle_connection_for_a_newcomer() {
 
 #[tokio::test]
 async fn one_client_address_cannot_take_every_slot() {
-    let s = example_with(
+    let s = TestServer::example_with(
         "tcp_max_connections = 16\ntcp_max_connections_per_client = 3\ntcp_idle_timeout = 60",
     )
     .await;
@@ -217,7 +207,7 @@ async fn one_client_address_cannot_take_every_slot() {
 #[tokio::test]
 async fn idle_connections_get_the_short_timeout_when_slots_run_low() {
     // 4 slots: a 4th connection puts the listener above 3/4.
-    let s = example_with(
+    let s = TestServer::example_with(
         "tcp_max_connections = 4\ntcp_max_connections_per_client = 4\n\
          tcp_idle_timeout = 60\ntcp_busy_idle_timeout = 1",
     )
