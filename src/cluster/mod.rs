@@ -54,7 +54,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterConfig, Config, Quorum};
-use crate::health::monitor::{ClusterHooks, Monitor, OverrideChange, OverrideSource, SharedInput};
+use crate::health::monitor::{
+    ClusterHooks, Monitor, OverrideChange, OverrideSource, SharedInput, override_name,
+};
 use crate::health::overrides::{DcKey, Stored};
 use crate::health::{Observed, Override};
 
@@ -972,14 +974,6 @@ impl Cluster {
         );
         f.int(vec![], self.inner.reconnects.load(Ordering::Relaxed));
         out.push(f);
-    }
-}
-
-/// An override as the API and the config write it.
-fn override_name(o: Override) -> &'static str {
-    match o {
-        Override::Drain => "drain",
-        Override::ForceUp => "force-up",
     }
 }
 
