@@ -625,19 +625,14 @@ impl Cluster {
         let s = self.lock();
         let same = s.own.as_ref().is_some_and(|o| {
             // RTTs move with every probe: only states make a rewrite.
-            let states = |i: &Instance| {
-                i.datacenters
-                    .iter()
-                    .map(|(z, d)| {
-                        let d: Vec<_> = d
-                            .iter()
-                            .map(|(n, v)| (n.clone(), v.state, v.targets.clone()))
-                            .collect();
-                        (z.clone(), d)
-                    })
-                    .collect::<Vec<_>>()
-            };
-            o.generation == record.generation && states(o) == states(&record)
+            fn states(i: &Instance) -> impl Iterator<Item = (&str, &str, Observed, &[TargetView])> {
+                let dcs = i.datacenters.iter();
+                dcs.flat_map(|(z, d)| {
+                    d.iter()
+                        .map(move |(n, v)| (z.as_str(), n.as_str(), v.state, &v.targets[..]))
+                })
+            }
+            o.generation == record.generation && states(o).eq(states(&record))
         });
         (force || !same).then_some(record)
     }
