@@ -54,7 +54,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterConfig, Config, Quorum};
-use crate::health::monitor::{ClusterHooks, Monitor, OverrideChange, OverrideSource, SharedInput};
+use crate::health::monitor::{
+    ClusterHooks, Monitor, OverrideChange, OverrideSource, SharedInput, override_name,
+};
 use crate::health::overrides::{DcKey, Stored};
 use crate::health::{Observed, Override};
 
@@ -623,19 +625,14 @@ impl Cluster {
         let s = self.lock();
         let same = s.own.as_ref().is_some_and(|o| {
             // RTTs move with every probe: only states make a rewrite.
-            let states = |i: &Instance| {
-                i.datacenters
-                    .iter()
-                    .map(|(z, d)| {
-                        let d: Vec<_> = d
-                            .iter()
-                            .map(|(n, v)| (n.clone(), v.state, v.targets.clone()))
-                            .collect();
-                        (z.clone(), d)
-                    })
-                    .collect::<Vec<_>>()
-            };
-            o.generation == record.generation && states(o) == states(&record)
+            fn states(i: &Instance) -> impl Iterator<Item = (&str, &str, Observed, &[TargetView])> {
+                let dcs = i.datacenters.iter();
+                dcs.flat_map(|(z, d)| {
+                    d.iter()
+                        .map(move |(n, v)| (z.as_str(), n.as_str(), v.state, &v.targets[..]))
+                })
+            }
+            o.generation == record.generation && states(o).eq(states(&record))
         });
         (force || !same).then_some(record)
     }
@@ -972,14 +969,6 @@ impl Cluster {
         );
         f.int(vec![], self.inner.reconnects.load(Ordering::Relaxed));
         out.push(f);
-    }
-}
-
-/// An override as the API and the config write it.
-fn override_name(o: Override) -> &'static str {
-    match o {
-        Override::Drain => "drain",
-        Override::ForceUp => "force-up",
     }
 }
 

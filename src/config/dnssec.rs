@@ -17,6 +17,7 @@ use serde::Deserialize;
 
 use super::ConfigError;
 use super::probe::duration;
+use super::validate::check_range;
 use crate::dns::records::DomainName;
 use crate::dnssec::keys::{self, KeyAlgorithm};
 use crate::dnssec::{DnssecConfig, KeyState, ZoneKey};
@@ -253,12 +254,42 @@ fn int(
     max: u32,
 ) -> Result<u32, ConfigError> {
     let Some(v) = value else { return Ok(default) };
-    match u32::try_from(v) {
-        Ok(v) if (min..=max).contains(&v) => Ok(v),
-        _ => Err(ConfigError::new(
-            file,
-            key,
-            format!("{v} is out of range ({min} to {max})"),
-        )),
+    // In range, so the cast is lossless.
+    check_range(file, key, v, i64::from(min), i64::from(max)).map(|v| v as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// Integer keys out of range (negative, too large) are refused with
+    /// the key and the range, before any key file is read.
+    #[test]
+    fn integers_out_of_range_name_the_key_and_range() {
+        let zone = "origin = \"t.example.\"\nns = [\"ns1.t.example.\"]\n\
+                    [soa]\nrname = \"hostmaster.t.example.\"\nserial = 1\n\
+                    [records]\nns1 = [{ type = \"A\", value = \"192.0.2.53\" }]\n[dnssec]\n";
+        let cases = [
+            (
+                "dnskey_ttl = -1",
+                "dnssec.dnskey_ttl",
+                "-1 is out of range (0 to 86400)",
+            ),
+            (
+                "dnskey_ttl = 4294967296",
+                "dnssec.dnskey_ttl",
+                "4294967296 is out of range (0 to 86400)",
+            ),
+            (
+                "online_signing_rate = 0",
+                "dnssec.online_signing_rate",
+                "0 is out of range (1 to 1000000)",
+            ),
+        ];
+        for (line, key, reason) in cases {
+            let text = format!("{zone}{line}\n");
+            let e = super::super::parse_zone(Path::new("zones/t.toml"), &text).expect_err(line);
+            assert_eq!((e.key.as_str(), e.reason.as_str()), (key, reason), "{line}");
+        }
     }
 }

@@ -99,6 +99,25 @@ struct Retry {
     at: u64,
 }
 
+/// When the zone at `origin` (the one served now, `zone` by pointer) is
+/// retried after a failed re-sign. A retry of a zone that a reload has
+/// replaced since is forgotten, with its attempts and its `retry_at` in
+/// `stats`: the new zone starts afresh, on its own schedule.
+fn retry_at(
+    retries: &mut HashMap<String, Retry>,
+    stats: &Stats,
+    origin: &str,
+    zone: usize,
+) -> Option<u64> {
+    let r = retries.get(origin)?;
+    if r.zone == zone {
+        return Some(r.at);
+    }
+    retries.remove(origin);
+    stats.update(origin, |s| s.retry_at = None);
+    None
+}
+
 /// Re-signs the signed zones of the snapshot in `state` as they fall due,
 /// until `token` is cancelled. `wake` is notified after a reload, whose
 /// zones bring new deadlines.
@@ -119,12 +138,9 @@ pub async fn run(
                 continue;
             };
             let origin = zone.origin().to_ascii();
-            let ptr = Arc::as_ptr(zone) as usize;
-            let retry = retries.get(&origin).filter(|r| r.zone == ptr);
-            let at = match (retry, signer.refresh_at()) {
-                (Some(r), _) => r.at,
-                (None, Some(at)) => at,
-                (None, None) => continue,
+            let retry = retry_at(&mut retries, &stats, &origin, Arc::as_ptr(zone) as usize);
+            let Some(at) = retry.or(signer.refresh_at()) else {
+                continue;
             };
             live.push(origin);
             let now = signer.now();
@@ -391,5 +407,31 @@ mod tests {
         assert_eq!(waits, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
         assert_eq!(backoff(0), 60);
         assert_eq!(backoff(u32::MAX), MAX_BACKOFF);
+    }
+
+    /// A failed zone is retried at its retry time while it is served; once
+    /// a reload replaces it, the retry is forgotten: the new zone follows
+    /// its own schedule, starts its attempts afresh, and `/status` no
+    /// longer shows the old retry time as its next re-sign.
+    #[test]
+    fn a_reloaded_zone_drops_the_old_retry() {
+        let stats = Stats::default();
+        let mut retries = HashMap::new();
+        let (old, new) = (0x1000, 0x2000);
+        retries.insert(
+            "z.".to_string(),
+            Retry {
+                zone: old,
+                attempts: 3,
+                at: 42,
+            },
+        );
+        stats.update("z.", |s| s.retry_at = Some(42));
+        assert_eq!(retry_at(&mut retries, &stats, "z.", old), Some(42));
+        assert_eq!(stats.zone("z.").retry_at, Some(42));
+        assert_eq!(retry_at(&mut retries, &stats, "z.", new), None);
+        assert!(retries.is_empty(), "attempts start afresh");
+        assert_eq!(stats.zone("z.").retry_at, None);
+        assert_eq!(retry_at(&mut retries, &stats, "other.", new), None);
     }
 }

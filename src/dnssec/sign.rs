@@ -143,44 +143,36 @@ impl ZoneSigner {
     /// 257) signs the DNSKEY RRset; it also signs the rest of the zone (as
     /// a CSK) when no ZSK of its algorithm signs.
     pub fn new(origin: &Name, cfg: &DnssecConfig) -> Self {
-        let signing = |k: &super::ZoneKey| k.state.signs();
+        // A KSK is a CSK when no ZSK of its algorithm signs.
+        let csk = |k: &super::ZoneKey| {
+            k.pair.is_ksk()
+                && !cfg.keys.iter().any(|o| {
+                    o.state.signs() && !o.pair.is_ksk() && o.pair.algorithm == k.pair.algorithm
+                })
+        };
         let keys = cfg
             .keys
             .iter()
-            .map(|k| {
-                let alg = k.pair.algorithm;
-                let zsk_of_alg = cfg
-                    .keys
-                    .iter()
-                    .any(|o| signing(o) && !o.pair.is_ksk() && o.pair.algorithm == alg);
-                KeyInfo {
-                    tag: k.pair.tag,
-                    algorithm: alg.number(),
-                    role: match (k.pair.is_ksk(), zsk_of_alg) {
-                        (false, _) => "ZSK",
-                        (true, true) => "KSK",
-                        (true, false) => "CSK",
-                    },
-                    state: k.state.as_str(),
-                }
+            .map(|k| KeyInfo {
+                tag: k.pair.tag,
+                algorithm: k.pair.algorithm.number(),
+                role: match (k.pair.is_ksk(), csk(k)) {
+                    (false, _) => "ZSK",
+                    (true, false) => "KSK",
+                    (true, true) => "CSK",
+                },
+                state: k.state.as_str(),
             })
             .collect();
         let signers = cfg
             .keys
             .iter()
-            .filter(|k| signing(k))
-            .map(|k| {
-                let alg = k.pair.algorithm;
-                let zsk_of_alg = cfg
-                    .keys
-                    .iter()
-                    .any(|o| signing(o) && !o.pair.is_ksk() && o.pair.algorithm == alg);
-                Signer {
-                    key: Arc::clone(&k.pair.signer),
-                    tag: k.pair.tag,
-                    dnskey: k.pair.is_ksk(),
-                    zone: !k.pair.is_ksk() || !zsk_of_alg,
-                }
+            .filter(|k| k.state.signs())
+            .map(|k| Signer {
+                key: Arc::clone(&k.pair.signer),
+                tag: k.pair.tag,
+                dnskey: k.pair.is_ksk(),
+                zone: !k.pair.is_ksk() || csk(k),
             })
             .collect();
         Self {
@@ -256,15 +248,6 @@ impl ZoneSigner {
                 .saturating_sub(self.spread)
                 .max(self.signed_at + MIN_RESIGN_INTERVAL),
         )
-    }
-
-    /// Until when (seconds since the epoch) every precomputed signature
-    /// has more than half the refresh margin left. Past it the
-    /// background re-sign is late, and whatever copies precomputed
-    /// signatures without asking [`Self::signatures`] (answer templates)
-    /// must let the query path's safety net answer instead.
-    pub fn safe_until(&self) -> Option<u64> {
-        Some(self.earliest?.saturating_sub(self.margin / 2))
     }
 
     /// Marks the start of precomputing at `now`: the signatures' time,
@@ -392,17 +375,14 @@ impl ZoneSigner {
             // still valid (a minute to spare) beats SERVFAIL: it is
             // renewed when the budget allows.
             let valid = |s: &Signed| s.expires > now + 60;
-            let stale = self
-                .store
-                .get(&key)
-                .filter(|s| valid(s))
-                .cloned()
-                .or_else(|| {
-                    let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-                    cache.current.get(&key).filter(|s| valid(s)).cloned()
-                });
-            if let Some(s) = stale {
-                return Ok(s.sigs);
+            let stale = stored.filter(|s| valid(s)).map(|s| Arc::clone(&s.sigs));
+            let stale = stale.or_else(|| {
+                let cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+                let s = cache.current.get(&key).filter(|s| valid(s))?;
+                Some(Arc::clone(&s.sigs))
+            });
+            if let Some(sigs) = stale {
+                return Ok(sigs);
             }
             BUDGET_EXHAUSTED.fetch_add(1, Ordering::Relaxed);
             return Err(OverBudget);

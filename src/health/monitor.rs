@@ -488,8 +488,8 @@ fn observed(o: Observed) -> &'static str {
     }
 }
 
-/// An override as the API and metrics write it.
-fn override_name(o: Override) -> &'static str {
+/// An override as the API, logs and metrics write it.
+pub(crate) fn override_name(o: Override) -> &'static str {
     match o {
         Override::Drain => "drain",
         Override::ForceUp => "force-up",
