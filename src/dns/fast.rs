@@ -380,9 +380,10 @@ pub(crate) struct SignedIndex {
     index: ZoneIndex,
     /// The templates are served while the clock (seconds since the epoch)
     /// is before this: the earliest expiration among their signatures
-    /// less the refresh margin, the point from which the slow path no
-    /// longer serves them either. The zone is re-signed (rebuilt, with
-    /// new templates) before then; if it is not, the slow path signs.
+    /// less the refresh margin, when the background re-signer is due
+    /// (it rebuilds the zone, with new templates, before then). If it is
+    /// late, the slow path answers: it serves stored signatures until
+    /// half the margin is left, then renews them (its safety net).
     serve_until: u64,
     /// The signer's refresh margin: see `serve_until`.
     margin: u64,
@@ -1109,7 +1110,7 @@ impl ZoneIndex {
             return;
         };
         if room(&denials) {
-            // What the slow path would no longer serve: see `serve_until`.
+            // As for the templates: see `serve_until`.
             denials.insert(key, (t, expires.saturating_sub(signed.margin)));
         }
     }
