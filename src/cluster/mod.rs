@@ -748,7 +748,7 @@ impl Cluster {
                         tracing::warn!(
                             zone = %zone, datacenter = %dc, by = %o.by, instance = %o.instance,
                             "shared override: {}",
-                            override_name(o.value)
+                            o.value.name()
                         );
                     }
                     s.overrides.insert(k, o);
@@ -972,14 +972,6 @@ impl Cluster {
         );
         f.int(vec![], self.inner.reconnects.load(Ordering::Relaxed));
         out.push(f);
-    }
-}
-
-/// An override as the API and the config write it.
-fn override_name(o: Override) -> &'static str {
-    match o {
-        Override::Drain => "drain",
-        Override::ForceUp => "force-up",
     }
 }
 
