@@ -40,6 +40,7 @@ use super::rtt::{DEFAULT_CONGESTION_FACTOR, RttStats};
 use super::state::{Machine, TargetState};
 use super::{DcHealth, HealthView, Observed, Override, Verdict};
 use crate::config::{Config, Quorum};
+use crate::metrics::Histogram;
 use crate::model::{ProbeKind, ProbeSpec};
 use crate::snapshot::Snapshot;
 
@@ -87,16 +88,24 @@ const VERDICTS: [Verdict; 3] = [Verdict::Pass, Verdict::Fail, Verdict::LocalFaul
 
 /// A target's probe counts since it was first configured (reloads that
 /// keep the target keep them).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct ProbeCounts {
     /// By verdict, in [`VERDICTS`] order.
     results: [u64; VERDICTS.len()],
-    /// RTT of every probe that ran (pass or fail), cumulative per bucket.
-    rtt_buckets: [u64; RTT_BUCKETS.len()],
-    rtt_sum: f64,
-    rtt_count: u64,
+    /// RTT of every probe that ran (pass or fail), in seconds.
+    rtt: Histogram<{ RTT_BUCKETS.len() }>,
     /// State changes (UP, DOWN).
     changes: u64,
+}
+
+impl Default for ProbeCounts {
+    fn default() -> Self {
+        Self {
+            results: [0; VERDICTS.len()],
+            rtt: Histogram::new(&RTT_BUCKETS),
+            changes: 0,
+        }
+    }
 }
 
 impl ProbeCounts {
@@ -108,14 +117,7 @@ impl ProbeCounts {
         };
         self.results[i] += 1;
         if outcome.verdict != Verdict::LocalFault {
-            let secs = outcome.rtt.as_secs_f64();
-            for (b, &le) in self.rtt_buckets.iter_mut().zip(&RTT_BUCKETS) {
-                if secs <= le {
-                    *b += 1;
-                }
-            }
-            self.rtt_sum += secs;
-            self.rtt_count += 1;
+            self.rtt.observe(outcome.rtt.as_secs_f64());
         }
         self.changes += u64::from(changed);
     }
@@ -1291,18 +1293,7 @@ impl Monitor {
                     l.push(("result", result.name().to_string()));
                     results.int(l, t.counts.results[i]);
                 }
-                rtt.push(
-                    labels(),
-                    Value::Histogram {
-                        buckets: RTT_BUCKETS
-                            .iter()
-                            .copied()
-                            .zip(t.counts.rtt_buckets)
-                            .collect(),
-                        sum: t.counts.rtt_sum,
-                        count: t.counts.rtt_count,
-                    },
-                );
+                rtt.push(labels(), t.counts.rtt.value());
                 changes.int(labels(), t.counts.changes);
                 let v = match t.machine.state() {
                     TargetState::Up => 1.0,
