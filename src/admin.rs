@@ -344,7 +344,7 @@ const MAX_BY: usize = 256;
 /// Who sets an override (shown in `/status` in cluster mode): the body's
 /// `by`, else the `X-Meridian-Operator` header, else the client's
 /// address.
-fn operator(request: &Request, body: &[u8]) -> Result<String, BodyError> {
+fn operator(request: &axum::http::request::Parts, body: &[u8]) -> Result<String, BodyError> {
     let from_body = if body.iter().all(u8::is_ascii_whitespace) {
         None
     } else {
@@ -352,14 +352,14 @@ fn operator(request: &Request, body: &[u8]) -> Result<String, BodyError> {
     };
     let from_header = || {
         request
-            .headers()
+            .headers
             .get("x-meridian-operator")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     };
     let peer = || {
         request
-            .extensions()
+            .extensions
             .get::<axum::extract::ConnectInfo<SocketAddr>>()
             .map_or_else(|| "unknown".to_string(), |c| c.0.ip().to_string())
     };
@@ -391,8 +391,7 @@ async fn set_override(
                 too_large_text(MAX_BODY_BYTES),
             )
         });
-    let request = Request::from_parts(parts, axum::body::Body::empty());
-    let by = match body.and_then(|b| operator(&request, &b)) {
+    let by = match body.and_then(|b| operator(&parts, &b)) {
         Ok(by) => by,
         Err(refused) => return refused.into_response(),
     };

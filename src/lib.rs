@@ -648,7 +648,6 @@ fn restart_only_changes(
 struct Reloader {
     state: Arc<ArcSwap<Snapshot>>,
     config_path: PathBuf,
-    config: std::sync::Mutex<Config>,
     /// The server settings the process started with: what restart-only
     /// settings are compared against (not the last reload's, so a
     /// change that is reverted stops being reported).
@@ -1012,8 +1011,7 @@ impl Server {
         let reloader = Arc::new(Reloader {
             state: Arc::clone(&state),
             config_path: config_path.to_path_buf(),
-            running: config.server.clone(),
-            config: std::sync::Mutex::new(config),
+            running: config.server,
             reloading: std::sync::Mutex::new(()),
             config_state,
             metrics: metrics.clone(),
@@ -1176,7 +1174,6 @@ impl Reloader {
         let (config, snapshot) =
             load_with_clock(&self.config_path, Some(&previous), &self.dnssec_clock)?;
         drop(previous);
-        let mut current = self.config.lock().unwrap_or_else(|e| e.into_inner());
         let needs_restart = restart_only_changes(&self.running, &config.server);
         if !needs_restart.is_empty() {
             tracing::warn!(
@@ -1206,7 +1203,6 @@ impl Reloader {
         self.monitor.publish();
         // The signed zones were built anew: new re-sign deadlines.
         self.resign_wake.notify_one();
-        *current = config;
         let generation = self
             .config_state
             .lock()
@@ -1215,7 +1211,7 @@ impl Reloader {
             + 1;
         Ok(Reloaded {
             generation,
-            zones: current.zones.len(),
+            zones: config.zones.len(),
             elapsed_ms: started.elapsed().as_millis() as u64,
             needs_restart,
         })

@@ -54,9 +54,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ClusterConfig, Config, Quorum};
-use crate::health::monitor::{
-    ClusterHooks, Monitor, OverrideChange, OverrideSource, SharedInput, override_name,
-};
+use crate::health::monitor::{ClusterHooks, Monitor, OverrideChange, OverrideSource, SharedInput};
 use crate::health::overrides::{DcKey, Stored};
 use crate::health::{Observed, Override};
 
@@ -745,7 +743,7 @@ impl Cluster {
                         tracing::warn!(
                             zone = %zone, datacenter = %dc, by = %o.by, instance = %o.instance,
                             "shared override: {}",
-                            override_name(o.value)
+                            o.value.name()
                         );
                     }
                     s.overrides.insert(k, o);

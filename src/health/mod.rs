@@ -58,6 +58,17 @@ pub enum Observed {
     Unknown,
 }
 
+impl Observed {
+    /// The name logs, metrics and `/status` use (as serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Up => "up",
+            Self::Down => "down",
+            Self::Unknown => "unknown",
+        }
+    }
+}
+
 /// An operator's decision, which beats observations.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -66,6 +77,17 @@ pub enum Override {
     Drain,
     /// Answer with it whatever the probes say.
     ForceUp,
+}
+
+impl Override {
+    /// The name the API, the config, logs and metrics use (as
+    /// serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Drain => "drain",
+            Self::ForceUp => "force-up",
+        }
+    }
 }
 
 /// One datacenter's state as the query path sees it.

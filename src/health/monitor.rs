@@ -40,6 +40,7 @@ use super::rtt::{DEFAULT_CONGESTION_FACTOR, RttStats};
 use super::state::{Machine, TargetState};
 use super::{DcHealth, HealthView, Observed, Override, Verdict};
 use crate::config::{Config, Quorum};
+use crate::metrics::Histogram;
 use crate::model::{ProbeKind, ProbeSpec};
 use crate::snapshot::Snapshot;
 
@@ -59,7 +60,7 @@ struct Target {
     local: LocalFaults,
     /// RTTs of passing probes.
     rtt: RttStats,
-    /// The probe type ([`probe_type`]) the RTTs were measured with.
+    /// The probe type ([`ProbeKind::type_name`]) the RTTs were measured with.
     kind: &'static str,
     /// When the target's server certificate expires, as last seen (TLS
     /// probes); kept through failures that never reach the handshake.
@@ -82,18 +83,29 @@ const RTT_BUCKETS: [f64; 12] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
 ];
 
+/// The verdicts counted per target, in `meridian_probe_results` order.
+const VERDICTS: [Verdict; 3] = [Verdict::Pass, Verdict::Fail, Verdict::LocalFault];
+
 /// A target's probe counts since it was first configured (reloads that
 /// keep the target keep them).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 struct ProbeCounts {
-    /// By verdict: pass, fail, local fault.
-    results: [u64; 3],
-    /// RTT of every probe that ran (pass or fail), cumulative per bucket.
-    rtt_buckets: [u64; RTT_BUCKETS.len()],
-    rtt_sum: f64,
-    rtt_count: u64,
+    /// By verdict, in [`VERDICTS`] order.
+    results: [u64; VERDICTS.len()],
+    /// RTT of every probe that ran (pass or fail), in seconds.
+    rtt: Histogram<{ RTT_BUCKETS.len() }>,
     /// State changes (UP, DOWN).
     changes: u64,
+}
+
+impl Default for ProbeCounts {
+    fn default() -> Self {
+        Self {
+            results: [0; VERDICTS.len()],
+            rtt: Histogram::new(&RTT_BUCKETS),
+            changes: 0,
+        }
+    }
 }
 
 impl ProbeCounts {
@@ -105,14 +117,7 @@ impl ProbeCounts {
         };
         self.results[i] += 1;
         if outcome.verdict != Verdict::LocalFault {
-            let secs = outcome.rtt.as_secs_f64();
-            for (b, &le) in self.rtt_buckets.iter_mut().zip(&RTT_BUCKETS) {
-                if secs <= le {
-                    *b += 1;
-                }
-            }
-            self.rtt_sum += secs;
-            self.rtt_count += 1;
+            self.rtt.observe(outcome.rtt.as_secs_f64());
         }
         self.changes += u64::from(changed);
     }
@@ -458,7 +463,6 @@ fn now() -> SystemTime {
     SystemTime::now()
 }
 
-/// A probe type's name, as the zone file and `/status` spell it.
 /// What a service answers with no usable datacenter, for the log line.
 fn all_down_behaviour(a: &crate::model::AllDown) -> &'static str {
     use crate::model::AllDown;
@@ -468,36 +472,6 @@ fn all_down_behaviour(a: &crate::model::AllDown) -> &'static str {
         AllDown::Servfail => "answering SERVFAIL (when_all_down = \"servfail\")",
         AllDown::Fallback(_) => "answering with the fallback records",
     }
-}
-
-/// A target state as logs and metrics write it.
-fn target_state(s: TargetState) -> &'static str {
-    match s {
-        TargetState::Unknown => "unknown",
-        TargetState::Up => "up",
-        TargetState::Down => "down",
-    }
-}
-
-/// An observed datacenter state as logs and metrics write it.
-fn observed(o: Observed) -> &'static str {
-    match o {
-        Observed::Up => "up",
-        Observed::Down => "down",
-        Observed::Unknown => "unknown",
-    }
-}
-
-/// An override as the API, logs and metrics write it.
-pub(crate) fn override_name(o: Override) -> &'static str {
-    match o {
-        Override::Drain => "drain",
-        Override::ForceUp => "force-up",
-    }
-}
-
-fn probe_type(kind: &ProbeKind) -> &'static str {
-    kind.type_name()
 }
 
 /// A small PRNG for jitter (xorshift64*): no dependency, seeded per target.
@@ -600,7 +574,7 @@ impl Monitor {
                                 // trips than a TCP one's: the old figures
                                 // would compare the new ones with a wrong
                                 // baseline.
-                                let kind = probe_type(&spec.kind);
+                                let kind = spec.kind.type_name();
                                 if t.kind != kind {
                                     t.rtt = RttStats::new();
                                     t.kind = kind;
@@ -619,7 +593,7 @@ impl Monitor {
                                 awaited: false,
                                 local: LocalFaults::default(),
                                 rtt: RttStats::new(),
-                                kind: probe_type(&spec.kind),
+                                kind: spec.kind.type_name(),
                                 cert_not_after: None,
                                 counts: ProbeCounts::default(),
                             },
@@ -760,10 +734,10 @@ impl Monitor {
             t.changed_at = Some(at);
             match &outcome.error {
                 Some(e) => {
-                    tracing::info!(zone = %key.0, datacenter = %key.1, target = %t.addr, "target is {}: {e}", target_state(s))
+                    tracing::info!(zone = %key.0, datacenter = %key.1, target = %t.addr, "target is {}: {e}", s.name())
                 }
                 None => {
-                    tracing::info!(zone = %key.0, datacenter = %key.1, target = %t.addr, "target is {}", target_state(s))
+                    tracing::info!(zone = %key.0, datacenter = %key.1, target = %t.addr, "target is {}", s.name())
                 }
             }
         }
@@ -822,7 +796,7 @@ impl Monitor {
                 zone = %key.0, datacenter = %key.1, target = %t.addr,
                 "probe failed on this host, not at the target: {reason}; \
                  state {} is kept{stale} (local faults for {:.0?}, {} since start)",
-                target_state(t.machine.state()),
+                t.machine.state().name(),
                 lasted,
                 t.local.count,
             );
@@ -834,7 +808,7 @@ impl Monitor {
     fn settle(key: &DcKey, dc: &mut Dc, clock: tokio::time::Instant) -> bool {
         let (before, after) = (dc.published, dc.summary(clock));
         if after.0 != before.0 {
-            tracing::warn!(zone = %key.0, datacenter = %key.1, "datacenter is now {} (was {})", observed(after.0), observed(before.0));
+            tracing::warn!(zone = %key.0, datacenter = %key.1, "datacenter is now {} (was {})", after.0.name(), before.0.name());
         }
         if after.1 != before.1 {
             tracing::info!(zone = %key.0, datacenter = %key.1, "capacity is now {}% (was {}%)", after.1, before.1);
@@ -997,7 +971,7 @@ impl Monitor {
             zone = %key.0,
             datacenter = %key.1,
             "operator override: {}",
-            value.map_or("cleared (probes decide)", override_name)
+            value.map_or("cleared (probes decide)", Override::name)
         );
         self.publish();
         match saved {
@@ -1065,7 +1039,7 @@ impl Monitor {
                 tracing::warn!(
                     zone = %k.0, datacenter = %k.1,
                     "datacenter is now {} by the cluster's votes (was {}; own view {}, {} of {} live observers see it down)",
-                    observed(after.verdict), observed(was.verdict), observed(own), after.down, after.live
+                    after.verdict.name(), was.verdict.name(), own.name(), after.down, after.live
                 );
             }
             if after.fallback != was.fallback {
@@ -1116,7 +1090,7 @@ impl Monitor {
                 let targets = d
                     .targets
                     .iter()
-                    .map(|t| (t.addr.to_string(), target_state(t.machine.state())))
+                    .map(|t| (t.addr.to_string(), t.machine.state().name()))
                     .collect();
                 (
                     k.clone(),
@@ -1175,7 +1149,7 @@ impl Monitor {
             datacenter = %key.1,
             %by,
             "operator override (cluster-wide): {}",
-            value.map_or("cleared (probes decide)", override_name)
+            value.map_or("cleared (probes decide)", Override::name)
         );
         Ok(None)
     }
@@ -1220,7 +1194,7 @@ impl Monitor {
         let changed = Self::settle(&key, d, tokio::time::Instant::now());
         drop(state);
         self.inner.observations.send_modify(|n| *n += 1);
-        tracing::warn!(zone = %key.0, datacenter = %key.1, %target, "external input: {}", target_state(s));
+        tracing::warn!(zone = %key.0, datacenter = %key.1, %target, "external input: {}", s.name());
         if changed {
             self.publish();
         }
@@ -1314,23 +1288,12 @@ impl Monitor {
                         ("target", t.addr.to_string()),
                     ]
                 };
-                for (i, result) in ["pass", "fail", "local_fault"].iter().enumerate() {
+                for (i, result) in VERDICTS.iter().enumerate() {
                     let mut l = labels();
-                    l.push(("result", (*result).to_string()));
+                    l.push(("result", result.name().to_string()));
                     results.int(l, t.counts.results[i]);
                 }
-                rtt.push(
-                    labels(),
-                    Value::Histogram {
-                        buckets: RTT_BUCKETS
-                            .iter()
-                            .copied()
-                            .zip(t.counts.rtt_buckets)
-                            .collect(),
-                        sum: t.counts.rtt_sum,
-                        count: t.counts.rtt_count,
-                    },
-                );
+                rtt.push(labels(), t.counts.rtt.value());
                 changes.int(labels(), t.counts.changes);
                 let v = match t.machine.state() {
                     TargetState::Up => 1.0,
@@ -1374,12 +1337,12 @@ impl Monitor {
                 );
                 for o in [Observed::Up, Observed::Down, Observed::Unknown] {
                     let mut l = labels();
-                    l.push(("state", observed(o).to_string()));
+                    l.push(("state", o.name().to_string()));
                     observed_f.int(l, u64::from(h.observed == o));
                 }
                 for o in [None, Some(Override::Drain), Some(Override::ForceUp)] {
                     let mut l = labels();
-                    l.push(("override", o.map_or("none", override_name).to_string()));
+                    l.push(("override", o.map_or("none", Override::name).to_string()));
                     forced.int(l, u64::from(h.forced == o));
                 }
             }
@@ -1504,7 +1467,7 @@ impl Monitor {
                                 .map(|(_, ip)| ip.to_string())
                                 .collect::<Vec<_>>()).unwrap_or_default(),
                             "probe": dc.probe.as_ref().map(|p| json!({
-                                "type": probe_type(&p.kind),
+                                "type": p.kind.type_name(),
                                 "interval_ms": p.interval.as_millis() as u64,
                                 "timeout_ms": p.timeout.as_millis() as u64,
                                 "rise": p.rise,

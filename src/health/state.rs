@@ -28,6 +28,17 @@ pub enum TargetState {
     Down,
 }
 
+impl TargetState {
+    /// The name logs, metrics and `/status` use (as serialized).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Unknown => "unknown",
+            Self::Up => "up",
+            Self::Down => "down",
+        }
+    }
+}
+
 /// Rise/fall hysteresis for one target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Machine {

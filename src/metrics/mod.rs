@@ -98,6 +98,49 @@ impl Family {
     }
 }
 
+/// Observations counted over fixed upper bounds, read as a
+/// [`Value::Histogram`].
+#[derive(Clone, Debug)]
+pub struct Histogram<const N: usize> {
+    bounds: &'static [f64; N],
+    /// Observations at or below each bound (cumulative).
+    buckets: [u64; N],
+    sum: f64,
+    count: u64,
+}
+
+impl<const N: usize> Histogram<N> {
+    /// An empty histogram over `bounds` (ascending, without `+Inf`).
+    pub const fn new(bounds: &'static [f64; N]) -> Self {
+        Self {
+            bounds,
+            buckets: [0; N],
+            sum: 0.0,
+            count: 0,
+        }
+    }
+
+    /// Counts one observation.
+    pub fn observe(&mut self, value: f64) {
+        for (bucket, &le) in self.buckets.iter_mut().zip(self.bounds) {
+            if value <= le {
+                *bucket += 1;
+            }
+        }
+        self.sum += value;
+        self.count += 1;
+    }
+
+    /// The sample.
+    pub fn value(&self) -> Value {
+        Value::Histogram {
+            buckets: self.bounds.iter().copied().zip(self.buckets).collect(),
+            sum: self.sum,
+            count: self.count,
+        }
+    }
+}
+
 /// Writes its families into the list at scrape time.
 pub type Source = Box<dyn Fn(&mut Vec<Family>) + Send + Sync>;
 
@@ -242,12 +285,19 @@ pub struct Reloads {
     builds: Mutex<Builds>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct Builds {
-    buckets: [u64; BUILD_BUCKETS.len()],
-    sum: f64,
-    count: u64,
+    times: Histogram<{ BUILD_BUCKETS.len() }>,
     last: f64,
+}
+
+impl Default for Builds {
+    fn default() -> Self {
+        Self {
+            times: Histogram::new(&BUILD_BUCKETS),
+            last: 0.0,
+        }
+    }
 }
 
 impl Reloads {
@@ -266,13 +316,7 @@ impl Reloads {
     /// (start-up and every reload, successful or not).
     pub fn built(&self, seconds: f64) {
         let mut b = self.builds.lock().unwrap_or_else(|e| e.into_inner());
-        for (bucket, &le) in b.buckets.iter_mut().zip(&BUILD_BUCKETS) {
-            if seconds <= le {
-                *bucket += 1;
-            }
-        }
-        b.sum += seconds;
-        b.count += 1;
+        b.times.observe(seconds);
         b.last = seconds;
     }
 
@@ -304,14 +348,7 @@ impl Reloads {
             "Time to load the configuration and build a snapshot (start-up and reloads).",
             Kind::Histogram,
         );
-        f.push(
-            vec![],
-            Value::Histogram {
-                buckets: BUILD_BUCKETS.iter().copied().zip(b.buckets).collect(),
-                sum: b.sum,
-                count: b.count,
-            },
-        );
+        f.push(vec![], b.times.value());
         out.push(f);
         let mut f = Family::new(
             "meridian_snapshot_last_build_seconds",

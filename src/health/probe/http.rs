@@ -131,13 +131,8 @@ pub(super) fn describe(e: &reqwest::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::closed_port;
     use super::*;
-
-    /// A loopback port nothing listens on (bound, then closed).
-    fn closed_port() -> SocketAddr {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        l.local_addr().expect("addr")
-    }
 
     #[tokio::test]
     async fn a_refused_http_connection_is_found_in_the_client_error_and_counts() {

@@ -481,7 +481,7 @@ mod tests {
     }
 
     /// A loopback port nothing listens on (bound, then closed).
-    fn closed_port() -> SocketAddr {
+    pub(super) fn closed_port() -> SocketAddr {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         l.local_addr().expect("addr")
     }
