@@ -7,6 +7,7 @@
   measure.py tree   a process tree as "PID comm" lines
   measure.py pin    re-pin every thread of a process tree to a CPU list
   measure.py report Markdown tables from the JSON lines
+  measure.py setdo  a copy of a query file with the DNSSEC OK bit in every query
 
 Server CPU is read from /proc/PID/stat (utime + stime: the whole process, all its
 threads, live and exited) for the server process and all its descendants, before and
@@ -22,6 +23,7 @@ import os
 import re
 import resource
 import signal
+import struct
 import subprocess
 import sys
 import time
@@ -457,6 +459,56 @@ def cmd_report(args):
             f.write(text)
 
 
+# ---- setdo ----------------------------------------------------------------------------
+
+def skip_name(m, i):
+    """Offset past the (possibly compressed) name at m[i]."""
+    while True:
+        n = m[i]
+        if n == 0:
+            return i + 1
+        if n & 0xC0 == 0xC0:
+            return i + 2
+        i += n + 1
+
+
+def cmd_setdo(args):
+    """Copies a dnsperf -B file (2-byte length + message per query) with the DO bit set
+    in every query's OPT record (RFC 6891 6.1.3: the top bit of the TTL's low 16 bits);
+    a query without OPT gets one (payload 1232, DO)."""
+    with open(args.input, "rb") as f:
+        data = f.read()
+    out, pos, total, added = bytearray(), 0, 0, 0
+    while pos < len(data):
+        (length,) = struct.unpack_from("!H", data, pos)
+        m = bytearray(data[pos + 2:pos + 2 + length])
+        if len(m) != length:
+            raise SystemExit("measure: %s: truncated query at byte %d" % (args.input, pos))
+        pos += 2 + length
+        qd, an, ns, ar = struct.unpack_from("!HHHH", m, 4)
+        i = 12
+        for _ in range(qd):
+            i = skip_name(m, i) + 4
+        has_opt = False
+        for k in range(an + ns + ar):
+            i = skip_name(m, i)
+            rtype, _cls, _ttl, rdlen = struct.unpack_from("!HHIH", m, i)
+            if rtype == 41 and k >= an + ns:
+                m[i + 6] |= 0x80          # TTL bytes: ext-rcode, version, DO|Z (hi), Z (lo)
+                has_opt = True
+            i += 10 + rdlen
+        if not has_opt:
+            m += b"\x00" + struct.pack("!HHIH", 41, 1232, 0x8000, 0)
+            struct.pack_into("!H", m, 10, ar + 1)
+            added += 1
+        out += struct.pack("!H", len(m)) + m
+        total += 1
+    with open(args.output, "wb") as f:
+        f.write(out)
+    print("measure: %s: DO=1 in %d queries (%d got an OPT record) -> %s"
+          % (os.path.basename(args.input), total, added, args.output))
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -498,13 +550,17 @@ def main():
     t.add_argument("--md")
     t.add_argument("--server-cpus", default="1")
     t.add_argument("--client-cpu", default="0")
+    d = sub.add_parser("setdo")
+    d.add_argument("input", help="dnsperf -B query file")
+    d.add_argument("output")
     args = ap.parse_args()
     if args.cmd == "run":
         if args.server not in ("127.0.0.1", "::1"):
             raise SystemExit("measure: --server must be 127.0.0.1 or ::1")
         if not 1 <= args.seconds <= 600:
             raise SystemExit("measure: --seconds must be 1..600")
-    {"run": cmd_run, "get": cmd_get, "rss": cmd_rss, "tree": cmd_tree, "pin": cmd_pin, "report": cmd_report}[args.cmd](args)
+    {"run": cmd_run, "get": cmd_get, "rss": cmd_rss, "tree": cmd_tree, "pin": cmd_pin, "report": cmd_report,
+     "setdo": cmd_setdo}[args.cmd](args)
 
 
 if __name__ == "__main__":

@@ -195,50 +195,8 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-set_do() { # set_do IN OUT: copy a dnsperf -B file (2-byte length + message per query)
-  # with the DO bit set in every query's OPT record (RFC 6891 6.1.3: the top bit
-  # of the TTL's low 16 bits); a query without OPT gets one (payload 1232, DO).
-  python3 - "$1" "$2" <<'EOF'
-import struct, sys
-
-def skip_name(m, i):
-    while True:
-        n = m[i]
-        if n == 0:
-            return i + 1
-        if n & 0xC0 == 0xC0:
-            return i + 2
-        i += n + 1
-
-data = open(sys.argv[1], "rb").read()
-out, pos, total, added = bytearray(), 0, 0, 0
-while pos < len(data):
-    (length,) = struct.unpack_from("!H", data, pos)
-    m = bytearray(data[pos + 2:pos + 2 + length])
-    if len(m) != length:
-        sys.exit("truncated query at byte %d" % pos)
-    pos += 2 + length
-    qd, an, ns, ar = struct.unpack_from("!HHHH", m, 4)
-    i = 12
-    for _ in range(qd):
-        i = skip_name(m, i) + 4
-    has_opt = False
-    for k in range(an + ns + ar):
-        i = skip_name(m, i)
-        rtype, _cls, _ttl, rdlen = struct.unpack_from("!HHIH", m, i)
-        if rtype == 41 and k >= an + ns:
-            m[i + 6] |= 0x80          # TTL bytes: ext-rcode, version, DO|Z (hi), Z (lo)
-            has_opt = True
-        i += 10 + rdlen
-    if not has_opt:
-        m += b"\x00" + struct.pack("!HHIH", 41, 1232, 0x8000, 0)
-        struct.pack_into("!H", m, 10, ar + 1)
-        added += 1
-    out += struct.pack("!H", len(m)) + m
-    total += 1
-open(sys.argv[2], "wb").write(out)
-print("run.sh: %s: DO=1 in %d queries (%d got an OPT record) -> %s" % (sys.argv[1].rsplit("/", 1)[-1], total, added, sys.argv[2]))
-EOF
+set_do() { # set_do IN OUT: a copy of a query file with DO=1 in every query (measure.py setdo)
+  python3 "$BENCH/measure.py" setdo "$1" "$2"
 }
 
 port_busy() { ss -Hlun "sport = :$1" 2>/dev/null | grep -q .; }
