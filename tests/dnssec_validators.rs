@@ -1158,8 +1158,8 @@ async fn meridian_unbound_validates_regions_denials_cname_dnskey_and_failover() 
 
 /// `delv` fully validates Meridian's answers for clients in two regions
 /// (two loopback source addresses), the CNAME chain, DNSKEY, the compact
-/// NXDOMAIN (a NOERROR to delv: "negative response"), NODATA and a
-/// failover answer; and fails with a wrong anchor.
+/// NXDOMAIN (a NOERROR to delv: "negative response"), NODATA, queries for
+/// NSEC and a failover answer; and fails with a wrong anchor.
 #[tokio::test]
 async fn meridian_delv_fully_validates() {
     let (m, _csk, v) = signed_meridian().await;
@@ -1237,6 +1237,19 @@ async fn meridian_delv_fully_validates() {
         "{}",
         nodata.output
     );
+    // A query for NSEC gets the name's own NSEC as the answer: at a
+    // service, at a CNAME (not its target's), and at a name that does not
+    // exist (the NXNAME NSEC).
+    for (name, bitmap) in [
+        ("www.val.example.", "A AAAA RRSIG NSEC"),
+        ("alias.val.example.", "CNAME RRSIG NSEC"),
+        ("nope.val.example.", "RRSIG NSEC TYPE128"),
+    ] {
+        let d = v.delv(name, RecordType::NSEC).await;
+        let want = format!("{name} NSEC \\000.{name} {bitmap}");
+        assert!(d.validated && !d.negative, "{name} NSEC:\n{}", d.output);
+        assert!(d.records.contains(&want), "{want}:\n{}", d.output);
+    }
 
     m.http("POST", "/datacenters/val.example/eu-west/drain")
         .await;

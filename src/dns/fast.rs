@@ -1738,7 +1738,9 @@ fn simple_question(env: &Envelope) -> Option<&Question> {
     let [qd, an, ns, ar] = env.counts;
     let shape = qd == 1 && an == 0 && ns == 0 && ar == u16::from(env.opt.is_some());
     let options = env.opt.is_none_or(|o| !o.other_known_options);
-    let kind = q.qclass == 1 && !matches!(q.qtype, 41 | 251 | 252);
+    // Not OPT, NSEC (a signed zone answers it with the name's own NSEC),
+    // meta-types (FORMERR) or zone transfers: the general path's.
+    let kind = q.qclass == 1 && !matches!(q.qtype, 41 | 47 | 128..=252);
     (env.exact && shape && options && kind).then_some(q)
 }
 

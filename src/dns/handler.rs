@@ -437,7 +437,10 @@ fn respond(
     }
     let q: &Query = &query.queries[0];
     let qtype = q.query_type();
-    if matches!(qtype, RecordType::OPT) {
+    // Meta-types are not asked for: OPT, and 128-250 (RFC 6895 §3.1),
+    // NXNAME among them (RFC 9824 §3.5: FORMERR). TKEY and TSIG (249,
+    // 250) are not offered.
+    if matches!(qtype, RecordType::OPT) || (128..=250).contains(&u16::from(qtype)) {
         return None;
     }
     // Only the Internet class is served; zone transfers are not offered.

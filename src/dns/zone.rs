@@ -762,6 +762,30 @@ impl Zone {
             .filter(|t| self.origin.zone_of(t))
             .unwrap_or_else(|| qname.clone())
             .to_lowercase();
+        // A query for NSEC asks for the name's own NSEC, which compact
+        // denial makes exist at every name in the zone: it is the answer
+        // (RFC 4035 §3.1.1), not a NODATA whose proof would list NSEC,
+        // and not an in-zone CNAME's target (RFC 4035 §2.5: NSEC lives
+        // beside a CNAME). A referral stays one: the cut's NSEC is the
+        // parent's, and the referral carries it.
+        if qtype == RecordType::NSEC && !(soa_ttl.is_none() && cut.is_some()) {
+            let owner = qname.to_lowercase();
+            let nsec = match self.node_or_wildcard(&owner) {
+                Some(node) => {
+                    crate::dnssec::denial::nsec(&owner, &self.node_types(node), self.negative_ttl)
+                }
+                None => crate::dnssec::denial::nxname(&owner, self.negative_ttl),
+            };
+            res.rcode = ResponseCode::NoError;
+            res.answers = nsec.into_iter().collect();
+            res.authorities.clear();
+            res.additionals.clear();
+            res.scope = None;
+            res.service = None;
+            res.followed_cname = false;
+            res.answers = with_signatures(sigs, &self.origin, std::mem::take(&mut res.answers))?;
+            return Ok(());
+        }
         match (soa_ttl, cut) {
             (None, Some(cut)) => {
                 // RFC 4035 §3.1.4: a referral carries the DS RRset, or the

@@ -450,6 +450,73 @@ async fn every_answer_kind_validates_in_rust_and_with_delv() {
     s.server.server.shutdown().await;
 }
 
+/// A query for NSEC is answered with the name's own compact NSEC (signed,
+/// with DO), never a NODATA whose proof lists NSEC: at a service, at a
+/// CNAME (not its target's), at the apex, at a wildcard-synthesized name
+/// and at a name that does not exist (the NXNAME NSEC). A delegation
+/// stays a referral. A query for NXNAME, or any other meta-type, gets
+/// FORMERR (RFC 9824 §3.5), with or without DO, over UDP and TCP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_for_nsec_get_the_names_own_nsec() {
+    let s = start_csk().await;
+    for (name, types) in [
+        ("www.sec.test.", vec![1, 28, 46, 47]),
+        ("app.sec.test.", vec![5, 46, 47]),
+        ("sec.test.", vec![2, 6, 46, 47, 48]),
+        ("host.wild.sec.test.", vec![1, 46, 47]),
+        ("nope.sec.test.", vec![46, 47, 128]),
+        ("ent.sec.test.", vec![46, 47]),
+    ] {
+        let r = s.ask(name, RecordType::NSEC).await;
+        assert_eq!(
+            r.metadata.response_code,
+            ResponseCode::NoError,
+            "{name}\n{r}"
+        );
+        assert!(r.authorities.is_empty(), "{name}: nothing to prove\n{r}");
+        let nsec: Vec<(&Name, Vec<u16>)> = r
+            .answers
+            .iter()
+            .filter_map(|rec| match &rec.data {
+                RData::DNSSEC(DNSSECRData::NSEC(n)) => {
+                    assert_eq!(n.next_domain_name().to_ascii(), format!("\\000.{name}"));
+                    Some((&rec.name, n.type_bit_maps().map(u16::from).collect()))
+                }
+                _ => None,
+            })
+            .collect();
+        assert_eq!(nsec.len(), 1, "{name}: one NSEC\n{r}");
+        assert_eq!(nsec[0].0.to_ascii(), name);
+        assert_eq!(nsec[0].1, types, "{name}\n{r}");
+        assert_eq!(verify_sections(&r, &s.dnskeys), 1, "{name}\n{r}");
+        delv(&s, "127.0.0.1", name, "NSEC", false).await;
+    }
+    // Below a delegation: the referral, with the NSEC proving no DS.
+    let r = s.ask("host.sub.sec.test.", RecordType::NSEC).await;
+    assert!(r.answers.is_empty(), "{r}");
+    assert!(
+        r.authorities
+            .iter()
+            .any(|r| r.record_type() == RecordType::NS),
+        "a referral\n{r}"
+    );
+
+    for qtype in [128u16, 200, 250] {
+        for with_do in [true, false] {
+            let mut q = query("www.sec.test.", RecordType::from(qtype), None);
+            q.edns.as_mut().unwrap().set_dnssec_ok(with_do);
+            for r in [s.server.udp(&q).await, s.server.tcp(&q).await] {
+                assert_eq!(
+                    r.metadata.response_code,
+                    ResponseCode::FormErr,
+                    "type {qtype}, DO {with_do}\n{r}"
+                );
+            }
+        }
+    }
+    s.server.server.shutdown().await;
+}
+
 /// A tailored service answer for clients in two regions: ECS in Rust
 /// (different answers, both valid, scope kept), and delv from two
 /// loopback addresses the test database places in Japan and Germany.
