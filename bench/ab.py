@@ -165,8 +165,10 @@ def main():
             name, command = spec.split("=", 1)
             servers.append(Server(name, command, args.port_base + i, args.server_cpus, args.logs))
         rows, ratio_rows = [], []
-        for path in args.files:
-            file = os.path.basename(path).rsplit(".", 1)[0]
+        names = [os.path.basename(p).rsplit(".", 1)[0] for p in args.files]
+        for path, file in zip(args.files, names):
+            if names.count(file) > 1:     # e.g. queries/mixed.bin and queries-do/mixed.bin
+                file = "%s/%s" % (os.path.basename(os.path.dirname(os.path.abspath(path))), file)
             for s in servers:                       # warm-up, not recorded
                 burst(s, path, args)
             got = {s.name: [] for s in servers}
