@@ -461,21 +461,11 @@ def cmd_report(args):
 
 # ---- setdo ----------------------------------------------------------------------------
 
-def skip_name(m, i):
-    """Offset past the (possibly compressed) name at m[i]."""
-    while True:
-        n = m[i]
-        if n == 0:
-            return i + 1
-        if n & 0xC0 == 0xC0:
-            return i + 2
-        i += n + 1
-
-
 def cmd_setdo(args):
     """Copies a dnsperf -B file (2-byte length + message per query) with the DO bit set
     in every query's OPT record (RFC 6891 6.1.3: the top bit of the TTL's low 16 bits);
     a query without OPT gets one (payload 1232, DO)."""
+    from gen_queries import skip_name   # the bench's one DNS name walker (same directory)
     with open(args.input, "rb") as f:
         data = f.read()
     out, pos, total, added = bytearray(), 0, 0, 0
