@@ -3,7 +3,7 @@
 
   ab.py [options] --server NAME=COMMAND --server NAME=COMMAND ... QUERY_FILE...
 
-Why: on a shared virtual machine the CPU cost of the same server drifts by 10-20 %
+Why: on a shared virtual machine the CPU cost of the same server drifts by 5-15 %
 between runs a minute apart (other tenants, frequency, cache state), which is more
 than the difference a comparison such as "signed within 5 % of unsigned" has to
 resolve. run.sh measures one server after the other, so that drift lands in the
@@ -39,6 +39,16 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import measure  # noqa: E402  (the bench's own /proc and dnsperf helpers)
 
 
+def port_free(port):
+    """True when nothing has 127.0.0.1:port bound over UDP."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
 def answers(port, timeout=0.5):
     """True when 127.0.0.1:port replies to a query (any reply: the null echo too)."""
     query = struct.pack("!HHHHHH", 0x4D52, 0, 1, 0, 0, 0) + b"\x00\x00\x06\x00\x01"
@@ -54,15 +64,19 @@ def answers(port, timeout=0.5):
 class Server:
     def __init__(self, name, command, port, cpus, logdir):
         self.name, self.port = name, port
+        if not port_free(port):
+            raise SystemExit("ab: UDP port %d is in use; pick another --port-base" % port)
         argv = [a.replace("@PORT@", str(port)) for a in command.split()]
         self.log = open(os.path.join(logdir, "%s.log" % name), "w")
         self.proc = subprocess.Popen(["taskset", "-c", cpus] + argv, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 30
-        while not answers(port):
+        while not answers(port) or self.proc.poll() is not None:
             if self.proc.poll() is not None:
+                self.log.close()
                 raise SystemExit("ab: %s exited during start-up (log %s)" % (name, self.log.name))
             if time.time() > deadline:
+                self.stop()
                 raise SystemExit("ab: %s not answering on port %d after 30 s" % (name, port))
             time.sleep(0.2)
         self.pids = measure.tree([self.proc.pid])
@@ -116,7 +130,7 @@ def burst(server, queries, args):
 
 
 def spread(values):
-    """(median, first quartile, third quartile)."""
+    """(median, first quartile, third quartile); min and max for under 4 values."""
     if len(values) < 4:
         return statistics.median(values), min(values), max(values)
     q = statistics.quantiles(values, n=4)
@@ -148,16 +162,26 @@ def main():
         ap.error("give two or more --server NAME=COMMAND")
     if not 1 <= args.rounds <= 100 or not 1 <= args.seconds <= 60:
         ap.error("--rounds must be 1..100 and --seconds 1..60")
+    if args.qps < 0 or not 1024 <= args.port_base <= 65000:
+        ap.error("--qps must be 0 or more and --port-base 1024..65000")
     if measure.cpulist(args.server_cpus) & measure.cpulist(args.client_cpu):
         ap.error("the server CPUs and the client CPU overlap")
     names = [s.split("=", 1)[0] for s in args.server]
-    if len(set(names)) != len(names):
-        ap.error("server names repeat")
+    if len(set(names)) != len(names) or not all(re.fullmatch(r"[A-Za-z0-9._-]+", n) for n in names):
+        ap.error("server names must differ and be letters, digits, '.', '_' or '-'")
     pairs = [r.split("/", 1) for r in args.ratio] or [[n, names[0]] for n in names[1:]]
     for pair in pairs:
         if len(pair) != 2 or not set(pair) <= set(names):
             ap.error("--ratio wants A/B with two of the server names %s" % ", ".join(names))
+    labels = [os.path.basename(p).rsplit(".", 1)[0] for p in args.files]
+    labels = ["%s/%s" % (os.path.basename(os.path.dirname(os.path.abspath(p))), f)
+              if labels.count(f) > 1 else f        # e.g. queries/mixed.bin and queries-do/mixed.bin
+              for p, f in zip(args.files, labels)]
+    if len(set(labels)) != len(labels):
+        ap.error("two query files would have the same label: %s" % ", ".join(labels))
     os.makedirs(args.logs, exist_ok=True)
+    # SIGTERM unwinds like Ctrl-C, so that `finally` stops the servers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     servers = []
     try:
@@ -165,10 +189,7 @@ def main():
             name, command = spec.split("=", 1)
             servers.append(Server(name, command, args.port_base + i, args.server_cpus, args.logs))
         rows, ratio_rows = [], []
-        names = [os.path.basename(p).rsplit(".", 1)[0] for p in args.files]
-        for path, file in zip(args.files, names):
-            if names.count(file) > 1:     # e.g. queries/mixed.bin and queries-do/mixed.bin
-                file = "%s/%s" % (os.path.basename(os.path.dirname(os.path.abspath(path))), file)
+        for path, file in zip(args.files, labels):
             for s in servers:                       # warm-up, not recorded
                 burst(s, path, args)
             got = {s.name: [] for s in servers}
@@ -185,20 +206,24 @@ def main():
                 us = [u for u, _ in got[s.name]]
                 rows.append((file, s.name, spread(us), statistics.median(q for _, q in got[s.name])))
             for a, b in pairs:
-                ratios = [u / v for (u, _), (v, _) in zip(got[a], got[b])]
+                # A burst can use no whole clock tick (a slow --qps): no ratio then.
+                ratios = [u / v for (u, _), (v, _) in zip(got[a], got[b]) if v > 0]
+                if not ratios:
+                    raise SystemExit("ab: %s used no measurable CPU; use longer bursts" % b)
                 ratio_rows.append((file, "%s ÷ %s" % (a, b), spread(ratios), ratios))
     finally:
         for s in servers:
             s.stop()
 
     mode = "%d qps offered" % args.qps if args.qps else "saturation"
+    iqr = "IQR" if args.rounds >= 4 else "range"
     lines = ["", "%s%s, %d rounds of %d s per server, servers on CPU %s, dnsperf on CPU %s" % (
         args.label + ": " if args.label else "", mode, args.rounds, args.seconds,
         args.server_cpus, args.client_cpu), "",
-        "| file | server | µs/query (median, IQR) | qps (median) |", "|---|---|---:|---:|"]
+        "| file | server | µs/query (median, %s) | qps (median) |" % iqr, "|---|---|---:|---:|"]
     for file, name, (m, lo, hi), qps in rows:
         lines.append("| %s | %s | %.3f (%.3f–%.3f) | %.0f |" % (file, name, m, lo, hi, qps))
-    lines += ["", "| file | CPU per query, paired by round | median | IQR | every round |",
+    lines += ["", "| file | CPU per query, paired by round | median | %s | every round |" % iqr,
               "|---|---|---:|---:|---|"]
     for file, pair, (m, lo, hi), ratios in ratio_rows:
         lines.append("| %s | %s | %.3f | %.3f–%.3f | %s |"

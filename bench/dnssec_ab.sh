@@ -41,6 +41,10 @@ RRL=${RRL:-high}
 ALGORITHM=${ALGORITHM:-ecdsap256sha256}
 BIN=${MERIDIAN_BIN:-$ROOT/target/release/meridian}
 PORT_BASE=${PORT_BASE:-5350}
+[[ $FIXED_QPS =~ ^[1-9][0-9]*$ ]] || { echo "dnssec_ab.sh: FIXED_QPS must be a positive integer" >&2; exit 2; }
+case "$ROOT$BIN" in
+  *" "*) echo "dnssec_ab.sh: paths with spaces are not supported (ab.py splits commands on spaces)" >&2; exit 2 ;;
+esac
 
 if [ -z "${SKIP_BUILD:-}" ]; then
   (cd "$ROOT" && cargo build --release --quiet)
