@@ -110,14 +110,16 @@ fuzz_target!(|data: &[u8]| {
 fn check_rcode(model: &Model, rcode: u16) -> Result<(), String> {
     // FORMERR is owed for these, and allowed for the reasons the RFCs
     // leave open: a TSIG record, a non-root OPT owner, an extended RCODE
-    // in a query, a malformed cookie, a question of type OPT, a scope in
-    // the query while QUERY_SCOPE_IS_FORMERR is off.
+    // in a query, a malformed cookie, a question of type OPT or of another
+    // meta-type (128-250: NXNAME's FORMERR, RFC 9824 §3.5), a scope in the
+    // query while QUERY_SCOPE_IS_FORMERR is off.
     let owed = model.opt_formerr(QUERY_SCOPE_IS_FORMERR);
     let scope_sent = model
         .single_ecs()
         .is_some_and(|e| matches!(e, EcsVerdict::Valid { scope, .. } if scope != 0));
     let open = model.tsigs > 0
         || model.qtype == 41
+        || (128..=250).contains(&model.qtype)
         || model.opts.iter().any(|o| !o.owner_root || o.ext_rcode)
         || model.cookie_malformed()
         || scope_sent;

@@ -405,6 +405,15 @@ impl<'s> Context<'s> {
     }
 }
 
+/// Whether `record` is an NSEC saying its owner does not exist (NXNAME
+/// in its bitmap, RFC 9824).
+fn denies_name(record: &hickory_proto::rr::Record) -> bool {
+    use hickory_proto::dnssec::rdata::DNSSECRData;
+    use hickory_proto::rr::RData;
+    matches!(&record.data, RData::DNSSEC(DNSSECRData::NSEC(n))
+        if n.type_bit_maps().any(|t| u16::from(t) == crate::dnssec::denial::NXNAME))
+}
+
 /// Builds the response message (without OPT, which the envelope writes)
 /// and the ECS option to echo; `None` for FORMERR.
 fn respond(
@@ -487,7 +496,12 @@ fn respond(
             // an unsigned answer it would hold bogus. README, "DNSSEC".
             return fail(resp, ResponseCode::ServFail);
         }
-        seen.nxname = nxdomain && res.rcode == ResponseCode::NoError;
+        // Counted as NXDOMAIN: the name does not exist. (A query for
+        // NSEC at a CNAME whose target does not exist is answered with
+        // the CNAME's own NSEC, which has no NXNAME.)
+        seen.nxname = nxdomain
+            && res.rcode == ResponseCode::NoError
+            && (qtype != RecordType::NSEC || res.answers.iter().any(denies_name));
         // The fast path answers this name's next queries from it.
         if seen.nxname && res.answers.is_empty() {
             zone.fast_index()

@@ -768,22 +768,31 @@ impl Zone {
         // and not an in-zone CNAME's target (RFC 4035 §2.5: NSEC lives
         // beside a CNAME). A referral stays one: the cut's NSEC is the
         // parent's, and the referral carries it.
-        if qtype == RecordType::NSEC && !(soa_ttl.is_none() && cut.is_some()) {
-            let owner = qname.to_lowercase();
-            let nsec = match self.node_or_wildcard(&owner) {
-                Some(node) => {
-                    crate::dnssec::denial::nsec(&owner, &self.node_types(node), self.negative_ttl)
+        // (A CNAME whose target is delegated is not a referral for the
+        // CNAME's own name.) A name too long to have a successor keeps
+        // the answer it had.
+        let referral = cut.as_ref().is_some_and(|c| c.zone_of(qname));
+        let own_nsec = (qtype == RecordType::NSEC && !referral)
+            .then(|| {
+                let owner = qname.to_lowercase();
+                match self.node_or_wildcard(&owner) {
+                    Some(node) => crate::dnssec::denial::nsec(
+                        &owner,
+                        &self.node_types(node),
+                        self.negative_ttl,
+                    ),
+                    None => crate::dnssec::denial::nxname(&owner, self.negative_ttl),
                 }
-                None => crate::dnssec::denial::nxname(&owner, self.negative_ttl),
-            };
+            })
+            .flatten();
+        if let Some(nsec) = own_nsec {
             res.rcode = ResponseCode::NoError;
-            res.answers = nsec.into_iter().collect();
             res.authorities.clear();
             res.additionals.clear();
             res.scope = None;
             res.service = None;
             res.followed_cname = false;
-            res.answers = with_signatures(sigs, &self.origin, std::mem::take(&mut res.answers))?;
+            res.answers = with_signatures(sigs, &self.origin, vec![nsec])?;
             return Ok(());
         }
         match (soa_ttl, cut) {

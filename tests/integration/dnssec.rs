@@ -45,6 +45,8 @@ fn zone_text(dnssec: &str) -> String {
         r#"{head}static = [{{ type = "A", value = "192.0.2.1" }}, {{ type = "A", value = "192.0.2.2" }}]
 app = [{{ type = "CNAME", value = "alias" }}]
 alias = [{{ type = "CNAME", value = "www" }}]
+tosub = [{{ type = "CNAME", value = "host.sub" }}]
+dangling = [{{ type = "CNAME", value = "gone" }}]
 "*.wild" = [{{ type = "A", value = "192.0.2.77" }}]
 "a.ent" = [{{ type = "A", value = "192.0.2.8" }}]
 sub = [{{ type = "NS", value = "ns.sub" }}]
@@ -452,8 +454,9 @@ async fn every_answer_kind_validates_in_rust_and_with_delv() {
 
 /// A query for NSEC is answered with the name's own compact NSEC (signed,
 /// with DO), never a NODATA whose proof lists NSEC: at a service, at a
-/// CNAME (not its target's), at the apex, at a wildcard-synthesized name
-/// and at a name that does not exist (the NXNAME NSEC). A delegation
+/// CNAME (not its target's, also when that is delegated or does not
+/// exist), at the apex, at a wildcard-synthesized name and at a name that
+/// does not exist (the NXNAME NSEC). A delegation
 /// stays a referral. A query for NXNAME, or any other meta-type, gets
 /// FORMERR (RFC 9824 §3.5), with or without DO, over UDP and TCP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -466,6 +469,9 @@ async fn queries_for_nsec_get_the_names_own_nsec() {
         ("host.wild.sec.test.", vec![1, 46, 47]),
         ("nope.sec.test.", vec![46, 47, 128]),
         ("ent.sec.test.", vec![46, 47]),
+        // CNAMEs to a delegated name and to a name that does not exist.
+        ("tosub.sec.test.", vec![5, 46, 47]),
+        ("dangling.sec.test.", vec![5, 46, 47]),
     ] {
         let r = s.ask(name, RecordType::NSEC).await;
         assert_eq!(
