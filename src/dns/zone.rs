@@ -16,7 +16,7 @@ use hickory_proto::serialize::binary::{
 };
 
 use crate::dnssec::ZoneSigner;
-use crate::dnssec::sign::OverBudget;
+use crate::dnssec::sign::{Batch, OverBudget};
 use crate::model::{AllDown, Fallback, ZoneConfig};
 use crate::policy::{Decision, Outcome, Plan};
 
@@ -526,7 +526,9 @@ impl Zone {
             let started = std::time::Instant::now();
             let now = signer.now();
             signer.begin(now, previous);
-            self.precompute(&mut signer, now);
+            let mut batch = crate::dnssec::sign::Batch::new(&mut signer, now);
+            self.precompute(&mut batch);
+            batch.finish();
             tracing::info!(
                 zone = %self.origin,
                 rrsets = signer.precomputed(),
@@ -603,7 +605,7 @@ impl Zone {
     /// each service's answer from every combination of up to
     /// `max_answers` datacenters (see [`MAX_COMBINATIONS`]) and its
     /// fallback, at the normal and the degraded TTL.
-    fn precompute(&self, signer: &mut ZoneSigner, now: u64) {
+    fn precompute(&self, batch: &mut Batch<'_>) {
         let neg = self.negative_ttl;
         let mut soa_ttls: Vec<u32> = vec![neg];
         for node in self.nodes.iter() {
@@ -620,8 +622,7 @@ impl Zone {
                 if node.cut && set.rtype != RecordType::DS {
                     continue;
                 }
-                let records: Vec<Record> = set.records(&owner).collect();
-                signer.precompute(&records, now);
+                batch.add(set.records(&owner).collect());
             }
             let mut variants = vec![types.clone()];
             if let Some(i) = node.service() {
@@ -631,7 +632,7 @@ impl Zone {
                 if let Some(svc) = self.config.services.get(i) {
                     let capped = [svc.ttl, svc.degraded_ttl, self.services[i].plan.ttl()];
                     soa_ttls.extend(capped.map(|t| t.min(neg)));
-                    self.precompute_service(signer, &owner, i, now);
+                    self.precompute_service(batch, &owner, i);
                 }
             }
             let mut nsec_ttls = vec![neg];
@@ -642,7 +643,7 @@ impl Zone {
             for v in &variants {
                 for &ttl in &nsec_ttls {
                     if let Some(nsec) = crate::dnssec::denial::nsec(&owner, v, ttl) {
-                        signer.precompute(&[nsec], now);
+                        batch.add(vec![nsec]);
                     }
                 }
             }
@@ -652,13 +653,13 @@ impl Zone {
         for ttl in soa_ttls {
             let mut soa = self.negative_soa.clone();
             soa.ttl = ttl;
-            signer.precompute(&[soa], now);
+            batch.add(vec![soa]);
         }
     }
 
     /// A service's single-datacenter answers and its fallback, at both
     /// TTLs.
-    fn precompute_service(&self, signer: &mut ZoneSigner, owner: &Name, i: usize, now: u64) {
+    fn precompute_service(&self, batch: &mut Batch<'_>, owner: &Name, i: usize) {
         let Some(svc) = self.config.services.get(i) else {
             return;
         };
@@ -687,17 +688,17 @@ impl Zone {
                 let v4: Vec<std::net::Ipv4Addr> = chosen().flat_map(|d| d.v4.clone()).collect();
                 let v6: Vec<std::net::Ipv6Addr> = chosen().flat_map(|d| d.v6.clone()).collect();
                 for set in family(&v4, &v6, ttl) {
-                    signer.precompute(&set, now);
+                    batch.add(set);
                 }
             }
             if let AllDown::Fallback(fb) = &svc.when_all_down {
                 for set in family(&fb.v4, &fb.v6, ttl) {
-                    signer.precompute(&set, now);
+                    batch.add(set);
                 }
                 if let Some(target) = &fb.cname {
                     let r =
                         Record::from_rdata(owner.clone(), ttl, RData::CNAME(CNAME(target.clone())));
-                    signer.precompute(&[r], now);
+                    batch.add(vec![r]);
                 }
             }
         }
