@@ -1133,6 +1133,9 @@ impl Reloader {
     /// See [`Server::reload`].
     fn reload(&self) -> Result<Reloaded, Error> {
         let _one_at_a_time = self.reloading.lock().unwrap_or_else(|e| e.into_inner());
+        // The counters the last reload set aside are named here, not on
+        // the query path.
+        self.metrics.dns.fold_stale();
         let started = std::time::Instant::now();
         let result = self.reload_inner(started);
         self.metrics.reloads.built(started.elapsed().as_secs_f64());

@@ -6,10 +6,12 @@
 //! reads that shard. They are indexed by the snapshot's numeric ids
 //! through a [`Layout`] (zone position, service position, datacenter id),
 //! so counting never hashes, compares names or allocates. A reload makes
-//! a new zone list: the first batch that sees it folds the old counters
-//! into totals kept by name, and starts new arrays. Series therefore stay
-//! monotonic across reloads, and a removed zone's series keep their last
-//! value until restart.
+//! a new zone list: the first batch that sees it sets the old arrays
+//! aside (a move, no naming) and starts new ones; the next scrape, off the
+//! query path, folds what was set aside into totals kept by name. Series
+//! therefore stay monotonic across reloads, and a removed zone's series
+//! keep their last value until restart. A scrape holds a shard's lock only
+//! to copy its arrays: naming 10,000 services' slots happens outside it.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -145,33 +147,43 @@ impl Layout {
             .map_or_else(|| NO_ZONE_LABEL.to_string(), |z| z.origin().to_ascii())
     }
 
-    /// Names every answer slot: (zone, service, datacenter).
-    fn answer_labels(&self, mut each: impl FnMut(usize, [String; 3])) {
+    /// Names every answer slot that `wanted`: (zone, service, datacenter).
+    fn answer_labels(
+        &self,
+        wanted: impl Fn(usize) -> bool,
+        mut each: impl FnMut(usize, [String; 3]),
+    ) {
         for (z, bases) in self.zones.iter().zip(&self.bases[..]) {
             let origin = z.origin().to_ascii();
             for (s, &(base, _, _)) in z.config.services.iter().zip(&bases[..]) {
                 for (d, dc) in z.config.datacenters.iter().enumerate() {
-                    each(
-                        base as usize + d,
-                        [origin.clone(), s.name.clone(), dc.name.clone()],
-                    );
+                    let slot = base as usize + d;
+                    if wanted(slot) {
+                        each(slot, [origin.clone(), s.name.clone(), dc.name.clone()]);
+                    }
                 }
             }
         }
     }
 
-    /// Names every decision slot: (zone, service, step).
-    fn decision_labels(&self, mut each: impl FnMut(usize, [String; 3])) {
+    /// Names every decision slot that `wanted`: (zone, service, step).
+    fn decision_labels(
+        &self,
+        wanted: impl Fn(usize) -> bool,
+        mut each: impl FnMut(usize, [String; 3]),
+    ) {
         for (z, bases) in self.zones.iter().zip(&self.bases[..]) {
             let origin = z.origin().to_ascii();
             for (si, (s, &(_, base, steps))) in z.config.services.iter().zip(&bases[..]).enumerate()
             {
                 let base = base as usize;
                 let mut name = |slot: usize, step: &str| {
-                    each(
-                        base + slot,
-                        [origin.clone(), s.name.clone(), step.to_string()],
-                    );
+                    if wanted(base + slot) {
+                        each(
+                            base + slot,
+                            [origin.clone(), s.name.clone(), step.to_string()],
+                        );
+                    }
                 };
                 name(STEP_ALL_DOWN, ALL_DOWN);
                 name(STEP_HEALTH, HEALTH);
@@ -218,9 +230,10 @@ enum Fam {
     Decisions,
 }
 
-/// One thread's counters.
-#[derive(Debug)]
-struct Counts {
+/// The counters of one layout: a shard's current ones, or those a reload
+/// set aside until the next scrape names them.
+#[derive(Clone, Debug)]
+struct Slots {
     layout: Option<Arc<Layout>>,
     zones: usize,
     /// (zones + 1) × QTYPES; the last zone row is "no zone".
@@ -229,33 +242,24 @@ struct Counts {
     responses: Box<[u64]>,
     answers: Box<[u64]>,
     decisions: Box<[u64]>,
-    ecs_absent: u64,
-    ecs_v4: [u64; 33],
-    ecs_v6: [u64; 129],
-    truncated: u64,
-    /// Counts by name from layouts no longer in service.
-    retired: BTreeMap<(Fam, [String; 3]), u64>,
 }
 
-impl Counts {
-    fn new() -> Self {
+impl Slots {
+    /// Zeroed counters for `layout` (none: before the first snapshot).
+    fn new(layout: Option<Arc<Layout>>) -> Self {
+        let zones = layout.as_ref().map_or(0, |l| l.zones.len());
+        let (answers, decisions) = layout.as_ref().map_or((0, 0), |l| (l.answers, l.decisions));
         Self {
-            layout: None,
-            zones: 0,
-            requests: vec![0; QTYPES.len()].into(),
-            responses: vec![0; RCODES.len()].into(),
-            answers: Box::new([]),
-            decisions: Box::new([]),
-            ecs_absent: 0,
-            ecs_v4: [0; 33],
-            ecs_v6: [0; 129],
-            truncated: 0,
-            retired: BTreeMap::new(),
+            layout,
+            zones,
+            requests: vec![0; (zones + 1) * QTYPES.len()].into(),
+            responses: vec![0; (zones + 1) * RCODES.len()].into(),
+            answers: vec![0; answers].into(),
+            decisions: vec![0; decisions].into(),
         }
     }
 
-    /// Calls `each` with every non-zero counter of the current layout,
-    /// by name.
+    /// Calls `each` with every non-zero counter, by name.
     fn named(&self, mut each: impl FnMut(Fam, [String; 3], u64)) {
         let zone = |z: usize| {
             self.layout
@@ -279,33 +283,49 @@ impl Counts {
             }
         }
         if let Some(l) = &self.layout {
-            l.answer_labels(|slot, labels| {
-                if let Some(&v) = self.answers.get(slot).filter(|v| **v > 0) {
-                    each(Fam::Answers, labels, v);
-                }
-            });
-            l.decision_labels(|slot, labels| {
-                if let Some(&v) = self.decisions.get(slot).filter(|v| **v > 0) {
-                    each(Fam::Decisions, labels, v);
-                }
-            });
+            let value = |slots: &[u64], slot: usize| slots.get(slot).copied().unwrap_or(0);
+            l.answer_labels(
+                |slot| value(&self.answers, slot) > 0,
+                |slot, labels| each(Fam::Answers, labels, value(&self.answers, slot)),
+            );
+            l.decision_labels(
+                |slot| value(&self.decisions, slot) > 0,
+                |slot, labels| each(Fam::Decisions, labels, value(&self.decisions, slot)),
+            );
+        }
+    }
+}
+
+/// One thread's counters.
+#[derive(Debug)]
+struct Counts {
+    slots: Slots,
+    /// The counters of layouts a reload replaced, until a scrape names
+    /// them (at most one per reload between two scrapes).
+    stale: Vec<Slots>,
+    ecs_absent: u64,
+    ecs_v4: [u64; 33],
+    ecs_v6: [u64; 129],
+    truncated: u64,
+}
+
+impl Counts {
+    fn new() -> Self {
+        Self {
+            slots: Slots::new(None),
+            stale: Vec::new(),
+            ecs_absent: 0,
+            ecs_v4: [0; 33],
+            ecs_v6: [0; 129],
+            truncated: 0,
         }
     }
 
-    /// Switches to `layout`, keeping the old counts by name.
+    /// Switches to `layout`, setting the old counters aside for the next
+    /// scrape: a move and zeroed arrays, on the query path, nothing named.
     fn relayout(&mut self, layout: Arc<Layout>) {
-        let mut old = Vec::new();
-        self.named(|fam, labels, v| old.push((fam, labels, v)));
-        for (fam, labels, v) in old {
-            *self.retired.entry((fam, labels)).or_default() += v;
-        }
-        let zones = layout.zones.len();
-        self.zones = zones;
-        self.requests = vec![0; (zones + 1) * QTYPES.len()].into();
-        self.responses = vec![0; (zones + 1) * RCODES.len()].into();
-        self.answers = vec![0; layout.answers].into();
-        self.decisions = vec![0; layout.decisions].into();
-        self.layout = Some(layout);
+        let old = std::mem::replace(&mut self.slots, Slots::new(Some(layout)));
+        self.stale.push(old);
     }
 }
 
@@ -324,6 +344,7 @@ impl Shard {
         let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
         let zones = snap.zones_shared();
         let current = counts
+            .slots
             .layout
             .as_ref()
             .is_some_and(|l| Arc::ptr_eq(&l.zones, zones));
@@ -346,7 +367,14 @@ impl Tally<'_> {
     /// itself).
     #[inline]
     pub fn count(&mut self, seen: &Seen, out: &[u8]) {
-        let c = &mut *self.counts;
+        let Counts {
+            slots: c,
+            ecs_absent,
+            ecs_v4,
+            ecs_v6,
+            truncated,
+            ..
+        } = &mut *self.counts;
         let z = usize::from(seen.zone).min(c.zones);
         if let Some(v) = c
             .requests
@@ -365,12 +393,12 @@ impl Tally<'_> {
             *v += 1;
         }
         if out.get(2).is_some_and(|b| b & 0x02 != 0) {
-            c.truncated += 1;
+            *truncated += 1;
         }
         match seen.ecs {
-            0 => c.ecs_absent += 1,
-            4 => c.ecs_v4[usize::from(seen.scope).min(32)] += 1,
-            _ => c.ecs_v6[usize::from(seen.scope).min(128)] += 1,
+            0 => *ecs_absent += 1,
+            4 => ecs_v4[usize::from(seen.scope).min(32)] += 1,
+            _ => ecs_v6[usize::from(seen.scope).min(128)] += 1,
         }
         if seen.service == Seen::NO_SERVICE {
             return;
@@ -410,6 +438,9 @@ impl Tally<'_> {
 pub struct DnsMetrics {
     shards: Mutex<Vec<Arc<Shard>>>,
     layouts: Arc<Layouts>,
+    /// Counts by name from layouts no longer in service, folded in by
+    /// scrapes (never under a shard's lock).
+    retired: Mutex<Totals>,
 }
 
 /// Per-name totals over every shard.
@@ -437,25 +468,51 @@ impl DnsMetrics {
             .clone()
     }
 
+    /// Names the counters that reloads set aside, off the query path:
+    /// each reload calls this first, so that without scrapes they stay
+    /// bounded (one layout per shard).
+    pub fn fold_stale(&self) {
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
+        for shard in self.shards() {
+            let proto = proto(shard.transport);
+            let stale =
+                std::mem::take(&mut shard.counts.lock().unwrap_or_else(|e| e.into_inner()).stale);
+            for old in stale {
+                old.named(|fam, labels, v| *retired.entry((fam, labels, proto)).or_default() += v);
+            }
+        }
+    }
+
     /// Adds every shard up, by name.
     fn totals(&self) -> (Totals, Ecs) {
         let mut totals = Totals::new();
         let mut ecs = Ecs::default();
+        // One scrape folds at a time: what it takes from the shards is in
+        // `retired` before another reads it.
+        let mut retired = self.retired.lock().unwrap_or_else(|e| e.into_inner());
         for shard in self.shards() {
             let proto = proto(shard.transport);
-            let c = shard.counts.lock().unwrap_or_else(|e| e.into_inner());
-            c.named(|fam, labels, v| *totals.entry((fam, labels, proto)).or_default() += v);
-            for ((fam, labels), v) in &c.retired {
-                *totals.entry((*fam, labels.clone(), proto)).or_default() += v;
+            // Under the shard's lock only copies and moves: its thread
+            // waits for a memcpy, never for the naming below.
+            let (current, stale) = {
+                let mut c = shard.counts.lock().unwrap_or_else(|e| e.into_inner());
+                ecs.absent += c.ecs_absent;
+                for (t, v) in ecs.v4.iter_mut().zip(&c.ecs_v4) {
+                    *t += v;
+                }
+                for (t, v) in ecs.v6.iter_mut().zip(&c.ecs_v6) {
+                    *t += v;
+                }
+                *ecs.truncated.entry(proto).or_default() += c.truncated;
+                (c.slots.clone(), std::mem::take(&mut c.stale))
+            };
+            current.named(|fam, labels, v| *totals.entry((fam, labels, proto)).or_default() += v);
+            for old in stale {
+                old.named(|fam, labels, v| *retired.entry((fam, labels, proto)).or_default() += v);
             }
-            ecs.absent += c.ecs_absent;
-            for (t, v) in ecs.v4.iter_mut().zip(&c.ecs_v4) {
-                *t += v;
-            }
-            for (t, v) in ecs.v6.iter_mut().zip(&c.ecs_v6) {
-                *t += v;
-            }
-            *ecs.truncated.entry(proto).or_default() += c.truncated;
+        }
+        for (key, v) in retired.iter() {
+            *totals.entry(key.clone()).or_default() += v;
         }
         (totals, ecs)
     }
