@@ -435,6 +435,21 @@ pub(super) fn validate_probe(
                     "a HEAD response has no body; use GET",
                 ));
             }
+            if let Some(host) = &raw.host {
+                check_host(file, &format!("{key}.host"), host)?;
+                // The URL's host is where an HTTP client connects when it
+                // is an address: the probe would bypass the target.
+                if host.parse::<IpAddr>().is_ok() {
+                    return Err(ConfigError::new(
+                        file,
+                        format!("{key}.host"),
+                        format!(
+                            "{host:?} is an address; `host` is a name for the Host header and TLS, \
+                             the connection goes to the target address (leave `host` out to send that)"
+                        ),
+                    ));
+                }
+            }
             let capacity_hold = duration(
                 file,
                 format!("{key}.capacity_hold"),
@@ -790,6 +805,25 @@ datacenters = ["a"]
         assert_eq!(err(r#"type = "https", service = "x""#).0, "service");
         assert_eq!(err(r#"type = "https", tls = true"#).0, "tls");
         assert_eq!(err(r#"type = "tcp", port = 1, host = "x""#).0, "host");
+        // http and https: a host name, never an address (the client would
+        // connect there, not to the target).
+        for bad in [
+            "a b",
+            "api.example:8443",
+            "https://api.example",
+            "192.0.2.9",
+            "2001:db8::9",
+        ] {
+            for kind in ["http", "https"] {
+                let (key, reason) = err(&format!(r#"type = "{kind}", host = "{bad}""#));
+                assert_eq!(key, "host", "{kind} {bad}");
+                assert!(reason.contains(bad), "{reason}");
+            }
+        }
+        let ProbeKind::Http(h) = kind(r#"type = "https", host = "api.example""#) else {
+            panic!("https")
+        };
+        assert_eq!(h.host.as_deref(), Some("api.example"));
     }
 
     #[test]
