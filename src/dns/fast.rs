@@ -459,27 +459,6 @@ fn render(
     }
 }
 
-/// Seconds since the epoch, from the kernel's coarse clock where there is
-/// one: read from the vDSO without a system call, a few nanoseconds,
-/// behind real time by at most a tick, which the refresh margin (days)
-/// dwarfs.
-fn coarse_now() -> u64 {
-    #[cfg(target_os = "linux")]
-    {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: `ts` is a valid timespec for the call to write.
-        #[allow(unsafe_code)] // the coarse clock, which std does not offer
-        if unsafe { libc::clock_gettime(libc::CLOCK_REALTIME_COARSE, &mut ts) } == 0 {
-            // Before the epoch: nothing signed is served.
-            return u64::try_from(ts.tv_sec).unwrap_or(u64::MAX);
-        }
-    }
-    crate::dnssec::sign::unix_now()
-}
-
 /// The snapshot's zones, most specific first, for the fast path.
 #[derive(Debug, Default)]
 pub struct FastIndex {
@@ -1032,7 +1011,7 @@ impl ZoneIndex {
         let started = std::time::Instant::now();
         let signing = Signing {
             signer,
-            now: crate::dnssec::sign::unix_now(),
+            now: signer.now(),
             earliest: std::cell::Cell::new(u64::MAX),
         };
         let names: HashSet<NameEntry> = zone
@@ -1279,8 +1258,12 @@ impl FastIndex {
         // exist, a wildcard, an address left out) goes to the slow path,
         // which signs on demand. Unsigned zones, and queries without DO,
         // use the plain templates.
-        let dnssec = zone.is_signed() && env.opt.is_some_and(|o| o.dnssec_ok);
-        let now = if dnssec { coarse_now() } else { 0 };
+        let signer = zone
+            .signer()
+            .filter(|_| env.opt.is_some_and(|o| o.dnssec_ok));
+        let dnssec = signer.is_some();
+        // The zone's clock: the one its signatures were made by.
+        let now = signer.map_or(0, crate::dnssec::ZoneSigner::now);
         let index = match dnssec {
             false => zone.fast_index(),
             true => match zone.fast_index().signed(now) {

@@ -405,15 +405,6 @@ impl<'s> Context<'s> {
     }
 }
 
-/// Whether `record` is an NSEC saying its owner does not exist (NXNAME
-/// in its bitmap, RFC 9824).
-fn denies_name(record: &hickory_proto::rr::Record) -> bool {
-    use hickory_proto::dnssec::rdata::DNSSECRData;
-    use hickory_proto::rr::RData;
-    matches!(&record.data, RData::DNSSEC(DNSSECRData::NSEC(n))
-        if n.type_bit_maps().any(|t| u16::from(t) == crate::dnssec::denial::NXNAME))
-}
-
 /// Builds the response message (without OPT, which the envelope writes)
 /// and the ECS option to echo; `None` for FORMERR.
 fn respond(
@@ -488,20 +479,13 @@ fn respond(
     // §3: "the DO bit of the query MUST be copied in the response" and
     // security records go only to a query that sets it).
     if env.opt.is_some_and(|o| o.dnssec_ok) && zone.is_signed() {
-        let nxdomain = res.rcode == ResponseCode::NXDomain;
-        let now = zone.signer().map_or(0, crate::dnssec::ZoneSigner::now);
-        if zone.sign_answer(&mut res, q.name(), qtype, now).is_err() {
+        if zone.sign_answer(&mut res, q.name(), qtype).is_err() {
             // The on-demand signing budget is spent: SERVFAIL, which a
             // resolver retries (at another server, or later), rather than
             // an unsigned answer it would hold bogus. README, "DNSSEC".
             return fail(resp, ResponseCode::ServFail);
         }
-        // Counted as NXDOMAIN: the name does not exist. (A query for
-        // NSEC at a CNAME whose target does not exist is answered with
-        // the CNAME's own NSEC, which has no NXNAME.)
-        seen.nxname = nxdomain
-            && res.rcode == ResponseCode::NoError
-            && (qtype != RecordType::NSEC || res.answers.iter().any(denies_name));
+        seen.nxname = res.nxname;
         // The fast path answers this name's next queries from it.
         if seen.nxname && res.answers.is_empty() {
             zone.fast_index()

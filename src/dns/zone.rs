@@ -315,6 +315,9 @@ pub(crate) struct Resolution {
     /// The answer starts with an in-zone CNAME chain that was followed
     /// (not a service's own fallback CNAME).
     pub(crate) followed_cname: bool,
+    /// Signing made a name that does not exist a NOERROR answer (RFC 9824
+    /// compact denial: its NSEC lists NXNAME); counted as NXDOMAIN.
+    pub(crate) nxname: bool,
 }
 
 impl Resolution {
@@ -526,7 +529,7 @@ impl Zone {
             let started = std::time::Instant::now();
             let now = signer.now();
             signer.begin(now, previous);
-            let mut batch = crate::dnssec::sign::Batch::new(&mut signer, now);
+            let mut batch = Batch::new(&mut signer);
             self.precompute(&mut batch);
             batch.finish();
             tracing::info!(
@@ -705,7 +708,7 @@ impl Zone {
     }
 
     /// Adds DNSSEC records to a resolution for a query with DO set, at
-    /// time `now`: RRSIGs after each RRset of the answer and authority
+    /// the zone clock's time now: RRSIGs after each RRset of the answer and authority
     /// sections (not after a referral's NS RRset, nor in the additional
     /// section); for a negative answer the compact-denial NSEC (RFC 9824;
     /// NXDOMAIN becomes NOERROR with NXNAME); for a referral the DS RRset
@@ -716,11 +719,11 @@ impl Zone {
         res: &mut Resolution,
         qname: &Name,
         qtype: RecordType,
-        now: u64,
     ) -> Result<(), OverBudget> {
         let Some(signer) = &self.signer else {
             return Ok(());
         };
+        let now = signer.now();
         self.sign_answer_with(res, qname, qtype, &mut |rrset| {
             signer.signatures(rrset, now)
         })
@@ -777,16 +780,23 @@ impl Zone {
             .then(|| {
                 let owner = qname.to_lowercase();
                 match self.node_or_wildcard(&owner) {
-                    Some(node) => crate::dnssec::denial::nsec(
-                        &owner,
-                        &self.node_types(node),
-                        self.negative_ttl,
-                    ),
-                    None => crate::dnssec::denial::nxname(&owner, self.negative_ttl),
+                    Some(node) => Some((
+                        crate::dnssec::denial::nsec(
+                            &owner,
+                            &self.node_types(node),
+                            self.negative_ttl,
+                        )?,
+                        false,
+                    )),
+                    None => Some((
+                        crate::dnssec::denial::nxname(&owner, self.negative_ttl)?,
+                        true,
+                    )),
                 }
             })
             .flatten();
-        if let Some(nsec) = own_nsec {
+        if let Some((nsec, nxname)) = own_nsec {
+            res.nxname = nxname;
             res.rcode = ResponseCode::NoError;
             res.authorities.clear();
             res.additionals.clear();
@@ -815,6 +825,7 @@ impl Zone {
             (Some(ttl), _) if res.rcode == ResponseCode::NXDomain => {
                 // RFC 9824 §3.2: NOERROR, and an NSEC with NXNAME.
                 res.rcode = ResponseCode::NoError;
+                res.nxname = true;
                 res.authorities
                     .extend(crate::dnssec::denial::nxname(&last, ttl));
             }

@@ -499,7 +499,6 @@ impl ZoneSigner {
 /// large zone at a reload yields the CPU to the threads answering queries.
 pub struct Batch<'a> {
     signer: &'a mut ZoneSigner,
-    now: u64,
     threads: usize,
     queued: HashMap<SigKey, Vec<Record>>,
 }
@@ -508,22 +507,24 @@ pub struct Batch<'a> {
 const BATCH_PER_THREAD: usize = 2048;
 /// At most this many signing threads.
 const MAX_SIGNING_THREADS: usize = 16;
+/// A batch this small is signed on the calling thread.
+const MIN_PARALLEL_BATCH: usize = 128;
 
 impl<'a> Batch<'a> {
-    /// A batch signing into `signer`'s store at `now`, on as many threads
-    /// as the process may use (at most [`MAX_SIGNING_THREADS`]).
-    pub fn new(signer: &'a mut ZoneSigner, now: u64) -> Self {
+    /// A batch signing into `signer`'s store at the time
+    /// [`ZoneSigner::begin`] set, on as many threads as the process may
+    /// use (at most [`MAX_SIGNING_THREADS`]).
+    pub fn new(signer: &'a mut ZoneSigner) -> Self {
         let threads = std::thread::available_parallelism()
             .map_or(1, std::num::NonZeroUsize::get)
             .min(MAX_SIGNING_THREADS);
-        Self::with_threads(signer, now, threads)
+        Self::with_threads(signer, threads)
     }
 
     /// [`Self::new`] with `threads` threads (1: on the calling thread).
-    pub fn with_threads(signer: &'a mut ZoneSigner, now: u64, threads: usize) -> Self {
+    pub fn with_threads(signer: &'a mut ZoneSigner, threads: usize) -> Self {
         Self {
             signer,
-            now,
             threads: threads.max(1),
             queued: HashMap::new(),
         }
@@ -550,14 +551,14 @@ impl<'a> Batch<'a> {
     fn flush(&mut self) {
         let work: Vec<(SigKey, Vec<Record>)> = self.queued.drain().collect();
         let signer: &ZoneSigner = self.signer;
-        let now = self.now;
+        let now = signer.signed_at;
         let sign = |chunk: &[(SigKey, Vec<Record>)]| -> Vec<Option<Signed>> {
             chunk
                 .iter()
                 .map(|(key, rrset)| signer.sign(rrset, key.3, now))
                 .collect()
         };
-        let results: Vec<Option<Signed>> = if self.threads == 1 || work.len() < 2 * 64 {
+        let results: Vec<Option<Signed>> = if self.threads == 1 || work.len() < MIN_PARALLEL_BATCH {
             sign(&work)
         } else {
             let per = work.len().div_ceil(self.threads);
@@ -591,7 +592,7 @@ impl<'a> Batch<'a> {
 }
 
 /// Lowers the calling thread's scheduling priority to nice 10.
-#[allow(unsafe_code)] // setpriority: the crate's only unsafe outside dns::batch
+#[allow(unsafe_code)] // setpriority, which std does not offer
 fn lower_priority() {
     #[cfg(target_os = "linux")]
     // SAFETY: setpriority changes the calling thread's nice value (Linux
@@ -844,7 +845,7 @@ mod tests {
             )]
         };
         s.precompute(&set(0), t0);
-        let mut batch = Batch::with_threads(&mut s, t0, 3);
+        let mut batch = Batch::with_threads(&mut s, 3);
         for i in 0..600 {
             batch.add(set(i));
             batch.add(set(i % 50)); // seen before: skipped
