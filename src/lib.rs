@@ -68,6 +68,25 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, ConfigError};
 use crate::dns::rrl::Limiter;
+
+/// `head` followed by each cause in `cause`'s chain (`head: cause: ...`),
+/// skipping a cause whose text `head` or an earlier cause already holds:
+/// an error in one line an operator can read.
+pub(crate) fn error_chain(
+    head: String,
+    mut cause: Option<&(dyn std::error::Error + 'static)>,
+) -> String {
+    let mut out = head;
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
 use crate::dns::server::{TcpCounters, TcpSettings, TcpStats, serve_tcp, serve_udp};
 use crate::geo::{GeoDb, GeoError};
 use crate::snapshot::Snapshot;
@@ -113,22 +132,14 @@ pub enum Error {
 /// This is all of `meridian check`. The static records move into the
 /// snapshot: the returned config's zones have empty `records`.
 pub fn load(config_path: &Path) -> Result<(Config, Snapshot), Error> {
-    load_keeping(config_path, None)
+    load_with_clock(config_path, None, &dnssec::Clock::System)
 }
 
 /// [`load`], keeping from `previous` (the snapshot in service) every zone
 /// whose file is unchanged, when the GeoIP database and the country table
 /// are unchanged too: a reload parses and builds only the zones it
-/// changes, and needs memory for those alone.
-pub fn load_keeping(
-    config_path: &Path,
-    previous: Option<&Snapshot>,
-) -> Result<(Config, Snapshot), Error> {
-    load_with_clock(config_path, previous, &dnssec::Clock::System)
-}
-
-/// [`load_keeping`], with signed zones signing at `clock`'s time (tests
-/// on tokio's paused clock; see [`dnssec::Clock`]).
+/// changes, and needs memory for those alone. Signed zones sign at
+/// `clock`'s time (tests on tokio's paused clock; see [`dnssec::Clock`]).
 pub fn load_with_clock(
     config_path: &Path,
     previous: Option<&Snapshot>,

@@ -992,7 +992,7 @@ async fn bounded<T>(
 /// status's debug form, and a transport error with its causes.
 fn describe(e: &etcd_client::Error) -> String {
     use std::error::Error as _;
-    let (mut out, mut cause) = match e {
+    let (head, cause) = match e {
         etcd_client::Error::GRpcStatus(s) => {
             let message = match s.message() {
                 "" => format!("{:?}", s.code()),
@@ -1003,12 +1003,5 @@ fn describe(e: &etcd_client::Error) -> String {
         etcd_client::Error::TransportError(t) => (t.to_string(), t.source()),
         other => (other.to_string(), None),
     };
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out = format!("{out}: {text}");
-        }
-        cause = c.source();
-    }
-    out
+    crate::error_chain(head, cause)
 }

@@ -132,7 +132,7 @@ pub async fn run(
         let snap = state.load_full();
         let mut due: Vec<Arc<Zone>> = Vec::new();
         let mut wait: Option<u64> = None;
-        let mut live = Vec::new();
+        let mut live = std::collections::HashSet::new();
         for zone in snap.zones() {
             let Some(signer) = zone.signer() else {
                 continue;
@@ -142,7 +142,7 @@ pub async fn run(
             let Some(at) = retry.or(signer.refresh_at()) else {
                 continue;
             };
-            live.push(origin);
+            live.insert(origin);
             let now = signer.now();
             if at <= now {
                 due.push(Arc::clone(zone));

@@ -110,12 +110,9 @@ impl Default for ProbeCounts {
 
 impl ProbeCounts {
     fn observe(&mut self, outcome: &Outcome, changed: bool) {
-        let i = match outcome.verdict {
-            Verdict::Pass => 0,
-            Verdict::Fail => 1,
-            Verdict::LocalFault => 2,
-        };
-        self.results[i] += 1;
+        if let Some(i) = VERDICTS.iter().position(|&v| v == outcome.verdict) {
+            self.results[i] += 1;
+        }
         if outcome.verdict != Verdict::LocalFault {
             self.rtt.observe(outcome.rtt.as_secs_f64());
         }

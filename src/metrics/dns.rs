@@ -446,6 +446,13 @@ pub struct DnsMetrics {
 /// Per-name totals over every shard.
 type Totals = BTreeMap<(Fam, [String; 3], &'static str), u64>;
 
+/// Adds counters a reload set aside to `retired`, by name.
+fn retire(retired: &mut Totals, proto: &'static str, stale: Vec<Slots>) {
+    for old in stale {
+        old.named(|fam, labels, v| *retired.entry((fam, labels, proto)).or_default() += v);
+    }
+}
+
 impl DnsMetrics {
     /// A new shard for one thread (or for all TCP connections).
     pub fn shard(&self, transport: Transport) -> Arc<Shard> {
@@ -477,9 +484,7 @@ impl DnsMetrics {
             let proto = proto(shard.transport);
             let stale =
                 std::mem::take(&mut shard.counts.lock().unwrap_or_else(|e| e.into_inner()).stale);
-            for old in stale {
-                old.named(|fam, labels, v| *retired.entry((fam, labels, proto)).or_default() += v);
-            }
+            retire(&mut retired, proto, stale);
         }
     }
 
@@ -507,9 +512,7 @@ impl DnsMetrics {
                 (c.slots.clone(), std::mem::take(&mut c.stale))
             };
             current.named(|fam, labels, v| *totals.entry((fam, labels, proto)).or_default() += v);
-            for old in stale {
-                old.named(|fam, labels, v| *retired.entry((fam, labels, proto)).or_default() += v);
-            }
+            retire(&mut retired, proto, stale);
         }
         for (key, v) in retired.iter() {
             *totals.entry(key.clone()).or_default() += v;

@@ -158,15 +158,5 @@ fn status_error(s: &tonic::Status) -> String {
 
 /// An error and its sources in one line.
 fn chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let next = s.to_string();
-        if !text.ends_with(&next) {
-            text.push_str(": ");
-            text.push_str(&next);
-        }
-        source = s.source();
-    }
-    text
+    crate::error_chain(e.to_string(), e.source())
 }

@@ -119,14 +119,7 @@ fn http_failure(e: &reqwest::Error, target: SocketAddr) -> Failure {
 
 /// reqwest's error chain in one line.
 pub(super) fn describe(e: &reqwest::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    crate::error_chain(e.to_string(), std::error::Error::source(e))
 }
 
 #[cfg(test)]
