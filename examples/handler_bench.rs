@@ -28,6 +28,7 @@
 
 #[path = "../tests/support/signed_example.rs"]
 mod signed_example;
+use signed_example::with_do;
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -248,13 +249,6 @@ fn main() {
         elapsed.as_nanos() as f64 / iterations as f64,
         bytes
     );
-}
-
-/// `query` with the DO bit set in its OPT record.
-fn with_do(query: &[u8]) -> Vec<u8> {
-    let mut m = hickory_proto::op::Message::from_vec(query).unwrap();
-    m.edns.as_mut().expect("EDNS").set_dnssec_ok(true);
-    m.to_vec().unwrap()
 }
 
 /// Writes into `dir` a copy of `root`'s `meridian.toml` and example zone,

@@ -4,6 +4,7 @@
 
 #[path = "support/signed_example.rs"]
 mod signed_example;
+use signed_example::with_do;
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::IpAddr;
@@ -157,12 +158,7 @@ fn answering_signed_do_queries_does_not_allocate() {
         ("gslb.example.com.", "DNSKEY", None),
     ]
     .iter()
-    .map(|(n, t, e)| {
-        let q = meridian::dns::build_query(n, t, *e, 7).unwrap();
-        let mut m = hickory_proto::op::Message::from_vec(&q).unwrap();
-        m.edns.as_mut().unwrap().set_dnssec_ok(true);
-        m.to_vec().unwrap()
-    })
+    .map(|(n, t, e)| with_do(&meridian::dns::build_query(n, t, *e, 7).unwrap()))
     .collect();
     answer_without_allocating(&snap, &queries, |out| {
         let m = hickory_proto::op::Message::from_vec(out).unwrap();
@@ -203,13 +199,6 @@ datacenters = ["eu-west", "us-east"]
 max_answers = 2
 ttl = 30
 "#;
-
-/// `build_query`'s query with DO set.
-fn with_do(q: &[u8]) -> Vec<u8> {
-    let mut m = hickory_proto::op::Message::from_vec(q).unwrap();
-    m.edns.as_mut().unwrap().set_dnssec_ok(true);
-    m.to_vec().unwrap()
-}
 
 /// The fast path's wildcard entries, a DO=1 answer of two datacenters
 /// (its RRSIGs kept for that combination) and a compact NXDOMAIN it keeps

@@ -13,17 +13,17 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use hickory_proto::dnssec::rdata::{DNSKEY, DNSSECRData, RRSIG};
+use hickory_proto::dnssec::rdata::{DNSKEY, DNSSECRData};
 use hickory_proto::dnssec::{PublicKey, Verifier};
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use ipnet::IpNet;
 use mmdb_writer::Writer;
 use serde::Serialize;
 
 use crate::harness::{
-    Setup, TestServer, query, rrset, rrsets, tcp_exchange, udp_exchange, write_dnssec_key,
-    zone_head,
+    Setup, TestServer, do_query, query, tcp_exchange, udp_exchange, verify_rrsigs,
+    write_dnssec_key, zone_head,
 };
 
 const ORIGIN: &str = "sec.test.";
@@ -191,66 +191,15 @@ fn key_entry(base: &Path, state: &str) -> String {
     )
 }
 
-/// A query with DO set (and ECS when given), payload 1232.
-fn do_query(name: &str, qtype: RecordType, ecs: Option<&str>) -> Message {
-    let mut q = query(name, qtype, ecs);
-    q.edns.as_mut().unwrap().set_dnssec_ok(true);
-    q
-}
-
 /// Verifies every RRset of the answer and authority sections against
-/// `keys`, except a referral's NS RRset: each has at least one RRSIG of
-/// each signing algorithm, valid now and made by one of `keys`. Returns
-/// how many RRsets were verified.
+/// `keys` (see [`verify_rrsigs`]), now. Returns how many RRsets were
+/// verified.
 fn verify_sections(m: &Message, keys: &[DNSKEY]) -> usize {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
-        .as_secs() as u32;
-    let mut verified = 0;
-    for (section, records) in [("answer", &m.answers), ("authority", &m.authorities)] {
-        let sigs: Vec<(&Record, &RRSIG)> = records
-            .iter()
-            .filter_map(|r| match &r.data {
-                RData::DNSSEC(DNSSECRData::RRSIG(s)) => Some((r, s)),
-                _ => None,
-            })
-            .collect();
-        for (name, rtype) in rrsets(records) {
-            let referral_ns = rtype == RecordType::NS
-                && section == "authority"
-                && name != Name::from_ascii(ORIGIN).unwrap();
-            let covering: Vec<&RRSIG> = sigs
-                .iter()
-                .filter(|(r, s)| r.name == name && s.input().type_covered == rtype)
-                .map(|(_, s)| *s)
-                .collect();
-            if referral_ns {
-                assert!(covering.is_empty(), "a delegation's NS is not signed");
-                continue;
-            }
-            assert!(
-                !covering.is_empty(),
-                "{section}: {name} {rtype} has no RRSIG in\n{m}"
-            );
-            let set = rrset(records, &name, rtype);
-            for sig in covering {
-                let input = sig.input();
-                assert!(
-                    input.sig_inception.get() <= now && now < input.sig_expiration.get(),
-                    "{name} {rtype}: signature not valid now"
-                );
-                let key = keys
-                    .iter()
-                    .find(|k| k.calculate_key_tag().unwrap() == input.key_tag)
-                    .unwrap_or_else(|| panic!("{name} {rtype}: unknown key {}", input.key_tag));
-                key.verify_rrsig(&name, DNSClass::IN, sig, set.iter().copied())
-                    .unwrap_or_else(|e| panic!("{section}: {name} {rtype}: bad signature: {e}"));
-            }
-            verified += 1;
-        }
-    }
-    verified
+        .as_secs();
+    verify_rrsigs(m, keys, ORIGIN, now).len()
 }
 
 /// The path of `tool`, or a failure naming it and how to install it.

@@ -14,12 +14,12 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use hickory_proto::dnssec::Verifier;
-use hickory_proto::dnssec::rdata::{DNSKEY, DNSSECRData, RRSIG};
+use hickory_proto::dnssec::rdata::DNSKEY;
 use hickory_proto::op::{Message, ResponseCode};
-use hickory_proto::rr::{DNSClass, Name, RData, RecordType};
+use hickory_proto::rr::RecordType;
 
-use crate::harness::{Setup, query, rrset, rrsets, write_config, write_dnssec_key, zone_head};
+use crate::harness::{Setup, query, verify_rrsigs, write_config, write_dnssec_key, zone_head};
+use crate::metrics::count;
 
 const VALIDITY: u64 = 2 * 3600;
 const MARGIN: u64 = 30 * 60;
@@ -139,49 +139,20 @@ async fn ask(addr: SocketAddr, name: &str, qtype: RecordType) -> Message {
     Message::from_vec(&bytes).expect("response decodes")
 }
 
-/// Checks every RRset of the answer and authority sections: each has an
-/// RRSIG, valid at `now` (inception ≤ now < expiration) with more than
-/// half the refresh margin left, that verifies with `key`. Returns the
-/// RRSIGs' inceptions.
+/// Checks every RRset of the answer and authority sections (see
+/// [`verify_rrsigs`]) at `now`, each RRSIG with more than half the refresh
+/// margin left. Returns the RRSIGs' inceptions.
 fn verify(m: &Message, key: &DNSKEY, origin: &str, now: u64) -> Vec<u32> {
     let mut inceptions = Vec::new();
-    for (section, records) in [("answer", &m.answers), ("authority", &m.authorities)] {
-        for (name, rtype) in rrsets(records) {
-            let sigs: Vec<&RRSIG> = records
-                .iter()
-                .filter(|r| r.name == name)
-                .filter_map(|r| match &r.data {
-                    RData::DNSSEC(DNSSECRData::RRSIG(s)) if s.input().type_covered == rtype => {
-                        Some(s)
-                    }
-                    _ => None,
-                })
-                .collect();
+    for (name, rtype, inputs) in verify_rrsigs(m, std::slice::from_ref(key), origin, now) {
+        for input in inputs {
+            let expiration = u64::from(input.sig_expiration.get());
             assert!(
-                !sigs.is_empty(),
-                "{section}: {name} {rtype} has no RRSIG in\n{m}"
+                expiration - now > MARGIN / 2,
+                "{name} {rtype}: only {} s left at {now}",
+                expiration - now
             );
-            let set = rrset(records, &name, rtype);
-            for sig in sigs {
-                let input = sig.input();
-                let (inception, expiration) = (
-                    u64::from(input.sig_inception.get()),
-                    u64::from(input.sig_expiration.get()),
-                );
-                assert!(
-                    inception <= now && now < expiration,
-                    "{name} {rtype}: not valid at {now} ({inception}..{expiration})"
-                );
-                assert!(
-                    expiration - now > MARGIN / 2,
-                    "{name} {rtype}: only {} s left at {now}",
-                    expiration - now
-                );
-                assert_eq!(input.signer_name, Name::from_ascii(origin).unwrap());
-                key.verify_rrsig(&name, DNSClass::IN, sig, set.iter().copied())
-                    .unwrap_or_else(|e| panic!("{section}: {name} {rtype}: bad signature: {e}"));
-                inceptions.push(input.sig_inception.get());
-            }
+            inceptions.push(input.sig_inception.get());
         }
     }
     inceptions
@@ -195,13 +166,6 @@ fn dnssec_status(s: &Signed) -> serde_json::Value {
         .and_then(|zones| zones.iter().find(|z| z["zone"] == s.origin))
         .cloned()
         .unwrap_or_else(|| panic!("no dnssec entry for {} in {status}", s.origin))
-}
-
-/// The value of the metric sample `line_start` (name and labels).
-fn metric(text: &str, line_start: &str) -> u64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no {line_start} in\n{text}"))
 }
 
 /// Over three validity windows in 10-minute steps, every answer's RRSIGs
@@ -272,40 +236,40 @@ async fn signatures_are_renewed_in_the_background_and_never_served_expired() {
     let text = s.server.metrics().encode();
     let zone = format!("{{zone=\"{origin}\"}}");
     assert_eq!(
-        metric(
+        count(
             &text,
             &format!("meridian_dnssec_signed_timestamp_seconds{zone}")
         ),
         last_resign
     );
     assert_eq!(
-        metric(
+        count(
             &text,
             &format!("meridian_dnssec_signatures_expire_timestamp_seconds{zone}")
         ),
         last_resign + VALIDITY
     );
     assert_eq!(
-        metric(
+        count(
             &text,
             &format!("meridian_dnssec_next_resign_timestamp_seconds{zone}")
         ),
         last_resign + VALIDITY - MARGIN
     );
     assert_eq!(
-        metric(
+        count(
             &text,
             &format!("meridian_dnssec_resign_total{{zone=\"{origin}\",result=\"ok\"}}")
         ),
         4
     );
     for global in [
-        "meridian_dnssec_signatures_online_total ",
-        "meridian_dnssec_signatures_precomputed_total ",
-        "meridian_dnssec_budget_exhausted_total ",
-        "meridian_dnssec_safety_net_renewals_total ",
+        "meridian_dnssec_signatures_online_total",
+        "meridian_dnssec_signatures_precomputed_total",
+        "meridian_dnssec_budget_exhausted_total",
+        "meridian_dnssec_safety_net_renewals_total",
     ] {
-        metric(&text, global);
+        count(&text, global);
     }
     s.server.shutdown().await;
 }
@@ -395,7 +359,7 @@ async fn the_schedule_follows_a_reload() {
     let t0 = s.clock.now();
     let signed_at = |s: &Signed| {
         let text = s.server.metrics().encode();
-        metric(
+        count(
             &text,
             &format!("meridian_dnssec_signed_timestamp_seconds{{zone=\"{origin}\"}}"),
         )

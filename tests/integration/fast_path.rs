@@ -515,22 +515,16 @@ fn fixture_with(rng: &mut Rng, signed: bool) -> Fixture {
 }
 
 /// A fresh CSK for the zone of the file `file` (`<origin>toml`), written
-/// into `dir/keys` by `meridian dnssec keygen`'s function; returns the
-/// zone's `[dnssec]` table.
+/// into `dir/keys/<origin>`; returns the zone's `[dnssec]` table.
 fn sign_zone(dir: &std::path::Path, file: &str) -> String {
-    use meridian::dnssec::cli::{Role, keygen};
-    use meridian::dnssec::keys::KeyAlgorithm;
     let zone = file.trim_end_matches("toml");
     let keys = dir.join("keys").join(zone);
-    keygen(zone, KeyAlgorithm::EcdsaP256Sha256, Role::Csk, &keys).unwrap();
-    let key = std::fs::read_dir(&keys)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .find(|p| p.extension().is_some_and(|e| e == "key"))
-        .unwrap();
+    std::fs::create_dir_all(&keys).unwrap();
+    let alg = meridian::dnssec::keys::KeyAlgorithm::EcdsaP256Sha256;
+    let (base, _) = crate::harness::write_dnssec_key(&keys, zone, alg, 257);
     format!(
         "[dnssec]\nkeys = [{{ file = {:?} }}]\n",
-        key.display().to_string()
+        base.display().to_string()
     )
 }
 
@@ -1308,19 +1302,15 @@ fn uniform_health(snap: &Snapshot, first: Observed, observed: Observed) -> Healt
     )
 }
 
-/// A query for `name`/`qtype` with DO set, and ECS `subnet` if given.
-fn do_query(name: &str, qtype: RecordType, subnet: Option<(IpAddr, u8)>) -> Vec<u8> {
-    let mut m = Message::new(7, MessageType::Query, OpCode::Query);
-    m.queries
-        .push(Query::query(Name::from_ascii(name).unwrap(), qtype));
-    let mut e = Edns::new();
-    e.set_max_payload(1232);
-    e.set_dnssec_ok(true);
+/// A query for `name`/`qtype` with DO set, and ECS `subnet` (as given,
+/// host bits and all) if given.
+fn do_query_bytes(name: &str, qtype: RecordType, subnet: Option<(IpAddr, u8)>) -> Vec<u8> {
+    let mut m = crate::harness::do_query(name, qtype, None);
     if let Some((addr, prefix)) = subnet {
+        let e = m.edns.as_mut().unwrap();
         e.options_mut()
             .insert(EdnsOption::Subnet(ClientSubnet::new(addr, prefix, 0)));
     }
-    m.edns = Some(e);
     m.to_vec().unwrap()
 }
 
@@ -1401,7 +1391,7 @@ fn the_signed_fast_path_answers_do_queries() {
     for (view, snap) in &views {
         for (name, qtype) in &cases {
             for subnet in &subnets {
-                let q = do_query(name, *qtype, *subnet);
+                let q = do_query_bytes(name, *qtype, *subnet);
                 let src = f.sources[0];
                 assert!(
                     handle_fast(snap, &q, src, Transport::Udp, &mut out),
@@ -1453,7 +1443,7 @@ fn the_signed_fast_path_answers_do_queries() {
         ("q.wild.test.", RecordType::A),
         ("img.cdn.wild.test.", RecordType::A),
     ] {
-        let q = do_query(name, qtype, None);
+        let q = do_query_bytes(name, qtype, None);
         assert!(
             !handle_fast(&views[0].1, &q, f.sources[0], Transport::Udp, &mut out),
             "{name} {qtype} answered by the fast path"
@@ -1464,7 +1454,7 @@ fn the_signed_fast_path_answers_do_queries() {
     // any type, byte for byte as the general path does.
     for name in ["nope.gslb.example.com.", "a.b.nope.gslb.example.com."] {
         for qtype in [RecordType::A, RecordType::TXT, RecordType::AAAA] {
-            let q = do_query(name, qtype, None);
+            let q = do_query_bytes(name, qtype, None);
             let slow = handle_slow(&views[0].1, &q, f.sources[0], Transport::Udp).unwrap();
             assert!(
                 handle_fast(&views[0].1, &q, f.sources[0], Transport::Udp, &mut out),
@@ -1488,7 +1478,7 @@ fn the_signed_fast_path_answers_do_queries() {
         }
     }
     // Wildcard names are never kept: the general path signs them.
-    let q = do_query("q.wild.test.", RecordType::A, None);
+    let q = do_query_bytes("q.wild.test.", RecordType::A, None);
     handle_slow(&views[0].1, &q, f.sources[0], Transport::Udp).unwrap();
     assert!(!handle_fast(
         &views[0].1,
@@ -1526,7 +1516,7 @@ fn mixed_case_denials_use_the_stored_signatures() {
     let f = fixture_with(&mut rng, true);
     let snap = &f.views[0];
     let denial = |name: &str, qtype: RecordType| {
-        let q = do_query(name, qtype, None);
+        let q = do_query_bytes(name, qtype, None);
         let slow = handle_slow(snap, &q, f.sources[0], Transport::Udp).unwrap();
         let m = Message::from_vec(&slow).unwrap();
         use hickory_proto::dnssec::rdata::DNSSECRData;

@@ -247,6 +247,75 @@ pub fn rrset<'a>(records: &'a [Record], name: &Name, rtype: RecordType) -> Vec<&
         .collect()
 }
 
+/// Verifies every RRset of `m`'s answer and authority sections signed
+/// for `origin`, except a referral's NS RRset (which must have none):
+/// each has at least one RRSIG, and every RRSIG is valid at `now`
+/// (inception ≤ now < expiration), names `origin` as its signer, is made
+/// by one of `keys` and verifies. Returns each verified RRset with its
+/// RRSIGs' inputs.
+#[allow(dead_code)] // only the integration binary checks signatures
+pub fn verify_rrsigs(
+    m: &Message,
+    keys: &[hickory_proto::dnssec::rdata::DNSKEY],
+    origin: &str,
+    now: u64,
+) -> Vec<(
+    Name,
+    RecordType,
+    Vec<hickory_proto::dnssec::rdata::SigInput>,
+)> {
+    use hickory_proto::dnssec::Verifier;
+    use hickory_proto::dnssec::rdata::DNSSECRData;
+    use hickory_proto::rr::DNSClass;
+    let origin = Name::from_ascii(origin).unwrap();
+    let mut verified = Vec::new();
+    for (section, records) in [("answer", &m.answers), ("authority", &m.authorities)] {
+        for (name, rtype) in rrsets(records) {
+            let covering: Vec<_> = records
+                .iter()
+                .filter(|r| r.name == name)
+                .filter_map(|r| match &r.data {
+                    RData::DNSSEC(DNSSECRData::RRSIG(s)) if s.input().type_covered == rtype => {
+                        Some(s)
+                    }
+                    _ => None,
+                })
+                .collect();
+            if rtype == RecordType::NS && section == "authority" && name != origin {
+                assert!(covering.is_empty(), "a delegation's NS is not signed");
+                continue;
+            }
+            assert!(
+                !covering.is_empty(),
+                "{section}: {name} {rtype} has no RRSIG in\n{m}"
+            );
+            let set = rrset(records, &name, rtype);
+            let mut inputs = Vec::new();
+            for sig in covering {
+                let input = sig.input();
+                let (inception, expiration) = (
+                    u64::from(input.sig_inception.get()),
+                    u64::from(input.sig_expiration.get()),
+                );
+                assert!(
+                    inception <= now && now < expiration,
+                    "{name} {rtype}: not valid at {now} ({inception}..{expiration})"
+                );
+                assert_eq!(input.signer_name, origin, "{name} {rtype}: signer");
+                let key = keys
+                    .iter()
+                    .find(|k| k.calculate_key_tag().unwrap() == input.key_tag)
+                    .unwrap_or_else(|| panic!("{name} {rtype}: unknown key {}", input.key_tag));
+                key.verify_rrsig(&name, DNSClass::IN, sig, set.iter().copied())
+                    .unwrap_or_else(|e| panic!("{section}: {name} {rtype}: bad signature: {e}"));
+                inputs.push(input.clone());
+            }
+            verified.push((name, rtype, inputs));
+        }
+    }
+    verified
+}
+
 /// The start of a zone file for `origin`: TTL 3600, NS `ns1` (at
 /// 192.0.2.53), the SOA (minimum 60), and an open `[records]` table the
 /// caller adds to.
@@ -291,6 +360,13 @@ pub fn query(name: &str, qtype: RecordType, ecs: Option<&str>) -> Message {
     m
 }
 
+/// [`query`] with the DNSSEC OK bit set.
+pub fn do_query(name: &str, qtype: RecordType, ecs: Option<&str>) -> Message {
+    let mut q = query(name, qtype, ecs);
+    q.edns.as_mut().unwrap().set_dnssec_ok(true);
+    q
+}
+
 /// A query without EDNS.
 pub fn plain_query(name: &str, qtype: RecordType) -> Message {
     let mut m = Message::new(rand_id(), MessageType::Query, OpCode::Query);
@@ -328,6 +404,14 @@ pub async fn tcp_exchange(addr: SocketAddr, packet: &[u8]) -> Vec<u8> {
     let mut s = TcpStream::connect(addr).await.unwrap();
     write_framed(&mut s, packet).await;
     read_framed(&mut s).await
+}
+
+/// `q` as DNS over TCP sends it: a 2-byte length, then the message.
+pub fn framed(q: &Message) -> Vec<u8> {
+    let bytes = q.to_vec().unwrap();
+    let mut out = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
+    out.extend_from_slice(&bytes);
+    out
 }
 
 pub async fn write_framed(s: &mut TcpStream, packet: &[u8]) {

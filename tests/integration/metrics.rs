@@ -56,7 +56,8 @@ pub async fn scrape(s: &TestServer) -> String {
     body
 }
 
-fn count(text: &str, series: &str) -> u64 {
+/// The sample of `series` as an integer; fails the test without one.
+pub fn count(text: &str, series: &str) -> u64 {
     sample(text, series).unwrap_or_else(|| panic!("no sample {series} in:\n{text}")) as u64
 }
 

@@ -12,7 +12,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpStream, UdpSocket};
 
 use crate::harness::{
-    Setup, a_answers, example_zone, query, read_framed, repo, udp_query_at, write_config,
+    Setup, a_answers, example_zone, framed, query, read_framed, repo, udp_query_at, write_config,
     write_framed,
 };
 
@@ -162,9 +162,7 @@ async fn sigterm_finishes_tcp_answers_in_flight_and_exits_zero() {
 
     // The second query, half sent.
     let q = query("www.gslb.example.com", RecordType::A, Some("11.3.0.0/24"));
-    let packet = q.to_vec().unwrap();
-    let mut framed = u16::try_from(packet.len()).unwrap().to_be_bytes().to_vec();
-    framed.extend_from_slice(&packet);
+    let framed = framed(&q);
     let (head, tail) = framed.split_at(framed.len() / 2);
     conn.write_all(head).await.unwrap();
 
@@ -220,11 +218,7 @@ async fn sigterm_closes_a_pipelining_connection_after_the_idle_timeout() {
 
     let conn = TcpStream::connect(addr).await.unwrap();
     let (mut rx, mut tx) = conn.into_split();
-    let packet = query("www.gslb.example.com", RecordType::A, None)
-        .to_vec()
-        .unwrap();
-    let mut framed = u16::try_from(packet.len()).unwrap().to_be_bytes().to_vec();
-    framed.extend_from_slice(&packet);
+    let framed = framed(&query("www.gslb.example.com", RecordType::A, None));
     // Writes queries back to back for at most 20 s.
     let writer = tokio::spawn(async move {
         let until = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -10,18 +10,11 @@ use hickory_proto::rr::RecordType;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Setup, TestServer, a_answers, query, read_framed};
+use crate::harness::{Setup, TestServer, a_answers, framed, query, read_framed};
 
 /// Much shorter than the idle timeout of the servers below: an answer that
 /// arrives within it was not waiting for anything.
 const PROMPT: Duration = Duration::from_secs(2);
-
-fn framed(q: &Message) -> Vec<u8> {
-    let bytes = q.to_vec().unwrap();
-    let mut out = u16::try_from(bytes.len()).unwrap().to_be_bytes().to_vec();
-    out.extend_from_slice(&bytes);
-    out
-}
 
 /// Reads one framed answer within `PROMPT`.
 async fn answer_promptly(s: &mut TcpStream) -> Message {

@@ -1,8 +1,16 @@
 //! The example zone signed with a fresh key, for the test and example
 //! binaries that include this file with `#[path]` (tests/no_alloc.rs,
-//! examples/handler_bench.rs).
+//! examples/handler_bench.rs, bench/dnssec_sign.rs).
 
 use std::path::Path;
+
+/// `query` (a DNS message with an OPT record) with the DNSSEC OK bit set.
+#[allow(dead_code)] // bench/dnssec_sign.rs includes this file and sends no queries
+pub(crate) fn with_do(query: &[u8]) -> Vec<u8> {
+    let mut m = hickory_proto::op::Message::from_vec(query).unwrap();
+    m.edns.as_mut().expect("EDNS").set_dnssec_ok(true);
+    m.to_vec().unwrap()
+}
 
 /// Writes into `dir` a fresh ECDSA P-256 CSK for gslb.example.com. (in
 /// `keys/`) and `zones/gslb.example.com.toml`: `root`'s example zone with
