@@ -110,12 +110,10 @@ pub struct SharedOverride {
     /// drain or force-up (undrain deletes the key).
     #[serde(rename = "override")]
     pub value: Override,
-    /// Who set it.
-    pub by: String,
-    /// When, RFC 3339 UTC.
-    pub at: String,
-    /// Through which instance.
-    pub instance: String,
+    /// Who set it, when and through which instance (`by`, `at` and
+    /// `instance` beside `override` in the JSON).
+    #[serde(flatten)]
+    pub source: OverrideSource,
 }
 
 /// The config generation: a hash of what decides answers, the same on
@@ -290,9 +288,7 @@ impl Cluster {
                 Some(source) => {
                     let shared = SharedOverride {
                         value: *value,
-                        by: source.by.clone(),
-                        at: source.at.clone(),
-                        instance: source.instance.clone(),
+                        source: source.clone(),
                     };
                     out.insert(key.clone(), shared);
                 }
@@ -741,7 +737,7 @@ impl Cluster {
                 Some(Ok(o)) => {
                     if s.overrides.get(&k) != Some(&o) {
                         tracing::warn!(
-                            zone = %zone, datacenter = %dc, by = %o.by, instance = %o.instance,
+                            zone = %zone, datacenter = %dc, by = %o.source.by, instance = %o.source.instance,
                             "shared override: {}",
                             o.value.name()
                         );
@@ -785,12 +781,7 @@ impl Cluster {
         let mut stored = Stored::default();
         for (k, o) in &self.lock().overrides {
             stored.overrides.insert(k.clone(), o.value);
-            let source = OverrideSource {
-                by: o.by.clone(),
-                at: o.at.clone(),
-                instance: o.instance.clone(),
-            };
-            stored.sources.insert(k.clone(), source);
+            stored.sources.insert(k.clone(), o.source.clone());
         }
         self.inner.monitor.set_shared_overrides(stored);
     }
@@ -822,9 +813,11 @@ impl Cluster {
             Some(value) => {
                 let record = SharedOverride {
                     value,
-                    by: change.by,
-                    at: crate::rfc3339(SystemTime::now()),
-                    instance: self.inner.config.name.clone(),
+                    source: OverrideSource {
+                        by: change.by,
+                        at: crate::rfc3339(SystemTime::now()),
+                        instance: self.inner.config.name.clone(),
+                    },
                 };
                 let json = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
                 bounded(limit, "put", client.put(key, json, None))
@@ -878,7 +871,7 @@ impl Cluster {
             .map(|((zone, dc), o)| {
                 json!({
                     "zone": zone, "datacenter": dc, "override": o.value,
-                    "by": o.by, "at": o.at, "instance": o.instance,
+                    "by": o.source.by, "at": o.source.at, "instance": o.source.instance,
                 })
             })
             .collect();
